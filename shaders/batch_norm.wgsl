@@ -1,0 +1,165 @@
+// BatchNorm's per-channel kernels (one invocation per channel) and its two
+// elementwise passes. Per-channel coefficients live in vec4 buffers:
+//   chan[c]  = (mean, invstd, scale, shift)  with y = x * scale + shift
+//   grad[c]  = (A, B, mean, C)               with dx = A * dy + B * (x - mean) + C
+// Needs common.wgsl in front of it.
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
+// num_batches_tracked as (low, high) words of a u64.
+@group(0) @binding(6) var<storage, read_write> counter: array<u32, 2>;
+@group(0) @binding(7) var<storage, read_write> chan: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> x: array<f32>;
+@group(0) @binding(9) var<storage, read_write> y: array<f32>;
+@group(0) @binding(10) var<storage, read> dy: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(12) var<storage, read_write> grad: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
+
+fn has(flag: u32) -> bool {
+    return (p.flags & flag) != 0u;
+}
+
+fn gamma(c: u32) -> f32 {
+    return select(1.0, weight[c], has(FLAG_AFFINE));
+}
+
+fn beta(c: u32) -> f32 {
+    return select(0.0, bias[c], has(FLAG_AFFINE));
+}
+
+// Chan's formula, as in reduce.wgsl MODE 0.
+fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    if (b.x == 0.0) {
+        return a;
+    }
+    if (a.x == 0.0) {
+        return b;
+    }
+    let n = a.x + b.x;
+    let d = b.y - a.y;
+    let fb = b.x / n;
+    return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
+}
+
+// Training statistics: merge the partials of channel c, write its
+// coefficients and, when asked, update the running statistics (PyTorch rules:
+// normalize with the biased variance, track the unbiased one).
+@compute @workgroup_size(64)
+fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if (c >= p.channels) {
+        return;
+    }
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < p.parts; k++) {
+        acc = chan_merge(acc, partials[c * p.parts + k]);
+    }
+    let n = acc.x;
+    let mean = acc.y;
+    let var_biased = max(acc.z / n, 0.0);
+    let invstd = 1.0 / sqrt(var_biased + p.eps);
+    let scale = gamma(c) * invstd;
+    chan[c] = vec4<f32>(mean, invstd, scale, beta(c) - mean * scale);
+    if (has(FLAG_UPDATE_RUNNING)) {
+        var f = p.momentum;
+        if (f < 0.0) {
+            // Cumulative average: the counter is bumped after this dispatch.
+            let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
+            f = 1.0 / (batches + 1.0);
+        }
+        let var_unbiased = max(acc.z / max(n - 1.0, 1.0), 0.0);
+        running_mean[c] = (1.0 - f) * running_mean[c] + f * mean;
+        running_var[c] = (1.0 - f) * running_var[c] + f * var_unbiased;
+    }
+}
+
+// Eval statistics: coefficients from the running statistics.
+@compute @workgroup_size(64)
+fn prepare_eval(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if (c >= p.channels) {
+        return;
+    }
+    let mean = running_mean[c];
+    let invstd = 1.0 / sqrt(running_var[c] + p.eps);
+    let scale = gamma(c) * invstd;
+    chan[c] = vec4<f32>(mean, invstd, scale, beta(c) - mean * scale);
+}
+
+// num_batches_tracked += 1, after merge_stats has read it. One counter, so
+// one invocation does the work.
+@compute @workgroup_size(1)
+fn bump_counter() {
+    let low = counter[0] + 1u;
+    counter[0] = low;
+    if (low == 0u) {
+        counter[1] = counter[1] + 1u;
+    }
+}
+
+// Backward: merge channel c's (sum dy, sum dy * (x - mean)) partials into
+// dweight, dbias and the dx coefficients. With batch statistics the mean and
+// variance depend on x (training); otherwise they are constants (eval).
+@compute @workgroup_size(64)
+fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if (c >= p.channels) {
+        return;
+    }
+    var sums = vec4<f32>(0.0);
+    for (var k = 0u; k < p.parts; k++) {
+        sums += partials[c * p.parts + k];
+    }
+    let stats = chan[c];
+    let mean = stats.x;
+    let invstd = stats.y;
+    let sum_dy = sums.x;
+    let sum_dy_xhat = sums.y * invstd;
+    dweight[c] = sum_dy_xhat;
+    dbias[c] = sum_dy;
+    let a = gamma(c) * invstd;
+    if (has(FLAG_BATCH_STATS)) {
+        let inv_m = 1.0 / p.count;
+        grad[c] = vec4<f32>(a, -a * invstd * sum_dy_xhat * inv_m, mean, -a * sum_dy * inv_m);
+    } else {
+        grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
+    }
+}
+
+fn channel_of(e: u32) -> u32 {
+    return (e / p.inner) % p.channels;
+}
+
+// y = x * scale[c] + shift[c], grid-stride over the elements.
+@compute @workgroup_size(256)
+fn apply(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let total = p.outer * p.channels * p.inner;
+    let stride = nwg.x * 256u;
+    for (var e = id.x; e < total; e += stride) {
+        let k = chan[channel_of(e)];
+        y[p.y_off + e] = fma(x[p.x_off + e], k.z, k.w);
+    }
+}
+
+// dx = A * dy + B * (x - mean) + C, grid-stride over the elements.
+@compute @workgroup_size(256)
+fn backward_dx(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let total = p.outer * p.channels * p.inner;
+    let stride = nwg.x * 256u;
+    for (var e = id.x; e < total; e += stride) {
+        let k = grad[channel_of(e)];
+        dx[p.dx_off + e] = k.x * dy[p.dy_off + e] + k.y * (x[p.x_off + e] - k.z) + k.w;
+    }
+}

@@ -1,0 +1,321 @@
+//! [`Context`]: a device and queue, opened headless or borrowed from the
+//! application, plus the compiled kernels and host <-> GPU helpers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::kernels::KernelCache;
+use crate::{Error, Result};
+
+/// A wgpu device and queue with this crate's compiled pipelines.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`: threads may share one context.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    kernels: KernelCache,
+    lost: Arc<AtomicBool>,
+    lost_reason: Arc<Mutex<String>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+/// Features this crate uses when the adapter offers them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16
+}
+
+impl Context {
+    /// Opens a headless device, blocking. See [`Context::new_async`].
+    pub fn new() -> Result<Context> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// Opens a headless device. The adapter is chosen as wgpu's own tools do:
+    /// `WGPU_BACKEND` limits the backends, `WGPU_ADAPTER_NAME` picks by a
+    /// substring of the name, `WGPU_POWER_PREF` (`low`/`high`) the preference;
+    /// when no hardware adapter exists, a CPU adapter such as lavapipe is used.
+    /// The device gets the adapter's own limits, and timestamp queries and
+    /// f16 shaders when offered.
+    pub async fn new_async() -> Result<Context> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance).await?;
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-norm"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::wrap(device, queue, adapter.get_info()))
+    }
+
+    /// Wraps a device the application already owns. The crate then works
+    /// within that device's features and limits.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Context {
+        let info = device.adapter_info();
+        Self::wrap(device, queue, info)
+    }
+
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Context {
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_reason = Arc::new(Mutex::new(String::new()));
+        {
+            let lost = lost.clone();
+            let lost_reason = lost_reason.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut r) = lost_reason.lock() {
+                    *r = format!("{reason:?}: {message}");
+                }
+                lost.store(true, Ordering::SeqCst);
+            });
+        }
+        Context {
+            inner: Arc::new(Inner {
+                kernels: KernelCache::new(&device),
+                device,
+                queue,
+                info,
+                lost,
+                lost_reason,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter behind the device.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    pub(crate) fn kernels(&self) -> &KernelCache {
+        &self.inner.kernels
+    }
+
+    /// `Err(DeviceLost)` once the device has been lost or destroyed.
+    pub fn check_alive(&self) -> Result<()> {
+        if self.inner.lost.load(Ordering::SeqCst) {
+            let reason = self.inner.lost_reason.lock().map(|r| r.clone()).unwrap_or_default();
+            return Err(Error::DeviceLost(reason));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` under a validation + out-of-memory error scope and turns what
+    /// the scopes catch into `Err`, instead of wgpu's default handler (which panics).
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        self.check_alive()?;
+        if let Some(e) = oom {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = validation {
+            return Err(Error::Validation(e.to_string()));
+        }
+        out
+    }
+
+    /// Records with `record` into a new encoder, submits it, and waits until
+    /// the GPU is done: the blocking convenience beside every op.
+    pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        let commands = self.scoped(|| {
+            let mut encoder = self
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-norm run") });
+            record(&mut encoder)?;
+            Ok(encoder.finish())
+        })?;
+        let index = self.scoped(|| Ok(self.queue().submit([commands])))?;
+        self.wait(Some(index))
+    }
+
+    /// Blocks until the queue has finished `index` (or everything submitted).
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.check_alive()?;
+        self.device()
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
+            .map_err(|e| Error::DeviceLost(format!("waiting for the GPU: {e}")))?;
+        self.check_alive()
+    }
+
+    /// A new storage buffer holding `data`, usable as an op's input or output
+    /// and readable with [`Context::read`].
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        self.scoped(|| {
+            // wgpu rejects zero-sized mapped buffers; keep 4 bytes at least.
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            let padded;
+            let contents = if bytes.is_empty() {
+                padded = [0u8; 4];
+                &padded[..]
+            } else {
+                bytes
+            };
+            Ok(self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: storage_usage(),
+            }))
+        })
+    }
+
+    /// A new zero-filled storage buffer of `bytes` bytes (rounded up to 4).
+    pub fn zeros(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        self.scoped(|| {
+            Ok(self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: storage_usage(),
+                mapped_at_creation: false,
+            }))
+        })
+    }
+
+    /// Reads `len` values of type `T` from `buffer` starting at `offset`
+    /// bytes (a multiple of 4); the buffer needs `COPY_SRC`. Blocks.
+    pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::Buffer("reading a buffer needs COPY_SRC usage".into()));
+        }
+        if offset % 4 != 0 || bytes % 4 != 0 || offset + bytes > buffer.size() {
+            return Err(Error::Buffer(format!(
+                "cannot read {bytes} bytes at offset {offset} of a {}-byte buffer",
+                buffer.size()
+            )));
+        }
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.scoped(|| {
+            Ok(self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-norm readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        })?;
+        self.run(|encoder| {
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+            Ok(())
+        })?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = sender.send(r);
+        });
+        self.wait(None)?;
+        match receiver.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::DeviceLost(format!("map failed: {e}"))),
+            Err(_) => return Err(Error::DeviceLost("buffer map did not complete".into())),
+        }
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Validation(format!("map range: {e}")))?;
+        let out = bytemuck::cast_slice::<u8, T>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Writes `data` into `buffer` at `offset` bytes through the queue (it
+    /// lands before the next submission's commands run).
+    pub fn write<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return Err(Error::Buffer("writing a buffer needs COPY_DST usage".into()));
+        }
+        if offset % 4 != 0 || offset + bytes.len() as u64 > buffer.size() {
+            return Err(Error::Buffer(format!(
+                "cannot write {} bytes at offset {offset} of a {}-byte buffer",
+                bytes.len(),
+                buffer.size()
+            )));
+        }
+        self.check_alive()?;
+        self.scoped(|| {
+            self.queue().write_buffer(buffer, offset, bytes);
+            Ok(())
+        })
+    }
+}
+
+/// Usage of every buffer the crate creates: bindable and copyable both ways.
+pub(crate) fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"))
+            });
+    }
+    let power_preference = wgpu::PowerPreference::from_env().unwrap_or_default();
+    let hardware = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await;
+    match hardware {
+        Ok(adapter) => Ok(adapter),
+        Err(first) => instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference,
+                force_fallback_adapter: true,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{first}; no fallback adapter either ({e}). On Debian: apt-get install mesa-vulkan-drivers"
+                ))
+            }),
+    }
+}

@@ -1,0 +1,170 @@
+//! The pipeline cache (one compiled pipeline per kernel and variant, per
+//! context), the uniform every per-channel kernel reads, and small helpers
+//! that remove bind-group boilerplate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::Result;
+
+/// A WGSL source file of `shaders/`, compiled with `common.wgsl` in front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    /// Partial per-channel reductions (statistics and backward sums).
+    Reduce,
+    /// BatchNorm's per-channel and elementwise kernels.
+    BatchNorm,
+}
+
+impl Shader {
+    fn source(self) -> String {
+        let body = match self {
+            Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
+        };
+        format!("{}\n{}", include_str!("../shaders/common.wgsl"), body)
+    }
+}
+
+/// One compute pipeline: a shader's entry point with its override constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KernelKey {
+    pub shader: Shader,
+    pub entry: &'static str,
+    /// Value of the shader's `MODE` override, for shaders that have one.
+    pub mode: Option<u32>,
+}
+
+impl KernelKey {
+    pub const fn new(shader: Shader, entry: &'static str) -> KernelKey {
+        KernelKey { shader, entry, mode: None }
+    }
+
+    pub const fn with_mode(shader: Shader, entry: &'static str, mode: u32) -> KernelKey {
+        KernelKey { shader, entry, mode: Some(mode) }
+    }
+}
+
+/// Compiled pipelines of one device. The set of keys is fixed by the crate's
+/// code, so the cache is bounded.
+pub(crate) struct KernelCache {
+    device: wgpu::Device,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl KernelCache {
+    pub fn new(device: &wgpu::Device) -> KernelCache {
+        KernelCache {
+            device: device.clone(),
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pipeline for `key`, compiled on first use. Call inside
+    /// [`Context::scoped`](crate::Context) so compile errors become `Err`.
+    pub fn get(&self, key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = lock(&self.pipelines).get(&key) {
+            return Ok(p.clone());
+        }
+        let module = lock(&self.modules)
+            .entry(key.shader)
+            .or_insert_with(|| {
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&format!("{:?}", key.shader)),
+                    source: wgpu::ShaderSource::Wgsl(key.shader.source().into()),
+                })
+            })
+            .clone();
+        let constants: Vec<(&str, f64)> = key.mode.map(|m| ("MODE", m as f64)).into_iter().collect();
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                // Every kernel writes its workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let pipeline = Arc::new(pipeline);
+        lock(&self.pipelines).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded maps stay valid even if a
+/// thread panicked while holding them.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Mirror of `struct Params` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ChannelParams {
+    pub outer: u32,
+    pub channels: u32,
+    pub inner: u32,
+    pub slices: u32,
+    pub slice_len: u32,
+    pub width: u32,
+    pub parts: u32,
+    pub flags: u32,
+    pub x_off: u32,
+    pub y_off: u32,
+    pub dy_off: u32,
+    pub dx_off: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub count: f32,
+    pub tree: u32,
+}
+
+pub(crate) const FLAG_AFFINE: u32 = 1;
+pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
+pub(crate) const FLAG_BATCH_STATS: u32 = 4;
+
+/// A uniform buffer holding `params`. Each recorded op gets its own, so two
+/// ops recorded into one encoder never see each other's parameters.
+pub(crate) fn uniform(device: &wgpu::Device, params: &ChannelParams) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("wgpu-norm params"),
+        contents: bytemuck::bytes_of(params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    })
+}
+
+/// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.
+pub(crate) fn bind(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, wgpu::BindingResource<'_>)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+        .iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding: *binding, resource: resource.clone() })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// Records one dispatch.
+pub(crate) fn dispatch(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    workgroups: (u32, u32),
+) {
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+}

@@ -1,0 +1,170 @@
+//! Tensors on the GPU: [`TensorView`], a view of a caller-owned buffer, and
+//! [`Tensor`], a buffer the crate allocates for hosts, tests and the CLI.
+
+use crate::context::Context;
+use crate::layout::{ChannelView, Layout};
+use crate::{Error, Result};
+
+/// A tensor in a caller's `wgpu::Buffer`: `shape` (logical order N, C,
+/// spatial...) of `f32` values starting `offset` bytes into the buffer, in
+/// `layout`'s memory order. Ops never copy it through the host.
+#[derive(Clone, Debug)]
+pub struct TensorView<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+}
+
+impl<'a> TensorView<'a> {
+    /// A channels-second view at offset 0.
+    pub fn new(buffer: &'a wgpu::Buffer, shape: &[usize]) -> TensorView<'a> {
+        TensorView { buffer, offset: 0, shape: shape.to_vec(), layout: Layout::Nchw }
+    }
+
+    /// The same view in another memory order.
+    pub fn with_layout(mut self, layout: Layout) -> TensorView<'a> {
+        self.layout = layout;
+        self
+    }
+
+    /// The same view starting `offset` bytes into the buffer (a multiple of 4).
+    pub fn at_offset(mut self, offset: u64) -> TensorView<'a> {
+        self.offset = offset;
+        self
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when some dimension is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks that the buffer can hold this view and be bound as storage, and
+    /// returns the window to bind: the view's range widened down to the
+    /// device's offset alignment.
+    pub(crate) fn window(&self, name: &str, limits: &wgpu::Limits) -> Result<Window<'a>> {
+        window(self.buffer, self.offset, self.len(), name, limits)
+    }
+}
+
+/// A range of a buffer to bind, and where the view starts inside it.
+#[derive(Clone, Debug)]
+pub(crate) struct Window<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub bind_offset: u64,
+    pub bind_size: u64,
+    /// Element offset of the view inside the bound range.
+    pub elem_offset: u32,
+}
+
+impl<'a> Window<'a> {
+    pub fn resource(&self) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.bind_offset,
+            size: std::num::NonZeroU64::new(self.bind_size),
+        })
+    }
+}
+
+/// Validates `len` f32 values at `offset` bytes of `buffer` (named `name` in
+/// errors) and returns the window that binds them.
+pub(crate) fn window<'a>(
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    len: usize,
+    name: &str,
+    limits: &wgpu::Limits,
+) -> Result<Window<'a>> {
+    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::Buffer(format!("{name}: the buffer lacks STORAGE usage")));
+    }
+    if offset % 4 != 0 {
+        return Err(Error::Buffer(format!("{name}: offset {offset} is not a multiple of 4 bytes")));
+    }
+    let bytes = len as u64 * 4;
+    let end = offset.checked_add(bytes).unwrap_or(u64::MAX);
+    if end > buffer.size() {
+        return Err(Error::Buffer(format!(
+            "{name}: {len} values at offset {offset} need {end} bytes, the buffer has {}",
+            buffer.size()
+        )));
+    }
+    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
+    let bind_offset = offset - offset % align;
+    let bind_size = end - bind_offset;
+    let max = limits.max_storage_buffer_binding_size as u64;
+    if bind_size > max || bind_size > u64::from(u32::MAX) {
+        return Err(Error::Unsupported(format!(
+            "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
+        )));
+    }
+    Ok(Window {
+        buffer,
+        bind_offset,
+        bind_size: bind_size.max(4),
+        elem_offset: ((offset - bind_offset) / 4) as u32,
+    })
+}
+
+/// Checks a logical shape for the per-channel ops: rank 2 to 5, no zero
+/// dimension, `channels` channels.
+pub(crate) fn check_shape(shape: &[usize], layout: Layout, channels: usize) -> Result<ChannelView> {
+    if !(2..=5).contains(&shape.len()) {
+        return Err(Error::Shape(format!("rank {} ({shape:?}): expected 2 to 5 dimensions", shape.len())));
+    }
+    if shape.contains(&0) {
+        return Err(Error::Shape(format!("{shape:?} has a zero-sized dimension")));
+    }
+    if shape[1] != channels {
+        return Err(Error::Shape(format!(
+            "{shape:?} has {} channels (dimension 1), the op has {channels}",
+            shape[1]
+        )));
+    }
+    let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if len.is_none_or(|n| n > u32::MAX as usize) {
+        return Err(Error::Shape(format!("{shape:?} has more than 2^32 elements")));
+    }
+    Ok(ChannelView::of(shape, layout))
+}
+
+/// A tensor in a buffer the crate allocated (`STORAGE | COPY_SRC | COPY_DST`).
+#[derive(Debug)]
+pub struct Tensor {
+    pub buffer: wgpu::Buffer,
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+}
+
+impl Tensor {
+    /// Uploads `data` (in `layout`'s memory order) as a tensor of `shape`.
+    pub fn from_slice(ctx: &Context, data: &[f32], shape: &[usize], layout: Layout) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        if data.len() != len {
+            return Err(Error::Shape(format!("{} values for shape {shape:?} ({len} elements)", data.len())));
+        }
+        Ok(Tensor { buffer: ctx.upload("wgpu-norm tensor", data)?, shape: shape.to_vec(), layout })
+    }
+
+    /// A zero-filled tensor of `shape`.
+    pub fn zeros(ctx: &Context, shape: &[usize], layout: Layout) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        Ok(Tensor { buffer: ctx.zeros("wgpu-norm tensor", len as u64 * 4)?, shape: shape.to_vec(), layout })
+    }
+
+    /// A view of the whole tensor.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { buffer: &self.buffer, offset: 0, shape: self.shape.clone(), layout: self.layout }
+    }
+
+    /// Downloads the values (blocking).
+    pub fn read(&self, ctx: &Context) -> Result<Vec<f32>> {
+        ctx.read(&self.buffer, 0, self.shape.iter().product())
+    }
+}
