@@ -1,6 +1,8 @@
 // BatchNorm's per-channel kernels (one invocation per channel) and its two
 // elementwise passes. Per-channel coefficients live in vec4 buffers:
-//   chan[c]  = (mean, invstd, scale, shift)  with y = x * scale + shift
+//   chan[c]  = (mean, invstd, scale, beta)   with y = (x - mean) * scale + beta
+// (centred on the mean rather than folded into one shift, so inputs far from
+// zero keep their digits: the shift would round at the input's magnitude)
 //   grad[c]  = (A, B, mean, C)               with dx = A * dy + B * (x - mean) + C
 // Needs common.wgsl in front of it.
 
@@ -65,7 +67,7 @@ fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     let var_biased = max(acc.z / n, 0.0);
     let invstd = 1.0 / sqrt(var_biased + p.eps);
     let scale = gamma(c) * invstd;
-    chan[c] = vec4<f32>(mean, invstd, scale, beta(c) - mean * scale);
+    chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
     if (has(FLAG_UPDATE_RUNNING)) {
         var f = p.momentum;
         if (f < 0.0) {
@@ -89,7 +91,7 @@ fn prepare_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     let mean = running_mean[c];
     let invstd = 1.0 / sqrt(running_var[c] + p.eps);
     let scale = gamma(c) * invstd;
-    chan[c] = vec4<f32>(mean, invstd, scale, beta(c) - mean * scale);
+    chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
 }
 
 // num_batches_tracked += 1, after merge_stats has read it. One counter, so
@@ -119,15 +121,19 @@ fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
     let stats = chan[c];
     let mean = stats.x;
     let invstd = stats.y;
-    let sum_dy = sums.x;
-    let sum_dy_xhat = sums.y * invstd;
-    dweight[c] = sum_dy_xhat;
-    dbias[c] = sum_dy;
     let a = gamma(c) * invstd;
+    let sum_dy = sums.x;
+    dbias[c] = sum_dy;
     if (has(FLAG_BATCH_STATS)) {
+        // mean is the batch mean rounded to f32; the exact one is mean + delta.
         let inv_m = 1.0 / p.count;
-        grad[c] = vec4<f32>(a, -a * invstd * sum_dy_xhat * inv_m, mean, -a * sum_dy * inv_m);
+        let delta = sums.z * inv_m;
+        let sum_dy_xhat = (sums.y - delta * sum_dy) * invstd;
+        dweight[c] = sum_dy_xhat;
+        let b = -a * invstd * sum_dy_xhat * inv_m;
+        grad[c] = vec4<f32>(a, b, mean, -a * sum_dy * inv_m - b * delta);
     } else {
+        dweight[c] = sums.y * invstd;
         grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
     }
 }
@@ -136,7 +142,7 @@ fn channel_of(e: u32) -> u32 {
     return (e / p.inner) % p.channels;
 }
 
-// y = x * scale[c] + shift[c], grid-stride over the elements.
+// y = (x - mean[c]) * scale[c] + beta[c], grid-stride over the elements.
 @compute @workgroup_size(256)
 fn apply(
     @builtin(global_invocation_id) id: vec3<u32>,
@@ -146,7 +152,7 @@ fn apply(
     let stride = nwg.x * 256u;
     for (var e = id.x; e < total; e += stride) {
         let k = chan[channel_of(e)];
-        y[p.y_off + e] = fma(x[p.x_off + e], k.z, k.w);
+        y[p.y_off + e] = fma(x[p.x_off + e] - k.x, k.z, k.w);
     }
 }
 

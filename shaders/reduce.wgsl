@@ -7,8 +7,9 @@
 //
 // MODE 0, statistics of x: partial = (count, mean, M2, 0), Welford per
 //   invocation and Chan's formula across invocations, never E[x^2] - E[x]^2.
-// MODE 1, backward sums: partial = (sum dy, sum dy * (x - mean_c), 0, 0) with
-//   mean_c = chan[c].x.
+// MODE 1, backward sums: partial = (sum dy, sum dy * (x - mean_c),
+//   sum (x - mean_c), 0) with mean_c = chan[c].x. The third sum recovers the
+//   rounding of mean_c to f32, which matters when |mean| >> std.
 //
 // Needs common.wgsl in front of it.
 
@@ -19,7 +20,7 @@ const WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 // MODE 1 only; MODE 0 binds x here again.
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
-// MODE 1 only: per-channel (mean, invstd, scale, shift); MODE 0 binds any vec4 buffer.
+// MODE 1 only: per-channel (mean, invstd, scale, beta); MODE 0 binds any vec4 buffer.
 @group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
 
@@ -30,7 +31,8 @@ fn accumulate(acc: vec4<f32>, idx: u32, mean_c: f32) -> vec4<f32> {
     let v = x[p.x_off + idx];
     if (MODE == 1u) {
         let g = dy[p.dy_off + idx];
-        return acc + vec4<f32>(g, g * (v - mean_c), 0.0, 0.0);
+        let d = v - mean_c;
+        return acc + vec4<f32>(g, g * d, d, 0.0);
     }
     let n = acc.x + 1.0;
     let d = v - acc.y;

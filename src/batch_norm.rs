@@ -10,8 +10,7 @@ use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
-    FLAG_UPDATE_RUNNING,
+    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan};
@@ -68,7 +67,10 @@ impl BatchNormConfig {
     /// [0, 1] and there is at least one channel.
     pub fn validate(&self) -> Result<()> {
         if self.num_features == 0 || self.num_features > u32::MAX as usize {
-            return Err(Error::Parameter(format!("num_features = {} is not a usable channel count", self.num_features)));
+            return Err(Error::Parameter(format!(
+                "num_features = {} is not a usable channel count",
+                self.num_features
+            )));
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(Error::Parameter(format!("eps = {} must be finite and positive", self.eps)));
@@ -120,7 +122,7 @@ pub struct BatchNorm {
     running_var: wgpu::Buffer,
     /// num_batches_tracked as (low, high) u32 words.
     counter: wgpu::Buffer,
-    /// Batch statistics of the last training forward: (mean, invstd, scale, shift) per channel.
+    /// Batch statistics of the last training forward: (mean, invstd, scale, beta) per channel.
     saved: wgpu::Buffer,
     /// Eval-mode coefficients from the running statistics, same layout.
     eval_chan: wgpu::Buffer,
@@ -204,7 +206,7 @@ impl BatchNorm {
         &self.grad_bias
     }
 
-    /// Per-channel (mean, invstd, scale, shift) of the last batch-statistics
+    /// Per-channel (mean, invstd, scale, beta) of the last batch-statistics
     /// forward: 4 f32 per channel. `save_mean` and `save_invstd` in PyTorch.
     pub fn saved_statistics(&self) -> &wgpu::Buffer {
         &self.saved
@@ -331,7 +333,8 @@ impl BatchNorm {
         dy: &TensorView,
         dx: &TensorView,
     ) -> Result<()> {
-        let stats = if self.config.track_running_stats { Stats::Running } else { Stats::Batch { update_running: false } };
+        let stats =
+            if self.config.track_running_stats { Stats::Running } else { Stats::Batch { update_running: false } };
         self.record_backward(encoder, x, dy, dx, stats)
     }
 
@@ -427,12 +430,13 @@ impl BatchNorm {
         if update_running {
             params.flags |= FLAG_UPDATE_RUNNING;
         }
-        let partials = if batch { Some(self.partials(u64::from(plan.parts) * view.channels as u64 * 16)?) } else { None };
+        let partials =
+            if batch { Some(self.partials(u64::from(plan.parts) * view.channels as u64 * 16)?) } else { None };
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
-            let params_buf = uniform(device, &params);
+            let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
             let apply = kernels.get(KernelKey::new(Shader::BatchNorm, "apply"))?;
             let apply_group = bind(
@@ -559,7 +563,7 @@ impl BatchNorm {
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
-            let params_buf = uniform(device, &params);
+            let params_buf = uniform(device, &params)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch_norm backward"),
                 timestamp_writes: None,

@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::kernels::KernelCache;
 use crate::{Error, Result};
 
@@ -53,8 +51,7 @@ impl Context {
     /// The device gets the adapter's own limits, and timestamp queries and
     /// f16 shaders when offered.
     pub async fn new_async() -> Result<Context> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pick_adapter(&instance).await?;
         let features = adapter.features() & wanted_features();
         let (device, queue) = adapter
@@ -90,14 +87,7 @@ impl Context {
             });
         }
         Context {
-            inner: Arc::new(Inner {
-                kernels: KernelCache::new(&device),
-                device,
-                queue,
-                info,
-                lost,
-                lost_reason,
-            }),
+            inner: Arc::new(Inner { kernels: KernelCache::new(&device), device, queue, info, lost, lost_reason }),
         }
     }
 
@@ -122,6 +112,8 @@ impl Context {
 
     /// `Err(DeviceLost)` once the device has been lost or destroyed.
     pub fn check_alive(&self) -> Result<()> {
+        // wgpu reports a destroyed device through the callback on the next poll.
+        let _ = self.inner.device.poll(wgpu::PollType::Poll);
         if self.inner.lost.load(Ordering::SeqCst) {
             let reason = self.inner.lost_reason.lock().map(|r| r.clone()).unwrap_or_default();
             return Err(Error::DeviceLost(reason));
@@ -153,9 +145,8 @@ impl Context {
     /// the GPU is done: the blocking convenience beside every op.
     pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
         let commands = self.scoped(|| {
-            let mut encoder = self
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-norm run") });
+            let mut encoder =
+                self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-norm run") });
             record(&mut encoder)?;
             Ok(encoder.finish())
         })?;
@@ -185,11 +176,7 @@ impl Context {
             } else {
                 bytes
             };
-            Ok(self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: storage_usage(),
-            }))
+            create_init(self.device(), label, contents, storage_usage())
         })
     }
 
@@ -213,7 +200,7 @@ impl Context {
         if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::Buffer("reading a buffer needs COPY_SRC usage".into()));
         }
-        if offset % 4 != 0 || bytes % 4 != 0 || offset + bytes > buffer.size() {
+        if !offset.is_multiple_of(4) || !bytes.is_multiple_of(4) || offset + bytes > buffer.size() {
             return Err(Error::Buffer(format!(
                 "cannot read {bytes} bytes at offset {offset} of a {}-byte buffer",
                 buffer.size()
@@ -238,15 +225,19 @@ impl Context {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = sender.send(r);
         });
-        self.wait(None)?;
-        match receiver.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::DeviceLost(format!("map failed: {e}"))),
-            Err(_) => return Err(Error::DeviceLost("buffer map did not complete".into())),
+        // Another thread's poll may be the one that runs the callback, so
+        // wait on the channel too, not only on the queue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            self.wait(None)?;
+            match receiver.recv_timeout(std::time::Duration::from_millis(10)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Err(Error::DeviceLost(format!("map failed: {e}"))),
+                Err(_) if std::time::Instant::now() < deadline => continue,
+                Err(_) => return Err(Error::DeviceLost("a buffer map did not complete within 60 s".into())),
+            }
         }
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Validation(format!("map range: {e}")))?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Validation(format!("map range: {e}")))?;
         let out = bytemuck::cast_slice::<u8, T>(&view).to_vec();
         drop(view);
         staging.unmap();
@@ -260,7 +251,7 @@ impl Context {
         if !buffer.usage().contains(wgpu::BufferUsages::COPY_DST) {
             return Err(Error::Buffer("writing a buffer needs COPY_DST usage".into()));
         }
-        if offset % 4 != 0 || offset + bytes.len() as u64 > buffer.size() {
+        if !offset.is_multiple_of(4) || offset + bytes.len() as u64 > buffer.size() {
             return Err(Error::Buffer(format!(
                 "cannot write {} bytes at offset {offset} of a {}-byte buffer",
                 bytes.len(),
@@ -273,6 +264,29 @@ impl Context {
             Ok(())
         })
     }
+}
+
+/// A buffer of `usage` holding `contents` (a multiple of 4 bytes, not
+/// empty). Unlike wgpu's `create_buffer_init`, a lost device gives `Err`
+/// rather than a panic.
+pub(crate) fn create_init(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: contents.len() as u64,
+        usage,
+        mapped_at_creation: true,
+    });
+    buffer
+        .get_mapped_range_mut(..)
+        .map_err(|e| Error::DeviceLost(format!("could not fill a new buffer: {e}")))?
+        .copy_from_slice(contents);
+    buffer.unmap();
+    Ok(buffer)
 }
 
 /// Usage of every buffer the crate creates: bindable and copyable both ways.
@@ -289,9 +303,7 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         return adapters
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-            .ok_or_else(|| {
-                Error::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"))
-            });
+            .ok_or_else(|| Error::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}")));
     }
     let power_preference = wgpu::PowerPreference::from_env().unwrap_or_default();
     let hardware = instance

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::Result;
 
 /// A WGSL source file of `shaders/`, compiled with `common.wgsl` in front.
@@ -132,12 +130,8 @@ pub(crate) const FLAG_BATCH_STATS: u32 = 4;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.
-pub(crate) fn uniform(device: &wgpu::Device, params: &ChannelParams) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("wgpu-norm params"),
-        contents: bytemuck::bytes_of(params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
+pub(crate) fn uniform(device: &wgpu::Device, params: &ChannelParams) -> Result<wgpu::Buffer> {
+    crate::context::create_init(device, "wgpu-norm params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
 }
 
 /// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.

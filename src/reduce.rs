@@ -109,7 +109,7 @@ pub(crate) struct ReduceBindings<'a> {
     pub x: wgpu::BindingResource<'a>,
     /// Upstream gradient (GradSums) or x again (Stats).
     pub dy: wgpu::BindingResource<'a>,
-    /// Per-channel (mean, invstd, scale, shift) (GradSums) or any vec4 buffer.
+    /// Per-channel (mean, invstd, scale, beta) (GradSums) or any vec4 buffer.
     pub chan: wgpu::BindingResource<'a>,
     pub partials: wgpu::BindingResource<'a>,
 }
@@ -131,11 +131,7 @@ pub(crate) fn record(
     plan: &ReducePlan,
     b: ReduceBindings<'_>,
 ) {
-    let group = bind(
-        device,
-        pipeline,
-        &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials)],
-    );
+    let group = bind(device, pipeline, &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials)]);
     dispatch(pass, pipeline, &group, plan.grid);
 }
 

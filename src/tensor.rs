@@ -84,11 +84,11 @@ pub(crate) fn window<'a>(
     if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::Buffer(format!("{name}: the buffer lacks STORAGE usage")));
     }
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         return Err(Error::Buffer(format!("{name}: offset {offset} is not a multiple of 4 bytes")));
     }
     let bytes = len as u64 * 4;
-    let end = offset.checked_add(bytes).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(bytes);
     if end > buffer.size() {
         return Err(Error::Buffer(format!(
             "{name}: {len} values at offset {offset} need {end} bytes, the buffer has {}",
@@ -98,18 +98,13 @@ pub(crate) fn window<'a>(
     let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
     let bind_offset = offset - offset % align;
     let bind_size = end - bind_offset;
-    let max = limits.max_storage_buffer_binding_size as u64;
+    let max = limits.max_storage_buffer_binding_size;
     if bind_size > max || bind_size > u64::from(u32::MAX) {
         return Err(Error::Unsupported(format!(
             "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
         )));
     }
-    Ok(Window {
-        buffer,
-        bind_offset,
-        bind_size: bind_size.max(4),
-        elem_offset: ((offset - bind_offset) / 4) as u32,
-    })
+    Ok(Window { buffer, bind_offset, bind_size: bind_size.max(4), elem_offset: ((offset - bind_offset) / 4) as u32 })
 }
 
 /// Checks a logical shape for the per-channel ops: rank 2 to 5, no zero
@@ -122,10 +117,7 @@ pub(crate) fn check_shape(shape: &[usize], layout: Layout, channels: usize) -> R
         return Err(Error::Shape(format!("{shape:?} has a zero-sized dimension")));
     }
     if shape[1] != channels {
-        return Err(Error::Shape(format!(
-            "{shape:?} has {} channels (dimension 1), the op has {channels}",
-            shape[1]
-        )));
+        return Err(Error::Shape(format!("{shape:?} has {} channels (dimension 1), the op has {channels}", shape[1])));
     }
     let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if len.is_none_or(|n| n > u32::MAX as usize) {

@@ -88,3 +88,159 @@ fn fixed_shapes_both_layouts_both_modes() {
         }
     }
 }
+
+#[test]
+fn random_shapes_layouts_and_configs() {
+    // Seeds are fixed so a failure names its reproduction: `Rng(seed)`.
+    for seed in 0..24u64 {
+        let mut rng = Rng(1000 + seed);
+        let rank = rng.range(2, 5);
+        let mut shape: Vec<usize> = (0..rank).map(|_| rng.range(1, 9)).collect();
+        if rng.uniform() < 0.3 {
+            shape[1] = 1;
+        }
+        if rank > 2 && rng.uniform() < 0.3 {
+            shape[rank - 1] = rng.range(200, 700);
+        }
+        if shape.iter().product::<usize>() / shape[1] < 2 {
+            shape[0] = 2;
+        }
+        let layout = if rng.uniform() < 0.5 { Layout::Nchw } else { Layout::Nhwc };
+        let config = BatchNormConfig::new(shape[1])
+            .eps(if rng.uniform() < 0.5 { 1e-5 } else { 1e-3 })
+            .momentum(if rng.uniform() < 0.3 { None } else { Some(rng.uniform() as f32) })
+            .affine(rng.uniform() < 0.7)
+            .track_running_stats(rng.uniform() < 0.8);
+        let (offset, scale) = match seed % 4 {
+            0 => (1000.0, 1.0),
+            1 => (0.0, 1e-3),
+            _ => (0.5, 2.0),
+        };
+        let training = seed % 3 != 0;
+        run_case_with(&format!("seed {seed}"), &shape, layout, config, training, &mut rng, offset, scale);
+    }
+}
+
+#[test]
+fn corners_one_channel_one_spatial_two_values() {
+    let mut rng = Rng(7);
+    let cases: &[&[usize]] = &[&[2, 1], &[2, 5, 1, 1], &[1, 3, 2], &[2, 1, 1, 1, 1], &[1, 1, 2], &[3, 7, 1]];
+    for shape in cases {
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            run_case("corner", shape, layout, BatchNormConfig::new(shape[1]), true, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn a_channel_with_millions_of_values() {
+    let mut rng = Rng(11);
+    // 4 Mi values in one channel, both tilings (planar and channels-last).
+    run_case_with("big channel", &[4, 1, 1024, 1024], Layout::Nchw, BatchNormConfig::new(1), true, &mut rng, 3.0, 2.0);
+    run_case_with("big channel", &[4, 2, 512, 512], Layout::Nhwc, BatchNormConfig::new(2), true, &mut rng, -1.0, 0.5);
+}
+
+#[test]
+fn more_elements_than_one_dispatch_dimension_reaches() {
+    // 2^24 elements: 65,536 workgroups of 256 for one value each.
+    let mut rng = Rng(12);
+    run_case("wide", &[16, 16, 256, 256], Layout::Nchw, BatchNormConfig::new(16), true, &mut rng);
+}
+
+#[test]
+fn ops_recorded_into_one_encoder_keep_their_own_parameters() {
+    // Two layers with different eps and inputs recorded before one submit.
+    let ctx = ctx();
+    let mut rng = Rng(5);
+    let shape = [4usize, 3, 5];
+    let x1 = rng.normal_vec(60, 0.0, 1.0);
+    let x2 = rng.normal_vec(60, 10.0, 3.0);
+    let a = BatchNorm::new(ctx, BatchNormConfig::new(3).eps(1e-1)).unwrap();
+    let b = BatchNorm::new(ctx, BatchNormConfig::new(3).eps(1e-5)).unwrap();
+    let (t1, t2) = (
+        Tensor::from_slice(ctx, &x1, &shape, Layout::Nchw).unwrap(),
+        Tensor::from_slice(ctx, &x2, &shape, Layout::Nchw).unwrap(),
+    );
+    let (y1, y2) =
+        (Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap(), Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap());
+    ctx.run(|e| {
+        a.forward_train(e, &t1.view(), &y1.view())?;
+        b.forward_train(e, &t2.view(), &y2.view())
+    })
+    .unwrap();
+    let want1 = reference::batch_norm_forward(
+        &BatchNormArgs { eps: 1e-1, ..BatchNormArgs::new(&shape, Layout::Nchw) },
+        &x1,
+        None,
+    );
+    let want2 = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x2, None);
+    assert_close("first", &y1.read(ctx).unwrap(), &want1.y);
+    assert_close("second", &y2.read(ctx).unwrap(), &want2.y);
+}
+
+#[test]
+fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
+    let ctx = ctx();
+    let mut rng = Rng(9);
+    let shape = [6usize, 4, 3, 3];
+    for momentum in [Some(0.1f32), None] {
+        let bn = BatchNorm::new(ctx, BatchNormConfig::new(4).momentum(momentum)).unwrap();
+        let mut state = BatchNormState::initial(4);
+        let y = Tensor::zeros(ctx, &shape, Layout::Nhwc).unwrap();
+        for _ in 0..3 {
+            let x = rng.normal_vec(216, 4.0, 2.0);
+            let xt = Tensor::from_slice(ctx, &x, &shape, Layout::Nhwc).unwrap();
+            bn.forward_sync(&xt.view(), &y.view(), true).unwrap();
+            let args = BatchNormArgs {
+                weight: Some(&state.weight),
+                bias: Some(&state.bias),
+                running_mean: Some(&state.running_mean),
+                running_var: Some(&state.running_var),
+                momentum: momentum.map(f64::from),
+                num_batches_tracked: state.num_batches_tracked,
+                ..BatchNormArgs::new(&shape, Layout::Nhwc)
+            };
+            let f = reference::batch_norm_forward(&args, &x, None);
+            state.running_mean = f.running_mean.unwrap().iter().map(|&v| v as f32).collect();
+            state.running_var = f.running_var.unwrap().iter().map(|&v| v as f32).collect();
+            state.num_batches_tracked = f.num_batches_tracked;
+        }
+        let got = bn.read_state().unwrap();
+        assert_eq!(got.num_batches_tracked, 3);
+        let as64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        assert_close("running_mean", &got.running_mean, &as64(&state.running_mean));
+        assert_close("running_var", &got.running_var, &as64(&state.running_var));
+        // Eval now normalizes with those running statistics.
+        let x = rng.normal_vec(216, 4.0, 2.0);
+        let xt = Tensor::from_slice(ctx, &x, &shape, Layout::Nhwc).unwrap();
+        bn.forward_sync(&xt.view(), &y.view(), false).unwrap();
+        let args = BatchNormArgs {
+            running_mean: Some(&state.running_mean),
+            running_var: Some(&state.running_var),
+            training: false,
+            ..BatchNormArgs::new(&shape, Layout::Nhwc)
+        };
+        assert_close("eval y", &y.read(ctx).unwrap(), &reference::batch_norm_forward(&args, &x, None).y);
+    }
+}
+
+#[test]
+fn views_at_offsets_inside_larger_buffers() {
+    // An application's arena: x and y at unaligned (but 4-byte) offsets.
+    let ctx = ctx();
+    let mut rng = Rng(21);
+    let shape = [3usize, 2, 5];
+    let x = rng.normal_vec(30, 1.0, 1.0);
+    let mut arena = vec![0.0f32; 7];
+    arena.extend_from_slice(&x);
+    let xb = ctx.upload("arena", &arena).unwrap();
+    let yb = ctx.zeros("out arena", 4 * 100).unwrap();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(2)).unwrap();
+    let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(28);
+    let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * 67);
+    bn.forward_sync(&xv, &yv, true).unwrap();
+    let all: Vec<f32> = ctx.read(&yb, 0, 100).unwrap();
+    let want = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x, None);
+    assert_close("offset y", &all[67..97], &want.y);
+    assert!(all[..67].iter().chain(&all[97..]).all(|&v| v == 0.0), "wrote outside the view");
+}

@@ -14,21 +14,11 @@ pub fn ctx() -> &'static Context {
     CTX.get_or_init(|| Context::new().expect("no wgpu adapter: install mesa-vulkan-drivers (lavapipe)"))
 }
 
-/// Normalized error of `got` against `want`: max |got - want| / max(1, max |want|).
-pub fn normalized_error(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| if g.is_nan() != w.is_nan() { f64::INFINITY } else if g.is_nan() { 0.0 } else { (g as f64 - w).abs() })
-        .fold(0.0f64, f64::max);
-    worst / scale
-}
+pub use wgpu_norm::check::normalized_error;
 
-/// The f32 GPU result against the f64 reference: this crate's one tolerance,
-/// 1e-3 of the largest expected magnitude (at least 1), as `check` uses.
-pub const TOLERANCE: f64 = 1e-3;
+/// The f32 GPU result against the f64 reference: the crate's one tolerance,
+/// the same `check` uses by default.
+pub const TOLERANCE: f64 = wgpu_norm::check::DEFAULT_TOLERANCE;
 
 /// Asserts `got` is within [`TOLERANCE`] of `want`, naming `what` on failure.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
