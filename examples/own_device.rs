@@ -1,0 +1,42 @@
+//! A GPU application that owns its device hands it to wgpu-norm and records
+//! a BatchNorm training step into its own command encoder.
+//!
+//! `cargo run --release --example own_device`
+
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, TensorView};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The application's own device and queue (here opened the usual way).
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
+
+    // wgpu-norm borrows them; pipelines compile once per context.
+    let ctx = Context::from_device(device.clone(), queue.clone());
+    let bn = BatchNorm::new(&ctx, BatchNormConfig::new(16))?;
+
+    // The application's own buffers: activations of shape N=8, C=16, 32x32, channels-last.
+    let shape = [8, 16, 32, 32];
+    let len: usize = shape.iter().product();
+    let x: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+    let x_buf = ctx.upload("activations", &x)?;
+    let y_buf = ctx.zeros("normalized", len as u64 * 4)?;
+    let dy_buf = ctx.upload("upstream grad", &vec![1.0f32; len])?;
+    let dx_buf = ctx.zeros("input grad", len as u64 * 4)?;
+    let view = |b| TensorView::new(b, &shape).with_layout(Layout::Nhwc);
+
+    // Record forward and backward into the application's encoder, then submit.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    bn.forward_train(&mut encoder, &view(&x_buf), &view(&y_buf))?;
+    bn.backward_train(&mut encoder, &view(&x_buf), &view(&dy_buf), &view(&dx_buf))?;
+    queue.submit([encoder.finish()]);
+
+    // Host reads are for the demo only: statistics never left the GPU above.
+    let state = bn.read_state()?;
+    let (dweight, dbias) = bn.read_grads()?;
+    println!("running_mean[0..4] = {:?}", &state.running_mean[..4]);
+    println!("num_batches_tracked = {}", state.num_batches_tracked);
+    println!("dbias[0] = {} (= N*H*W = {})", dbias[0], len / 16);
+    println!("dweight[0] = {:.3e} (~0 for dy = 1)", dweight[0]);
+    Ok(())
+}
