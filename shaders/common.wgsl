@@ -26,8 +26,21 @@ struct Params {
     count: f32,
     // Interleaved reduction: first stride of the tree over row groups.
     tree: u32,
+    // Element offsets of the residual input z and its gradient dz (fused add).
+    z_off: u32,
+    dz_off: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 const FLAG_AFFINE: u32 = 1u;
 const FLAG_UPDATE_RUNNING: u32 = 2u;
 const FLAG_BATCH_STATS: u32 = 4u;
+const FLAG_LAYER_BIAS: u32 = 8u;
+
+// The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and
+// backward both call this, so the backward's mask (pre > 0) is bit-for-bit
+// the forward's and needs no stored mask or output.
+fn fused_pre(v: f32, k: vec4<f32>, residual: f32) -> f32 {
+    return fma(v - k.x, k.z, k.w) + residual;
+}

@@ -7,9 +7,11 @@
 //
 // MODE 0, statistics of x: partial = (count, mean, M2, 0), Welford per
 //   invocation and Chan's formula across invocations, never E[x^2] - E[x]^2.
-// MODE 1, backward sums: partial = (sum dy, sum dy * (x - mean_c),
-//   sum (x - mean_c), 0) with mean_c = chan[c].x. The third sum recovers the
-//   rounding of mean_c to f32, which matters when |mean| >> std.
+// MODE 1, backward sums: partial = (sum g, sum g * (x - mean_c),
+//   sum (x - mean_c), 0) with g = dy and mean_c = chan[c].x. The third sum
+//   recovers the rounding of mean_c to f32, which matters when |mean| >> std.
+// MODE 2, the same behind a fused ReLU: g = dy where fused_pre(x) > 0, else 0.
+// MODE 3, the same behind a fused add + ReLU: g = dy where fused_pre(x) + z > 0.
 //
 // Needs common.wgsl in front of it.
 
@@ -18,20 +20,30 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-// MODE 1 only; MODE 0 binds x here again.
+// MODE >= 1 only; MODE 0 binds x here again.
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
-// MODE 1 only: per-channel (mean, invstd, scale, beta); MODE 0 binds any vec4 buffer.
+// MODE >= 1 only: per-channel (mean, invstd, scale, beta); MODE 0 binds any vec4 buffer.
 @group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+// MODE 3 only: the residual input; other modes bind x here again.
+@group(0) @binding(5) var<storage, read> z: array<f32>;
 
 var<workgroup> shared_acc: array<vec4<f32>, WG>;
 
 // Adds the element at idx (relative to the view) to an invocation's accumulator.
-fn accumulate(acc: vec4<f32>, idx: u32, mean_c: f32) -> vec4<f32> {
+// `k` is the channel's (mean, invstd, scale, beta) in MODE >= 1.
+fn accumulate(acc: vec4<f32>, idx: u32, k: vec4<f32>) -> vec4<f32> {
     let v = x[p.x_off + idx];
-    if (MODE == 1u) {
-        let g = dy[p.dy_off + idx];
-        let d = v - mean_c;
+    if (MODE >= 1u) {
+        var g = dy[p.dy_off + idx];
+        if (MODE >= 2u) {
+            var residual = 0.0;
+            if (MODE == 3u) {
+                residual = z[p.z_off + idx];
+            }
+            g = select(0.0, g, fused_pre(v, k, residual) > 0.0);
+        }
+        let d = v - k.x;
         return acc + vec4<f32>(g, g * d, d, 0.0);
     }
     let n = acc.x + 1.0;
@@ -40,9 +52,9 @@ fn accumulate(acc: vec4<f32>, idx: u32, mean_c: f32) -> vec4<f32> {
     return vec4<f32>(n, mean, acc.z + d * (v - mean), 0.0);
 }
 
-// Combines two partials: a sum (MODE 1) or Chan's parallel Welford (MODE 0).
+// Combines two partials: Chan's parallel Welford (MODE 0) or a sum.
 fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    if (MODE == 1u) {
+    if (MODE >= 1u) {
         return a + b;
     }
     if (b.x == 0.0) {
@@ -57,11 +69,11 @@ fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
 
-fn channel_mean(c: u32) -> f32 {
-    if (MODE == 1u) {
-        return chan[c].x;
+fn channel_coefficients(c: u32) -> vec4<f32> {
+    if (MODE >= 1u) {
+        return chan[c];
     }
-    return 0.0;
+    return vec4<f32>(0.0);
 }
 
 // Planar: workgroup (s, c) reduces elements [s * slice_len, (s+1) * slice_len)
@@ -77,13 +89,13 @@ fn reduce_planar(
     let start = wg.x * p.slice_len;
     let end = min(start + p.slice_len, per_channel);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let mean_c = channel_mean(c);
+        let k = channel_coefficients(c);
         var acc = vec4<f32>(0.0);
         var j = start + t;
         var o = j / p.inner;
         var i = j - o * p.inner;
         while (j < end) {
-            acc = accumulate(acc, (o * p.channels + c) * p.inner + i, mean_c);
+            acc = accumulate(acc, (o * p.channels + c) * p.inner + i, k);
             j += WG;
             i += WG;
             while (i >= p.inner) {
@@ -126,9 +138,9 @@ fn reduce_interleaved(
     let row_end = min(row_start + p.slice_len, p.outer);
     var acc = vec4<f32>(0.0);
     if (g < groups && col < cols) {
-        let mean_c = channel_mean(col / p.inner);
+        let k = channel_coefficients(col / p.inner);
         for (var r = row_start + g; r < row_end; r += groups) {
-            acc = accumulate(acc, r * cols + col, mean_c);
+            acc = accumulate(acc, r * cols + col, k);
         }
     }
     shared_acc[t] = acc;

@@ -134,6 +134,8 @@ pub struct BatchNorm {
     partials: Mutex<Option<wgpu::Buffer>>,
     /// Shape and layout of the input whose statistics `saved` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout)>>,
+    /// Stand-in for output bindings a kernel variant never writes.
+    unused: wgpu::Buffer,
 }
 
 /// Which statistics an op normalizes with.
@@ -165,10 +167,21 @@ impl BatchNorm {
             grad_bias: ctx.zeros("bn grad bias", c as u64 * 4)?,
             partials: Mutex::new(None),
             saved_for: Mutex::new(None),
+            unused: ctx.zeros("bn unused binding", 16)?,
             ctx: ctx.clone(),
             config,
         };
         Ok(bn)
+    }
+
+    pub(crate) fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Per-channel (mean, invstd, scale, beta) from the running statistics,
+    /// written by `record_prepare_eval`.
+    pub(crate) fn eval_coefficients(&self) -> &wgpu::Buffer {
+        &self.eval_chan
     }
 
     /// The layer's configuration.
@@ -268,33 +281,53 @@ impl BatchNorm {
         y: &TensorView,
         training: bool,
     ) -> Result<()> {
-        if training {
-            self.forward_train(encoder, x, y)
-        } else {
-            self.forward_eval(encoder, x, y)
-        }
+        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::None)
     }
 
     /// Training forward: normalizes with this batch's statistics, saves them
     /// for backward and, when tracking, updates the running statistics and
     /// `num_batches_tracked`.
     pub fn forward_train(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        let update_running = self.config.track_running_stats;
-        self.record_forward(encoder, x, y, Stats::Batch { update_running })
+        self.forward(encoder, x, y, true)
     }
 
     /// Eval forward: normalizes with the running statistics, or with the
     /// batch statistics when the layer does not track any (as PyTorch).
     pub fn forward_eval(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        if self.config.track_running_stats {
-            self.record_forward(encoder, x, y, Stats::Running)
-        } else {
-            self.record_forward(encoder, x, y, Stats::Batch { update_running: false })
-        }
+        self.forward(encoder, x, y, false)
     }
 
-    /// Backward of the last forward's mode: see [`Self::backward_train`] and
-    /// [`Self::backward_eval`].
+    /// `y = relu(bn(x))` in one pass, training or eval mode.
+    pub fn forward_relu(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        y: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::Relu)
+    }
+
+    /// `y = relu(bn(x) + z)` in one pass (a residual block's tail), training
+    /// or eval mode. `z` has x's shape and layout.
+    pub fn forward_add_relu(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        z: &TensorView,
+        y: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::AddRelu { z, dz: None })
+    }
+
+    /// Backward of [`Self::forward`] in the same mode: dx into `dx`, dweight
+    /// and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    ///
+    /// Training mode (statistics depend on x) uses the statistics saved by
+    /// the last batch-statistics forward, which must have had x's shape and
+    /// layout. Eval mode treats the running statistics as constants (without
+    /// running statistics it is the training backward, as in PyTorch).
     pub fn backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -303,17 +336,10 @@ impl BatchNorm {
         dx: &TensorView,
         training: bool,
     ) -> Result<()> {
-        if training {
-            self.backward_train(encoder, x, dy, dx)
-        } else {
-            self.backward_eval(encoder, x, dy, dx)
-        }
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::None)
     }
 
-    /// Training backward (statistics depend on x): dx into `dx`, dweight and
-    /// dbias into [`Self::grad_weight`] / [`Self::grad_bias`]. Uses the
-    /// statistics saved by the last batch-statistics forward, which must have
-    /// had the same shape and layout.
+    /// Training backward; see [`Self::backward`].
     pub fn backward_train(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -321,11 +347,10 @@ impl BatchNorm {
         dy: &TensorView,
         dx: &TensorView,
     ) -> Result<()> {
-        self.record_backward(encoder, x, dy, dx, Stats::Batch { update_running: false })
+        self.backward(encoder, x, dy, dx, true)
     }
 
-    /// Eval backward (running statistics are constants). Without running
-    /// statistics this is the training backward, as in PyTorch.
+    /// Eval backward; see [`Self::backward`].
     pub fn backward_eval(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -333,9 +358,37 @@ impl BatchNorm {
         dy: &TensorView,
         dx: &TensorView,
     ) -> Result<()> {
-        let stats =
-            if self.config.track_running_stats { Stats::Running } else { Stats::Batch { update_running: false } };
-        self.record_backward(encoder, x, dy, dx, stats)
+        self.backward(encoder, x, dy, dx, false)
+    }
+
+    /// Backward of [`Self::forward_relu`]: the ReLU mask is recomputed from x,
+    /// so neither y nor a mask is read.
+    pub fn backward_relu(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::Relu)
+    }
+
+    /// Backward of [`Self::forward_add_relu`]: dx, dweight, dbias, and `dz`,
+    /// the gradient of the residual input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_add_relu(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        z: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        dz: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        let epilogue = Epilogue::AddRelu { z, dz: Some(dz) };
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), epilogue)
     }
 
     /// Blocking [`Self::forward`]: records, submits and waits.
@@ -348,24 +401,32 @@ impl BatchNorm {
         self.ctx.run(|e| self.backward(e, x, dy, dx, training))
     }
 
-    /// Checks x against the layer and `other` (y, dy or dx) against x, and
-    /// returns their windows and channel view.
-    fn check_pair<'a>(
-        &self,
-        x: &TensorView<'a>,
-        other: &TensorView<'a>,
-        other_name: &str,
-    ) -> Result<(ChannelView, Window<'a>, Window<'a>)> {
-        self.ctx.check_alive()?;
-        let view = check_shape(&x.shape, x.layout, self.config.num_features)?;
-        if other.shape != x.shape || (other.layout != x.layout && x.shape.len() > 2) {
+    /// Which statistics a forward (`forward = true`) or backward in `training`
+    /// mode normalizes with.
+    fn stats_for(&self, training: bool, forward: bool) -> Stats {
+        if training || !self.config.track_running_stats {
+            Stats::Batch { update_running: forward && training && self.config.track_running_stats }
+        } else {
+            Stats::Running
+        }
+    }
+
+    /// Checks `t` (named `name`) against x's shape and layout and returns its window.
+    fn check_like<'a>(&self, x: &TensorView, t: &TensorView<'a>, name: &str) -> Result<Window<'a>> {
+        if t.shape != x.shape || (t.layout != x.layout && x.shape.len() > 2) {
             return Err(Error::Shape(format!(
-                "{other_name} is {:?} {:?}, x is {:?} {:?}",
-                other.shape, other.layout, x.shape, x.layout
+                "{name} is {:?} {:?}, x is {:?} {:?}",
+                t.shape, t.layout, x.shape, x.layout
             )));
         }
-        let limits = self.ctx.device().limits();
-        Ok((view, x.window("x", &limits)?, other.window(other_name, &limits)?))
+        t.window(name, &self.ctx.device().limits())
+    }
+
+    /// Checks x against the layer and returns its channel view and window.
+    fn check_input<'a>(&self, x: &TensorView<'a>) -> Result<(ChannelView, Window<'a>)> {
+        self.ctx.check_alive()?;
+        let view = check_shape(&x.shape, x.layout, self.config.num_features)?;
+        Ok((view, x.window("x", &self.ctx.device().limits())?))
     }
 
     /// The partial-statistics scratch, at least `bytes` long.
@@ -381,7 +442,8 @@ impl BatchNorm {
         }
     }
 
-    fn params(&self, view: ChannelView) -> ChannelParams {
+    /// Kernel parameters for `view` with this layer's eps, momentum and flags.
+    pub(crate) fn channel_params(&self, view: ChannelView) -> ChannelParams {
         let mut flags = 0;
         if self.config.affine {
             flags |= FLAG_AFFINE;
@@ -398,10 +460,6 @@ impl BatchNorm {
         }
     }
 
-    fn workgroups_elementwise(view: ChannelView) -> (u32, u32) {
-        (view.len().div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
-    }
-
     fn per_channel_workgroups(&self) -> (u32, u32) {
         (self.config.num_features.div_ceil(64) as u32, 1)
     }
@@ -412,18 +470,25 @@ impl BatchNorm {
         x: &TensorView,
         y: &TensorView,
         stats: Stats,
+        epilogue: Epilogue,
     ) -> Result<()> {
-        let (view, xw, yw) = self.check_pair(x, y, "y")?;
-        if x.buffer == y.buffer {
-            return Err(Error::Buffer("x and y share a buffer; BatchNorm does not run in place".into()));
-        }
+        let (view, xw) = self.check_input(x)?;
+        let yw = self.check_like(x, y, "y")?;
+        let zw = match epilogue {
+            Epilogue::AddRelu { z, .. } => Some(self.check_like(x, z, "z")?),
+            _ => None,
+        };
+        let inputs: Vec<&wgpu::Buffer> =
+            [Some(x.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
+        check_distinct(&[("y", y.buffer)], &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
         if batch && view.per_channel() < 2 {
             return Err(Error::OneValuePerChannel(x.shape.clone()));
         }
-        let mut params = self.params(view);
+        let mut params = self.channel_params(view);
         params.x_off = xw.elem_offset;
         params.y_off = yw.elem_offset;
+        params.z_off = zw.as_ref().map_or(0, |w| w.elem_offset);
         let plan = ReducePlan::new(view)?;
         plan.fill(&mut params);
         let update_running = matches!(stats, Stats::Batch { update_running: true });
@@ -438,7 +503,7 @@ impl BatchNorm {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            let apply = kernels.get(KernelKey::new(Shader::BatchNorm, "apply"))?;
+            let apply = kernels.get(KernelKey::with_mode(Shader::BatchNorm, "apply", epilogue.apply_mode()))?;
             let apply_group = bind(
                 device,
                 &apply,
@@ -447,6 +512,7 @@ impl BatchNorm {
                     (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (9, yw.resource()),
+                    (15, zw.as_ref().unwrap_or(&xw).resource()),
                 ],
             );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -466,6 +532,7 @@ impl BatchNorm {
                         dy: xw.resource(),
                         chan: self.saved.as_entire_binding(),
                         partials: partials.as_entire_binding(),
+                        z: xw.resource(),
                     },
                 );
                 let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
@@ -492,7 +559,7 @@ impl BatchNorm {
             } else {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            dispatch(&mut pass, &apply, &apply_group, Self::workgroups_elementwise(view));
+            dispatch(&mut pass, &apply, &apply_group, elementwise_workgroups(view.len()));
             Ok(())
         })?;
         if batch {
@@ -502,7 +569,7 @@ impl BatchNorm {
     }
 
     /// Eval coefficients from the running statistics into `eval_chan`.
-    fn record_prepare_eval(&self, pass: &mut wgpu::ComputePass<'_>, params: &wgpu::Buffer) -> Result<()> {
+    pub(crate) fn record_prepare_eval(&self, pass: &mut wgpu::ComputePass<'_>, params: &wgpu::Buffer) -> Result<()> {
         let device = self.ctx.device();
         let prepare = self.ctx.kernels().get(KernelKey::new(Shader::BatchNorm, "prepare_eval"))?;
         let group = bind(
@@ -528,12 +595,25 @@ impl BatchNorm {
         dy: &TensorView,
         dx: &TensorView,
         stats: Stats,
+        epilogue: Epilogue,
     ) -> Result<()> {
-        let (view, xw, dyw) = self.check_pair(x, dy, "dy")?;
-        let (_, _, dxw) = self.check_pair(x, dx, "dx")?;
-        if dx.buffer == x.buffer || dx.buffer == dy.buffer {
-            return Err(Error::Buffer("dx shares a buffer with x or dy; backward does not run in place".into()));
+        let (view, xw) = self.check_input(x)?;
+        let dyw = self.check_like(x, dy, "dy")?;
+        let dxw = self.check_like(x, dx, "dx")?;
+        let (zw, dzw) = match epilogue {
+            Epilogue::AddRelu { z, dz } => {
+                let dz = dz.ok_or_else(|| Error::Parameter("the add + relu backward needs dz".into()))?;
+                (Some(self.check_like(x, z, "z")?), Some(self.check_like(x, dz, "dz")?))
+            }
+            _ => (None, None),
+        };
+        let inputs: Vec<&wgpu::Buffer> =
+            [Some(x.buffer), Some(dy.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
+        let mut outputs = vec![("dx", dx.buffer)];
+        if let Epilogue::AddRelu { dz: Some(dz), .. } = epilogue {
+            outputs.push(("dz", dz.buffer));
         }
+        check_distinct(&outputs, &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
         if batch {
             if view.per_channel() < 2 {
@@ -548,10 +628,12 @@ impl BatchNorm {
                 )));
             }
         }
-        let mut params = self.params(view);
+        let mut params = self.channel_params(view);
         params.x_off = xw.elem_offset;
         params.dy_off = dyw.elem_offset;
         params.dx_off = dxw.elem_offset;
+        params.z_off = zw.as_ref().map_or(0, |w| w.elem_offset);
+        params.dz_off = dzw.as_ref().map_or(0, |w| w.elem_offset);
         if batch {
             params.flags |= FLAG_BATCH_STATS;
         }
@@ -571,7 +653,7 @@ impl BatchNorm {
             if !batch {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::GradSums)?;
+            let reduce = reduce::pipeline(&self.ctx, &plan, epilogue.grad_mode())?;
             reduce::record(
                 device,
                 &mut pass,
@@ -583,6 +665,7 @@ impl BatchNorm {
                     dy: dyw.resource(),
                     chan: chan.as_entire_binding(),
                     partials: partials.as_entire_binding(),
+                    z: zw.as_ref().unwrap_or(&xw).resource(),
                 },
             );
             let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;
@@ -600,20 +683,84 @@ impl BatchNorm {
                 ],
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-            let dx_kernel = kernels.get(KernelKey::new(Shader::BatchNorm, "backward_dx"))?;
+            let dx_kernel =
+                kernels.get(KernelKey::with_mode(Shader::BatchNorm, "backward_dx", epilogue.apply_mode()))?;
             let group = bind(
                 device,
                 &dx_kernel,
                 &[
                     (0, params_buf.as_entire_binding()),
+                    (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (10, dyw.resource()),
                     (11, dxw.resource()),
                     (12, self.grad_coef.as_entire_binding()),
+                    (15, zw.as_ref().unwrap_or(&xw).resource()),
+                    (16, dzw.as_ref().map_or_else(|| self.unused.as_entire_binding(), |w| w.resource())),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, Self::workgroups_elementwise(view));
+            dispatch(&mut pass, &dx_kernel, &group, elementwise_workgroups(view.len()));
             Ok(())
         })
     }
+}
+
+/// What follows the normalization in the same pass.
+#[derive(Clone, Copy)]
+enum Epilogue<'v, 'a> {
+    None,
+    Relu,
+    /// `relu(bn(x) + z)`; `dz` is the residual's gradient (backward only).
+    AddRelu {
+        z: &'v TensorView<'a>,
+        dz: Option<&'v TensorView<'a>>,
+    },
+}
+
+impl Epilogue<'_, '_> {
+    fn z(&self) -> Option<&TensorView<'_>> {
+        match self {
+            Epilogue::AddRelu { z, .. } => Some(z),
+            _ => None,
+        }
+    }
+
+    /// `MODE` of batch_norm.wgsl's `apply` and `backward_dx`.
+    fn apply_mode(&self) -> u32 {
+        match self {
+            Epilogue::None => 0,
+            Epilogue::Relu => 1,
+            Epilogue::AddRelu { .. } => 2,
+        }
+    }
+
+    fn grad_mode(&self) -> ReduceMode {
+        match self {
+            Epilogue::None => ReduceMode::GradSums,
+            Epilogue::Relu => ReduceMode::GradSumsRelu,
+            Epilogue::AddRelu { .. } => ReduceMode::GradSumsAddRelu,
+        }
+    }
+}
+
+/// `Err(Buffer)` when an output shares a buffer with an input or another
+/// output: wgpu cannot bind one buffer as both, and the ops do not run in place.
+fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -> Result<()> {
+    for (i, (name, out)) in outputs.iter().enumerate() {
+        if inputs.contains(out) {
+            return Err(Error::Buffer(format!(
+                "{name} shares a buffer with an input; BatchNorm does not run in place"
+            )));
+        }
+        if outputs[..i].iter().any(|(_, other)| other == out) {
+            return Err(Error::Buffer(format!("{name} shares a buffer with another output")));
+        }
+    }
+    Ok(())
+}
+
+/// Workgroups for a grid-stride elementwise pass over `len` values: about
+/// four values per invocation, within one dispatch dimension.
+pub(crate) fn elementwise_workgroups(len: usize) -> (u32, u32) {
+    (len.div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 use crate::context::Context;
-use crate::golden::{BatchNormCase, Case};
+use crate::fold::LayerKind;
+use crate::golden::{BatchNormCase, Case, FoldCase};
 use crate::reference::Fused;
 use crate::tensor::Tensor;
 use crate::Result;
@@ -129,18 +130,12 @@ fn gpu_outputs(ctx: &Context, case: &Case) -> Result<Produced> {
         op @ ("layer_norm" | "rms_norm" | "group_norm" | "instance_norm") => {
             Ok(Produced::Unsupported(format!("{op} is not implemented yet (the normalization family)")))
         }
-        "fold_batch_norm" => Ok(Produced::Unsupported("fold_batch_norm is not implemented yet (fusion)".into())),
+        "fold_batch_norm" => fold_outputs(ctx, &FoldCase::from_case(case)?),
         op => Err(case.error(format!("unknown op {op:?}"))),
     }
 }
 
 fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
-    if case.fused != Fused::None {
-        return Ok(Produced::Unsupported(format!(
-            "fused = {} is not implemented yet (fused BatchNorm)",
-            case.fused.name()
-        )));
-    }
     let c = case.shape[1];
     let config = BatchNormConfig {
         num_features: c,
@@ -158,9 +153,18 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
         running_var: case.running_var.clone().unwrap_or(initial.running_var),
         num_batches_tracked: case.num_batches_tracked,
     })?;
-    let x = Tensor::from_slice(ctx, &case.x, &case.shape, case.layout)?;
-    let y = Tensor::zeros(ctx, &case.shape, case.layout)?;
-    bn.forward_sync(&x.view(), &y.view(), case.training)?;
+    let tensor = |data: &[f32]| Tensor::from_slice(ctx, data, &case.shape, case.layout);
+    let zeros = || Tensor::zeros(ctx, &case.shape, case.layout);
+    let x = tensor(&case.x)?;
+    let z = case.z.as_deref().map(tensor).transpose()?;
+    let y = zeros()?;
+    let training = case.training;
+    match (case.fused, &z) {
+        (Fused::None, _) => bn.forward_sync(&x.view(), &y.view(), training)?,
+        (Fused::Relu, _) => ctx.run(|e| bn.forward_relu(e, &x.view(), &y.view(), training))?,
+        (Fused::AddRelu, Some(z)) => ctx.run(|e| bn.forward_add_relu(e, &x.view(), &z.view(), &y.view(), training))?,
+        (Fused::AddRelu, None) => return Err(crate::Error::Parameter("add_relu case without z".into())),
+    }
     let mut out = BTreeMap::new();
     out.insert("y".to_string(), y.read(ctx)?);
     if case.args().uses_batch_stats() {
@@ -174,13 +178,52 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
         out.insert("running_var_out".to_string(), state.running_var);
     }
     if let Some(dy) = &case.dy {
-        let dy = Tensor::from_slice(ctx, dy, &case.shape, case.layout)?;
-        let dx = Tensor::zeros(ctx, &case.shape, case.layout)?;
-        bn.backward_sync(&x.view(), &dy.view(), &dx.view(), case.training)?;
+        let dy = tensor(dy)?;
+        let dx = zeros()?;
+        match (case.fused, &z) {
+            (Fused::None, _) => bn.backward_sync(&x.view(), &dy.view(), &dx.view(), training)?,
+            (Fused::Relu, _) => ctx.run(|e| bn.backward_relu(e, &x.view(), &dy.view(), &dx.view(), training))?,
+            (Fused::AddRelu, Some(z)) => {
+                let dz = zeros()?;
+                ctx.run(|e| {
+                    bn.backward_add_relu(e, &x.view(), &z.view(), &dy.view(), &dx.view(), &dz.view(), training)
+                })?;
+                out.insert("dz".to_string(), dz.read(ctx)?);
+            }
+            (Fused::AddRelu, None) => unreachable!("checked above"),
+        }
         out.insert("dx".to_string(), dx.read(ctx)?);
         let (dweight, dbias) = bn.read_grads()?;
         out.insert("dweight".to_string(), dweight);
         out.insert("dbias".to_string(), dbias);
     }
+    Ok(Produced::Outputs(out))
+}
+
+/// Folds on the GPU: the case's BatchNorm state into its layer's weights.
+fn fold_outputs(ctx: &Context, case: &FoldCase) -> Result<Produced> {
+    let kind = LayerKind::parse(&case.layer)
+        .ok_or_else(|| crate::Error::Parameter(format!("unknown layer {:?}", case.layer)))?;
+    let c = case.shape[case.out_axis];
+    let config = BatchNormConfig::new(c).eps(case.eps as f32).affine(case.weight.is_some());
+    let bn = BatchNorm::new(ctx, config)?;
+    let initial = BatchNormState::initial(c);
+    bn.write_state(&BatchNormState {
+        weight: case.weight.clone().unwrap_or(initial.weight),
+        bias: case.bias.clone().unwrap_or(initial.bias),
+        running_mean: case.running_mean.clone(),
+        running_var: case.running_var.clone(),
+        num_batches_tracked: 0,
+    })?;
+    let flat = |data: &[f32], shape: &[usize]| Tensor::from_slice(ctx, data, shape, crate::Layout::Nchw);
+    let weight = flat(&case.layer_weight, &case.shape)?;
+    let bias = case.layer_bias.as_deref().map(|b| flat(b, &[c])).transpose()?;
+    let folded_weight = Tensor::zeros(ctx, &case.shape, crate::Layout::Nchw)?;
+    let folded_bias = Tensor::zeros(ctx, &[c], crate::Layout::Nchw)?;
+    let bias_view = bias.as_ref().map(Tensor::view);
+    ctx.run(|e| bn.fold_into(e, kind, &weight.view(), bias_view.as_ref(), &folded_weight.view(), &folded_bias.view()))?;
+    let mut out = BTreeMap::new();
+    out.insert("folded_weight".to_string(), folded_weight.read(ctx)?);
+    out.insert("folded_bias".to_string(), folded_bias.read(ctx)?);
     Ok(Produced::Outputs(out))
 }

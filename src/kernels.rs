@@ -102,7 +102,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl.
+/// Mirror of `struct Params` in shaders/common.wgsl (80 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -122,11 +122,16 @@ pub(crate) struct ChannelParams {
     pub momentum: f32,
     pub count: f32,
     pub tree: u32,
+    pub z_off: u32,
+    pub dz_off: u32,
+    pub pad0: u32,
+    pub pad1: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
 pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
 pub(crate) const FLAG_BATCH_STATS: u32 = 4;
+pub(crate) const FLAG_LAYER_BIAS: u32 = 8;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.

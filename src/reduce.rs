@@ -20,8 +20,12 @@ const MAX_GRID: usize = 65535;
 pub(crate) enum ReduceMode {
     /// (count, mean, M2) of x.
     Stats = 0,
-    /// (sum dy, sum dy * (x - mean_c)).
+    /// (sum dy, sum dy * (x - mean_c), sum (x - mean_c)).
     GradSums = 1,
+    /// GradSums behind a fused ReLU's mask.
+    GradSumsRelu = 2,
+    /// GradSums behind a fused add + ReLU's mask (reads z).
+    GradSumsAddRelu = 3,
 }
 
 /// How one reduction is cut into workgroups.
@@ -112,6 +116,8 @@ pub(crate) struct ReduceBindings<'a> {
     /// Per-channel (mean, invstd, scale, beta) (GradSums) or any vec4 buffer.
     pub chan: wgpu::BindingResource<'a>,
     pub partials: wgpu::BindingResource<'a>,
+    /// Residual input (GradSumsAddRelu) or x again.
+    pub z: wgpu::BindingResource<'a>,
 }
 
 /// Compiles (once) the reduction pipeline for `plan` and `mode`.
@@ -131,7 +137,7 @@ pub(crate) fn record(
     plan: &ReducePlan,
     b: ReduceBindings<'_>,
 ) {
-    let group = bind(device, pipeline, &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials)]);
+    let group = bind(device, pipeline, &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials), (5, b.z)]);
     dispatch(pass, pipeline, &group, plan.grid);
 }
 

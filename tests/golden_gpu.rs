@@ -13,25 +13,32 @@ fn golden_dir() -> PathBuf {
 }
 
 #[test]
-fn every_plain_batch_norm_case_passes_on_the_gpu() {
+fn every_batch_norm_and_fold_case_passes_on_the_gpu() {
     let mut checked = 0;
     for path in collect_case_files(&[golden_dir()]) {
         let path = path.unwrap();
         let report = check_file(ctx(), &path, TOLERANCE);
-        if report.op != "batch_norm" {
+        if !matches!(report.op.as_str(), "batch_norm" | "fold_batch_norm") {
             continue;
         }
         match &report.outcome {
             Outcome::Pass { .. } => {
-                // Every pass compared y and, for cases with dy, the gradients.
-                assert!(report.errors.contains_key("y"), "{}: y not compared", report.name);
+                // Every pass compared the main output and, for cases with dy, the gradients.
+                let main = if report.op == "batch_norm" { "y" } else { "folded_weight" };
+                assert!(report.errors.contains_key(main), "{}: {main} not compared", report.name);
+                let case = wgpu_norm::golden::Case::load(&path).unwrap();
+                for grad in ["dx", "dweight", "dbias", "dz"] {
+                    if case.expected(grad).is_some() {
+                        assert!(report.errors.contains_key(grad), "{}: {grad} not compared", report.name);
+                    }
+                }
                 checked += 1;
             }
-            Outcome::Skipped { reason } => assert!(reason.contains("fused"), "{}: skipped: {reason}", report.name),
+            Outcome::Skipped { reason } => panic!("{}: skipped: {reason}", report.name),
             Outcome::Fail { tensor, error, message } => {
                 panic!("{}: {tensor} error {error:.3e} {message:?} (all: {:?})", report.name, report.errors)
             }
         }
     }
-    assert!(checked >= 12, "only {checked} batch_norm cases passed");
+    assert!(checked >= 20, "only {checked} batch_norm and fold cases passed");
 }

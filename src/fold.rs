@@ -1,0 +1,208 @@
+//! Folding an eval-mode BatchNorm into the layer before it, for inference,
+//! as `torch.nn.utils.fusion` does: `w' = w * gamma / sqrt(var + eps)` along
+//! the layer's output-channel axis, `b' = (b - mean) * gamma / sqrt(var + eps) + beta`.
+
+use crate::batch_norm::{elementwise_workgroups, BatchNorm, BatchNormState};
+use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
+use crate::layout::ChannelView;
+use crate::reference::{self, FoldBn};
+use crate::tensor::TensorView;
+use crate::{Error, Result};
+
+/// The kind of layer a BatchNorm follows; it says where the output channels
+/// sit in the layer's weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Conv1d/2d/3d: weight `[out, in / groups, k...]`.
+    Conv,
+    /// ConvTranspose1d/2d/3d: weight `[in, out / groups, k...]` (groups = 1).
+    ConvTranspose,
+    /// Linear: weight `[out, in]`.
+    Linear,
+}
+
+impl LayerKind {
+    /// Axis of the weight that holds the output channels.
+    pub fn out_axis(self) -> usize {
+        match self {
+            LayerKind::Conv | LayerKind::Linear => 0,
+            LayerKind::ConvTranspose => 1,
+        }
+    }
+
+    /// Parses the case format's `layer` (`conv1d`, `conv2d`, `conv3d`,
+    /// `conv_transpose2d`, `linear`, ...).
+    pub fn parse(s: &str) -> Option<LayerKind> {
+        let s = s.to_ascii_lowercase().replace(['_', '-'], "");
+        if s.starts_with("convtranspose") {
+            Some(LayerKind::ConvTranspose)
+        } else if s.starts_with("conv") {
+            Some(LayerKind::Conv)
+        } else if s == "linear" {
+            Some(LayerKind::Linear)
+        } else {
+            None
+        }
+    }
+
+    /// The weight of `shape` seen as `[outer][out channels][inner]`;
+    /// `Err(Shape)` when the shape cannot be this kind's weight.
+    fn view(self, shape: &[usize]) -> Result<ChannelView> {
+        let rank_ok = match self {
+            LayerKind::Linear => shape.len() == 2,
+            LayerKind::Conv | LayerKind::ConvTranspose => (3..=5).contains(&shape.len()),
+        };
+        if !rank_ok || shape.contains(&0) {
+            return Err(Error::Shape(format!("{shape:?} is not a {self:?} weight shape")));
+        }
+        let axis = self.out_axis();
+        Ok(ChannelView {
+            outer: shape[..axis].iter().product(),
+            channels: shape[axis],
+            inner: shape[axis + 1..].iter().product(),
+        })
+    }
+}
+
+/// Host folding on slices: returns `(weight', bias')`. A missing layer bias is
+/// zeros. `Err(Shape)` when the weight, bias or state disagree on the channel count.
+pub fn fold_host(
+    kind: LayerKind,
+    weight: &[f32],
+    weight_shape: &[usize],
+    bias: Option<&[f32]>,
+    bn: &BatchNormState,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let view = kind.view(weight_shape)?;
+    let c = view.channels;
+    if weight.len() != view.len() {
+        return Err(Error::Shape(format!(
+            "weight has {} values, shape {weight_shape:?} needs {}",
+            weight.len(),
+            view.len()
+        )));
+    }
+    for (name, len) in [
+        ("layer bias", bias.map_or(c, <[f32]>::len)),
+        ("BatchNorm weight", bn.weight.len()),
+        ("BatchNorm bias", bn.bias.len()),
+        ("running_mean", bn.running_mean.len()),
+        ("running_var", bn.running_var.len()),
+    ] {
+        if len != c {
+            return Err(Error::Shape(format!("{name} has {len} values, the layer has {c} output channels")));
+        }
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
+    }
+    let bn = FoldBn {
+        running_mean: &bn.running_mean,
+        running_var: &bn.running_var,
+        weight: Some(&bn.weight),
+        bias: Some(&bn.bias),
+        eps: f64::from(eps),
+    };
+    let (w, b) = reference::fold_batch_norm(weight, bias, weight_shape, kind.out_axis(), bn);
+    Ok((w.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect()))
+}
+
+impl BatchNorm {
+    /// Folds this layer, in eval mode, into the preceding layer's weights held
+    /// in buffers: `folded_weight` gets `weight`'s shape, `folded_bias` one
+    /// value per output channel (`bias` `None` = zeros). Nothing leaves the GPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fold_into(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kind: LayerKind,
+        weight: &TensorView,
+        bias: Option<&TensorView>,
+        folded_weight: &TensorView,
+        folded_bias: &TensorView,
+    ) -> Result<()> {
+        let ctx = self.context();
+        ctx.check_alive()?;
+        if !self.config().track_running_stats {
+            return Err(Error::Parameter("folding needs running statistics (track_running_stats)".into()));
+        }
+        let view = kind.view(&weight.shape)?;
+        let c = self.config().num_features;
+        if view.channels != c {
+            return Err(Error::Shape(format!(
+                "the {kind:?} weight {:?} has {} output channels, the BatchNorm {c}",
+                weight.shape, view.channels
+            )));
+        }
+        if folded_weight.shape != weight.shape {
+            return Err(Error::Shape(format!("folded_weight is {:?}, weight {:?}", folded_weight.shape, weight.shape)));
+        }
+        for (name, t) in [("bias", bias), ("folded_bias", Some(folded_bias))] {
+            if let Some(t) = t {
+                if t.len() != c {
+                    return Err(Error::Shape(format!(
+                        "{name} has {} values, the layer has {c} output channels",
+                        t.len()
+                    )));
+                }
+            }
+        }
+        let outputs = [folded_weight.buffer, folded_bias.buffer];
+        if outputs[0] == outputs[1] || [Some(weight), bias].into_iter().flatten().any(|t| outputs.contains(&t.buffer)) {
+            return Err(Error::Buffer("folding does not run in place: outputs need their own buffers".into()));
+        }
+        let limits = ctx.device().limits();
+        let ww = weight.window("weight", &limits)?;
+        let fww = folded_weight.window("folded_weight", &limits)?;
+        let bw = bias.map(|b| b.window("bias", &limits)).transpose()?;
+        let fbw = folded_bias.window("folded_bias", &limits)?;
+
+        let mut params = self.channel_params(view);
+        let mut bias_params = self.channel_params(ChannelView { outer: 1, channels: c, inner: 1 });
+        params.x_off = ww.elem_offset;
+        params.y_off = fww.elem_offset;
+        bias_params.x_off = bw.as_ref().map_or(0, |w| w.elem_offset);
+        bias_params.y_off = fbw.elem_offset;
+        if bias.is_some() {
+            bias_params.flags |= FLAG_LAYER_BIAS;
+        }
+        let device = ctx.device();
+        ctx.scoped(|| {
+            let params_buf = uniform(device, &params)?;
+            let bias_buf = uniform(device, &bias_params)?;
+            let kernels = ctx.kernels();
+            let fold_w = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_weight"))?;
+            let fold_b = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_bias"))?;
+            let eval_chan = self.eval_coefficients();
+            let gw = bind(
+                device,
+                &fold_w,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (7, eval_chan.as_entire_binding()),
+                    (8, ww.resource()),
+                    (9, fww.resource()),
+                ],
+            );
+            let gb = bind(
+                device,
+                &fold_b,
+                &[
+                    (0, bias_buf.as_entire_binding()),
+                    (7, eval_chan.as_entire_binding()),
+                    (8, bw.as_ref().unwrap_or(&ww).resource()),
+                    (9, fbw.resource()),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fold batch_norm"),
+                timestamp_writes: None,
+            });
+            self.record_prepare_eval(&mut pass, &bias_buf)?;
+            dispatch(&mut pass, &fold_w, &gw, elementwise_workgroups(view.len()));
+            dispatch(&mut pass, &fold_b, &gb, (c.div_ceil(64) as u32, 1));
+            Ok(())
+        })
+    }
+}
