@@ -57,6 +57,11 @@ pub enum Error {
     #[error("{file}: {message}")]
     Case { file: String, message: String },
 
+    /// A saved layer state (PyTorch `state_dict` names in safetensors) lacks
+    /// a tensor, or has one of the wrong shape or dtype; the message names it.
+    #[error("state: {0}")]
+    State(String),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -10,6 +10,7 @@ mod kernels;
 pub mod layout;
 mod reduce;
 pub mod reference;
+mod state;
 pub mod tensor;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
