@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shape = [n, c, 6, 6];
     let len = n * c * hw;
     let dims = [n as u32, c as u32, c as u32, hw as u32];
-    let wave = |i: usize, f: f32| ((i as f32 * f).sin() * 0.5) as f32;
+    let wave = |i: usize, f: f32| (i as f32 * f).sin() * 0.5;
     let x: Vec<f32> = (0..len).map(|i| wave(i, 0.37) + 0.1).collect();
     let w1: Vec<f32> = (0..c * c).map(|i| wave(i, 1.3)).collect();
     let w2: Vec<f32> = (0..c * c).map(|i| wave(i, 0.71)).collect();
