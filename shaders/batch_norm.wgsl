@@ -16,8 +16,9 @@ override MODE: u32 = 0u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
-// num_batches_tracked as (low, high) words of a u64.
-@group(0) @binding(6) var<storage, read_write> counter: array<u32, 2>;
+// num_batches_tracked as (low, high) words of a u64, then a word set to 1
+// when commit_running rejected the last batch (FLAG_CHECK_FINITE).
+@group(0) @binding(6) var<storage, read_write> counter: array<u32, 4>;
 @group(0) @binding(7) var<storage, read_write> chan: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> x: array<f32>;
 @group(0) @binding(9) var<storage, read_write> y: array<f32>;
@@ -26,6 +27,9 @@ override MODE: u32 = 0u;
 @group(0) @binding(12) var<storage, read_write> grad: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
+// New running statistics waiting for commit_running: mean[C], var[C], and
+// per channel 1.0 when both are finite.
+@group(0) @binding(17) var<storage, read_write> pending: array<f32>;
 // MODE 2: the residual input and its gradient; other modes bind stand-ins.
 @group(0) @binding(15) var<storage, read> z: array<f32>;
 @group(0) @binding(16) var<storage, read_write> dz: array<f32>;
@@ -56,9 +60,15 @@ fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
 
-// Training statistics: merge the partials of channel c, write its
-// coefficients and, when asked, update the running statistics (PyTorch rules:
-// normalize with the biased variance, track the unbiased one).
+// Clamps a rounding-negative variance to 0 but keeps NaN (max() may not).
+fn non_negative(v: f32) -> f32 {
+    return select(v, 0.0, v < 0.0);
+}
+
+// Training statistics: merge the partials of channel c and write its
+// coefficients; when asked, compute the new running statistics (PyTorch
+// rules: normalize with the biased variance, track the unbiased one) into
+// `pending` for commit_running.
 @compute @workgroup_size(64)
 fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
@@ -71,20 +81,62 @@ fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let n = acc.x;
     let mean = acc.y;
-    let var_biased = max(acc.z / n, 0.0);
+    let var_biased = non_negative(acc.z / n);
     let invstd = 1.0 / sqrt(var_biased + p.eps);
     let scale = gamma(c) * invstd;
     chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
     if (has(FLAG_UPDATE_RUNNING)) {
         var f = p.momentum;
         if (f < 0.0) {
-            // Cumulative average: the counter is bumped after this dispatch.
+            // Cumulative average: commit_running bumps the counter afterwards.
             let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
             f = 1.0 / (batches + 1.0);
         }
-        let var_unbiased = max(acc.z / max(n - 1.0, 1.0), 0.0);
-        running_mean[c] = (1.0 - f) * running_mean[c] + f * mean;
-        running_var[c] = (1.0 - f) * running_var[c] + f * var_unbiased;
+        let var_unbiased = non_negative(acc.z / max(n - 1.0, 1.0));
+        let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
+        pending[c] = (1.0 - f) * running_mean[c] + f * mean;
+        pending[p.channels + c] = (1.0 - f) * running_var[c] + f * var_unbiased;
+        pending[2u * p.channels + c] = select(0.0, 1.0, finite);
+    }
+}
+
+var<workgroup> all_finite: atomic<u32>;
+
+// Commits the pending running statistics and bumps num_batches_tracked, or,
+// with FLAG_CHECK_FINITE and a channel whose statistics are not finite,
+// rejects the whole batch: running statistics and counter stay as they were.
+// One workgroup, so the all-channels decision needs no second dispatch.
+@compute @workgroup_size(256)
+fn commit_running(@builtin(local_invocation_index) t: u32) {
+    if (t == 0u) {
+        atomicStore(&all_finite, 1u);
+    }
+    workgroupBarrier();
+    if (has(FLAG_CHECK_FINITE)) {
+        for (var c = t; c < p.channels; c += 256u) {
+            if (pending[2u * p.channels + c] == 0.0) {
+                atomicStore(&all_finite, 0u);
+            }
+        }
+    }
+    let accept = workgroupUniformLoad(&all_finite) == 1u;
+    if (!accept) {
+        if (t == 0u) {
+            counter[2] = 1u;
+        }
+        return;
+    }
+    for (var c = t; c < p.channels; c += 256u) {
+        running_mean[c] = pending[c];
+        running_var[c] = pending[p.channels + c];
+    }
+    if (t == 0u) {
+        let low = counter[0] + 1u;
+        counter[0] = low;
+        if (low == 0u) {
+            counter[1] = counter[1] + 1u;
+        }
+        counter[2] = 0u;
     }
 }
 
@@ -99,17 +151,6 @@ fn prepare_eval(@builtin(global_invocation_id) id: vec3<u32>) {
     let invstd = 1.0 / sqrt(running_var[c] + p.eps);
     let scale = gamma(c) * invstd;
     chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
-}
-
-// num_batches_tracked += 1, after merge_stats has read it. One counter, so
-// one invocation does the work.
-@compute @workgroup_size(1)
-fn bump_counter() {
-    let low = counter[0] + 1u;
-    counter[0] = low;
-    if (low == 0u) {
-        counter[1] = counter[1] + 1u;
-    }
 }
 
 // Backward: merge channel c's (sum dy, sum dy * (x - mean)) partials into

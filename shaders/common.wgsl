@@ -37,6 +37,7 @@ const FLAG_AFFINE: u32 = 1u;
 const FLAG_UPDATE_RUNNING: u32 = 2u;
 const FLAG_BATCH_STATS: u32 = 4u;
 const FLAG_LAYER_BIAS: u32 = 8u;
+const FLAG_CHECK_FINITE: u32 = 16u;
 
 // The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and
 // backward both call this, so the backward's mask (pre > 0) is bit-for-bit

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_UPDATE_RUNNING,
+    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
+    FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan};
@@ -31,12 +32,25 @@ pub struct BatchNormConfig {
     pub affine: bool,
     /// Keep running statistics and use them in eval mode. Default true.
     pub track_running_stats: bool,
+    /// Reject a training batch whose statistics are not finite: running
+    /// statistics and `num_batches_tracked` stay as they were, and the
+    /// blocking forward returns `Err(NonFinite)` (see
+    /// [`BatchNorm::last_batch_rejected`] for recorded ones). The outputs still
+    /// carry the NaN or Inf, as PyTorch's do. Default false (PyTorch's behaviour).
+    pub check_finite: bool,
 }
 
 impl BatchNormConfig {
     /// PyTorch's defaults for `num_features` channels.
     pub fn new(num_features: usize) -> BatchNormConfig {
-        BatchNormConfig { num_features, eps: 1e-5, momentum: Some(0.1), affine: true, track_running_stats: true }
+        BatchNormConfig {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+            check_finite: false,
+        }
     }
 
     /// Sets `eps`.
@@ -60,6 +74,12 @@ impl BatchNormConfig {
     /// Sets `track_running_stats`.
     pub fn track_running_stats(mut self, track: bool) -> Self {
         self.track_running_stats = track;
+        self
+    }
+
+    /// Sets `check_finite`.
+    pub fn check_finite(mut self, check: bool) -> Self {
+        self.check_finite = check;
         self
     }
 
@@ -120,8 +140,11 @@ pub struct BatchNorm {
     bias: wgpu::Buffer,
     running_mean: wgpu::Buffer,
     running_var: wgpu::Buffer,
-    /// num_batches_tracked as (low, high) u32 words.
+    /// num_batches_tracked as (low, high) u32 words, then 1 when the last
+    /// batch was rejected by `check_finite`.
     counter: wgpu::Buffer,
+    /// New running statistics between merge_stats and commit_running.
+    pending: wgpu::Buffer,
     /// Batch statistics of the last training forward: (mean, invstd, scale, beta) per channel.
     saved: wgpu::Buffer,
     /// Eval-mode coefficients from the running statistics, same layout.
@@ -159,7 +182,8 @@ impl BatchNorm {
             bias: ctx.upload("bn bias", &init.bias)?,
             running_mean: ctx.upload("bn running_mean", &init.running_mean)?,
             running_var: ctx.upload("bn running_var", &init.running_var)?,
-            counter: ctx.upload("bn num_batches_tracked", &[0u32, 0u32])?,
+            counter: ctx.upload("bn num_batches_tracked", &[0u32; 4])?,
+            pending: ctx.zeros("bn pending running statistics", (c * 12) as u64)?,
             saved: ctx.zeros("bn saved statistics", vec4)?,
             eval_chan: ctx.zeros("bn eval coefficients", vec4)?,
             grad_coef: ctx.zeros("bn dx coefficients", vec4)?,
@@ -258,6 +282,12 @@ impl BatchNorm {
         self.ctx.write(&self.running_var, 0, &state.running_var)?;
         let n = state.num_batches_tracked;
         self.ctx.write(&self.counter, 0, &[n as u32, (n >> 32) as u32])
+    }
+
+    /// True when the last training forward's batch was rejected because its
+    /// statistics were not finite (`check_finite`). Blocking read.
+    pub fn last_batch_rejected(&self) -> Result<bool> {
+        Ok(self.ctx.read::<u32>(&self.counter, 8, 1)?[0] == 1)
     }
 
     /// Reads dweight and dbias of the last backward (blocking).
@@ -391,9 +421,17 @@ impl BatchNorm {
         self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), epilogue)
     }
 
-    /// Blocking [`Self::forward`]: records, submits and waits.
+    /// Blocking [`Self::forward`]: records, submits and waits. With
+    /// `check_finite`, a rejected training batch is `Err(NonFinite)`.
     pub fn forward_sync(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
-        self.ctx.run(|e| self.forward(e, x, y, training))
+        self.ctx.run(|e| self.forward(e, x, y, training))?;
+        let checked = matches!(self.stats_for(training, true), Stats::Batch { update_running: true });
+        if checked && self.config.check_finite && self.last_batch_rejected()? {
+            return Err(Error::NonFinite(
+                "the batch's mean or variance is not finite; running statistics were left as they were".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Blocking [`Self::backward`]: records, submits and waits.
@@ -495,6 +533,9 @@ impl BatchNorm {
         if update_running {
             params.flags |= FLAG_UPDATE_RUNNING;
         }
+        if self.config.check_finite {
+            params.flags |= FLAG_CHECK_FINITE;
+        }
         let partials =
             if batch { Some(self.partials(u64::from(plan.parts) * view.channels as u64 * 16)?) } else { None };
 
@@ -548,13 +589,24 @@ impl BatchNorm {
                         (5, self.running_var.as_entire_binding()),
                         (6, self.counter.as_entire_binding()),
                         (7, self.saved.as_entire_binding()),
+                        (17, self.pending.as_entire_binding()),
                     ],
                 );
                 dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
                 if update_running {
-                    let bump = kernels.get(KernelKey::new(Shader::BatchNorm, "bump_counter"))?;
-                    let group = bind(device, &bump, &[(6, self.counter.as_entire_binding())]);
-                    dispatch(&mut pass, &bump, &group, (1, 1));
+                    let commit = kernels.get(KernelKey::new(Shader::BatchNorm, "commit_running"))?;
+                    let group = bind(
+                        device,
+                        &commit,
+                        &[
+                            (0, params_buf.as_entire_binding()),
+                            (4, self.running_mean.as_entire_binding()),
+                            (5, self.running_var.as_entire_binding()),
+                            (6, self.counter.as_entire_binding()),
+                            (17, self.pending.as_entire_binding()),
+                        ],
+                    );
+                    dispatch(&mut pass, &commit, &group, (1, 1));
                 }
             } else {
                 self.record_prepare_eval(&mut pass, &params_buf)?;

@@ -143,6 +143,7 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
         momentum: case.momentum.map(|m| m as f32),
         affine: case.weight.is_some(),
         track_running_stats: case.running_mean.is_some(),
+        check_finite: false,
     };
     let bn = BatchNorm::new(ctx, config)?;
     let initial = BatchNormState::initial(c);

@@ -34,6 +34,11 @@ pub enum Error {
     #[error("expected more than 1 value per channel when training, got input shape {0:?}")]
     OneValuePerChannel(Vec<usize>),
 
+    /// A training batch's statistics were not finite and `check_finite`
+    /// rejected it; running statistics were left untouched.
+    #[error("non-finite batch statistics: {0}")]
+    NonFinite(String),
+
     /// The op needs something the device lacks (a feature, a larger limit).
     #[error("unsupported on this device: {0}")]
     Unsupported(String),

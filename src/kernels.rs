@@ -132,6 +132,7 @@ pub(crate) const FLAG_AFFINE: u32 = 1;
 pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
 pub(crate) const FLAG_BATCH_STATS: u32 = 4;
 pub(crate) const FLAG_LAYER_BIAS: u32 = 8;
+pub(crate) const FLAG_CHECK_FINITE: u32 = 16;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.
