@@ -466,6 +466,7 @@ impl BatchNorm {
                         dy: xw.resource(),
                         chan: self.saved.as_entire_binding(),
                         partials: partials.as_entire_binding(),
+                        weight: None,
                     },
                 );
                 let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
@@ -583,6 +584,7 @@ impl BatchNorm {
                     dy: dyw.resource(),
                     chan: chan.as_entire_binding(),
                     partials: partials.as_entire_binding(),
+                    weight: None,
                 },
             );
             let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;

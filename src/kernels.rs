@@ -14,6 +14,8 @@ pub(crate) enum Shader {
     Reduce,
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
+    /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and elementwise kernels.
+    RowNorm,
 }
 
 impl Shader {
@@ -21,6 +23,7 @@ impl Shader {
         let body = match self {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
+            Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
         };
         format!("{}\n{}", include_str!("../shaders/common.wgsl"), body)
     }
@@ -122,11 +125,21 @@ pub(crate) struct ChannelParams {
     pub momentum: f32,
     pub count: f32,
     pub tree: u32,
+    pub batch_stride: u32,
+    pub row_div: u32,
+    pub groups: u32,
+    pub cpg: u32,
+    pub wdiv: u32,
+    pub rows: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
 pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
 pub(crate) const FLAG_BATCH_STATS: u32 = 4;
+pub(crate) const FLAG_BIAS: u32 = 8;
+pub(crate) const FLAG_RMS: u32 = 16;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.
@@ -158,7 +171,17 @@ pub(crate) fn dispatch(
     group: &wgpu::BindGroup,
     workgroups: (u32, u32),
 ) {
+    dispatch3(pass, pipeline, group, (workgroups.0, workgroups.1, 1));
+}
+
+/// Records one dispatch with a 3-D grid.
+pub(crate) fn dispatch3(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    workgroups: (u32, u32, u32),
+) {
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+    pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
 }
