@@ -1,5 +1,5 @@
 // Parameters shared by every per-channel kernel; mirrored by `ChannelParams`
-// in src/kernels.rs (same field order, 64 bytes). A tensor is seen as
+// in src/kernels.rs (same field order, 96 bytes). A tensor is seen as
 // [outer][channels][inner]: element (o, c, i) sits at (o * channels + c) * inner + i.
 struct Params {
     outer: u32,
@@ -29,8 +29,20 @@ struct Params {
     // Element offsets of the residual input z and its gradient dz (fused add).
     z_off: u32,
     dz_off: u32,
-    pad0: u32,
-    pad1: u32,
+    // Reductions over a batch of equal views (grid z = view index): elements
+    // between two consecutive views. 0 when there is one view.
+    batch_stride: u32,
+    // The normalization family (row_norm.wgsl, reduce MODE 2 and 3): a
+    // statistic ("stat row") spans the values of one (n, group). In the
+    // per-weight view [outer][channels][inner], element (o, c, i) belongs to
+    // stat row (o / row_div) * groups + c / cpg; in the stat view, channel c
+    // at inner index i multiplies weight (c % groups) * cpg + i / wdiv.
+    row_div: u32,
+    groups: u32,
+    cpg: u32,
+    wdiv: u32,
+    // Number of stat rows.
+    rows: u32,
 }
 
 const FLAG_AFFINE: u32 = 1u;
@@ -38,6 +50,10 @@ const FLAG_UPDATE_RUNNING: u32 = 2u;
 const FLAG_BATCH_STATS: u32 = 4u;
 const FLAG_LAYER_BIAS: u32 = 8u;
 const FLAG_CHECK_FINITE: u32 = 16u;
+// Family: a bias is added (LayerNorm's bias can be off while its weight is on).
+const FLAG_BIAS: u32 = 32u;
+// Family: RMSNorm (no centring: normalize by sqrt(mean(x^2) + eps)).
+const FLAG_RMS: u32 = 64u;
 
 // The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and
 // backward both call this, so the backward's mask (pre > 0) is bit-for-bit

@@ -1,17 +1,30 @@
 // Partial per-channel reductions over a tensor seen as [outer][channels][inner].
-// Each workgroup reduces one slice of one channel (planar: long `inner` runs)
-// or one slice of rows for a block of columns (interleaved: channels-last or
-// short `inner`), and writes one vec4 partial. The merge kernels in
-// batch_norm.wgsl combine the partials of a channel in a separate dispatch:
+// Each workgroup reduces one slice of one channel (planar: long `inner` runs),
+// one slice of rows for a block of columns (interleaved: channels-last or
+// short `inner`), or whole short channels (rows: outer == 1, a few lanes per
+// channel), and writes one vec4 partial. The merge kernels in batch_norm.wgsl
+// and row_norm.wgsl combine the partials of a channel in a separate dispatch:
 // WGSL cannot synchronise workgroups inside one dispatch.
+//
+// BatchNorm's channels are the family's "stat rows": LayerNorm's R rows of D
+// values are the view [1][R][D], GroupNorm's (n, g) groups [1][N*G][cpg*HW]
+// (channels second) or, per sample, [HW][G][cpg] (channels last). A grid with
+// z > 1 reduces a batch of such views, `batch_stride` elements apart; view z's
+// channel c is then channel z * channels + c of `chan` and of the partials.
 //
 // MODE 0, statistics of x: partial = (count, mean, M2, 0), Welford per
 //   invocation and Chan's formula across invocations, never E[x^2] - E[x]^2.
-// MODE 1, backward sums: partial = (sum g, sum g * (x - mean_c),
-//   sum (x - mean_c), 0) with g = dy and mean_c = chan[c].x. The third sum
-//   recovers the rounding of mean_c to f32, which matters when |mean| >> std.
-// MODE 2, the same behind a fused ReLU: g = dy where fused_pre(x) > 0, else 0.
-// MODE 3, the same behind a fused add + ReLU: g = dy where fused_pre(x) + z > 0.
+// MODE 1, backward sums: partial = (sum dy, sum dy * (x - mean_c),
+//   sum (x - mean_c), 0) with mean_c = chan[c].x. The third sum recovers the
+//   rounding of mean_c to f32, which matters when |mean| >> std.
+// MODE 2, MODE 1 with g = dy * gamma in place of dy, gamma per element of the
+//   stat row (the family's backward row sums; `weight` is gamma).
+// MODE 3, the family's dweight / dbias column sums over the per-weight view:
+//   partial = (sum dy * xhat, sum dy, 0, 0) where element (o, c, i) belongs to
+//   stat row s = (o / row_div) * groups + c / cpg and xhat = (x - chan[s].x -
+//   chan[s].z) * chan[s].y.
+// MODE 4, MODE 1 behind a fused ReLU: g = dy where fused_pre(x) > 0, else 0.
+// MODE 5, MODE 1 behind a fused add + ReLU: g = dy where fused_pre(x) + z > 0.
 //
 // Needs common.wgsl in front of it.
 
@@ -20,31 +33,50 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-// MODE >= 1 only; MODE 0 binds x here again.
+// MODE >= 1; MODE 0 binds x here again.
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
-// MODE >= 1 only: per-channel (mean, invstd, scale, beta); MODE 0 binds any vec4 buffer.
+// MODE 1, 4, 5: per-channel (mean, invstd, scale, beta); MODE 2 and 3: per stat row
+// (centre, rstd, mean correction, var); MODE 0 binds any vec4 buffer.
 @group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
-// MODE 3 only: the residual input; other modes bind x here again.
-@group(0) @binding(5) var<storage, read> z: array<f32>;
+// MODE 2 only: gamma; other modes bind any f32 buffer.
+@group(0) @binding(5) var<storage, read> weight: array<f32>;
+// MODE 5 only: the residual input; other modes bind x here again.
+@group(0) @binding(6) var<storage, read> z: array<f32>;
 
 var<workgroup> shared_acc: array<vec4<f32>, WG>;
 
-// Adds the element at idx (relative to the view) to an invocation's accumulator.
-// `k` is the channel's (mean, invstd, scale, beta) in MODE >= 1.
-fn accumulate(acc: vec4<f32>, idx: u32, k: vec4<f32>) -> vec4<f32> {
+fn gamma_at(c: u32, i: u32) -> f32 {
+    if ((p.flags & FLAG_AFFINE) == 0u) {
+        return 1.0;
+    }
+    return weight[(c % p.groups) * p.cpg + i / p.wdiv];
+}
+
+// Adds the element at idx (relative to the bound x, batch offset included),
+// at (o, c, i) of its view, to an invocation's accumulator. `k` is the
+// channel's chan entry (its mean first) in MODE 1, 2, 4, 5.
+fn accumulate(acc: vec4<f32>, idx: u32, o: u32, c: u32, i: u32, k: vec4<f32>) -> vec4<f32> {
     let v = x[p.x_off + idx];
-    if (MODE >= 1u) {
+    if (MODE == 1u || MODE == 2u || MODE >= 4u) {
         var g = dy[p.dy_off + idx];
-        if (MODE >= 2u) {
+        if (MODE == 2u) {
+            g *= gamma_at(c, i);
+        }
+        if (MODE >= 4u) {
             var residual = 0.0;
-            if (MODE == 3u) {
+            if (MODE == 5u) {
                 residual = z[p.z_off + idx];
             }
             g = select(0.0, g, fused_pre(v, k, residual) > 0.0);
         }
         let d = v - k.x;
         return acc + vec4<f32>(g, g * d, d, 0.0);
+    }
+    if (MODE == 3u) {
+        let s = chan[(o / p.row_div) * p.groups + c / p.cpg];
+        let g = dy[p.dy_off + idx];
+        return acc + vec4<f32>(g * ((v - s.x - s.z) * s.y), g, 0.0, 0.0);
     }
     let n = acc.x + 1.0;
     let d = v - acc.y;
@@ -54,7 +86,7 @@ fn accumulate(acc: vec4<f32>, idx: u32, k: vec4<f32>) -> vec4<f32> {
 
 // Combines two partials: Chan's parallel Welford (MODE 0) or a sum.
 fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    if (MODE >= 1u) {
+    if (MODE != 0u) {
         return a + b;
     }
     if (b.x == 0.0) {
@@ -69,16 +101,17 @@ fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
 
-fn channel_coefficients(c: u32) -> vec4<f32> {
-    if (MODE >= 1u) {
-        return chan[c];
+// The chan entry of channel c of view `view` (MODE 1, 2, 4, 5).
+fn channel_coefficients(view: u32, c: u32) -> vec4<f32> {
+    if (MODE == 1u || MODE == 2u || MODE >= 4u) {
+        return chan[view * p.channels + c];
     }
     return vec4<f32>(0.0);
 }
 
-// Planar: workgroup (s, c) reduces elements [s * slice_len, (s+1) * slice_len)
-// of channel c, counted over (o, i). Used when inner >= WG, so an invocation
-// crosses at most one row boundary per step.
+// Planar: workgroup (s, c, z) reduces elements [s * slice_len, (s+1) * slice_len)
+// of channel c of view z, counted over (o, i). Used when inner >= WG, so an
+// invocation crosses at most one row boundary per step.
 @compute @workgroup_size(256)
 fn reduce_planar(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -88,14 +121,15 @@ fn reduce_planar(
     let per_channel = p.outer * p.inner;
     let start = wg.x * p.slice_len;
     let end = min(start + p.slice_len, per_channel);
+    let base = wg.z * p.batch_stride;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = channel_coefficients(c);
+        let k = channel_coefficients(wg.z, c);
         var acc = vec4<f32>(0.0);
         var j = start + t;
         var o = j / p.inner;
         var i = j - o * p.inner;
         while (j < end) {
-            acc = accumulate(acc, (o * p.channels + c) * p.inner + i, k);
+            acc = accumulate(acc, base + (o * p.channels + c) * p.inner + i, o, c, i, k);
             j += WG;
             i += WG;
             while (i >= p.inner) {
@@ -112,14 +146,14 @@ fn reduce_planar(
             workgroupBarrier();
         }
         if (t == 0u) {
-            partials[c * p.slices + wg.x] = shared_acc[0];
+            partials[(wg.z * p.channels + c) * p.slices + wg.x] = shared_acc[0];
         }
         workgroupBarrier();
     }
 }
 
 // Interleaved: the tensor as a matrix of `outer` rows by channels * inner
-// columns. Workgroup (b, s) takes `width` adjacent columns (so neighbouring
+// columns. Workgroup (b, s, z) takes `width` adjacent columns (so neighbouring
 // invocations read neighbouring addresses) and rows
 // [s * slice_len, (s+1) * slice_len), WG / width rows at a time.
 // The partial of column k and slice s goes to k * slices + s, so the partials
@@ -136,11 +170,14 @@ fn reduce_interleaved(
     let col = wg.x * p.width + lane;
     let row_start = wg.y * p.slice_len;
     let row_end = min(row_start + p.slice_len, p.outer);
+    let base = wg.z * p.batch_stride;
     var acc = vec4<f32>(0.0);
     if (g < groups && col < cols) {
-        let k = channel_coefficients(col / p.inner);
+        let c = col / p.inner;
+        let i = col - c * p.inner;
+        let k = channel_coefficients(wg.z, c);
         for (var r = row_start + g; r < row_end; r += groups) {
-            acc = accumulate(acc, r * cols + col, k);
+            acc = accumulate(acc, base + r * cols + col, r, c, i, k);
         }
     }
     shared_acc[t] = acc;
@@ -152,6 +189,40 @@ fn reduce_interleaved(
         workgroupBarrier();
     }
     if (g == 0u && col < cols) {
-        partials[col * p.slices + wg.y] = shared_acc[t];
+        partials[(wg.z * cols + col) * p.slices + wg.y] = shared_acc[t];
+    }
+}
+
+// Rows: outer == 1 and inner < WG, i.e. many short contiguous channels (the
+// family's short rows). `width` lanes (a power of two) reduce one channel, so
+// a workgroup takes WG / width channels at once; one partial per channel.
+// Workgroup (x, y) is block y * num_workgroups.x + x.
+@compute @workgroup_size(256)
+fn reduce_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let lanes = p.width;
+    let lane = t % lanes;
+    let c = (wg.y * nwg.x + wg.x) * (WG / lanes) + t / lanes;
+    let base = wg.z * p.batch_stride;
+    var acc = vec4<f32>(0.0);
+    if (c < p.channels) {
+        let k = channel_coefficients(wg.z, c);
+        for (var i = lane; i < p.inner; i += lanes) {
+            acc = accumulate(acc, base + c * p.inner + i, 0u, c, i, k);
+        }
+    }
+    shared_acc[t] = acc;
+    workgroupBarrier();
+    for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            shared_acc[t] = combine(shared_acc[t], shared_acc[t + s]);
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && c < p.channels) {
+        partials[wg.z * p.channels + c] = shared_acc[t];
     }
 }

@@ -573,7 +573,8 @@ impl BatchNorm {
                         dy: xw.resource(),
                         chan: self.saved.as_entire_binding(),
                         partials: partials.as_entire_binding(),
-                        z: xw.resource(),
+                        z: None,
+                        weight: None,
                     },
                 );
                 let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
@@ -717,7 +718,8 @@ impl BatchNorm {
                     dy: dyw.resource(),
                     chan: chan.as_entire_binding(),
                     partials: partials.as_entire_binding(),
-                    z: zw.as_ref().unwrap_or(&xw).resource(),
+                    z: zw.as_ref().map(Window::resource),
+                    weight: None,
                 },
             );
             let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;

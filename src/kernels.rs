@@ -14,6 +14,8 @@ pub(crate) enum Shader {
     Reduce,
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
+    /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and elementwise kernels.
+    RowNorm,
 }
 
 impl Shader {
@@ -21,6 +23,7 @@ impl Shader {
         let body = match self {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
+            Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
         };
         format!("{}\n{}", include_str!("../shaders/common.wgsl"), body)
     }
@@ -102,7 +105,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl (80 bytes).
+/// Mirror of `struct Params` in shaders/common.wgsl (96 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -124,8 +127,12 @@ pub(crate) struct ChannelParams {
     pub tree: u32,
     pub z_off: u32,
     pub dz_off: u32,
-    pub pad0: u32,
-    pub pad1: u32,
+    pub batch_stride: u32,
+    pub row_div: u32,
+    pub groups: u32,
+    pub cpg: u32,
+    pub wdiv: u32,
+    pub rows: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
@@ -133,6 +140,8 @@ pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
 pub(crate) const FLAG_BATCH_STATS: u32 = 4;
 pub(crate) const FLAG_LAYER_BIAS: u32 = 8;
 pub(crate) const FLAG_CHECK_FINITE: u32 = 16;
+pub(crate) const FLAG_BIAS: u32 = 32;
+pub(crate) const FLAG_RMS: u32 = 64;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.
@@ -164,7 +173,17 @@ pub(crate) fn dispatch(
     group: &wgpu::BindGroup,
     workgroups: (u32, u32),
 ) {
+    dispatch3(pass, pipeline, group, (workgroups.0, workgroups.1, 1));
+}
+
+/// Records one dispatch with a 3-D grid.
+pub(crate) fn dispatch3(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    workgroups: (u32, u32, u32),
+) {
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+    pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
 }

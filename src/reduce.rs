@@ -2,8 +2,15 @@
 //! `[outer][channels][inner]` is cut into workgroup slices whose partials
 //! (shaders/reduce.wgsl) a merge kernel then combines, one channel per
 //! invocation.
+//!
+//! BatchNorm reduces per channel; the family (LayerNorm, RMSNorm, GroupNorm,
+//! InstanceNorm) reduces per "stat row" with the same kernels, by viewing its
+//! rows as channels (see `family.rs`). The plan picks the kernel shape from
+//! the row length: long rows are sliced across workgroups (planar), short
+//! rows share a workgroup (rows), and strided ones go column-wise
+//! (interleaved).
 
-use crate::kernels::{bind, dispatch, ChannelParams, KernelKey, Shader};
+use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
 use crate::{Error, Result};
 
@@ -22,18 +29,31 @@ pub(crate) enum ReduceMode {
     Stats = 0,
     /// (sum dy, sum dy * (x - mean_c), sum (x - mean_c)).
     GradSums = 1,
+    /// GradSums with dy * gamma (the family's per-row backward sums).
+    WeightedGradSums = 2,
+    /// (sum dy * xhat, sum dy) per weight, xhat from per-row statistics.
+    ColumnGrads = 3,
     /// GradSums behind a fused ReLU's mask.
-    GradSumsRelu = 2,
+    GradSumsRelu = 4,
     /// GradSums behind a fused add + ReLU's mask (reads z).
-    GradSumsAddRelu = 3,
+    GradSumsAddRelu = 5,
+}
+
+/// Which kernel shape a plan uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// inner >= WG: workgroup (slice, channel).
+    Planar,
+    /// Workgroup (column block, row slice).
+    Interleaved,
+    /// outer == 1 and inner < WG: `width` lanes per channel, several channels per workgroup.
+    Rows,
 }
 
 /// How one reduction is cut into workgroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ReducePlan {
-    /// Planar (inner >= WG): workgroup (slice, channel). Otherwise
-    /// interleaved: workgroup (column block, row slice).
-    pub planar: bool,
+    pub shape: Shape,
     pub slices: u32,
     pub slice_len: u32,
     pub width: u32,
@@ -41,6 +61,9 @@ pub(crate) struct ReducePlan {
     /// Partials per channel.
     pub parts: u32,
     pub grid: (u32, u32),
+    /// Number of equal views reduced at once (grid z), `batch_stride` elements apart.
+    pub batch: u32,
+    pub batch_stride: u32,
 }
 
 impl ReducePlan {
@@ -53,13 +76,35 @@ impl ReducePlan {
             let slice_len = per.div_ceil(slices);
             let slices = per.div_ceil(slice_len);
             return Ok(ReducePlan {
-                planar: true,
+                shape: Shape::Planar,
                 slices: slices as u32,
                 slice_len: slice_len as u32,
                 width: 1,
                 tree: 0,
                 parts: slices as u32,
                 grid: (slices as u32, view.channels.min(MAX_GRID) as u32),
+                batch: 1,
+                batch_stride: 0,
+            });
+        }
+        if view.outer == 1 {
+            // Short rows: about 4 values per lane, a power of two of lanes.
+            let lanes = view.inner.div_ceil(MIN_PER_INVOCATION).next_power_of_two().clamp(1, 64);
+            let blocks = view.channels.div_ceil(WG / lanes);
+            let grid = (blocks.min(MAX_GRID), blocks.div_ceil(MAX_GRID));
+            if grid.1 > MAX_GRID {
+                return Err(Error::Unsupported(format!("{} rows exceed one dispatch's reach", view.channels)));
+            }
+            return Ok(ReducePlan {
+                shape: Shape::Rows,
+                slices: 1,
+                slice_len: view.inner as u32,
+                width: lanes as u32,
+                tree: (lanes / 2) as u32,
+                parts: 1,
+                grid: (grid.0 as u32, grid.1 as u32),
+                batch: 1,
+                batch_stride: 0,
             });
         }
         let cols = view.channels * view.inner;
@@ -79,14 +124,31 @@ impl ReducePlan {
         let slice_len = rows.div_ceil(slices);
         let slices = rows.div_ceil(slice_len);
         Ok(ReducePlan {
-            planar: false,
+            shape: Shape::Interleaved,
             slices: slices as u32,
             slice_len: slice_len as u32,
             width: width as u32,
             tree: (groups.next_power_of_two() / 2) as u32,
             parts: (view.inner * slices) as u32,
             grid: (blocks as u32, slices as u32),
+            batch: 1,
+            batch_stride: 0,
         })
+    }
+
+    /// The same plan over `batch` equal views, `stride` elements apart.
+    pub fn batched(mut self, batch: usize, stride: usize) -> Result<ReducePlan> {
+        if batch > MAX_GRID {
+            return Err(Error::Unsupported(format!("{batch} views exceed one dispatch's reach")));
+        }
+        self.batch = batch as u32;
+        self.batch_stride = stride as u32;
+        Ok(self)
+    }
+
+    /// Bytes of the partials buffer this plan writes for `channels` channels per view.
+    pub fn partial_bytes(&self, channels: usize) -> u64 {
+        u64::from(self.parts) * channels as u64 * u64::from(self.batch) * 16
     }
 
     /// Copies the plan's fields into the kernel parameters.
@@ -96,13 +158,14 @@ impl ReducePlan {
         params.width = self.width;
         params.tree = self.tree;
         params.parts = self.parts;
+        params.batch_stride = self.batch_stride;
     }
 
     fn entry(&self) -> &'static str {
-        if self.planar {
-            "reduce_planar"
-        } else {
-            "reduce_interleaved"
+        match self.shape {
+            Shape::Planar => "reduce_planar",
+            Shape::Interleaved => "reduce_interleaved",
+            Shape::Rows => "reduce_rows",
         }
     }
 }
@@ -116,8 +179,10 @@ pub(crate) struct ReduceBindings<'a> {
     /// Per-channel (mean, invstd, scale, beta) (GradSums) or any vec4 buffer.
     pub chan: wgpu::BindingResource<'a>,
     pub partials: wgpu::BindingResource<'a>,
-    /// Residual input (GradSumsAddRelu) or x again.
-    pub z: wgpu::BindingResource<'a>,
+    /// Residual input (GradSumsAddRelu); `None` binds x again.
+    pub z: Option<wgpu::BindingResource<'a>>,
+    /// Gamma (WeightedGradSums); `None` binds x again.
+    pub weight: Option<wgpu::BindingResource<'a>>,
 }
 
 /// Compiles (once) the reduction pipeline for `plan` and `mode`.
@@ -137,8 +202,14 @@ pub(crate) fn record(
     plan: &ReducePlan,
     b: ReduceBindings<'_>,
 ) {
-    let group = bind(device, pipeline, &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials), (5, b.z)]);
-    dispatch(pass, pipeline, &group, plan.grid);
+    let weight = b.weight.unwrap_or_else(|| b.x.clone());
+    let z = b.z.unwrap_or_else(|| b.x.clone());
+    let group = bind(
+        device,
+        pipeline,
+        &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials), (5, weight), (6, z)],
+    );
+    dispatch3(pass, pipeline, &group, (plan.grid.0, plan.grid.1, plan.batch));
 }
 
 #[cfg(test)]
@@ -153,7 +224,7 @@ mod tests {
     fn planar_plans_cover_every_value_once() {
         for v in [view(32, 64, 3136), view(1, 1, 1 << 20), view(8, 3, 262144), view(2, 70000, 256)] {
             let p = ReducePlan::new(v).unwrap();
-            assert!(p.planar);
+            assert_eq!(p.shape, Shape::Planar);
             assert!(p.slices as usize * p.slice_len as usize >= v.per_channel());
             assert!((p.slices as usize - 1) * (p.slice_len as usize) < v.per_channel());
             assert!(p.grid.0 <= 65535 && p.grid.1 <= 65535);
@@ -161,10 +232,23 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_plans_cover_every_row_once() {
-        for v in [view(8 * 262144, 3, 1), view(8192, 512, 1), view(32, 2048, 49), view(3, 1, 1)] {
+    fn short_rows_share_workgroups() {
+        for v in [view(1, 4096, 32), view(1, 3, 1), view(1, 70000 * 64, 2), view(1, 10, 255)] {
             let p = ReducePlan::new(v).unwrap();
-            assert!(!p.planar);
+            assert_eq!(p.shape, Shape::Rows);
+            let lanes = p.width as usize;
+            assert!(lanes.is_power_of_two() && lanes <= 64);
+            let blocks = p.grid.0 as usize * p.grid.1 as usize;
+            assert!(blocks * (WG / lanes) >= v.channels);
+            assert!(p.grid.0 <= 65535 && p.grid.1 <= 65535);
+        }
+    }
+
+    #[test]
+    fn interleaved_plans_cover_every_row_once() {
+        for v in [view(8 * 262144, 3, 1), view(8192, 512, 1), view(32, 2048, 49), view(3, 1, 1), view(2, 5, 7)] {
+            let p = ReducePlan::new(v).unwrap();
+            assert_eq!(p.shape, Shape::Interleaved);
             assert!(p.slices as usize * p.slice_len as usize >= v.outer);
             assert!((p.slices as usize - 1) * (p.slice_len as usize) < v.outer);
             assert_eq!(p.parts as usize, v.inner * p.slices as usize);

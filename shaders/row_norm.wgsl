@@ -1,0 +1,209 @@
+// The normalization family's per-row and elementwise kernels: LayerNorm,
+// RMSNorm, GroupNorm and InstanceNorm differ only in which values one
+// statistic spans (a "stat row": a trailing block for LayerNorm/RMSNorm, an
+// (n, group) for GroupNorm, an (n, channel) for InstanceNorm). Their
+// reductions are reduce.wgsl's (MODE 0 statistics, MODE 2 row sums, MODE 3
+// column sums); what is left is one invocation per row or per weight, and
+// two elementwise passes over the per-weight view [outer][channels][inner],
+// where element (o, c, i) uses weight c and stat row
+// (o / row_div) * groups + c / cpg.
+//
+//   rows[r]    = (centre, rstd, delta, var)  y = (x - centre) * rstd * w + b
+//     centre is the mean (0 for RMSNorm), var the biased variance, delta the
+//     f32 rounding of the mean that backward recovers (0 after forward).
+//   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
+// Needs common.wgsl in front of it.
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rows: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> rows_dx: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> x: array<f32>;
+@group(0) @binding(9) var<storage, read_write> y: array<f32>;
+@group(0) @binding(10) var<storage, read> dy: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
+
+fn has(flag: u32) -> bool {
+    return (p.flags & flag) != 0u;
+}
+
+fn gamma(c: u32) -> f32 {
+    return select(1.0, weight[c], has(FLAG_AFFINE));
+}
+
+fn beta(c: u32) -> f32 {
+    return select(0.0, bias[c], has(FLAG_BIAS));
+}
+
+// Chan's formula, as in reduce.wgsl MODE 0.
+fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    if (b.x == 0.0) {
+        return a;
+    }
+    if (a.x == 0.0) {
+        return b;
+    }
+    let n = a.x + b.x;
+    let d = b.y - a.y;
+    let fb = b.x / n;
+    return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
+}
+
+// The per-row and per-weight kernels loop grid-stride: rows may outnumber
+// 64 * 65535.
+
+// Statistics of row r from its MODE 0 partials. RMSNorm's mean square is
+// M2 / n + mean^2: two non-negative terms, no cancellation.
+@compute @workgroup_size(64)
+fn merge_rows(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < p.parts; k++) {
+            acc = chan_merge(acc, partials[r * p.parts + k]);
+        }
+        let var_biased = max(acc.z / acc.x, 0.0);
+        if (has(FLAG_RMS)) {
+            rows[r] = vec4<f32>(0.0, 1.0 / sqrt(var_biased + acc.y * acc.y + p.eps), 0.0, var_biased);
+        } else {
+            rows[r] = vec4<f32>(acc.y, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
+        }
+    }
+}
+
+// InstanceNorm's running statistics, one invocation per channel (rows are
+// (n, c), `groups` = C): the mean over samples of each instance's mean and
+// unbiased variance, as PyTorch.
+@compute @workgroup_size(64)
+fn update_running(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = id.x; c < p.groups; c += nwg.x * 64u) {
+        let samples = p.rows / p.groups;
+        let unbias = p.count / max(p.count - 1.0, 1.0);
+        var sum_mean = 0.0;
+        var sum_var = 0.0;
+        for (var n = 0u; n < samples; n++) {
+            let s = rows[n * p.groups + c];
+            sum_mean += s.x;
+            sum_var += s.w * unbias;
+        }
+        let f = p.momentum;
+        running_mean[c] = (1.0 - f) * running_mean[c] + f * sum_mean / f32(samples);
+        running_var[c] = (1.0 - f) * running_var[c] + f * sum_var / f32(samples);
+    }
+}
+
+// InstanceNorm in eval mode with running statistics: every (n, c) row takes
+// channel c's.
+@compute @workgroup_size(64)
+fn prepare_running(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+        let c = r % p.groups;
+        rows[r] = vec4<f32>(running_mean[c], 1.0 / sqrt(running_var[c] + p.eps), 0.0, running_var[c]);
+    }
+}
+
+// Backward, one invocation per row: from the MODE 2 sums (sum g, sum g * (x -
+// centre), sum (x - centre)) with g = dy * w, the dx coefficients. With
+// xhat = (x - mean) * rstd and m values per row:
+//   LayerNorm/GroupNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//   RMSNorm:             dx = rstd * (g - xhat * mean(g * xhat))
+// Without FLAG_BATCH_STATS the statistics are constants: dx = rstd * g.
+@compute @workgroup_size(64)
+fn merge_row_grads(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+        var sums = vec4<f32>(0.0);
+        for (var k = 0u; k < p.parts; k++) {
+            sums += partials[r * p.parts + k];
+        }
+        let s = rows[r];
+        let rstd = s.y;
+        let inv_m = 1.0 / p.count;
+        var delta = 0.0;
+        var b = 0.0;
+        var c = 0.0;
+        if (has(FLAG_BATCH_STATS)) {
+            if (has(FLAG_RMS)) {
+                b = -rstd * rstd * rstd * sums.y * inv_m;
+            } else {
+                // The centre is the mean rounded to f32; the exact one is centre + delta.
+                delta = sums.z * inv_m;
+                let sum_gx = sums.y - delta * sums.x;
+                b = -rstd * rstd * rstd * sum_gx * inv_m;
+                c = -rstd * sums.x * inv_m - b * delta;
+            }
+        }
+        rows[r] = vec4<f32>(s.x, rstd, delta, s.w);
+        rows_dx[r] = vec4<f32>(rstd, b, c, s.x);
+    }
+}
+
+// dweight and dbias of weight c from its MODE 3 partials.
+@compute @workgroup_size(64)
+fn merge_columns(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = id.x; c < p.channels; c += nwg.x * 64u) {
+        var sums = vec4<f32>(0.0);
+        for (var k = 0u; k < p.parts; k++) {
+            sums += partials[c * p.parts + k];
+        }
+        dweight[c] = sums.x;
+        dbias[c] = sums.y;
+    }
+}
+
+fn row_of(o: u32, c: u32) -> u32 {
+    return (o / p.row_div) * p.groups + c / p.cpg;
+}
+
+// y = (x - centre) * rstd * w + b, grid-stride over the per-weight view.
+@compute @workgroup_size(256)
+fn apply(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let plane = p.channels * p.inner;
+    let total = p.outer * plane;
+    let stride = nwg.x * 256u;
+    for (var e = id.x; e < total; e += stride) {
+        let o = e / plane;
+        let c = (e - o * plane) / p.inner;
+        let s = rows[row_of(o, c)];
+        y[p.y_off + e] = fma((x[p.x_off + e] - s.x) * s.y, gamma(c), beta(c));
+    }
+}
+
+// dx = rstd * dy * w + B * (x - centre) + C, grid-stride over the per-weight view.
+@compute @workgroup_size(256)
+fn backward_dx(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let plane = p.channels * p.inner;
+    let total = p.outer * plane;
+    let stride = nwg.x * 256u;
+    for (var e = id.x; e < total; e += stride) {
+        let o = e / plane;
+        let c = (e - o * plane) / p.inner;
+        let k = rows_dx[row_of(o, c)];
+        dx[p.dx_off + e] = k.x * dy[p.dy_off + e] * gamma(c) + k.y * (x[p.x_off + e] - k.w) + k.z;
+    }
+}

@@ -1,0 +1,521 @@
+//! The engine shared by the normalization family (LayerNorm, RMSNorm,
+//! GroupNorm, InstanceNorm): the four differ only in which values one
+//! statistic spans, described by a [`Geometry`], and in a few flags
+//! ([`Options`]). Statistics and backward sums are reduce.wgsl's reductions
+//! over a view whose channels are the family's "stat rows"; the per-row and
+//! elementwise kernels are shaders/row_norm.wgsl's.
+//!
+//! Forward records: partial statistics (reduce MODE 0), `merge_rows` (mean,
+//! rstd per row; InstanceNorm may then update its running statistics), then
+//! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
+//! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
+
+use std::sync::Mutex;
+
+use crate::context::Context;
+use crate::kernels::{
+    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
+};
+use crate::layout::{ChannelView, Layout};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan};
+use crate::tensor::{TensorView, Window};
+use crate::{Error, Result};
+
+/// Which values a statistic spans, as two views of the same tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// A view whose channels are the stat rows (of one sample when `batch > 1`).
+    pub stat: ChannelView,
+    /// Views reduced at once, `batch_stride` elements apart.
+    pub batch: usize,
+    pub batch_stride: usize,
+    /// A view whose channels index the weight (gamma, beta).
+    pub weights: ChannelView,
+    /// Element (o, c, i) of `weights` belongs to stat row
+    /// `(o / row_div) * groups + c / cpg`; channel c at inner index i of
+    /// `stat` multiplies weight `(c % groups) * cpg + i / wdiv`.
+    pub groups: usize,
+    pub cpg: usize,
+    pub row_div: usize,
+    pub wdiv: usize,
+}
+
+impl Geometry {
+    /// `rows` rows of `cols` contiguous values, weights per column (LayerNorm, RMSNorm).
+    pub fn trailing(rows: usize, cols: usize) -> Geometry {
+        Geometry {
+            stat: ChannelView { outer: 1, channels: rows, inner: cols },
+            batch: 1,
+            batch_stride: 0,
+            weights: ChannelView { outer: rows, channels: cols, inner: 1 },
+            groups: 1,
+            cpg: cols,
+            row_div: 1,
+            wdiv: 1,
+        }
+    }
+
+    /// `groups` groups of consecutive channels per sample of a (N, C,
+    /// spatial...) tensor, weights per channel (GroupNorm, InstanceNorm).
+    pub fn grouped(shape: &[usize], layout: Layout, groups: usize) -> Geometry {
+        let (n, c) = (shape[0], shape[1]);
+        let hw: usize = shape[2..].iter().product();
+        let cpg = c / groups;
+        let weights = ChannelView::of(shape, layout);
+        match layout {
+            // Each (n, g) is one contiguous run of cpg * hw values.
+            Layout::Nchw => Geometry {
+                stat: ChannelView { outer: 1, channels: n * groups, inner: cpg * hw },
+                batch: 1,
+                batch_stride: 0,
+                weights,
+                groups,
+                cpg,
+                row_div: 1,
+                wdiv: hw,
+            },
+            // Sample n is [hw][groups][cpg]: the groups are its channels.
+            Layout::Nhwc => Geometry {
+                stat: ChannelView { outer: hw, channels: groups, inner: cpg },
+                batch: n,
+                batch_stride: hw * c,
+                weights,
+                groups,
+                cpg,
+                row_div: hw,
+                wdiv: 1,
+            },
+        }
+    }
+
+    /// Number of stat rows.
+    pub fn rows(&self) -> usize {
+        self.batch * self.stat.channels
+    }
+
+    /// Values per stat row.
+    pub fn row_len(&self) -> usize {
+        self.stat.per_channel()
+    }
+}
+
+/// What distinguishes the ops beyond their geometry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub eps: f32,
+    pub affine: bool,
+    pub bias: bool,
+    pub rms: bool,
+    /// Running-statistics factor (InstanceNorm).
+    pub momentum: f32,
+}
+
+/// Where the statistics come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The input's own, optionally updating the running statistics.
+    Input { update_running: bool },
+    /// The running statistics (InstanceNorm in eval mode).
+    Running,
+}
+
+/// One call's geometry, flags and statistics source.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    pub geo: Geometry,
+    pub opt: Options,
+    pub source: Source,
+}
+
+/// Buffers whose size depends on the input, grown on demand and reused.
+#[derive(Default)]
+struct Scratch {
+    rows: Option<wgpu::Buffer>,
+    rows_dx: Option<wgpu::Buffer>,
+    partials: Option<wgpu::Buffer>,
+}
+
+/// The state of one family layer on the GPU.
+pub(crate) struct Core {
+    pub ctx: Context,
+    /// Weight length (normalized size or channel count).
+    pub len: usize,
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+    pub running_mean: wgpu::Buffer,
+    pub running_var: wgpu::Buffer,
+    pub grad_weight: wgpu::Buffer,
+    pub grad_bias: wgpu::Buffer,
+    scratch: Mutex<Scratch>,
+    /// Shape, layout and row count of the input whose statistics `rows` holds.
+    saved_for: Mutex<Option<(Vec<usize>, Layout, usize)>>,
+}
+
+fn grow(ctx: &Context, slot: &mut Option<wgpu::Buffer>, bytes: u64, label: &str) -> Result<wgpu::Buffer> {
+    match slot {
+        Some(b) if b.size() >= bytes => Ok(b.clone()),
+        _ => {
+            let b = ctx.zeros(label, bytes)?;
+            *slot = Some(b.clone());
+            Ok(b)
+        }
+    }
+}
+
+impl Core {
+    /// A layer with `len` weights (ones), biases (zeros) and, for
+    /// InstanceNorm, running statistics (0 and 1).
+    pub fn new(ctx: &Context, len: usize) -> Result<Core> {
+        Ok(Core {
+            weight: ctx.upload("norm weight", &vec![1.0f32; len])?,
+            bias: ctx.zeros("norm bias", len as u64 * 4)?,
+            running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
+            running_var: ctx.upload("norm running_var", &vec![1.0f32; len])?,
+            grad_weight: ctx.zeros("norm grad weight", len as u64 * 4)?,
+            grad_bias: ctx.zeros("norm grad bias", len as u64 * 4)?,
+            scratch: Mutex::new(Scratch::default()),
+            saved_for: Mutex::new(None),
+            ctx: ctx.clone(),
+            len,
+        })
+    }
+
+    /// Writes `data` into one of the layer's vectors. `Err(Shape)`, writing
+    /// nothing, unless it has `len` values.
+    pub fn write_vec(&self, buffer: &wgpu::Buffer, data: &[f32], name: &str) -> Result<()> {
+        if data.len() != self.len {
+            return Err(Error::Shape(format!("{name} has {} values, the layer has {}", data.len(), self.len)));
+        }
+        self.ctx.write(buffer, 0, data)
+    }
+
+    /// Reads one of the layer's vectors (blocking).
+    pub fn read_vec(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        self.ctx.read(buffer, 0, self.len)
+    }
+
+    /// The saved per-row statistics buffer, (centre, rstd, delta, var) per row.
+    pub fn saved(&self) -> Option<wgpu::Buffer> {
+        lock(&self.scratch).rows.clone()
+    }
+
+    /// (mean, rstd) per stat row of the last input-statistics forward (blocking).
+    pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let rows = lock(&self.saved_for).as_ref().map(|s| s.2);
+        let (Some(rows), Some(buf)) = (rows, self.saved()) else {
+            return Err(Error::Parameter("no forward has saved statistics yet".into()));
+        };
+        let v: Vec<f32> = self.ctx.read(&buf, 0, rows * 4)?;
+        Ok((v.chunks(4).map(|s| s[0]).collect(), v.chunks(4).map(|s| s[1]).collect()))
+    }
+
+    fn params(&self, view: ChannelView, geo: &Geometry, opt: &Options) -> ChannelParams {
+        let mut flags = 0;
+        if opt.affine {
+            flags |= FLAG_AFFINE;
+        }
+        if opt.bias {
+            flags |= FLAG_BIAS;
+        }
+        if opt.rms {
+            flags |= FLAG_RMS;
+        }
+        ChannelParams {
+            outer: view.outer as u32,
+            channels: view.channels as u32,
+            inner: view.inner as u32,
+            flags,
+            eps: opt.eps,
+            momentum: opt.momentum,
+            count: geo.row_len() as f32,
+            row_div: geo.row_div as u32,
+            groups: geo.groups as u32,
+            cpg: geo.cpg as u32,
+            wdiv: geo.wdiv as u32,
+            rows: geo.rows() as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Validates `x` and `other` (same shape and layout, distinct buffers)
+    /// and returns their windows.
+    pub fn pair<'a>(&self, x: &TensorView<'a>, other: &TensorView<'a>, name: &str) -> Result<(Window<'a>, Window<'a>)> {
+        self.ctx.check_alive()?;
+        if other.shape != x.shape || (other.layout != x.layout && x.shape.len() > 2) {
+            return Err(Error::Shape(format!(
+                "{name} is {:?} {:?}, x is {:?} {:?}",
+                other.shape, other.layout, x.shape, x.layout
+            )));
+        }
+        if other.buffer == x.buffer {
+            return Err(Error::Buffer(format!("x and {name} share a buffer; the op does not run in place")));
+        }
+        let limits = self.ctx.device().limits();
+        Ok((x.window("x", &limits)?, other.window(name, &limits)?))
+    }
+
+    fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {
+        let mut s = lock(&self.scratch);
+        let row_bytes = geo.rows() as u64 * 16;
+        Ok((
+            grow(&self.ctx, &mut s.rows, row_bytes, "norm row statistics")?,
+            grow(&self.ctx, &mut s.rows_dx, row_bytes, "norm dx coefficients")?,
+            grow(&self.ctx, &mut s.partials, partial_bytes, "norm partials")?,
+        ))
+    }
+
+    fn row_workgroups(geo: &Geometry) -> (u32, u32) {
+        (geo.rows().div_ceil(64).min(65535) as u32, 1)
+    }
+
+    fn elementwise_workgroups(geo: &Geometry) -> (u32, u32) {
+        (geo.weights.len().div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
+    }
+
+    /// Records a forward of `x` into `y` (both validated by the caller's
+    /// geometry; windows checked here).
+    pub fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        y: &TensorView,
+        call: &Call,
+    ) -> Result<()> {
+        let Call { geo, opt, source } = call;
+        let (geo, opt, source) = (geo, opt, *source);
+        let (xw, yw) = self.pair(x, y, "y")?;
+        let plan = ReducePlan::new(geo.stat)?.batched(geo.batch, geo.batch_stride)?;
+        if geo.rows() > u32::MAX as usize / 16 {
+            return Err(Error::Unsupported(format!("{} statistics exceed one buffer", geo.rows())));
+        }
+        let mut stat_params = self.params(geo.stat, geo, opt);
+        stat_params.x_off = xw.elem_offset;
+        plan.fill(&mut stat_params);
+        let mut apply_params = self.params(geo.weights, geo, opt);
+        apply_params.x_off = xw.elem_offset;
+        apply_params.y_off = yw.elem_offset;
+        let (rows, _, partials) = self.scratch(geo, plan.partial_bytes(geo.stat.channels))?;
+
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let stat_buf = uniform(device, &stat_params)?;
+            let apply_buf = uniform(device, &apply_params)?;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("norm forward"),
+                timestamp_writes: None,
+            });
+            match source {
+                Source::Input { update_running } => {
+                    let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::Stats)?;
+                    reduce::record(
+                        device,
+                        &mut pass,
+                        &reduce,
+                        &plan,
+                        ReduceBindings {
+                            params: stat_buf.as_entire_binding(),
+                            x: xw.resource(),
+                            dy: xw.resource(),
+                            chan: rows.as_entire_binding(),
+                            partials: partials.as_entire_binding(),
+                            weight: None,
+                            z: None,
+                        },
+                    );
+                    let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_rows"))?;
+                    let group = bind(
+                        device,
+                        &merge,
+                        &[
+                            (0, stat_buf.as_entire_binding()),
+                            (1, partials.as_entire_binding()),
+                            (6, rows.as_entire_binding()),
+                        ],
+                    );
+                    dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
+                    if update_running {
+                        let grid = (self.len.div_ceil(64).min(65535), 1);
+                        self.record_running(&mut pass, "update_running", &stat_buf, &rows, grid)?;
+                    }
+                }
+                Source::Running => {
+                    let grid = Self::row_workgroups(geo);
+                    self.record_running(&mut pass, "prepare_running", &stat_buf, &rows, (grid.0 as usize, 1))?;
+                }
+            }
+            let apply = kernels.get(KernelKey::new(Shader::RowNorm, "apply"))?;
+            let group = bind(
+                device,
+                &apply,
+                &[
+                    (0, apply_buf.as_entire_binding()),
+                    (2, self.weight.as_entire_binding()),
+                    (3, self.bias.as_entire_binding()),
+                    (6, rows.as_entire_binding()),
+                    (8, xw.resource()),
+                    (9, yw.resource()),
+                ],
+            );
+            dispatch(&mut pass, &apply, &group, Self::elementwise_workgroups(geo));
+            Ok(())
+        })?;
+        if let Source::Input { .. } = source {
+            *lock(&self.saved_for) = Some((x.shape.clone(), x.layout, geo.rows()));
+        }
+        Ok(())
+    }
+
+    fn record_running(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        entry: &'static str,
+        params: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        grid: (usize, usize),
+    ) -> Result<()> {
+        let device = self.ctx.device();
+        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm, entry))?;
+        let group = bind(
+            device,
+            &kernel,
+            &[
+                (0, params.as_entire_binding()),
+                (4, self.running_mean.as_entire_binding()),
+                (5, self.running_var.as_entire_binding()),
+                (6, rows.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &kernel, &group, (grid.0 as u32, grid.1 as u32));
+        Ok(())
+    }
+
+    /// Records a backward: dx into `dx`, dweight and dbias into the grad buffers.
+    pub fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        call: &Call,
+    ) -> Result<()> {
+        let Call { geo, opt, source } = call;
+        let (geo, opt, source) = (geo, opt, *source);
+        let (xw, dyw) = self.pair(x, dy, "dy")?;
+        let (_, dxw) = self.pair(x, dx, "dx")?;
+        if dx.buffer == dy.buffer {
+            return Err(Error::Buffer("dx shares a buffer with dy; backward does not run in place".into()));
+        }
+        if let Source::Input { .. } = source {
+            let saved = lock(&self.saved_for).clone();
+            if saved.as_ref().map(|s| (&s.0, s.1)) != Some((&x.shape, x.layout)) {
+                return Err(Error::Parameter(format!(
+                    "backward needs the statistics of a forward on the same input; the last one saw {:?}, x is {:?} {:?}",
+                    saved.map(|s| (s.0, s.1)),
+                    x.shape,
+                    x.layout
+                )));
+            }
+        }
+        let row_plan = ReducePlan::new(geo.stat)?.batched(geo.batch, geo.batch_stride)?;
+        let col_plan = ReducePlan::new(geo.weights)?;
+        let mut row_params = self.params(geo.stat, geo, opt);
+        row_params.x_off = xw.elem_offset;
+        row_params.dy_off = dyw.elem_offset;
+        row_params.flags |= if matches!(source, Source::Input { .. }) { FLAG_BATCH_STATS } else { 0 };
+        row_plan.fill(&mut row_params);
+        let mut col_params = self.params(geo.weights, geo, opt);
+        col_params.x_off = xw.elem_offset;
+        col_params.dy_off = dyw.elem_offset;
+        col_params.dx_off = dxw.elem_offset;
+        col_plan.fill(&mut col_params);
+        let bytes = row_plan.partial_bytes(geo.stat.channels).max(col_plan.partial_bytes(geo.weights.channels));
+        let (rows, rows_dx, partials) = self.scratch(geo, bytes)?;
+
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let row_buf = uniform(device, &row_params)?;
+            let col_buf = uniform(device, &col_params)?;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("norm backward"),
+                timestamp_writes: None,
+            });
+            if source == Source::Running {
+                let grid = Self::row_workgroups(geo);
+                self.record_running(&mut pass, "prepare_running", &row_buf, &rows, (grid.0 as usize, 1))?;
+            }
+            let reduce = reduce::pipeline(&self.ctx, &row_plan, ReduceMode::WeightedGradSums)?;
+            reduce::record(
+                device,
+                &mut pass,
+                &reduce,
+                &row_plan,
+                ReduceBindings {
+                    params: row_buf.as_entire_binding(),
+                    x: xw.resource(),
+                    dy: dyw.resource(),
+                    chan: rows.as_entire_binding(),
+                    partials: partials.as_entire_binding(),
+                    weight: Some(self.weight.as_entire_binding()),
+                    z: None,
+                },
+            );
+            let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_row_grads"))?;
+            let group = bind(
+                device,
+                &merge,
+                &[
+                    (0, row_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (6, rows.as_entire_binding()),
+                    (7, rows_dx.as_entire_binding()),
+                ],
+            );
+            dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
+            let reduce = reduce::pipeline(&self.ctx, &col_plan, ReduceMode::ColumnGrads)?;
+            reduce::record(
+                device,
+                &mut pass,
+                &reduce,
+                &col_plan,
+                ReduceBindings {
+                    params: col_buf.as_entire_binding(),
+                    x: xw.resource(),
+                    dy: dyw.resource(),
+                    chan: rows.as_entire_binding(),
+                    partials: partials.as_entire_binding(),
+                    weight: None,
+                    z: None,
+                },
+            );
+            let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_columns"))?;
+            let group = bind(
+                device,
+                &merge,
+                &[
+                    (0, col_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (12, self.grad_weight.as_entire_binding()),
+                    (13, self.grad_bias.as_entire_binding()),
+                ],
+            );
+            dispatch(&mut pass, &merge, &group, (self.len.div_ceil(64).min(65535) as u32, 1));
+            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm, "backward_dx"))?;
+            let group = bind(
+                device,
+                &dx_kernel,
+                &[
+                    (0, col_buf.as_entire_binding()),
+                    (2, self.weight.as_entire_binding()),
+                    (7, rows_dx.as_entire_binding()),
+                    (8, xw.resource()),
+                    (10, dyw.resource()),
+                    (11, dxw.resource()),
+                ],
+            );
+            dispatch(&mut pass, &dx_kernel, &group, Self::elementwise_workgroups(geo));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,397 @@
+//! The group norms: GroupNorm (`torch.nn.GroupNorm`) and InstanceNorm
+//! (`torch.nn.InstanceNorm1d/2d/3d`, GroupNorm with one group per channel
+//! plus optional running statistics), in both layouts. Both are the family
+//! engine ([`family`](crate::family)) with one stat row per (sample, group).
+
+use crate::context::Context;
+use crate::family::{Call, Core, Geometry, Options, Source};
+use crate::tensor::{check_shape, TensorView};
+use crate::{Error, Result};
+
+fn check_eps(eps: f32) -> Result<()> {
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
+    }
+    Ok(())
+}
+
+/// GroupNorm's hyper-parameters, with PyTorch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupNormConfig {
+    /// Groups the channels split into; must divide `num_channels`.
+    pub num_groups: usize,
+    /// Channels (dimension 1 of the input).
+    pub num_channels: usize,
+    /// Added to the variance before the square root. Default 1e-5.
+    pub eps: f32,
+    /// Learnable per-channel weight and bias. Default true.
+    pub affine: bool,
+}
+
+impl GroupNormConfig {
+    /// PyTorch's defaults.
+    pub fn new(num_groups: usize, num_channels: usize) -> GroupNormConfig {
+        GroupNormConfig { num_groups, num_channels, eps: 1e-5, affine: true }
+    }
+
+    /// Sets `eps`.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets `affine`.
+    pub fn affine(mut self, affine: bool) -> Self {
+        self.affine = affine;
+        self
+    }
+
+    /// `Err(Parameter)` unless `num_groups` divides `num_channels` (both
+    /// positive) and `eps` is finite and positive.
+    pub fn validate(&self) -> Result<()> {
+        let (g, c) = (self.num_groups, self.num_channels);
+        if g == 0 || c == 0 || c > u32::MAX as usize || !c.is_multiple_of(g) {
+            return Err(Error::Parameter(format!("num_channels = {c} must be divisible by num_groups = {g}")));
+        }
+        check_eps(self.eps)
+    }
+}
+
+/// A GroupNorm layer whose weight, bias, saved statistics and gradients live
+/// on the GPU. `Send + Sync`: ops take `&self`.
+pub struct GroupNorm {
+    core: Core,
+    config: GroupNormConfig,
+}
+
+/// The per-channel vectors shared by GroupNorm's and InstanceNorm's accessors.
+macro_rules! channel_accessors {
+    () => {
+        /// The weight (gamma) buffer, one f32 per channel.
+        pub fn weight(&self) -> &wgpu::Buffer {
+            &self.core.weight
+        }
+
+        /// The bias (beta) buffer.
+        pub fn bias(&self) -> &wgpu::Buffer {
+            &self.core.bias
+        }
+
+        /// dweight of the last backward.
+        pub fn grad_weight(&self) -> &wgpu::Buffer {
+            &self.core.grad_weight
+        }
+
+        /// dbias of the last backward.
+        pub fn grad_bias(&self) -> &wgpu::Buffer {
+            &self.core.grad_bias
+        }
+
+        /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
+        pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
+            self.core.write_vec(&self.core.weight, weight, "weight")
+        }
+
+        /// Writes the bias. `Err(Shape)`, writing nothing, on a wrong length.
+        pub fn write_bias(&self, bias: &[f32]) -> Result<()> {
+            self.core.write_vec(&self.core.bias, bias, "bias")
+        }
+
+        /// Reads (weight, bias) back (blocking).
+        pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((self.core.read_vec(&self.core.weight)?, self.core.read_vec(&self.core.bias)?))
+        }
+
+        /// Reads (dweight, dbias) of the last backward (blocking).
+        pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((self.core.read_vec(&self.core.grad_weight)?, self.core.read_vec(&self.core.grad_bias)?))
+        }
+
+        /// The statistics saved by the last input-statistics forward:
+        /// (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.
+        pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
+            self.core.saved()
+        }
+
+        /// Reads (mean, rstd) per (sample, group) of the last
+        /// input-statistics forward, in (n, g) order (blocking).
+        pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            self.core.read_saved()
+        }
+    };
+}
+
+impl GroupNorm {
+    /// A layer with weight 1 and bias 0. `Err(Parameter)` when `num_groups`
+    /// does not divide `num_channels` or `eps` is bad.
+    pub fn new(ctx: &Context, config: GroupNormConfig) -> Result<GroupNorm> {
+        config.validate()?;
+        Ok(GroupNorm { core: Core::new(ctx, config.num_channels)?, config })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &GroupNormConfig {
+        &self.config
+    }
+
+    channel_accessors!();
+
+    fn geometry(&self, x: &TensorView) -> Result<Geometry> {
+        check_shape(&x.shape, x.layout, self.config.num_channels)?;
+        Ok(Geometry::grouped(&x.shape, x.layout, self.config.num_groups))
+    }
+
+    fn options(&self) -> Options {
+        let c = &self.config;
+        Options { eps: c.eps, affine: c.affine, bias: c.affine, rms: false, momentum: 0.0 }
+    }
+
+    /// Records `y = GroupNorm(x)` (rank 2 to 5, either layout) and saves
+    /// each (sample, group)'s mean and rstd.
+    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
+        let geo = self.geometry(x)?;
+        self.core.record_forward(
+            encoder,
+            x,
+            y,
+            &Call { geo, opt: self.options(), source: Source::Input { update_running: false } },
+        )
+    }
+
+    /// Records the backward of the last forward (same x): dx into `dx`,
+    /// dweight and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    pub fn backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+    ) -> Result<()> {
+        let geo = self.geometry(x)?;
+        self.core.record_backward(
+            encoder,
+            x,
+            dy,
+            dx,
+            &Call { geo, opt: self.options(), source: Source::Input { update_running: false } },
+        )
+    }
+
+    /// Blocking [`Self::forward`].
+    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.forward(e, x, y))
+    }
+
+    /// Blocking [`Self::backward`].
+    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    }
+}
+
+/// InstanceNorm's hyper-parameters, with PyTorch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceNormConfig {
+    /// Channels (dimension 1 of the input).
+    pub num_features: usize,
+    /// Added to the variance before the square root. Default 1e-5.
+    pub eps: f32,
+    /// Weight of the new batch in the running statistics. Default `Some(0.1)`;
+    /// `None` leaves them unchanged, as PyTorch (which passes 0).
+    pub momentum: Option<f32>,
+    /// Learnable per-channel weight and bias. Default false.
+    pub affine: bool,
+    /// Keep running statistics and use them in eval mode. Default false.
+    pub track_running_stats: bool,
+}
+
+impl InstanceNormConfig {
+    /// PyTorch's defaults for `num_features` channels.
+    pub fn new(num_features: usize) -> InstanceNormConfig {
+        InstanceNormConfig { num_features, eps: 1e-5, momentum: Some(0.1), affine: false, track_running_stats: false }
+    }
+
+    /// Sets `eps`.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets `momentum`.
+    pub fn momentum(mut self, momentum: Option<f32>) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Sets `affine`.
+    pub fn affine(mut self, affine: bool) -> Self {
+        self.affine = affine;
+        self
+    }
+
+    /// Sets `track_running_stats`.
+    pub fn track_running_stats(mut self, track: bool) -> Self {
+        self.track_running_stats = track;
+        self
+    }
+
+    /// `Err(Parameter)` unless there is a channel, `eps` is finite and
+    /// positive and `momentum` is within [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if self.num_features == 0 || self.num_features > u32::MAX as usize {
+            return Err(Error::Parameter(format!(
+                "num_features = {} is not a usable channel count",
+                self.num_features
+            )));
+        }
+        if let Some(m) = self.momentum {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(Error::Parameter(format!("momentum = {m} must be within [0, 1]")));
+            }
+        }
+        check_eps(self.eps)
+    }
+}
+
+/// InstanceNorm's state as host values, with PyTorch's `state_dict` meaning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceNormState {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+}
+
+impl InstanceNormState {
+    /// PyTorch's initial state: weight 1, bias 0, running mean 0, running var 1.
+    pub fn initial(channels: usize) -> InstanceNormState {
+        InstanceNormState {
+            weight: vec![1.0; channels],
+            bias: vec![0.0; channels],
+            running_mean: vec![0.0; channels],
+            running_var: vec![1.0; channels],
+        }
+    }
+}
+
+/// An InstanceNorm layer (1d, 2d and 3d alike: the rank comes from the input).
+pub struct InstanceNorm {
+    core: Core,
+    config: InstanceNormConfig,
+}
+
+impl InstanceNorm {
+    /// A layer in PyTorch's initial state.
+    pub fn new(ctx: &Context, config: InstanceNormConfig) -> Result<InstanceNorm> {
+        config.validate()?;
+        Ok(InstanceNorm { core: Core::new(ctx, config.num_features)?, config })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &InstanceNormConfig {
+        &self.config
+    }
+
+    channel_accessors!();
+
+    /// The running mean buffer.
+    pub fn running_mean(&self) -> &wgpu::Buffer {
+        &self.core.running_mean
+    }
+
+    /// The running variance buffer (unbiased, as PyTorch).
+    pub fn running_var(&self) -> &wgpu::Buffer {
+        &self.core.running_var
+    }
+
+    /// Reads the state back (blocking).
+    pub fn read_state(&self) -> Result<InstanceNormState> {
+        let c = &self.core;
+        Ok(InstanceNormState {
+            weight: c.read_vec(&c.weight)?,
+            bias: c.read_vec(&c.bias)?,
+            running_mean: c.read_vec(&c.running_mean)?,
+            running_var: c.read_vec(&c.running_var)?,
+        })
+    }
+
+    /// Writes the whole state. `Err(Shape)`, writing nothing, if a vector's
+    /// length is not `num_features`.
+    pub fn write_state(&self, state: &InstanceNormState) -> Result<()> {
+        let c = self.config.num_features;
+        for (name, v) in [
+            ("weight", &state.weight),
+            ("bias", &state.bias),
+            ("running_mean", &state.running_mean),
+            ("running_var", &state.running_var),
+        ] {
+            if v.len() != c {
+                return Err(Error::Shape(format!("state {name} has {} values, the layer has {c} channels", v.len())));
+            }
+        }
+        let core = &self.core;
+        core.write_vec(&core.weight, &state.weight, "weight")?;
+        core.write_vec(&core.bias, &state.bias, "bias")?;
+        core.write_vec(&core.running_mean, &state.running_mean, "running_mean")?;
+        core.write_vec(&core.running_var, &state.running_var, "running_var")
+    }
+
+    fn options(&self) -> Options {
+        let c = &self.config;
+        Options { eps: c.eps, affine: c.affine, bias: c.affine, rms: false, momentum: c.momentum.unwrap_or(0.0) }
+    }
+
+    /// Statistics source and geometry of a call in `training` mode, as
+    /// `nn.InstanceNorm`: the input's own statistics unless tracking in eval.
+    fn plan(&self, x: &TensorView, training: bool) -> Result<(Geometry, Source)> {
+        let view = check_shape(&x.shape, x.layout, self.config.num_features)?;
+        let track = self.config.track_running_stats;
+        let source =
+            if training || !track { Source::Input { update_running: training && track } } else { Source::Running };
+        if matches!(source, Source::Input { .. }) && view.per_channel() / x.shape[0] < 2 {
+            return Err(Error::OneValuePerChannel(x.shape.clone()));
+        }
+        Ok((Geometry::grouped(&x.shape, x.layout, self.config.num_features), source))
+    }
+
+    /// Records `y = InstanceNorm(x)`. Training with `track_running_stats`
+    /// also updates the running statistics; eval with them normalizes by them.
+    pub fn forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        y: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        let (geo, source) = self.plan(x, training)?;
+        self.core.record_forward(encoder, x, y, &Call { geo, opt: self.options(), source })
+    }
+
+    /// Records the backward in `training` mode: with input statistics it
+    /// needs the last forward to have seen the same input; with running
+    /// statistics (eval, tracking) they are constants.
+    pub fn backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        training: bool,
+    ) -> Result<()> {
+        let (geo, source) = self.plan(x, training)?;
+        let source = match source {
+            Source::Input { .. } => Source::Input { update_running: false },
+            Source::Running => Source::Running,
+        };
+        self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.options(), source })
+    }
+
+    /// Blocking [`Self::forward`].
+    pub fn forward_sync(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
+        self.core.ctx.run(|e| self.forward(e, x, y, training))
+    }
+
+    /// Blocking [`Self::backward`].
+    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
+        self.core.ctx.run(|e| self.backward(e, x, dy, dx, training))
+    }
+}

@@ -1,0 +1,328 @@
+//! The row norms: LayerNorm (`torch.nn.LayerNorm`) and RMSNorm
+//! (`torch.nn.RMSNorm`), normalizing over the trailing `normalized_shape`
+//! dimensions of a row-major tensor. Both are the family engine
+//! ([`family`](crate::family)) with one stat row per leading index.
+
+use crate::context::Context;
+use crate::family::{Call, Core, Geometry, Options, Source};
+use crate::layout::Layout;
+use crate::tensor::TensorView;
+use crate::{Error, Result};
+
+/// `Err(Parameter)` unless `normalized_shape` is non-empty with no zero
+/// dimension and fits the kernels' 32-bit indices.
+fn validate_normalized(normalized_shape: &[usize], eps: f32) -> Result<usize> {
+    let size = normalized_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    match size {
+        Some(n) if !normalized_shape.is_empty() && n > 0 && n <= u32::MAX as usize => {
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
+            }
+            Ok(n)
+        }
+        _ => Err(Error::Parameter(format!("normalized_shape {normalized_shape:?} must be non-empty, without zeros"))),
+    }
+}
+
+/// The row geometry of `x` for `normalized_shape`: `Err(Shape)` unless its
+/// shape ends with `normalized_shape`, has no zero dimension and is read
+/// row-major (layout `Nchw`, the default, when its rank exceeds 2).
+fn rows_of(x: &TensorView, normalized_shape: &[usize]) -> Result<Geometry> {
+    let (shape, k) = (&x.shape, normalized_shape.len());
+    if k > shape.len() || shape[shape.len() - k..] != *normalized_shape {
+        return Err(Error::Shape(format!(
+            "normalized_shape {normalized_shape:?} is not the trailing part of {shape:?}"
+        )));
+    }
+    if shape.contains(&0) {
+        return Err(Error::Shape(format!("{shape:?} has a zero-sized dimension")));
+    }
+    if x.layout != Layout::Nchw && shape.len() > 2 {
+        return Err(Error::Shape(format!("{shape:?}: row norms read the tensor row-major (layout Nchw)")));
+    }
+    let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if len.is_none_or(|n| n > u32::MAX as usize) {
+        return Err(Error::Shape(format!("{shape:?} has more than 2^32 elements")));
+    }
+    let cols: usize = normalized_shape.iter().product();
+    Ok(Geometry::trailing(x.len() / cols, cols))
+}
+
+/// LayerNorm's hyper-parameters, with PyTorch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerNormConfig {
+    /// Trailing dimensions normalized together.
+    pub normalized_shape: Vec<usize>,
+    /// Added to the variance before the square root. Default 1e-5.
+    pub eps: f32,
+    /// Learnable per-element weight (and bias, see `bias`). Default true.
+    pub elementwise_affine: bool,
+    /// Learnable bias, when `elementwise_affine`. Default true.
+    pub bias: bool,
+}
+
+impl LayerNormConfig {
+    /// PyTorch's defaults for `normalized_shape`.
+    pub fn new(normalized_shape: &[usize]) -> LayerNormConfig {
+        LayerNormConfig { normalized_shape: normalized_shape.to_vec(), eps: 1e-5, elementwise_affine: true, bias: true }
+    }
+
+    /// Sets `eps`.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets `elementwise_affine`.
+    pub fn elementwise_affine(mut self, affine: bool) -> Self {
+        self.elementwise_affine = affine;
+        self
+    }
+
+    /// Sets `bias`.
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            eps: self.eps,
+            affine: self.elementwise_affine,
+            bias: self.elementwise_affine && self.bias,
+            rms: false,
+            momentum: 0.0,
+        }
+    }
+}
+
+/// A LayerNorm layer whose weight, bias, saved statistics and gradients live
+/// on the GPU. Weight and bias buffers exist whatever the config (ones and
+/// zeros, ignored when off). `Send + Sync`: ops take `&self`.
+pub struct LayerNorm {
+    core: Core,
+    config: LayerNormConfig,
+}
+
+impl LayerNorm {
+    /// A layer with weight 1 and bias 0. `Err(Parameter)` on an empty or
+    /// zero-sized `normalized_shape` or a bad `eps`.
+    pub fn new(ctx: &Context, config: LayerNormConfig) -> Result<LayerNorm> {
+        let len = validate_normalized(&config.normalized_shape, config.eps)?;
+        Ok(LayerNorm { core: Core::new(ctx, len)?, config })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &LayerNormConfig {
+        &self.config
+    }
+
+    /// The weight (gamma) buffer: one f32 per element of `normalized_shape`.
+    pub fn weight(&self) -> &wgpu::Buffer {
+        &self.core.weight
+    }
+
+    /// The bias (beta) buffer.
+    pub fn bias(&self) -> &wgpu::Buffer {
+        &self.core.bias
+    }
+
+    /// dweight of the last backward.
+    pub fn grad_weight(&self) -> &wgpu::Buffer {
+        &self.core.grad_weight
+    }
+
+    /// dbias of the last backward.
+    pub fn grad_bias(&self) -> &wgpu::Buffer {
+        &self.core.grad_bias
+    }
+
+    /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
+    pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
+        self.core.write_vec(&self.core.weight, weight, "weight")
+    }
+
+    /// Writes the bias. `Err(Shape)`, writing nothing, on a wrong length.
+    pub fn write_bias(&self, bias: &[f32]) -> Result<()> {
+        self.core.write_vec(&self.core.bias, bias, "bias")
+    }
+
+    /// Reads (weight, bias) back (blocking).
+    pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.core.read_vec(&self.core.weight)?, self.core.read_vec(&self.core.bias)?))
+    }
+
+    /// Reads (dweight, dbias) of the last backward (blocking).
+    pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.core.read_vec(&self.core.grad_weight)?, self.core.read_vec(&self.core.grad_bias)?))
+    }
+
+    /// The per-row statistics saved by the last forward: (mean, rstd, _, _)
+    /// per row, 4 f32 each; `None` before the first forward.
+    pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
+        self.core.saved()
+    }
+
+    /// Reads (mean, rstd) per row of the last forward (blocking).
+    pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.core.read_saved()
+    }
+
+    /// Records `y = LayerNorm(x)` and saves each row's mean and rstd.
+    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
+        let geo = rows_of(x, &self.config.normalized_shape)?;
+        let source = Source::Input { update_running: false };
+        self.core.record_forward(encoder, x, y, &Call { geo, opt: self.config.options(), source })
+    }
+
+    /// Records the backward of the last forward (same x): dx into `dx`,
+    /// dweight and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    pub fn backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+    ) -> Result<()> {
+        let geo = rows_of(x, &self.config.normalized_shape)?;
+        let source = Source::Input { update_running: false };
+        self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
+    }
+
+    /// Blocking [`Self::forward`].
+    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.forward(e, x, y))
+    }
+
+    /// Blocking [`Self::backward`].
+    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    }
+}
+
+/// RMSNorm's hyper-parameters, with PyTorch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsNormConfig {
+    /// Trailing dimensions normalized together.
+    pub normalized_shape: Vec<usize>,
+    /// Added to the mean square; `None` (the default) is PyTorch's
+    /// `torch.finfo(float32).eps` = `f32::EPSILON`.
+    pub eps: Option<f32>,
+    /// Learnable per-element weight. Default true.
+    pub elementwise_affine: bool,
+}
+
+impl RmsNormConfig {
+    /// PyTorch's defaults for `normalized_shape`.
+    pub fn new(normalized_shape: &[usize]) -> RmsNormConfig {
+        RmsNormConfig { normalized_shape: normalized_shape.to_vec(), eps: None, elementwise_affine: true }
+    }
+
+    /// Sets `eps` (`None` = `f32::EPSILON`).
+    pub fn eps(mut self, eps: Option<f32>) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets `elementwise_affine`.
+    pub fn elementwise_affine(mut self, affine: bool) -> Self {
+        self.elementwise_affine = affine;
+        self
+    }
+
+    /// The epsilon used.
+    pub fn eps_value(&self) -> f32 {
+        self.eps.unwrap_or(f32::EPSILON)
+    }
+
+    fn options(&self) -> Options {
+        Options { eps: self.eps_value(), affine: self.elementwise_affine, bias: false, rms: true, momentum: 0.0 }
+    }
+}
+
+/// An RMSNorm layer: `y = x / sqrt(mean(x²) + eps) * weight` per row.
+pub struct RmsNorm {
+    core: Core,
+    config: RmsNormConfig,
+}
+
+impl RmsNorm {
+    /// A layer with weight 1. `Err(Parameter)` on an empty or zero-sized
+    /// `normalized_shape` or a bad `eps`.
+    pub fn new(ctx: &Context, config: RmsNormConfig) -> Result<RmsNorm> {
+        let len = validate_normalized(&config.normalized_shape, config.eps_value())?;
+        Ok(RmsNorm { core: Core::new(ctx, len)?, config })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &RmsNormConfig {
+        &self.config
+    }
+
+    /// The weight buffer: one f32 per element of `normalized_shape`.
+    pub fn weight(&self) -> &wgpu::Buffer {
+        &self.core.weight
+    }
+
+    /// dweight of the last backward.
+    pub fn grad_weight(&self) -> &wgpu::Buffer {
+        &self.core.grad_weight
+    }
+
+    /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
+    pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
+        self.core.write_vec(&self.core.weight, weight, "weight")
+    }
+
+    /// Reads the weight back (blocking).
+    pub fn read_weight(&self) -> Result<Vec<f32>> {
+        self.core.read_vec(&self.core.weight)
+    }
+
+    /// Reads dweight of the last backward (blocking).
+    pub fn read_grad_weight(&self) -> Result<Vec<f32>> {
+        self.core.read_vec(&self.core.grad_weight)
+    }
+
+    /// The per-row statistics saved by the last forward: (0, rstd, _, _) per
+    /// row; `None` before the first forward.
+    pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
+        self.core.saved()
+    }
+
+    /// Reads rstd = 1 / sqrt(mean(x²) + eps) per row of the last forward (blocking).
+    pub fn read_saved(&self) -> Result<Vec<f32>> {
+        Ok(self.core.read_saved()?.1)
+    }
+
+    /// Records `y = RMSNorm(x)` and saves each row's rstd.
+    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
+        let geo = rows_of(x, &self.config.normalized_shape)?;
+        let source = Source::Input { update_running: false };
+        self.core.record_forward(encoder, x, y, &Call { geo, opt: self.config.options(), source })
+    }
+
+    /// Records the backward of the last forward (same x): dx into `dx`,
+    /// dweight into [`Self::grad_weight`].
+    pub fn backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+    ) -> Result<()> {
+        let geo = rows_of(x, &self.config.normalized_shape)?;
+        let source = Source::Input { update_running: false };
+        self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
+    }
+
+    /// Blocking [`Self::forward`].
+    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.forward(e, x, y))
+    }
+
+    /// Blocking [`Self::backward`].
+    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
+        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    }
+}
