@@ -1,14 +1,11 @@
-// BatchNorm's per-channel kernels (one invocation per channel) and its two
-// elementwise passes. Per-channel coefficients live in vec4 buffers:
+// BatchNorm's per-channel kernels (one invocation per channel) and the
+// folding kernels. Per-channel coefficients live in vec4 buffers:
 //   chan[c]  = (mean, invstd, scale, beta)   with y = (x - mean) * scale + beta
 // (centred on the mean rather than folded into one shift, so inputs far from
 // zero keep their digits: the shift would round at the input's magnitude)
 //   grad[c]  = (A, B, mean, C)               with dx = A * dy + B * (x - mean) + C
-// MODE picks the fused activation of `apply` and `backward_dx`:
-// 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
+// The elementwise passes (apply, dx) live in elementwise.wgsl.
 // Needs common.wgsl in front of it.
-
-override MODE: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -22,17 +19,12 @@ override MODE: u32 = 0u;
 @group(0) @binding(7) var<storage, read_write> chan: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> x: array<f32>;
 @group(0) @binding(9) var<storage, read_write> y: array<f32>;
-@group(0) @binding(10) var<storage, read> dy: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(12) var<storage, read_write> grad: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
 // New running statistics waiting for commit_running: mean[C], var[C], and
 // per channel 1.0 when both are finite.
 @group(0) @binding(17) var<storage, read_write> pending: array<f32>;
-// MODE 2: the residual input and its gradient; other modes bind stand-ins.
-@group(0) @binding(15) var<storage, read> z: array<f32>;
-@group(0) @binding(16) var<storage, read_write> dz: array<f32>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
@@ -188,55 +180,6 @@ fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
 
 fn channel_of(e: u32) -> u32 {
     return (e / p.inner) % p.channels;
-}
-
-// y = (x - mean[c]) * scale[c] + beta[c], then the fused activation,
-// grid-stride over the elements.
-@compute @workgroup_size(256)
-fn apply(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let total = p.outer * p.channels * p.inner;
-    let stride = nwg.x * 256u;
-    for (var e = id.x; e < total; e += stride) {
-        let k = chan[channel_of(e)];
-        var residual = 0.0;
-        if (MODE == 2u) {
-            residual = z[p.z_off + e];
-        }
-        let pre = fused_pre(x[p.x_off + e], k, residual);
-        // ReLU that keeps NaN, as torch.relu does.
-        y[p.y_off + e] = select(pre, 0.0, MODE != 0u && pre <= 0.0);
-    }
-}
-
-// dx = A * g + B * (x - mean) + C, with g = dy behind the fused ReLU's mask
-// (recomputed from x, z and the forward's coefficients `chan`); dz = g.
-@compute @workgroup_size(256)
-fn backward_dx(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let total = p.outer * p.channels * p.inner;
-    let stride = nwg.x * 256u;
-    for (var e = id.x; e < total; e += stride) {
-        let c = channel_of(e);
-        let k = grad[c];
-        let v = x[p.x_off + e];
-        var g = dy[p.dy_off + e];
-        if (MODE != 0u) {
-            var residual = 0.0;
-            if (MODE == 2u) {
-                residual = z[p.z_off + e];
-            }
-            g = select(0.0, g, fused_pre(v, chan[c], residual) > 0.0);
-            if (MODE == 2u) {
-                dz[p.dz_off + e] = g;
-            }
-        }
-        dx[p.dx_off + e] = k.x * g + k.y * (v - k.z) + k.w;
-    }
 }
 
 // Folding into the preceding layer: weight' = weight * scale[c] over the

@@ -54,6 +54,8 @@ const FLAG_CHECK_FINITE: u32 = 16u;
 const FLAG_BIAS: u32 = 32u;
 // Family: RMSNorm (no centring: normalize by sqrt(mean(x^2) + eps)).
 const FLAG_RMS: u32 = 64u;
+// Elementwise vec4 passes over channels-last data: a vec4 holds four channels.
+const FLAG_LANES_ARE_CHANNELS: u32 = 128u;
 
 // The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and
 // backward both call this, so the backward's mask (pre > 0) is bit-for-bit

@@ -11,10 +11,10 @@ use std::sync::Mutex;
 use crate::context::Context;
 use crate::kernels::{
     bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
-    FLAG_UPDATE_RUNNING,
+    FLAG_LANES_ARE_CHANNELS, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
 use crate::tensor::{check_shape, TensorView, Window};
 use crate::{Error, Result};
 
@@ -544,12 +544,14 @@ impl BatchNorm {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            let apply = kernels.get(KernelKey::with_mode(Shader::BatchNorm, "apply", epilogue.apply_mode()))?;
+            let pass_plan = Elementwise::new(view, &[xw.elem_offset, yw.elem_offset, params.z_off])?;
+            let apply_params = uniform(device, &pass_plan.params(&params))?;
+            let apply = kernels.get(pass_plan.kernel("apply", epilogue.apply_mode()))?;
             let apply_group = bind(
                 device,
                 &apply,
                 &[
-                    (0, params_buf.as_entire_binding()),
+                    (0, apply_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (9, yw.resource()),
@@ -612,7 +614,7 @@ impl BatchNorm {
             } else {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            dispatch(&mut pass, &apply, &apply_group, elementwise_workgroups(view.len()));
+            dispatch(&mut pass, &apply, &apply_group, pass_plan.plan.grid);
             Ok(())
         })?;
         if batch {
@@ -737,13 +739,15 @@ impl BatchNorm {
                 ],
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-            let dx_kernel =
-                kernels.get(KernelKey::with_mode(Shader::BatchNorm, "backward_dx", epilogue.apply_mode()))?;
+            let offsets = [xw.elem_offset, dyw.elem_offset, dxw.elem_offset, params.z_off, params.dz_off];
+            let pass_plan = Elementwise::new(view, &offsets)?;
+            let dx_params = uniform(device, &pass_plan.params(&params))?;
+            let dx_kernel = kernels.get(pass_plan.kernel("dx", epilogue.apply_mode()))?;
             let group = bind(
                 device,
                 &dx_kernel,
                 &[
-                    (0, params_buf.as_entire_binding()),
+                    (0, dx_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (10, dyw.resource()),
@@ -753,7 +757,7 @@ impl BatchNorm {
                     (16, dzw.as_ref().map_or_else(|| self.unused.as_entire_binding(), |w| w.resource())),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, elementwise_workgroups(view.len()));
+            dispatch(&mut pass, &dx_kernel, &group, pass_plan.plan.grid);
             Ok(())
         })
     }
@@ -811,6 +815,65 @@ fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -
         }
     }
     Ok(())
+}
+
+/// An elementwise pass's tiling: the view in units of its value type (vec4
+/// when every view starts at a multiple of four values and four values share
+/// a channel or are four channels), and the plan over that view.
+struct Elementwise {
+    vec4: bool,
+    lanes_are_channels: bool,
+    view: ChannelView,
+    plan: ReducePlan,
+}
+
+impl Elementwise {
+    /// `offsets` are the element offsets of every view the pass binds.
+    fn new(view: ChannelView, offsets: &[u32]) -> Result<Elementwise> {
+        let aligned = offsets.iter().all(|o| o % 4 == 0);
+        let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
+            (true, false, ChannelView { inner: view.inner / 4, ..view })
+        } else if aligned && view.inner == 1 && view.channels.is_multiple_of(4) {
+            (true, true, ChannelView { channels: view.channels / 4, ..view })
+        } else {
+            (false, false, view)
+        };
+        Ok(Elementwise { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
+    }
+
+    /// `base` (the op's scalar parameters) rewritten for this pass.
+    fn params(&self, base: &ChannelParams) -> ChannelParams {
+        let lanes = if self.vec4 { 4 } else { 1 };
+        let mut p = ChannelParams {
+            outer: self.view.outer as u32,
+            channels: self.view.channels as u32,
+            inner: self.view.inner as u32,
+            x_off: base.x_off / lanes,
+            y_off: base.y_off / lanes,
+            dy_off: base.dy_off / lanes,
+            dx_off: base.dx_off / lanes,
+            z_off: base.z_off / lanes,
+            dz_off: base.dz_off / lanes,
+            ..*base
+        };
+        self.plan.fill(&mut p);
+        if self.lanes_are_channels {
+            p.flags |= FLAG_LANES_ARE_CHANNELS;
+        }
+        p
+    }
+
+    /// The pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
+    fn kernel(&self, op: &str, mode: u32) -> KernelKey {
+        let planar = self.plan.shape == Shape::Planar;
+        let entry = match (op, planar) {
+            ("apply", true) => "apply_planar",
+            ("apply", false) => "apply_interleaved",
+            (_, true) => "dx_planar",
+            (_, false) => "dx_interleaved",
+        };
+        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4 }, entry, mode)
+    }
 }
 
 /// Workgroups for a grid-stride elementwise pass over `len` values: about

@@ -16,6 +16,8 @@ pub(crate) enum Shader {
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and elementwise kernels.
     RowNorm,
+    /// BatchNorm's elementwise passes over scalars or, with `vec4`, four values at a time.
+    Elementwise { vec4: bool },
 }
 
 impl Shader {
@@ -24,8 +26,25 @@ impl Shader {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
+            Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
         };
-        format!("{}\n{}", include_str!("../shaders/common.wgsl"), body)
+        // The one compile-time difference between the two elementwise
+        // variants: the value type, and how four channels' entries spread over it.
+        let prelude = match self {
+            Shader::Elementwise { vec4: true } => {
+                "alias V = vec4<f32>;\n\
+                 fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n\
+                 \x20   return Coef(V(k0.x, k1.x, k2.x, k3.x), V(k0.y, k1.y, k2.y, k3.y), \
+                 V(k0.z, k1.z, k2.z, k3.z), V(k0.w, k1.w, k2.w, k3.w));\n}\n"
+            }
+            Shader::Elementwise { vec4: false } => {
+                "alias V = f32;\n\
+                 fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n\
+                 \x20   return splat(k0);\n}\n"
+            }
+            _ => "",
+        };
+        format!("{}\n{prelude}{}", include_str!("../shaders/common.wgsl"), body)
     }
 }
 
@@ -142,6 +161,7 @@ pub(crate) const FLAG_LAYER_BIAS: u32 = 8;
 pub(crate) const FLAG_CHECK_FINITE: u32 = 16;
 pub(crate) const FLAG_BIAS: u32 = 32;
 pub(crate) const FLAG_RMS: u32 = 64;
+pub(crate) const FLAG_LANES_ARE_CHANNELS: u32 = 128;
 
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.

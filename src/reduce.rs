@@ -107,6 +107,23 @@ impl ReducePlan {
                 batch_stride: 0,
             });
         }
+        Self::interleaved(view)
+    }
+
+    /// The plan of an elementwise pass over `view`: the planar or
+    /// interleaved tiling, so that every workgroup (planar) or invocation
+    /// (interleaved) stays on one channel and looks its coefficients up once.
+    pub fn elementwise(view: ChannelView) -> Result<ReducePlan> {
+        if view.inner >= WG {
+            Self::new(view)
+        } else {
+            Self::interleaved(view)
+        }
+    }
+
+    /// Workgroup (column block, row slice) over the tensor as `outer` rows of
+    /// `channels * inner` columns.
+    fn interleaved(view: ChannelView) -> Result<ReducePlan> {
         let cols = view.channels * view.inner;
         let width = cols.min(WG);
         let groups = WG / width;

@@ -1,0 +1,182 @@
+// BatchNorm's elementwise passes, tiled like the reductions so that channel
+// lookups are per workgroup (planar) or per invocation (interleaved), never
+// per element: y = (x - mean) * scale + beta with the fused activation, and
+// dx = A * g + B * (x - mean) + C. Compiled twice, with a prelude that makes
+// V f32 or vec4<f32> (four values per load and store where alignment allows).
+//
+// The view in Params is in units of V. When V is vec4 over a channels-last
+// tensor (inner == 1, FLAG_LANES_ARE_CHANNELS), a V holds four channels and
+// view channel c is channels 4c .. 4c+3; otherwise a V lies inside one channel.
+//
+// MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
+// Needs common.wgsl and a prelude (alias V, fn gather4) in front of it.
+
+override MODE: u32 = 0u;
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Per channel (mean, invstd, scale, beta).
+@group(0) @binding(7) var<storage, read> chan: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> x: array<V>;
+@group(0) @binding(9) var<storage, read_write> y: array<V>;
+@group(0) @binding(10) var<storage, read> dy: array<V>;
+@group(0) @binding(11) var<storage, read_write> dx: array<V>;
+// Per channel dx coefficients (A, B, mean, C).
+@group(0) @binding(12) var<storage, read> grad: array<vec4<f32>>;
+// MODE 2: the residual input and its gradient; other modes bind stand-ins.
+@group(0) @binding(15) var<storage, read> z: array<V>;
+@group(0) @binding(16) var<storage, read_write> dz: array<V>;
+
+// One per-channel vec4 entry spread over the lanes of V.
+struct Coef {
+    a: V,
+    b: V,
+    c: V,
+    d: V,
+}
+
+fn splat(k: vec4<f32>) -> Coef {
+    return Coef(V(k.x), V(k.y), V(k.z), V(k.w));
+}
+
+fn chan_coef(c: u32) -> Coef {
+    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+        let b = 4u * c;
+        return gather4(chan[b], chan[b + 1u], chan[b + 2u], chan[b + 3u]);
+    }
+    return splat(chan[c]);
+}
+
+fn grad_coef(c: u32) -> Coef {
+    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+        let b = 4u * c;
+        return gather4(grad[b], grad[b + 1u], grad[b + 2u], grad[b + 3u]);
+    }
+    return splat(grad[c]);
+}
+
+fn residual(e: u32) -> V {
+    if (MODE == 2u) {
+        return z[p.z_off + e];
+    }
+    return V(0.0);
+}
+
+// The pre-activation, as fused_pre in common.wgsl computes it per value.
+fn pre_activation(v: V, k: Coef, e: u32) -> V {
+    return fma(v - k.a, k.c, k.d) + residual(e);
+}
+
+fn apply_at(e: u32, k: Coef) {
+    let pre = pre_activation(x[p.x_off + e], k, e);
+    if (MODE == 0u) {
+        y[p.y_off + e] = pre;
+    } else {
+        // ReLU that keeps NaN, as torch.relu does.
+        y[p.y_off + e] = select(pre, V(0.0), pre <= V(0.0));
+    }
+}
+
+fn dx_at(e: u32, k: Coef, gk: Coef) {
+    let v = x[p.x_off + e];
+    var g = dy[p.dy_off + e];
+    if (MODE != 0u) {
+        g = select(V(0.0), g, pre_activation(v, k, e) > V(0.0));
+        if (MODE == 2u) {
+            dz[p.dz_off + e] = g;
+        }
+    }
+    dx[p.dx_off + e] = gk.a * g + gk.b * (v - gk.c) + gk.d;
+}
+
+// Planar: workgroup (s, c) covers slice s of channel c, as reduce_planar.
+@compute @workgroup_size(256)
+fn apply_planar(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let k = chan_coef(c);
+        var j = wg.x * p.slice_len + t;
+        var o = j / p.inner;
+        var i = j - o * p.inner;
+        while (j < end) {
+            apply_at((o * p.channels + c) * p.inner + i, k);
+            j += WG;
+            i += WG;
+            while (i >= p.inner) {
+                i -= p.inner;
+                o += 1u;
+            }
+        }
+    }
+}
+
+// Interleaved: an invocation owns one column and walks its rows, as
+// reduce_interleaved.
+@compute @workgroup_size(256)
+fn apply_interleaved(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    if (g >= groups || col >= cols) {
+        return;
+    }
+    let k = chan_coef(col / p.inner);
+    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
+    for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
+        apply_at(r * cols + col, k);
+    }
+}
+
+@compute @workgroup_size(256)
+fn dx_planar(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let k = chan_coef(c);
+        let gk = grad_coef(c);
+        var j = wg.x * p.slice_len + t;
+        var o = j / p.inner;
+        var i = j - o * p.inner;
+        while (j < end) {
+            dx_at((o * p.channels + c) * p.inner + i, k, gk);
+            j += WG;
+            i += WG;
+            while (i >= p.inner) {
+                i -= p.inner;
+                o += 1u;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn dx_interleaved(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    if (g >= groups || col >= cols) {
+        return;
+    }
+    let c = col / p.inner;
+    let k = chan_coef(c);
+    let gk = grad_coef(c);
+    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
+    for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
+        dx_at(r * cols + col, k, gk);
+    }
+}
