@@ -383,3 +383,152 @@ fn family_output_aliasing_input() {
     let view = TensorView::new(&x.buffer, &[2, 2, 2]);
     assert!(matches!(gn.forward_sync(&view, &view), Err(Error::Buffer(_))));
 }
+
+// ---------------------------------------------------------------------------
+// Cases of the documented format that are not in tests/golden.
+// ---------------------------------------------------------------------------
+
+/// A case file's bytes: `inputs` (F32) and `expected` (F64) tensors of
+/// `x_shape` (physical) or 1-D, and the metadata.
+fn case_bytes(
+    meta: &[(&str, &str)],
+    x_shape: &[usize],
+    inputs: &[(&str, Vec<f32>)],
+    expected: &[(&str, Vec<f64>)],
+) -> Vec<u8> {
+    use safetensors::tensor::{Dtype, TensorView as StView};
+    let len: usize = x_shape.iter().product();
+    let shape_of = |n: usize| if n == len { x_shape.to_vec() } else { vec![n] };
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, v) in inputs {
+        tensors.push((name.to_string(), Dtype::F32, shape_of(v.len()), bytemuck::cast_slice(v).to_vec()));
+    }
+    for (name, v) in expected {
+        tensors.push((name.to_string(), Dtype::F64, shape_of(v.len()), bytemuck::cast_slice(v).to_vec()));
+    }
+    let views: Vec<(&str, StView)> =
+        tensors.iter().map(|(n, d, s, b)| (n.as_str(), StView::new(*d, s.clone(), b).unwrap())).collect();
+    let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+/// Builds a case whose expected tensors the f64 reference computes, then
+/// checks it on the GPU as `wgpu-norm check` would; returns the compared names.
+fn check_unseen(name: &str, meta: &[(&str, &str)], x_shape: &[usize], inputs: &[(&str, Vec<f32>)]) -> Vec<String> {
+    use wgpu_norm::golden::{reference_outputs, Case};
+    let path = PathBuf::from(format!("{name}.safetensors"));
+    let bare = Case::parse(&path, &case_bytes(meta, x_shape, inputs, &[])).unwrap();
+    let want: Vec<(&str, Vec<f64>)> = reference_outputs(&bare)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (FAMILY_OUTPUTS.iter().copied().find(|n| *n == k).unwrap(), v))
+        .collect();
+    let case = Case::parse(&path, &case_bytes(meta, x_shape, inputs, &want)).unwrap();
+    let report = wgpu_norm::check::check_case(ctx(), &case, TOLERANCE);
+    assert!(matches!(report.outcome, Outcome::Pass { .. }), "{name}: {:?} {:?}", report.outcome, report.errors);
+    report.errors.keys().cloned().collect()
+}
+
+const FAMILY_OUTPUTS: [&str; 6] = ["y", "mean", "rstd", "dx", "dweight", "dbias"];
+
+#[test]
+fn unseen_cases_of_the_documented_format_pass() {
+    let mut rng = Rng(17);
+    let mut v = |n: usize, offset: f32| rng.normal_vec(n, offset, 1.3);
+    let (x, dy, w, b) = (v(180, 1.0), v(180, 0.0), v(6, 1.0), v(6, 0.0));
+    let got = check_unseen(
+        "gn_nhwc",
+        &[
+            ("op", "group_norm"),
+            ("layout", "NHWC"),
+            ("shape", "2,6,5,3"),
+            ("channels", "6"),
+            ("num_groups", "3"),
+            ("eps", "1e-05"),
+            ("affine", "true"),
+        ],
+        &[2, 5, 3, 6],
+        &[("x", x), ("dy", dy), ("weight", w), ("bias", b)],
+    );
+    assert_eq!(got, ["dbias", "dweight", "dx", "mean", "rstd", "y"]);
+    let got = check_unseen(
+        "gn_nhwc_forward_only",
+        &[
+            ("op", "group_norm"),
+            ("layout", "NHWC"),
+            ("shape", "3,4,7"),
+            ("channels", "4"),
+            ("num_groups", "2"),
+            ("eps", "1e-3"),
+            ("affine", "false"),
+        ],
+        &[3, 7, 4],
+        &[("x", v(84, -2.0))],
+    );
+    assert_eq!(got, ["mean", "rstd", "y"]);
+    check_unseen(
+        "in_1d",
+        &[
+            ("op", "instance_norm"),
+            ("layout", "NCHW"),
+            ("shape", "2,4,33"),
+            ("channels", "4"),
+            ("eps", "1e-05"),
+            ("affine", "false"),
+        ],
+        &[2, 4, 33],
+        &[("x", v(264, 5.0)), ("dy", v(264, 0.0))],
+    );
+    check_unseen(
+        "in_3d_nhwc",
+        &[
+            ("op", "instance_norm"),
+            ("layout", "NHWC"),
+            ("shape", "2,3,3,4,5"),
+            ("channels", "3"),
+            ("num_groups", "3"),
+            ("eps", "1e-05"),
+            ("affine", "true"),
+        ],
+        &[2, 3, 4, 5, 3],
+        &[("x", v(360, 0.0)), ("dy", v(360, 0.0)), ("weight", v(3, 1.0)), ("bias", v(3, 0.0))],
+    );
+    check_unseen(
+        "ln_no_affine",
+        &[
+            ("op", "layer_norm"),
+            ("layout", "contiguous"),
+            ("shape", "5,3,40"),
+            ("normalized_shape", "3,40"),
+            ("eps", "1e-05"),
+            ("affine", "false"),
+        ],
+        &[5, 3, 40],
+        &[("x", v(600, 0.0)), ("dy", v(600, 0.0))],
+    );
+    check_unseen(
+        "ln_long_row_offset",
+        &[
+            ("op", "layer_norm"),
+            ("shape", "1,30000"),
+            ("normalized_shape", "30000"),
+            ("eps", "1e-05"),
+            ("affine", "true"),
+        ],
+        &[1, 30000],
+        &[("x", v(30000, 1e3)), ("dy", v(30000, 0.0)), ("weight", v(30000, 1.0)), ("bias", v(30000, 0.0))],
+    );
+    let got = check_unseen(
+        "rms_default_eps_long",
+        &[("op", "rms_norm"), ("shape", "3,3000"), ("normalized_shape", "3000"), ("affine", "false")],
+        &[3, 3000],
+        &[("x", v(9000, 0.0)), ("dy", v(9000, 0.0))],
+    );
+    assert_eq!(got, ["dweight", "dx", "rstd", "y"]);
+    check_unseen(
+        "rms_eps_none_two_dims",
+        &[("op", "rms_norm"), ("shape", "4,2,50"), ("normalized_shape", "2,50"), ("eps", "none"), ("affine", "true")],
+        &[4, 2, 50],
+        &[("x", v(400, 0.3)), ("dy", v(400, 0.0)), ("weight", v(100, 1.0))],
+    );
+}
