@@ -377,6 +377,21 @@ fn backward_without_a_matching_forward() {
 }
 
 #[test]
+fn instance_norm_training_backward_after_an_eval_forward() {
+    // Eval with running statistics overwrites the saved input statistics.
+    let config = InstanceNormConfig::new(2).track_running_stats(true);
+    let inorm = InstanceNorm::new(ctx(), config).unwrap();
+    let shape = [2, 2, 5];
+    let (x, y, dy, dx) = (ones(&shape), ones(&shape), ones(&shape), sentinel(&shape));
+    let v = |t| TensorView::new(t, &shape);
+    inorm.forward_sync(&v(&x.buffer), &v(&y.buffer), true).unwrap();
+    inorm.forward_sync(&v(&x.buffer), &v(&y.buffer), false).unwrap();
+    let err = inorm.backward_sync(&v(&x.buffer), &v(&dy.buffer), &v(&dx.buffer), true);
+    assert!(matches!(err, Err(Error::Parameter(_))), "{err:?}");
+    assert_untouched(&dx);
+}
+
+#[test]
 fn family_output_aliasing_input() {
     let gn = GroupNorm::new(ctx(), GroupNormConfig::new(1, 2)).unwrap();
     let x = ones(&[2, 2, 2]);
