@@ -360,9 +360,11 @@ impl Core {
             dispatch(&mut pass, &apply, &group, Self::elementwise_workgroups(geo));
             Ok(())
         })?;
-        if let Source::Input { .. } = source {
-            *lock(&self.saved_for) = Some((x.shape.clone(), x.layout, geo.rows()));
-        }
+        // The rows now hold this input's statistics, or the running ones.
+        *lock(&self.saved_for) = match source {
+            Source::Input { .. } => Some((x.shape.clone(), x.layout, geo.rows())),
+            Source::Running => None,
+        };
         Ok(())
     }
 
@@ -516,6 +518,11 @@ impl Core {
             );
             dispatch(&mut pass, &dx_kernel, &group, Self::elementwise_workgroups(geo));
             Ok(())
-        })
+        })?;
+        if source == Source::Running {
+            // prepare_running replaced the saved input statistics.
+            *lock(&self.saved_for) = None;
+        }
+        Ok(())
     }
 }

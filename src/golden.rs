@@ -139,7 +139,7 @@ impl Case {
     }
 
     /// An optional boolean: `Ok(None)` when `key` is absent.
-    fn meta_bool_opt(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn meta_bool_opt(&self, key: &str) -> Result<Option<bool>> {
         if self.meta.contains_key(key) {
             self.meta_bool(key).map(Some)
         } else {
