@@ -14,6 +14,8 @@ pub(crate) enum Shader {
     Reduce,
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
+    /// `wgpu-norm bench`'s copy ceiling and naive baseline.
+    Bench,
 }
 
 impl Shader {
@@ -21,6 +23,7 @@ impl Shader {
         let body = match self {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
+            Shader::Bench => include_str!("../shaders/bench.wgsl"),
         };
         format!("{}\n{}", include_str!("../shaders/common.wgsl"), body)
     }
