@@ -1005,7 +1005,7 @@ fn xml_escape(s: &str) -> String {
 pub fn svg(report: &Report) -> String {
     let rows = report.results.len().max(1);
     let (label_w, bar_w, row_h, top) = (330.0, 560.0, 22.0, 56.0);
-    let width = label_w + bar_w + 90.0;
+    let width = label_w + bar_w + 190.0;
     let height = top + rows as f64 * row_h + 30.0;
     let max = report.results.iter().map(|r| r.gbps.max(r.copy_gbps)).filter(|v| v.is_finite()).fold(1e-9, f64::max);
     let scale = bar_w / (max * 1.05);

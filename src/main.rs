@@ -165,7 +165,7 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
             .map_err(|e| wgpu_norm::Error::Parameter(format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some(worst) = report.worst_error() {
-        if !(worst <= bench::VERIFY_TOLERANCE) {
+        if worst.is_nan() || worst > bench::VERIFY_TOLERANCE {
             eprintln!("wgpu-norm: verification failed: worst error {worst:.3e} > {:.0e}", bench::VERIFY_TOLERANCE);
             return Ok(ExitCode::FAILURE);
         }
