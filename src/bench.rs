@@ -1101,7 +1101,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         .iter()
         .map(|s| json!({ "shape": s.shape, "layout": s.layout.name(), "reason": s.reason }))
         .collect();
-    json!({
+    let mut out = json!({
         "adapter": report.adapter,
         "backend": report.backend,
         "timer": report.timer.name(),
@@ -1109,5 +1109,9 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         "warmup": report.warmup,
         "results": results,
         "skipped": skipped,
-    })
+    });
+    if let Some(worst) = report.worst_error() {
+        out["worst_error"] = num(worst);
+    }
+    out
 }

@@ -110,3 +110,42 @@ fn shapes_over_the_binding_limit_are_skipped_with_a_note() {
     assert!(stdout.contains("4x8x5x5"), "{stdout}");
     assert!(stdout.contains("40x1000x1000"), "{stdout}");
 }
+
+/// Without `TIMESTAMP_QUERY` the engine falls back to wall clock around
+/// submit-and-wait.
+#[test]
+fn wall_clock_without_timestamp_queries() {
+    use wgpu_norm::bench::{self, BenchConfig, Op, Timer};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .or_else(|_| {
+                pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    force_fallback_adapter: true,
+                    ..Default::default()
+                }))
+            })
+            .expect("no adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            required_features: wgpu::Features::empty(),
+            ..Default::default()
+        }))
+        .expect("no device");
+    let ctx = wgpu_norm::Context::from_device(device, queue);
+    let config = BenchConfig {
+        ops: vec![Op::BnTrainStep],
+        shapes: vec![vec![4, 8, 6, 6]],
+        iters: 2,
+        warmup: 1,
+        verify: true,
+        ..BenchConfig::quick()
+    };
+    let report = bench::run(&ctx, &config, &mut |_, _, _| {}).unwrap();
+    assert_eq!(report.timer, Timer::WallClock);
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        assert!(r.median_ms > 0.0 && r.copy_gbps > 0.0 && r.ratio_to_copy > 0.0, "{r:?}");
+        assert!(r.max_error.unwrap() <= bench::VERIFY_TOLERANCE);
+    }
+}
