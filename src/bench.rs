@@ -252,6 +252,9 @@ pub struct BenchResult {
     pub bytes: u64,
     pub median_ms: f64,
     pub min_ms: f64,
+    /// Median wall clock around submit-and-wait (equal to `median_ms` with
+    /// the wall-clock timer); the difference is submission overhead.
+    pub wall_ms: f64,
     pub gbps: f64,
     /// Median of the copy kernel over `bytes` (half read, half written).
     pub copy_ms: f64,
@@ -355,7 +358,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
                 };
                 let bytes = work.bytes();
                 let copy = Copy::new(ctx, bytes)?;
-                let times = clock.measure(
+                let (times, wall) = clock.measure(
                     ctx,
                     config.warmup,
                     iters,
@@ -373,6 +376,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
                     bytes,
                     median_ms,
                     min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+                    wall_ms: median(&wall[0]),
                     gbps: op_gbps,
                     copy_ms,
                     copy_gbps,
@@ -449,14 +453,14 @@ impl Clock {
     /// which each runs once in turn (interleaved, so that load from other
     /// processes falls on all of them alike). Each run is its own
     /// submission, waited for. Returns the times in milliseconds, one vector
-    /// per recorder.
+    /// per recorder, and the wall-clock times around submit-and-wait.
     fn measure(
         &self,
         ctx: &Context,
         warmup: usize,
         iters: usize,
         records: &mut [Recorder<'_>],
-    ) -> Result<Vec<Vec<f64>>> {
+    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
         for _ in 0..warmup {
             for record in records.iter_mut() {
                 ctx.run(&mut **record)?;
@@ -487,7 +491,7 @@ impl Clock {
             }
         }
         let Some((set, buffer)) = &self.queries else {
-            return Ok(wall);
+            return Ok((wall.clone(), wall));
         };
         let count = 2 * iters * k;
         ctx.run(|encoder| {
@@ -499,7 +503,7 @@ impl Clock {
         for (n, pair) in stamps.chunks(2).enumerate() {
             out[n % k].push(pair[1].wrapping_sub(pair[0]) as f64 * self.period_ns * 1e-6);
         }
-        Ok(out)
+        Ok((out, wall))
     }
 }
 
@@ -1078,6 +1082,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
                 "bytes": r.bytes,
                 "median_ms": num(r.median_ms),
                 "min_ms": num(r.min_ms),
+                "wall_ms": num(r.wall_ms),
                 "gbps": num(r.gbps),
                 "copy_ms": num(r.copy_ms),
                 "copy_gbps": num(r.copy_gbps),
