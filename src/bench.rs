@@ -460,7 +460,7 @@ impl Clock {
         warmup: usize,
         iters: usize,
         records: &mut [Recorder<'_>],
-    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    ) -> Result<(Times, Times)> {
         for _ in 0..warmup {
             for record in records.iter_mut() {
                 ctx.run(&mut **record)?;
@@ -506,6 +506,9 @@ impl Clock {
         Ok((out, wall))
     }
 }
+
+/// Milliseconds, one vector per thing timed.
+type Times = Vec<Vec<f64>>;
 
 /// Records one run of something timed.
 type Recorder<'a> = &'a mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>;
