@@ -18,6 +18,8 @@ pub(crate) enum Shader {
     RowNorm,
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four values at a time.
     Elementwise { vec4: bool },
+    /// `wgpu-norm bench`'s copy ceiling and naive baseline.
+    Bench,
 }
 
 impl Shader {
@@ -27,6 +29,7 @@ impl Shader {
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
+            Shader::Bench => include_str!("../shaders/bench.wgsl"),
         };
         // The one compile-time difference between the two elementwise
         // variants: the value type, and how four channels' entries spread over it.

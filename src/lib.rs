@@ -1,6 +1,7 @@
 //! wgpu-norm: Batch Normalization and its family as WGSL compute kernels on wgpu.
 
 pub mod batch_norm;
+pub mod bench;
 pub mod check;
 pub mod context;
 pub mod error;

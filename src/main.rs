@@ -1,10 +1,13 @@
-//! The `wgpu-norm` command: `info`, `check` and (later) `bench`.
+//! The `wgpu-norm` command: `info`, `check` and `bench` (the engine is
+//! [`wgpu_norm::bench`]).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use wgpu_norm::bench::{self, BenchConfig};
 use wgpu_norm::check::{self, CaseReport, Outcome};
 use wgpu_norm::golden::collect_case_files;
 use wgpu_norm::Context;
@@ -37,6 +40,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time every op over shapes from real networks, next to a plain copy
+    /// over the same bytes (the ceiling) and a naive BatchNorm (the baseline).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Ops to run, comma-separated (default: every op the crate has).
+    #[arg(long)]
+    ops: Option<String>,
+    /// Shapes in logical order (N, C, spatial...), separated by ';',
+    /// e.g. "32,64,56,56;8192,512".
+    #[arg(long)]
+    shapes: Option<String>,
+    /// Memory orders, comma-separated: nchw, nhwc.
+    #[arg(long, default_value = "nchw,nhwc")]
+    layouts: String,
+    /// Timed runs per measurement; the median is reported (default 7, 3 with --quick).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed runs before the timed ones (default 2, 1 with --quick).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// A small run for CI smoke tests: small shapes, few runs.
+    #[arg(long)]
+    quick: bool,
+    /// Check each op against the f64 reference before timing it; fails when
+    /// the worst normalized error is above 1e-3.
+    #[arg(long)]
+    verify: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of each op's GB/s against the copy ceiling.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { json } => info(json),
         Command::Check { paths, tol, json } => run_check(&paths, tol, json),
+        Command::Bench(args) => run_bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -93,6 +133,57 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
+    let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::default_run() };
+    if let Some(ops) = &args.ops {
+        config.ops = bench::parse_ops(ops)?;
+    }
+    if let Some(shapes) = &args.shapes {
+        config.shapes = bench::parse_shapes(shapes)?;
+    }
+    config.layouts = bench::parse_layouts(&args.layouts)?;
+    config.iters = args.iters.unwrap_or(config.iters);
+    config.warmup = args.warmup.unwrap_or(config.warmup);
+    config.verify = args.verify;
+    let ctx = Context::new()?;
+    let report = bench::run(&ctx, &config, &mut progress_bar)?;
+    eprint!("\r{:79}\r", "");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&bench::to_json(&report)).unwrap_or_default());
+    } else {
+        print!("{}", bench::table(&report));
+    }
+    for s in &report.skipped {
+        if args.json {
+            eprintln!("note: skipped {}: {}", bench::shape_name(&s.shape), s.reason);
+        }
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, bench::svg(&report))
+            .map_err(|e| wgpu_norm::Error::Parameter(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(worst) = report.worst_error() {
+        if worst.is_nan() || worst > bench::VERIFY_TOLERANCE {
+            eprintln!("wgpu-norm: verification failed: worst error {worst:.3e} > {:.0e}", bench::VERIFY_TOLERANCE);
+            return Ok(ExitCode::FAILURE);
+        }
+        if !args.json {
+            println!("verified: worst error {worst:.3e} <= {:.0e}", bench::VERIFY_TOLERANCE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `[#####     ] 3/20 op layout shape` on one stderr line.
+fn progress_bar(done: usize, total: usize, what: &str) {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let line = format!("[{}{}] {done}/{total} {what}", "#".repeat(filled), " ".repeat(WIDTH - filled));
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "\r{line:79.79}");
+    let _ = err.flush();
 }
 
 fn run_check(paths: &[PathBuf], tol: f64, as_json: bool) -> wgpu_norm::Result<ExitCode> {
