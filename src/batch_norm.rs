@@ -527,8 +527,8 @@ impl BatchNorm {
         params.x_off = xw.elem_offset;
         params.y_off = yw.elem_offset;
         params.z_off = zw.as_ref().map_or(0, |w| w.elem_offset);
-        let plan = ReducePlan::new(view)?;
-        plan.fill(&mut params);
+        let tiling = Tiling::new(view, &[params.x_off, params.y_off, params.z_off])?;
+        params.parts = tiling.plan.parts;
         let update_running = matches!(stats, Stats::Batch { update_running: true });
         if update_running {
             params.flags |= FLAG_UPDATE_RUNNING;
@@ -537,21 +537,21 @@ impl BatchNorm {
             params.flags |= FLAG_CHECK_FINITE;
         }
         let partials =
-            if batch { Some(self.partials(u64::from(plan.parts) * view.channels as u64 * 16)?) } else { None };
+            if batch { Some(self.partials(u64::from(params.parts) * view.channels as u64 * 16)?) } else { None };
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            let pass_plan = Elementwise::new(view, &[xw.elem_offset, yw.elem_offset, params.z_off])?;
-            let apply_params = uniform(device, &pass_plan.params(&params))?;
-            let apply = kernels.get(pass_plan.kernel("apply", epilogue.apply_mode()))?;
+            // The reduction and the elementwise pass share the tiling and its parameters.
+            let tiled_params = uniform(device, &tiling.params(&params))?;
+            let apply = kernels.get(tiling.kernel("apply", epilogue.apply_mode()))?;
             let apply_group = bind(
                 device,
                 &apply,
                 &[
-                    (0, apply_params.as_entire_binding()),
+                    (0, tiled_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (9, yw.resource()),
@@ -563,14 +563,13 @@ impl BatchNorm {
                 timestamp_writes: None,
             });
             if let Some(partials) = &partials {
-                let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::Stats)?;
-                reduce::record(
+                let reduce = kernels.get(tiling.reduce_kernel(ReduceMode::Stats))?;
+                tiling.record_reduce(
                     device,
                     &mut pass,
                     &reduce,
-                    &plan,
                     ReduceBindings {
-                        params: params_buf.as_entire_binding(),
+                        params: tiled_params.as_entire_binding(),
                         x: xw.resource(),
                         dy: xw.resource(),
                         chan: self.saved.as_entire_binding(),
@@ -614,7 +613,7 @@ impl BatchNorm {
             } else {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            dispatch(&mut pass, &apply, &apply_group, pass_plan.plan.grid);
+            dispatch(&mut pass, &apply, &apply_group, tiling.plan.grid);
             Ok(())
         })?;
         if batch {
@@ -692,15 +691,18 @@ impl BatchNorm {
         if batch {
             params.flags |= FLAG_BATCH_STATS;
         }
-        let plan = ReducePlan::new(view)?;
-        plan.fill(&mut params);
-        let partials = self.partials(u64::from(plan.parts) * view.channels as u64 * 16)?;
+        let offsets = [params.x_off, params.dy_off, params.dx_off, params.z_off, params.dz_off];
+        let tiling = Tiling::new(view, &offsets)?;
+        params.parts = tiling.plan.parts;
+        let partials = self.partials(u64::from(params.parts) * view.channels as u64 * 16)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
+            // The reduction and the dx pass share the tiling and its parameters.
+            let tiled_params = uniform(device, &tiling.params(&params))?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch_norm backward"),
                 timestamp_writes: None,
@@ -708,14 +710,13 @@ impl BatchNorm {
             if !batch {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            let reduce = reduce::pipeline(&self.ctx, &plan, epilogue.grad_mode())?;
-            reduce::record(
+            let reduce = kernels.get(tiling.reduce_kernel(epilogue.grad_mode()))?;
+            tiling.record_reduce(
                 device,
                 &mut pass,
                 &reduce,
-                &plan,
                 ReduceBindings {
-                    params: params_buf.as_entire_binding(),
+                    params: tiled_params.as_entire_binding(),
                     x: xw.resource(),
                     dy: dyw.resource(),
                     chan: chan.as_entire_binding(),
@@ -739,15 +740,12 @@ impl BatchNorm {
                 ],
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-            let offsets = [xw.elem_offset, dyw.elem_offset, dxw.elem_offset, params.z_off, params.dz_off];
-            let pass_plan = Elementwise::new(view, &offsets)?;
-            let dx_params = uniform(device, &pass_plan.params(&params))?;
-            let dx_kernel = kernels.get(pass_plan.kernel("dx", epilogue.apply_mode()))?;
+            let dx_kernel = kernels.get(tiling.kernel("dx", epilogue.apply_mode()))?;
             let group = bind(
                 device,
                 &dx_kernel,
                 &[
-                    (0, dx_params.as_entire_binding()),
+                    (0, tiled_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (8, xw.resource()),
                     (10, dyw.resource()),
@@ -757,7 +755,7 @@ impl BatchNorm {
                     (16, dzw.as_ref().map_or_else(|| self.unused.as_entire_binding(), |w| w.resource())),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, pass_plan.plan.grid);
+            dispatch(&mut pass, &dx_kernel, &group, tiling.plan.grid);
             Ok(())
         })
     }
@@ -817,19 +815,21 @@ fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -
     Ok(())
 }
 
-/// An elementwise pass's tiling: the view in units of its value type (vec4
-/// when every view starts at a multiple of four values and four values share
-/// a channel or are four channels), and the plan over that view.
-struct Elementwise {
+/// How BatchNorm's reduction and elementwise pass cut a tensor: the view in
+/// units of their value type (vec4 when every view starts at a multiple of
+/// four values and four values share a channel or are four channels), and the
+/// planar or interleaved plan over that view. Both passes use the same plan,
+/// so the merge sees the same partials whichever value type reduced them.
+struct Tiling {
     vec4: bool,
     lanes_are_channels: bool,
     view: ChannelView,
     plan: ReducePlan,
 }
 
-impl Elementwise {
+impl Tiling {
     /// `offsets` are the element offsets of every view the pass binds.
-    fn new(view: ChannelView, offsets: &[u32]) -> Result<Elementwise> {
+    fn new(view: ChannelView, offsets: &[u32]) -> Result<Tiling> {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
         let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
             (true, false, ChannelView { inner: view.inner / 4, ..view })
@@ -838,7 +838,7 @@ impl Elementwise {
         } else {
             (false, false, view)
         };
-        Ok(Elementwise { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
+        Ok(Tiling { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
     }
 
     /// `base` (the op's scalar parameters) rewritten for this pass.
@@ -873,6 +873,33 @@ impl Elementwise {
             (_, false) => "dx_interleaved",
         };
         KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4 }, entry, mode)
+    }
+
+    /// Records the reduction with `pipeline` (from [`Self::reduce_kernel`]).
+    fn record_reduce(
+        &self,
+        device: &wgpu::Device,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: ReduceBindings<'_>,
+    ) {
+        if self.vec4 {
+            reduce::record_vec4(device, pass, pipeline, &self.plan, bindings)
+        } else {
+            reduce::record(device, pass, pipeline, &self.plan, bindings)
+        }
+    }
+
+    /// The reduction pipeline for this tiling and `mode`.
+    fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
+        let planar = self.plan.shape == Shape::Planar;
+        let (shader, entry) = match (self.vec4, planar) {
+            (true, true) => (Shader::ReduceVec4, "reduce4_planar"),
+            (true, false) => (Shader::ReduceVec4, "reduce4_interleaved"),
+            (false, true) => (Shader::Reduce, "reduce_planar"),
+            (false, false) => (Shader::Reduce, "reduce_interleaved"),
+        };
+        KernelKey::with_mode(shader, entry, mode as u32)
     }
 }
 

@@ -12,6 +12,8 @@ use crate::Result;
 pub(crate) enum Shader {
     /// Partial per-channel reductions (statistics and backward sums).
     Reduce,
+    /// BatchNorm's partial reductions over vec4 values.
+    ReduceVec4,
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and elementwise kernels.
@@ -26,6 +28,7 @@ impl Shader {
     fn source(self) -> String {
         let body = match self {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Shader::ReduceVec4 => include_str!("../shaders/reduce_vec4.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),

@@ -19,7 +19,7 @@ const WG: usize = 256;
 /// Workgroups a reduction aims for: enough to fill a large GPU.
 const TARGET_WORKGROUPS: usize = 2048;
 /// Fewest values an invocation should reduce before slicing finer pays.
-const MIN_PER_INVOCATION: usize = 4;
+const MIN_PER_INVOCATION: usize = 32;
 const MAX_GRID: usize = 65535;
 
 /// What the reduction sums: statistics of x, or backward's two sums.
@@ -211,7 +211,8 @@ pub(crate) fn pipeline(
     ctx.kernels().get(KernelKey::with_mode(Shader::Reduce, plan.entry(), mode as u32))
 }
 
-/// Records the partial reduction of `plan` into `pass`.
+/// Records the partial reduction of `plan` into `pass`. `pipeline` is a
+/// reduce.wgsl kernel, or (`vec4`) a reduce_vec4.wgsl one, which has no weight.
 pub(crate) fn record(
     device: &wgpu::Device,
     pass: &mut wgpu::ComputePass<'_>,
@@ -219,13 +220,34 @@ pub(crate) fn record(
     plan: &ReducePlan,
     b: ReduceBindings<'_>,
 ) {
-    let weight = b.weight.unwrap_or_else(|| b.x.clone());
+    record_with(device, pass, pipeline, plan, b, false)
+}
+
+/// [`record`] for a reduce_vec4.wgsl pipeline.
+pub(crate) fn record_vec4(
+    device: &wgpu::Device,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    plan: &ReducePlan,
+    b: ReduceBindings<'_>,
+) {
+    record_with(device, pass, pipeline, plan, b, true)
+}
+
+fn record_with(
+    device: &wgpu::Device,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    plan: &ReducePlan,
+    b: ReduceBindings<'_>,
+    vec4: bool,
+) {
     let z = b.z.unwrap_or_else(|| b.x.clone());
-    let group = bind(
-        device,
-        pipeline,
-        &[(0, b.params), (1, b.x), (2, b.dy), (3, b.chan), (4, b.partials), (5, weight), (6, z)],
-    );
+    let mut entries = vec![(0, b.params), (1, b.x.clone()), (2, b.dy), (3, b.chan), (4, b.partials), (6, z)];
+    if !vec4 {
+        entries.push((5, b.weight.unwrap_or(b.x)));
+    }
+    let group = bind(device, pipeline, &entries);
     dispatch3(pass, pipeline, &group, (plan.grid.0, plan.grid.1, plan.batch));
 }
 

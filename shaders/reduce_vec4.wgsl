@@ -1,0 +1,218 @@
+// BatchNorm's partial reductions four values at a time (vec4 loads), for
+// views where the elementwise passes also run in vec4 (see elementwise.wgsl):
+// the view in Params is in vec4 units. Same tilings, partial layout and
+// modes as reduce.wgsl (0 statistics, 1 backward sums, 4 and 5 behind a
+// fused ReLU / add + ReLU), so batch_norm.wgsl merges either.
+//
+// Accumulators are per lane: four Welford streams that share their count, so
+// one division serves four values. Lanes are channels (channels-last,
+// FLAG_LANES_ARE_CHANNELS): each invocation writes four partials. Lanes of
+// one channel (inner % 4 == 0): the four streams are folded into one
+// partial with Chan's formula when it is written.
+// Needs common.wgsl in front of it.
+
+override MODE: u32 = 0u;
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> z: array<vec4<f32>>;
+
+// Per-lane accumulators: statistics (n, mean, M2) or sums (s1, s2, s3); `n`
+// is shared by the lanes (every row adds one value to each).
+struct Acc {
+    n: f32,
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+}
+
+var<workgroup> shared_n: array<f32, WG>;
+var<workgroup> shared_a: array<vec4<f32>, WG>;
+var<workgroup> shared_b: array<vec4<f32>, WG>;
+var<workgroup> shared_c: array<vec4<f32>, WG>;
+
+// A channel's coefficients (mean, invstd, scale, beta), each spread over lanes.
+struct Coef {
+    mean: vec4<f32>,
+    scale: vec4<f32>,
+    beta: vec4<f32>,
+}
+
+fn coef(c: u32) -> Coef {
+    if (MODE == 0u) {
+        return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+        let b = 4u * c;
+        let k0 = chan[b];
+        let k1 = chan[b + 1u];
+        let k2 = chan[b + 2u];
+        let k3 = chan[b + 3u];
+        return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
+    }
+    let k = chan[c];
+    return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
+}
+
+// The upstream gradient behind the fused ReLU's mask, as reduce.wgsl computes it.
+fn masked_gradient(idx: u32, v: vec4<f32>, k: Coef) -> vec4<f32> {
+    let g = dy[p.dy_off + idx];
+    if (MODE < 4u) {
+        return g;
+    }
+    var residual = vec4<f32>(0.0);
+    if (MODE == 5u) {
+        residual = z[p.z_off + idx];
+    }
+    return select(vec4<f32>(0.0), g, fma(v - k.mean, k.scale, k.beta) + residual > vec4<f32>(0.0));
+}
+
+// Per-lane Welford or per-lane sums.
+fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
+    let v = x[p.x_off + idx];
+    if (MODE != 0u) {
+        let g = masked_gradient(idx, v, k);
+        let d = v - k.mean;
+        return Acc(acc.n, acc.a + g, acc.b + g * d, acc.c + d);
+    }
+    let n = acc.n + 1.0;
+    let d = v - acc.a;
+    let mean = acc.a + d * (1.0 / n);
+    return Acc(n, mean, acc.b + d * (v - mean), vec4<f32>(0.0));
+}
+
+// Chan's formula per lane (statistics) or sums.
+fn combine(x0: Acc, x1: Acc) -> Acc {
+    if (MODE != 0u) {
+        return Acc(x0.n, x0.a + x1.a, x0.b + x1.b, x0.c + x1.c);
+    }
+    if (x1.n == 0.0) {
+        return x0;
+    }
+    if (x0.n == 0.0) {
+        return x1;
+    }
+    let n = x0.n + x1.n;
+    let d = x1.a - x0.a;
+    let f = x1.n / n;
+    return Acc(n, x0.a + d * f, x0.b + x1.b + d * d * (x0.n * f), vec4<f32>(0.0));
+}
+
+fn store_shared(t: u32, acc: Acc) {
+    shared_n[t] = acc.n;
+    shared_a[t] = acc.a;
+    shared_b[t] = acc.b;
+    shared_c[t] = acc.c;
+}
+
+fn load_shared(t: u32) -> Acc {
+    return Acc(shared_n[t], shared_a[t], shared_b[t], shared_c[t]);
+}
+
+// Lane l of an accumulator as a partial: (n, mean, M2, 0) or (s1, s2, s3, 0).
+fn partial_of(acc: Acc, l: u32) -> vec4<f32> {
+    if (MODE != 0u) {
+        return vec4<f32>(acc.a[l], acc.b[l], acc.c[l], 0.0);
+    }
+    return vec4<f32>(acc.n, acc.a[l], acc.b[l], 0.0);
+}
+
+// The four lanes of one channel as one partial: sums, or Chan's formula for
+// four streams of equal count.
+fn folded_partial(acc: Acc) -> vec4<f32> {
+    if (MODE != 0u) {
+        return vec4<f32>(
+            (acc.a.x + acc.a.y) + (acc.a.z + acc.a.w),
+            (acc.b.x + acc.b.y) + (acc.b.z + acc.b.w),
+            (acc.c.x + acc.c.y) + (acc.c.z + acc.c.w),
+            0.0,
+        );
+    }
+    let mean = ((acc.a.x + acc.a.y) + (acc.a.z + acc.a.w)) * 0.25;
+    let d = acc.a - vec4<f32>(mean);
+    let m2 = (acc.b.x + acc.b.y) + (acc.b.z + acc.b.w) + acc.n * dot(d, d);
+    return vec4<f32>(4.0 * acc.n, mean, m2, 0.0);
+}
+
+// Planar, lanes of one channel: as reduce_planar over vec4 elements.
+@compute @workgroup_size(256)
+fn reduce4_planar(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let k = coef(c);
+        var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var j = wg.x * p.slice_len + t;
+        var o = j / p.inner;
+        var i = j - o * p.inner;
+        while (j < end) {
+            acc = add_lanes(acc, (o * p.channels + c) * p.inner + i, k);
+            j += WG;
+            i += WG;
+            while (i >= p.inner) {
+                i -= p.inner;
+                o += 1u;
+            }
+        }
+        store_shared(t, acc);
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (t < s) {
+                store_shared(t, combine(load_shared(t), load_shared(t + s)));
+            }
+            workgroupBarrier();
+        }
+        if (t == 0u) {
+            partials[c * p.slices + wg.x] = folded_partial(load_shared(0u));
+        }
+        workgroupBarrier();
+    }
+}
+
+// Interleaved: an invocation owns one vec4 column and walks its rows. With
+// FLAG_LANES_ARE_CHANNELS the column is four channels and gets four partials
+// (channel 4 * col + l, at (4 * col + l) * slices + s); otherwise its four
+// values share one channel and it gets one partial, at col * slices + s.
+@compute @workgroup_size(256)
+fn reduce4_interleaved(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
+    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (g < groups && col < cols) {
+        let k = coef(col / p.inner);
+        for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
+            acc = add_lanes(acc, r * cols + col, k);
+        }
+    }
+    store_shared(t, acc);
+    workgroupBarrier();
+    for (var s = p.tree; s > 0u; s >>= 1u) {
+        if (g < s && g + s < groups) {
+            store_shared(t, combine(load_shared(t), load_shared(t + s * p.width)));
+        }
+        workgroupBarrier();
+    }
+    if (g == 0u && col < cols) {
+        let total = load_shared(t);
+        if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+            for (var l = 0u; l < 4u; l++) {
+                partials[(4u * col + l) * p.slices + wg.y] = partial_of(total, l);
+            }
+        } else {
+            partials[col * p.slices + wg.y] = folded_partial(total);
+        }
+    }
+}
