@@ -1,5 +1,5 @@
 // Parameters shared by every per-channel kernel; mirrored by `ChannelParams`
-// in src/kernels.rs (same field order, 96 bytes). A tensor is seen as
+// in src/kernels.rs (same field order, 112 bytes). A tensor is seen as
 // [outer][channels][inner]: element (o, c, i) sits at (o * channels + c) * inner + i.
 struct Params {
     outer: u32,
@@ -43,6 +43,13 @@ struct Params {
     wdiv: u32,
     // Number of stat rows.
     rows: u32,
+    // A chunk of a tensor too large for one binding (BatchNorm): its first
+    // channel, and where its partials start within each channel's run of
+    // `parts`. A partial of channel c goes to c * parts + part_base + local.
+    chan_base: u32,
+    part_base: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 const FLAG_AFFINE: u32 = 1u;

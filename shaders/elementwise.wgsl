@@ -41,18 +41,18 @@ fn splat(k: vec4<f32>) -> Coef {
 
 fn chan_coef(c: u32) -> Coef {
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = 4u * c;
+        let b = p.chan_base + 4u * c;
         return gather4(chan[b], chan[b + 1u], chan[b + 2u], chan[b + 3u]);
     }
-    return splat(chan[c]);
+    return splat(chan[p.chan_base + c]);
 }
 
 fn grad_coef(c: u32) -> Coef {
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = 4u * c;
+        let b = p.chan_base + 4u * c;
         return gather4(grad[b], grad[b + 1u], grad[b + 2u], grad[b + 3u]);
     }
-    return splat(grad[c]);
+    return splat(grad[p.chan_base + c]);
 }
 
 fn residual(e: u32) -> V {

@@ -104,7 +104,7 @@ fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
 // The chan entry of channel c of view `view` (MODE 1, 2, 4, 5).
 fn channel_coefficients(view: u32, c: u32) -> vec4<f32> {
     if (MODE == 1u || MODE == 2u || MODE >= 4u) {
-        return chan[view * p.channels + c];
+        return chan[p.chan_base + view * p.channels + c];
     }
     return vec4<f32>(0.0);
 }
@@ -146,7 +146,7 @@ fn reduce_planar(
             workgroupBarrier();
         }
         if (t == 0u) {
-            partials[(wg.z * p.channels + c) * p.slices + wg.x] = shared_acc[0];
+            partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + wg.x] = shared_acc[0];
         }
         workgroupBarrier();
     }
@@ -189,7 +189,9 @@ fn reduce_interleaved(
         workgroupBarrier();
     }
     if (g == 0u && col < cols) {
-        partials[(wg.z * cols + col) * p.slices + wg.y] = shared_acc[t];
+        let c = col / p.inner;
+        let i = col - c * p.inner;
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + i * p.slices + wg.y] = shared_acc[t];
     }
 }
 
@@ -223,6 +225,6 @@ fn reduce_rows(
         workgroupBarrier();
     }
     if (lane == 0u && c < p.channels) {
-        partials[wg.z * p.channels + c] = shared_acc[t];
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base] = shared_acc[t];
     }
 }

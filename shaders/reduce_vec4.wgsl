@@ -47,14 +47,14 @@ fn coef(c: u32) -> Coef {
         return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = 4u * c;
+        let b = p.chan_base + 4u * c;
         let k0 = chan[b];
         let k1 = chan[b + 1u];
         let k2 = chan[b + 2u];
         let k3 = chan[b + 3u];
         return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
     }
-    let k = chan[c];
+    let k = chan[p.chan_base + c];
     return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
 }
 
@@ -170,7 +170,7 @@ fn reduce4_planar(
             workgroupBarrier();
         }
         if (t == 0u) {
-            partials[c * p.slices + wg.x] = folded_partial(load_shared(0u));
+            partials[(p.chan_base + c) * p.parts + p.part_base + wg.x] = folded_partial(load_shared(0u));
         }
         workgroupBarrier();
     }
@@ -209,10 +209,12 @@ fn reduce4_interleaved(
         let total = load_shared(t);
         if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
             for (var l = 0u; l < 4u; l++) {
-                partials[(4u * col + l) * p.slices + wg.y] = partial_of(total, l);
+                partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + wg.y] = partial_of(total, l);
             }
         } else {
-            partials[col * p.slices + wg.y] = folded_partial(total);
+            let c = col / p.inner;
+            partials[(p.chan_base + c) * p.parts + p.part_base + (col - c * p.inner) * p.slices + wg.y] =
+                folded_partial(total);
         }
     }
 }

@@ -130,7 +130,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl (96 bytes).
+/// Mirror of `struct Params` in shaders/common.wgsl (112 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -158,6 +158,10 @@ pub(crate) struct ChannelParams {
     pub cpg: u32,
     pub wdiv: u32,
     pub rows: u32,
+    pub chan_base: u32,
+    pub part_base: u32,
+    pub pad0: u32,
+    pub pad1: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
