@@ -10,12 +10,13 @@ use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
-    FLAG_LANES_ARE_CHANNELS, FLAG_UPDATE_RUNNING,
+    bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
+    FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
-use crate::tensor::{check_shape, TensorView, Window};
+use crate::reduce::{ReduceBindings, ReduceMode};
+use crate::tensor::{check_shape, TensorView};
+use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
 use crate::{Error, Result};
 
 /// BatchNorm's hyper-parameters, with PyTorch's defaults.
@@ -449,26 +450,32 @@ impl BatchNorm {
         }
     }
 
-    /// Checks `t` (named `name`) against x's shape and layout and returns its window.
-    fn check_like<'a>(&self, x: &TensorView, t: &TensorView<'a>, name: &str) -> Result<Window<'a>> {
+    /// Checks `t` (named `name`) against x's shape and layout. Buffer ranges
+    /// are checked when the op is cut into chunks.
+    fn check_like(&self, x: &TensorView, t: &TensorView, name: &str) -> Result<()> {
         if t.shape != x.shape || (t.layout != x.layout && x.shape.len() > 2) {
             return Err(Error::Shape(format!(
                 "{name} is {:?} {:?}, x is {:?} {:?}",
                 t.shape, t.layout, x.shape, x.layout
             )));
         }
-        t.window(name, &self.ctx.device().limits())
+        Ok(())
     }
 
-    /// Checks x against the layer and returns its channel view and window.
-    fn check_input<'a>(&self, x: &TensorView<'a>) -> Result<(ChannelView, Window<'a>)> {
+    /// Checks x against the layer and returns its channel view.
+    fn check_input(&self, x: &TensorView) -> Result<ChannelView> {
         self.ctx.check_alive()?;
-        let view = check_shape(&x.shape, x.layout, self.config.num_features)?;
-        Ok((view, x.window("x", &self.ctx.device().limits())?))
+        check_shape(&x.shape, x.layout, self.config.num_features)
     }
 
     /// The partial-statistics scratch, at least `bytes` long.
     fn partials(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(Error::Unsupported(format!(
+                "{bytes} bytes of partial statistics exceed the device's storage binding limit of {limit}"
+            )));
+        }
         let mut slot = lock(&self.partials);
         match slot.as_ref() {
             Some(b) if b.size() >= bytes => Ok(b.clone()),
@@ -510,12 +517,11 @@ impl BatchNorm {
         stats: Stats,
         epilogue: Epilogue,
     ) -> Result<()> {
-        let (view, xw) = self.check_input(x)?;
-        let yw = self.check_like(x, y, "y")?;
-        let zw = match epilogue {
-            Epilogue::AddRelu { z, .. } => Some(self.check_like(x, z, "z")?),
-            _ => None,
-        };
+        let view = self.check_input(x)?;
+        self.check_like(x, y, "y")?;
+        if let Some(z) = epilogue.z() {
+            self.check_like(x, z, "z")?;
+        }
         let inputs: Vec<&wgpu::Buffer> =
             [Some(x.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
         check_distinct(&[("y", y.buffer)], &inputs)?;
@@ -524,11 +530,6 @@ impl BatchNorm {
             return Err(Error::OneValuePerChannel(x.shape.clone()));
         }
         let mut params = self.channel_params(view);
-        params.x_off = xw.elem_offset;
-        params.y_off = yw.elem_offset;
-        params.z_off = zw.as_ref().map_or(0, |w| w.elem_offset);
-        let tiling = Tiling::new(view, &[params.x_off, params.y_off, params.z_off])?;
-        params.parts = tiling.plan.parts;
         let update_running = matches!(stats, Stats::Batch { update_running: true });
         if update_running {
             params.flags |= FLAG_UPDATE_RUNNING;
@@ -536,6 +537,12 @@ impl BatchNorm {
         if self.config.check_finite {
             params.flags |= FLAG_CHECK_FINITE;
         }
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[Y] = Some(y);
+        tensors[Z] = epilogue.z();
+        let cut = Chunks::new(view, tensors, &params, &self.ctx.device().limits())?;
+        params.parts = cut.parts;
         let partials =
             if batch { Some(self.partials(u64::from(params.parts) * view.channels as u64 * 16)?) } else { None };
 
@@ -544,40 +551,50 @@ impl BatchNorm {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            // The reduction and the elementwise pass share the tiling and its parameters.
-            let tiled_params = uniform(device, &tiling.params(&params))?;
-            let apply = kernels.get(tiling.kernel("apply", epilogue.apply_mode()))?;
-            let apply_group = bind(
-                device,
-                &apply,
-                &[
-                    (0, tiled_params.as_entire_binding()),
-                    (7, chan.as_entire_binding()),
-                    (8, xw.resource()),
-                    (9, yw.resource()),
-                    (15, zw.as_ref().unwrap_or(&xw).resource()),
-                ],
-            );
+            // Per chunk: one uniform and bind group per pass, created before the pass begins.
+            let mut reduces = Vec::new();
+            let mut applies = Vec::new();
+            for chunk in &cut.chunks {
+                let chunk_params = uniform(device, &chunk.params)?;
+                if let Some(partials) = &partials {
+                    let reduce = kernels.get(chunk.tiling.reduce_kernel(ReduceMode::Stats))?;
+                    let bindings = ReduceBindings {
+                        params: chunk_params.as_entire_binding(),
+                        x: chunk.resource(X),
+                        dy: chunk.resource(X),
+                        chan: self.saved.as_entire_binding(),
+                        partials: partials.as_entire_binding(),
+                        z: None,
+                        weight: None,
+                    };
+                    let group = chunk.tiling.reduce_group(device, &reduce, bindings);
+                    reduces.push((chunk, reduce, group));
+                }
+                let apply = kernels.get(chunk.tiling.kernel("apply", epilogue.apply_mode()))?;
+                let group = bind(
+                    device,
+                    &apply,
+                    &[
+                        (0, chunk_params.as_entire_binding()),
+                        (7, chan.as_entire_binding()),
+                        (8, chunk.resource(X)),
+                        (9, chunk.resource(Y)),
+                        (15, chunk.resource(Z)),
+                    ],
+                );
+                applies.push((chunk, apply, group));
+            }
+            if let (Some(partials), true) = (&partials, cut.needs_clear) {
+                encoder.clear_buffer(partials, 0, None);
+            }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch_norm forward"),
                 timestamp_writes: None,
             });
             if let Some(partials) = &partials {
-                let reduce = kernels.get(tiling.reduce_kernel(ReduceMode::Stats))?;
-                tiling.record_reduce(
-                    device,
-                    &mut pass,
-                    &reduce,
-                    ReduceBindings {
-                        params: tiled_params.as_entire_binding(),
-                        x: xw.resource(),
-                        dy: xw.resource(),
-                        chan: self.saved.as_entire_binding(),
-                        partials: partials.as_entire_binding(),
-                        z: None,
-                        weight: None,
-                    },
-                );
+                for (chunk, reduce, group) in &reduces {
+                    dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+                }
                 let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
                 let group = bind(
                     device,
@@ -613,7 +630,9 @@ impl BatchNorm {
             } else {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            dispatch(&mut pass, &apply, &apply_group, tiling.plan.grid);
+            for (chunk, apply, group) in &applies {
+                dispatch(&mut pass, apply, group, chunk.tiling.plan.grid);
+            }
             Ok(())
         })?;
         if batch {
@@ -651,20 +670,22 @@ impl BatchNorm {
         stats: Stats,
         epilogue: Epilogue,
     ) -> Result<()> {
-        let (view, xw) = self.check_input(x)?;
-        let dyw = self.check_like(x, dy, "dy")?;
-        let dxw = self.check_like(x, dx, "dx")?;
-        let (zw, dzw) = match epilogue {
+        let view = self.check_input(x)?;
+        self.check_like(x, dy, "dy")?;
+        self.check_like(x, dx, "dx")?;
+        let dz = match epilogue {
             Epilogue::AddRelu { z, dz } => {
                 let dz = dz.ok_or_else(|| Error::Parameter("the add + relu backward needs dz".into()))?;
-                (Some(self.check_like(x, z, "z")?), Some(self.check_like(x, dz, "dz")?))
+                self.check_like(x, z, "z")?;
+                self.check_like(x, dz, "dz")?;
+                Some(dz)
             }
-            _ => (None, None),
+            _ => None,
         };
         let inputs: Vec<&wgpu::Buffer> =
             [Some(x.buffer), Some(dy.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
         let mut outputs = vec![("dx", dx.buffer)];
-        if let Epilogue::AddRelu { dz: Some(dz), .. } = epilogue {
+        if let Some(dz) = dz {
             outputs.push(("dz", dz.buffer));
         }
         check_distinct(&outputs, &inputs)?;
@@ -683,17 +704,17 @@ impl BatchNorm {
             }
         }
         let mut params = self.channel_params(view);
-        params.x_off = xw.elem_offset;
-        params.dy_off = dyw.elem_offset;
-        params.dx_off = dxw.elem_offset;
-        params.z_off = zw.as_ref().map_or(0, |w| w.elem_offset);
-        params.dz_off = dzw.as_ref().map_or(0, |w| w.elem_offset);
         if batch {
             params.flags |= FLAG_BATCH_STATS;
         }
-        let offsets = [params.x_off, params.dy_off, params.dx_off, params.z_off, params.dz_off];
-        let tiling = Tiling::new(view, &offsets)?;
-        params.parts = tiling.plan.parts;
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[DY] = Some(dy);
+        tensors[DX] = Some(dx);
+        tensors[Z] = epilogue.z();
+        tensors[DZ] = dz;
+        let cut = Chunks::new(view, tensors, &params, &self.ctx.device().limits())?;
+        params.parts = cut.parts;
         let partials = self.partials(u64::from(params.parts) * view.channels as u64 * 16)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
 
@@ -701,8 +722,46 @@ impl BatchNorm {
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
-            // The reduction and the dx pass share the tiling and its parameters.
-            let tiled_params = uniform(device, &tiling.params(&params))?;
+            let mut reduces = Vec::new();
+            let mut dxs = Vec::new();
+            for chunk in &cut.chunks {
+                let chunk_params = uniform(device, &chunk.params)?;
+                let reduce = kernels.get(chunk.tiling.reduce_kernel(epilogue.grad_mode()))?;
+                let bindings = ReduceBindings {
+                    params: chunk_params.as_entire_binding(),
+                    x: chunk.resource(X),
+                    dy: chunk.resource(DY),
+                    chan: chan.as_entire_binding(),
+                    partials: partials.as_entire_binding(),
+                    z: Some(chunk.resource(Z)),
+                    weight: None,
+                };
+                let group = chunk.tiling.reduce_group(device, &reduce, bindings);
+                reduces.push((chunk, reduce, group));
+                let dx_kernel = kernels.get(chunk.tiling.kernel("dx", epilogue.apply_mode()))?;
+                let dz_resource = match &chunk.windows[DZ] {
+                    Some(w) => w.resource(),
+                    None => self.unused.as_entire_binding(),
+                };
+                let group = bind(
+                    device,
+                    &dx_kernel,
+                    &[
+                        (0, chunk_params.as_entire_binding()),
+                        (7, chan.as_entire_binding()),
+                        (8, chunk.resource(X)),
+                        (10, chunk.resource(DY)),
+                        (11, chunk.resource(DX)),
+                        (12, self.grad_coef.as_entire_binding()),
+                        (15, chunk.resource(Z)),
+                        (16, dz_resource),
+                    ],
+                );
+                dxs.push((chunk, dx_kernel, group));
+            }
+            if cut.needs_clear {
+                encoder.clear_buffer(&partials, 0, None);
+            }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch_norm backward"),
                 timestamp_writes: None,
@@ -710,21 +769,9 @@ impl BatchNorm {
             if !batch {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
-            let reduce = kernels.get(tiling.reduce_kernel(epilogue.grad_mode()))?;
-            tiling.record_reduce(
-                device,
-                &mut pass,
-                &reduce,
-                ReduceBindings {
-                    params: tiled_params.as_entire_binding(),
-                    x: xw.resource(),
-                    dy: dyw.resource(),
-                    chan: chan.as_entire_binding(),
-                    partials: partials.as_entire_binding(),
-                    z: zw.as_ref().map(Window::resource),
-                    weight: None,
-                },
-            );
+            for (chunk, reduce, group) in &reduces {
+                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+            }
             let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;
             let group = bind(
                 device,
@@ -740,22 +787,9 @@ impl BatchNorm {
                 ],
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-            let dx_kernel = kernels.get(tiling.kernel("dx", epilogue.apply_mode()))?;
-            let group = bind(
-                device,
-                &dx_kernel,
-                &[
-                    (0, tiled_params.as_entire_binding()),
-                    (7, chan.as_entire_binding()),
-                    (8, xw.resource()),
-                    (10, dyw.resource()),
-                    (11, dxw.resource()),
-                    (12, self.grad_coef.as_entire_binding()),
-                    (15, zw.as_ref().unwrap_or(&xw).resource()),
-                    (16, dzw.as_ref().map_or_else(|| self.unused.as_entire_binding(), |w| w.resource())),
-                ],
-            );
-            dispatch(&mut pass, &dx_kernel, &group, tiling.plan.grid);
+            for (chunk, dx_kernel, group) in &dxs {
+                dispatch(&mut pass, dx_kernel, group, chunk.tiling.plan.grid);
+            }
             Ok(())
         })
     }
@@ -813,94 +847,6 @@ fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -
         }
     }
     Ok(())
-}
-
-/// How BatchNorm's reduction and elementwise pass cut a tensor: the view in
-/// units of their value type (vec4 when every view starts at a multiple of
-/// four values and four values share a channel or are four channels), and the
-/// planar or interleaved plan over that view. Both passes use the same plan,
-/// so the merge sees the same partials whichever value type reduced them.
-struct Tiling {
-    vec4: bool,
-    lanes_are_channels: bool,
-    view: ChannelView,
-    plan: ReducePlan,
-}
-
-impl Tiling {
-    /// `offsets` are the element offsets of every view the pass binds.
-    fn new(view: ChannelView, offsets: &[u32]) -> Result<Tiling> {
-        let aligned = offsets.iter().all(|o| o % 4 == 0);
-        let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
-            (true, false, ChannelView { inner: view.inner / 4, ..view })
-        } else if aligned && view.inner == 1 && view.channels.is_multiple_of(4) {
-            (true, true, ChannelView { channels: view.channels / 4, ..view })
-        } else {
-            (false, false, view)
-        };
-        Ok(Tiling { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
-    }
-
-    /// `base` (the op's scalar parameters) rewritten for this pass.
-    fn params(&self, base: &ChannelParams) -> ChannelParams {
-        let lanes = if self.vec4 { 4 } else { 1 };
-        let mut p = ChannelParams {
-            outer: self.view.outer as u32,
-            channels: self.view.channels as u32,
-            inner: self.view.inner as u32,
-            x_off: base.x_off / lanes,
-            y_off: base.y_off / lanes,
-            dy_off: base.dy_off / lanes,
-            dx_off: base.dx_off / lanes,
-            z_off: base.z_off / lanes,
-            dz_off: base.dz_off / lanes,
-            ..*base
-        };
-        self.plan.fill(&mut p);
-        if self.lanes_are_channels {
-            p.flags |= FLAG_LANES_ARE_CHANNELS;
-        }
-        p
-    }
-
-    /// The pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
-    fn kernel(&self, op: &str, mode: u32) -> KernelKey {
-        let planar = self.plan.shape == Shape::Planar;
-        let entry = match (op, planar) {
-            ("apply", true) => "apply_planar",
-            ("apply", false) => "apply_interleaved",
-            (_, true) => "dx_planar",
-            (_, false) => "dx_interleaved",
-        };
-        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4 }, entry, mode)
-    }
-
-    /// Records the reduction with `pipeline` (from [`Self::reduce_kernel`]).
-    fn record_reduce(
-        &self,
-        device: &wgpu::Device,
-        pass: &mut wgpu::ComputePass<'_>,
-        pipeline: &wgpu::ComputePipeline,
-        bindings: ReduceBindings<'_>,
-    ) {
-        if self.vec4 {
-            reduce::record_vec4(device, pass, pipeline, &self.plan, bindings)
-        } else {
-            reduce::record(device, pass, pipeline, &self.plan, bindings)
-        }
-    }
-
-    /// The reduction pipeline for this tiling and `mode`.
-    fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
-        let planar = self.plan.shape == Shape::Planar;
-        let (shader, entry) = match (self.vec4, planar) {
-            (true, true) => (Shader::ReduceVec4, "reduce4_planar"),
-            (true, false) => (Shader::ReduceVec4, "reduce4_interleaved"),
-            (false, true) => (Shader::Reduce, "reduce_planar"),
-            (false, false) => (Shader::Reduce, "reduce_interleaved"),
-        };
-        KernelKey::with_mode(shader, entry, mode as u32)
-    }
 }
 
 /// Workgroups for a grid-stride elementwise pass over `len` values: about

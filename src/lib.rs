@@ -16,6 +16,7 @@ mod reduce;
 pub mod reference;
 mod state;
 pub mod tensor;
+mod tiling;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 pub use context::Context;

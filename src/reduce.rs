@@ -211,8 +211,7 @@ pub(crate) fn pipeline(
     ctx.kernels().get(KernelKey::with_mode(Shader::Reduce, plan.entry(), mode as u32))
 }
 
-/// Records the partial reduction of `plan` into `pass`. `pipeline` is a
-/// reduce.wgsl kernel, or (`vec4`) a reduce_vec4.wgsl one, which has no weight.
+/// Records the partial reduction of `plan` into `pass` with a reduce.wgsl pipeline.
 pub(crate) fn record(
     device: &wgpu::Device,
     pass: &mut wgpu::ComputePass<'_>,
@@ -220,35 +219,24 @@ pub(crate) fn record(
     plan: &ReducePlan,
     b: ReduceBindings<'_>,
 ) {
-    record_with(device, pass, pipeline, plan, b, false)
+    let group = bind_group(device, pipeline, b, false);
+    dispatch3(pass, pipeline, &group, (plan.grid.0, plan.grid.1, plan.batch));
 }
 
-/// [`record`] for a reduce_vec4.wgsl pipeline.
-pub(crate) fn record_vec4(
+/// The bind group of a reduction `pipeline`: reduce.wgsl, or (`vec4`)
+/// reduce_vec4.wgsl, which binds no weight.
+pub(crate) fn bind_group(
     device: &wgpu::Device,
-    pass: &mut wgpu::ComputePass<'_>,
     pipeline: &wgpu::ComputePipeline,
-    plan: &ReducePlan,
-    b: ReduceBindings<'_>,
-) {
-    record_with(device, pass, pipeline, plan, b, true)
-}
-
-fn record_with(
-    device: &wgpu::Device,
-    pass: &mut wgpu::ComputePass<'_>,
-    pipeline: &wgpu::ComputePipeline,
-    plan: &ReducePlan,
     b: ReduceBindings<'_>,
     vec4: bool,
-) {
+) -> wgpu::BindGroup {
     let z = b.z.unwrap_or_else(|| b.x.clone());
     let mut entries = vec![(0, b.params), (1, b.x.clone()), (2, b.dy), (3, b.chan), (4, b.partials), (6, z)];
     if !vec4 {
         entries.push((5, b.weight.unwrap_or(b.x)));
     }
-    let group = bind(device, pipeline, &entries);
-    dispatch3(pass, pipeline, &group, (plan.grid.0, plan.grid.1, plan.batch));
+    bind(device, pipeline, &entries)
 }
 
 #[cfg(test)]

@@ -81,6 +81,23 @@ pub(crate) fn window<'a>(
     name: &str,
     limits: &wgpu::Limits,
 ) -> Result<Window<'a>> {
+    check_range(buffer, offset, len, name)?;
+    let end = offset + len as u64 * 4;
+    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
+    let bind_offset = offset - offset % align;
+    let bind_size = end - bind_offset;
+    let max = limits.max_storage_buffer_binding_size;
+    if bind_size > max || bind_size > u64::from(u32::MAX) {
+        return Err(Error::Unsupported(format!(
+            "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
+        )));
+    }
+    Ok(Window { buffer, bind_offset, bind_size: bind_size.max(4), elem_offset: ((offset - bind_offset) / 4) as u32 })
+}
+
+/// Checks that `buffer` can hold `len` f32 values at `offset` bytes and be
+/// bound as storage, whatever the binding limit.
+pub(crate) fn check_range(buffer: &wgpu::Buffer, offset: u64, len: usize, name: &str) -> Result<()> {
     if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::Buffer(format!("{name}: the buffer lacks STORAGE usage")));
     }
@@ -95,16 +112,7 @@ pub(crate) fn window<'a>(
             buffer.size()
         )));
     }
-    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
-    let bind_offset = offset - offset % align;
-    let bind_size = end - bind_offset;
-    let max = limits.max_storage_buffer_binding_size;
-    if bind_size > max || bind_size > u64::from(u32::MAX) {
-        return Err(Error::Unsupported(format!(
-            "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
-        )));
-    }
-    Ok(Window { buffer, bind_offset, bind_size: bind_size.max(4), elem_offset: ((offset - bind_offset) / 4) as u32 })
+    Ok(())
 }
 
 /// Checks a logical shape for the per-channel ops: rank 2 to 5, no zero

@@ -1,0 +1,215 @@
+//! How BatchNorm cuts a tensor into dispatches: chunks that each fit one
+//! storage binding (tensors above the device's limit), and within a chunk the
+//! tiling its reduction and elementwise pass share.
+
+use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::layout::ChannelView;
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
+use crate::tensor::{check_range, window, TensorView, Window};
+use crate::{Error, Result};
+
+/// How BatchNorm's reduction and elementwise pass cut a tensor: the view in
+/// units of their value type (vec4 when every view starts at a multiple of
+/// four values and four values share a channel or are four channels), and the
+/// planar or interleaved plan over that view. Both passes use the same plan,
+/// so the merge sees the same partials whichever value type reduced them.
+pub(crate) struct Tiling {
+    pub vec4: bool,
+    pub lanes_are_channels: bool,
+    pub view: ChannelView,
+    pub plan: ReducePlan,
+}
+
+impl Tiling {
+    /// `offsets` are the element offsets of every view the pass binds.
+    pub fn new(view: ChannelView, offsets: &[u32]) -> Result<Tiling> {
+        let aligned = offsets.iter().all(|o| o % 4 == 0);
+        let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
+            (true, false, ChannelView { inner: view.inner / 4, ..view })
+        } else if aligned && view.inner == 1 && view.channels.is_multiple_of(4) {
+            (true, true, ChannelView { channels: view.channels / 4, ..view })
+        } else {
+            (false, false, view)
+        };
+        Ok(Tiling { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
+    }
+
+    /// `base` (the op's scalar parameters) rewritten for this pass.
+    pub fn params(&self, base: &ChannelParams) -> ChannelParams {
+        let lanes = if self.vec4 { 4 } else { 1 };
+        let mut p = ChannelParams {
+            outer: self.view.outer as u32,
+            channels: self.view.channels as u32,
+            inner: self.view.inner as u32,
+            x_off: base.x_off / lanes,
+            y_off: base.y_off / lanes,
+            dy_off: base.dy_off / lanes,
+            dx_off: base.dx_off / lanes,
+            z_off: base.z_off / lanes,
+            dz_off: base.dz_off / lanes,
+            ..*base
+        };
+        self.plan.fill(&mut p);
+        if self.lanes_are_channels {
+            p.flags |= FLAG_LANES_ARE_CHANNELS;
+        }
+        p
+    }
+
+    /// The pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
+    pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
+        let planar = self.plan.shape == Shape::Planar;
+        let entry = match (op, planar) {
+            ("apply", true) => "apply_planar",
+            ("apply", false) => "apply_interleaved",
+            (_, true) => "dx_planar",
+            (_, false) => "dx_interleaved",
+        };
+        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4 }, entry, mode)
+    }
+
+    /// The bind group of this tiling's reduction pipeline (from
+    /// [`Self::reduce_kernel`]).
+    pub fn reduce_group(
+        &self,
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: ReduceBindings<'_>,
+    ) -> wgpu::BindGroup {
+        reduce::bind_group(device, pipeline, bindings, self.vec4)
+    }
+
+    /// The reduction's grid (x, y, views).
+    pub fn grid3(&self) -> (u32, u32, u32) {
+        (self.plan.grid.0, self.plan.grid.1, self.plan.batch)
+    }
+
+    /// The reduction pipeline for this tiling and `mode`.
+    pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
+        let planar = self.plan.shape == Shape::Planar;
+        let (shader, entry) = match (self.vec4, planar) {
+            (true, true) => (Shader::ReduceVec4, "reduce4_planar"),
+            (true, false) => (Shader::ReduceVec4, "reduce4_interleaved"),
+            (false, true) => (Shader::Reduce, "reduce_planar"),
+            (false, false) => (Shader::Reduce, "reduce_interleaved"),
+        };
+        KernelKey::with_mode(shader, entry, mode as u32)
+    }
+}
+
+/// The tensors an op binds, by role; `None` where the op has no such tensor.
+pub(crate) const X: usize = 0;
+pub(crate) const Y: usize = 1;
+pub(crate) const DY: usize = 2;
+pub(crate) const DX: usize = 3;
+pub(crate) const Z: usize = 4;
+pub(crate) const DZ: usize = 5;
+const NAMES: [&str; 6] = ["x", "y", "dy", "dx", "z", "dz"];
+
+/// One chunk: its windows of every tensor, its tiling, and its kernel
+/// parameters (the op's, rewritten for the chunk).
+pub(crate) struct Chunk<'a> {
+    pub windows: [Option<Window<'a>>; 6],
+    pub tiling: Tiling,
+    pub params: ChannelParams,
+}
+
+impl<'a> Chunk<'a> {
+    /// The window of tensor `role` (x stands in for an absent one: kernels
+    /// that never read a tensor still need something bound there).
+    pub fn resource(&self, role: usize) -> wgpu::BindingResource<'a> {
+        self.windows[role].as_ref().or(self.windows[X].as_ref()).expect("x is always bound").resource()
+    }
+}
+
+/// A tensor (and its companions) cut into chunks that each fit one binding.
+/// Chunk k's partials for channel c go to `c * parts + part_base_k + local`,
+/// so the merge sees one run of `parts` per channel whatever the cut.
+pub(crate) struct Chunks<'a> {
+    pub chunks: Vec<Chunk<'a>>,
+    /// Partials per channel over all chunks.
+    pub parts: u32,
+    /// Some chunk writes fewer partials than its stride: clear them first
+    /// (empty partials merge as nothing).
+    pub needs_clear: bool,
+}
+
+impl<'a> Chunks<'a> {
+    /// Cuts `view` (the op's `[outer][channels][inner]` view) and its tensors.
+    /// `base` holds the op's parameters; offsets are filled in per chunk.
+    pub fn new(
+        view: ChannelView,
+        tensors: [Option<&TensorView<'a>>; 6],
+        base: &ChannelParams,
+        limits: &wgpu::Limits,
+    ) -> Result<Chunks<'a>> {
+        for (role, t) in tensors.iter().enumerate() {
+            if let Some(t) = t {
+                check_range(t.buffer, t.offset, t.len(), NAMES[role])?;
+            }
+        }
+        let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
+        let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align);
+        let max_elems = (max_bytes / 4) as usize;
+        let row = view.channels * view.inner;
+        // (first element, chunk view, first channel, index among the chunks covering a channel)
+        let mut pieces: Vec<(usize, ChannelView, usize, usize)> = Vec::new();
+        if view.len() <= max_elems {
+            pieces.push((0, view, 0, 0));
+        } else if row <= max_elems {
+            // Whole rows of the outer dimension.
+            let rows = max_elems / row;
+            for (k, o0) in (0..view.outer).step_by(rows).enumerate() {
+                let piece = ChannelView { outer: rows.min(view.outer - o0), ..view };
+                pieces.push((o0 * row, piece, 0, k));
+            }
+        } else if view.inner <= max_elems {
+            // Runs of channels within one outer index; a multiple of four
+            // channels so channels-last chunks stay vec4-aligned.
+            let per = (max_elems / view.inner).max(4) / 4 * 4;
+            for o in 0..view.outer {
+                for c0 in (0..view.channels).step_by(per) {
+                    let piece = ChannelView { outer: 1, channels: per.min(view.channels - c0), inner: view.inner };
+                    pieces.push(((o * view.channels + c0) * view.inner, piece, c0, o));
+                }
+            }
+        } else {
+            return Err(Error::Unsupported(format!(
+                "one channel plane of {} values exceeds the device's storage binding limit",
+                view.inner
+            )));
+        }
+        let mut chunks = Vec::with_capacity(pieces.len());
+        for &(start, piece, chan_base, _) in &pieces {
+            let mut windows: [Option<Window<'a>>; 6] = Default::default();
+            let mut offsets = Vec::new();
+            for (role, t) in tensors.iter().enumerate() {
+                if let Some(t) = t {
+                    let w = window(t.buffer, t.offset + start as u64 * 4, piece.len(), NAMES[role], limits)?;
+                    offsets.push(w.elem_offset);
+                    windows[role] = Some(w);
+                }
+            }
+            let tiling = Tiling::new(piece, &offsets)?;
+            let mut params = *base;
+            let elem = |role: usize| windows[role].as_ref().map_or(0, |w: &Window| w.elem_offset);
+            params.x_off = elem(X);
+            params.y_off = elem(Y);
+            params.dy_off = elem(DY);
+            params.dx_off = elem(DX);
+            params.z_off = elem(Z);
+            params.dz_off = elem(DZ);
+            params.chan_base = chan_base as u32;
+            let params = tiling.params(&params);
+            chunks.push(Chunk { windows, tiling, params });
+        }
+        let stride = chunks.iter().map(|c| c.tiling.plan.parts).max().unwrap_or(1);
+        let covering = pieces.iter().map(|p| p.3).max().unwrap_or(0) as u32 + 1;
+        for (chunk, piece) in chunks.iter_mut().zip(&pieces) {
+            chunk.params.parts = stride * covering;
+            chunk.params.part_base = stride * piece.3 as u32;
+        }
+        let needs_clear = chunks.iter().any(|c| c.tiling.plan.parts != stride);
+        Ok(Chunks { chunks, parts: stride * covering, needs_clear })
+    }
+}

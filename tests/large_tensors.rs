@@ -1,0 +1,118 @@
+//! Tensors larger than one storage binding: the op is cut into chunks (whole
+//! rows, or runs of channels within a row) whose partial statistics merge as
+//! one. A device opened with a 1 MiB binding limit makes small tensors
+//! "huge", so every cut runs fast; its own binary, with its own device.
+
+use std::sync::OnceLock;
+
+use wgpu_norm::reference::{self, BatchNormArgs, Fused};
+use wgpu_norm::{check::normalized_error, BatchNorm, BatchNormConfig, BatchNormState, Context, Error, Layout, Tensor};
+
+const LIMIT: u64 = 1024 * 1024;
+
+fn small_binding_ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        pollster::block_on(async {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+            let adapter = instance
+                .request_adapter(&wgpu::RequestAdapterOptions::default())
+                .await
+                .expect("no wgpu adapter: install mesa-vulkan-drivers (lavapipe)");
+            let limits = wgpu::Limits { max_storage_buffer_binding_size: LIMIT, ..wgpu::Limits::default() };
+            let (device, queue) = adapter
+                .request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() })
+                .await
+                .unwrap();
+            Context::from_device(device, queue)
+        })
+    })
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    let err = normalized_error(got, want);
+    assert!(err <= 1e-3, "{what}: normalized error {err:.3e}");
+}
+
+fn wave(n: usize, seed: f32, offset: f32) -> Vec<f32> {
+    (0..n).map(|i| offset + ((i as f32 * 0.73 + seed) * 1.618).sin() * (1.0 + (i % 7) as f32 * 0.1)).collect()
+}
+
+fn run(shape: &[usize], layout: Layout) {
+    let ctx = small_binding_ctx();
+    let c = shape[1];
+    let len: usize = shape.iter().product();
+    assert!(len as u64 * 4 > LIMIT, "{shape:?} fits one binding: the test would not cut it");
+    let (x, z, dy) = (wave(len, 0.3, 2.0), wave(len, 1.1, -0.5), wave(len, 2.9, 0.0));
+    let mut state = BatchNormState::initial(c);
+    state.weight = wave(c, 0.5, 1.0);
+    state.bias = wave(c, 0.9, 0.0);
+    let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
+    let (xt, zt, dyt) = (t(&x), t(&z), t(&dy));
+    let (y, dx, dz) = (t(&vec![0.0; len]), t(&vec![0.0; len]), t(&vec![0.0; len]));
+    for (fused, training) in [(Fused::None, true), (Fused::None, false), (Fused::AddRelu, true)] {
+        let bn = BatchNorm::new(ctx, BatchNormConfig::new(c)).unwrap();
+        bn.write_state(&state).unwrap();
+        ctx.run(|e| match fused {
+            Fused::AddRelu => {
+                bn.forward_add_relu(e, &xt.view(), &zt.view(), &y.view(), training)?;
+                bn.backward_add_relu(e, &xt.view(), &zt.view(), &dyt.view(), &dx.view(), &dz.view(), training)
+            }
+            _ => {
+                bn.forward(e, &xt.view(), &y.view(), training)?;
+                bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), training)
+            }
+        })
+        .unwrap();
+        let args = BatchNormArgs {
+            weight: Some(&state.weight),
+            bias: Some(&state.bias),
+            running_mean: Some(&state.running_mean),
+            running_var: Some(&state.running_var),
+            training,
+            fused,
+            ..BatchNormArgs::new(shape, layout)
+        };
+        let zr = (fused == Fused::AddRelu).then_some(&z[..]);
+        let f = reference::batch_norm_forward(&args, &x, zr);
+        let b = reference::batch_norm_backward(&args, &x, zr, &dy);
+        let what = |n: &str| format!("{shape:?} {layout:?} {fused:?} training={training} {n}");
+        assert_close(&what("y"), &y.read(ctx).unwrap(), &f.y);
+        assert_close(&what("dx"), &dx.read(ctx).unwrap(), &b.dx);
+        let (dw, db) = bn.read_grads().unwrap();
+        assert_close(&what("dweight"), &dw, &b.dweight);
+        assert_close(&what("dbias"), &db, &b.dbias);
+        let s = bn.read_state().unwrap();
+        assert_close(&what("running_var"), &s.running_var, f.running_var.as_ref().unwrap());
+        if let Some(want) = &b.dz {
+            assert_close(&what("dz"), &dz.read(ctx).unwrap(), want);
+        }
+    }
+}
+
+#[test]
+fn cut_into_whole_rows() {
+    run(&[64, 4, 1100], Layout::Nchw); // planar, vec4
+    run(&[1200, 4, 7, 9], Layout::Nchw); // interleaved, inner 63 (scalar)
+    run(&[9, 8, 64, 64], Layout::Nhwc); // channels-last, vec4 lanes are channels
+    run(&[1300, 3, 70], Layout::Nhwc); // channels-last, scalar
+}
+
+#[test]
+fn cut_into_runs_of_channels() {
+    // One image's channels exceed the binding: runs of channels.
+    run(&[2, 256, 32, 40], Layout::Nchw);
+    run(&[3, 700, 401], Layout::Nchw);
+}
+
+#[test]
+fn a_single_plane_above_the_limit_is_unsupported() {
+    let ctx = small_binding_ctx();
+    // 300,000 values of one channel in one image: no cut fits one binding.
+    let shape = [2, 1, 300_000];
+    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nchw).unwrap();
+    let y = Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(1)).unwrap();
+    let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
