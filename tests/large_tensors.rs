@@ -111,52 +111,6 @@ fn run(shape: &[usize], layout: Layout) {
         assert_close(&what("y"), &y.read(ctx).unwrap(), &f.y);
         assert_close(&what("dx"), &dx.read(ctx).unwrap(), &b.dx);
         let (dw, db) = bn.read_grads().unwrap();
-        let what = |n: &str| format!("{shape:?} {layout:?} {fused:?} training={training} {n}");
-        assert_close(&what("y"), &y.read(ctx).unwrap(), &f.y);
-        // Behind the ReLU, a value whose pre-activation is within f32 rounding
-        // of zero may take the other side of the mask than the f64 reference:
-        // such elements (a handful in a million) are left out of dx and dz.
-        let ambiguous = |got: Vec<f32>, want: &[f64]| -> (Vec<f32>, Vec<f64>) {
-            if fused == Fused::None {
-                return (got, want.to_vec());
-            }
-            let view = wgpu_norm::ChannelView::of(shape, layout);
-            let keep = |i: usize| {
-                let c = view.channel_of(i);
-                let pre = (f64::from(x[i]) - f.save_mean[c]) * f.save_invstd[c] * f64::from(state.weight[c])
-                    + f64::from(state.bias[c])
-                    + f64::from(z[i]);
-                pre.abs() > 1e-4
-            };
-            let g = got.iter().enumerate().map(|(i, &v)| if keep(i) { v } else { 0.0 }).collect();
-            let w = want.iter().enumerate().map(|(i, &v)| if keep(i) { v } else { 0.0 }).collect();
-            (g, w)
-        };
-        let (got_dx, want_dx) = ambiguous(dx.read(ctx).unwrap(), &b.dx);
-        assert_close(&what("dx"), &got_dx, &want_dx);
-        let (dw, db) = bn.read_grads().unwrap();
-        if std::env::var("DIAG").is_ok() {
-            let view = wgpu_norm::ChannelView::of(shape, layout);
-            let mut n_amb = 0;
-            for i in 0..x.len() {
-                let c = view.channel_of(i);
-                let pre = (f64::from(x[i]) - f.save_mean[c]) * f.save_invstd[c] * f64::from(state.weight[c])
-                    + f64::from(state.bias[c])
-                    + f64::from(z[i]);
-                if fused != Fused::None && pre.abs() < 1e-4 {
-                    n_amb += 1;
-                    println!("amb i={i} c={c} pre={pre:e} dy={}", dy[i]);
-                }
-            }
-            let err = |k: usize| (f64::from(dw[k]) - b.dweight[k]).abs();
-            let worst = (0..c).max_by(|&p, &q| err(p).partial_cmp(&err(q)).unwrap()).unwrap();
-            println!(
-                "{fused:?} {training} ambiguous {n_amb}; worst dweight channel {worst}: got {} want {} diff {}",
-                dw[worst],
-                b.dweight[worst],
-                f64::from(dw[worst]) - b.dweight[worst]
-            );
-        }
         assert_close(&what("dweight"), &dw, &b.dweight);
         assert_close(&what("dbias"), &db, &b.dbias);
         let s = bn.read_state().unwrap();
