@@ -65,9 +65,10 @@ fn case(seed: u64) {
     let zr = (fused == Fused::AddRelu).then_some(&z[..]);
     let f = reference::batch_norm_forward(&args, &x, zr);
     // A pre-activation within f32 rounding of the ReLU's kink may land on
-    // either side; such elements get no upstream gradient.
+    // either side (with |mean| / std = 1e4 that rounding reaches 1e-3); such
+    // elements get no upstream gradient.
     let dy: Vec<f32> =
-        dy0.iter().zip(&f.y).map(|(&g, &y)| if fused != Fused::None && y.abs() < 1e-4 { 0.0 } else { g }).collect();
+        dy0.iter().zip(&f.y).map(|(&g, &y)| if fused != Fused::None && y.abs() < 1e-2 { 0.0 } else { g }).collect();
     let b = reference::batch_norm_backward(&args, &x, zr, &dy);
 
     let bn = BatchNorm::new(ctx, config.clone()).unwrap();
