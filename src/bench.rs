@@ -1,7 +1,16 @@
 //! The engine behind `wgpu-norm bench`: times every op the crate has over a
 //! set of shapes and layouts, next to a plain copy over the same number of
-//! bytes (the bandwidth ceiling) and a naive BatchNorm written the obvious
-//! way (the baseline).
+//! bytes (the bandwidth ceiling) and, for BatchNorm and its fused forwards, a
+//! naive BatchNorm written the obvious way (the baseline; the fused forms add
+//! a separate relu or add+relu pass). The family ops have no naive baseline
+//! (`naive_ms` is `None`).
+//!
+//! - Shapes are logical (N, C, spatial...). LayerNorm and RMSNorm normalize
+//!   over the last dimension and read the tensor row-major whatever the
+//!   layout, so they run once per shape, reported under the first of
+//!   `--layouts`. GroupNorm ([`group_count`] groups) and InstanceNorm
+//!   (PyTorch's defaults: no affine, no running statistics) run in both
+//!   layouts and need rank >= 3: a rank-2 shape skips them with a note.
 //!
 //! - Times are medians over `iters` runs after `warmup` runs, each run its own
 //!   submission. With `TIMESTAMP_QUERY` the GPU's own clock is read: an empty
@@ -1442,4 +1451,27 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         out["worst_error"] = num(worst);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_counts() {
+        for (c, g) in [(64, 32), (2048, 32), (32, 32), (3, 3), (48, 24), (40, 20), (33, 11), (37, 1), (1, 1)] {
+            assert_eq!(group_count(c), g, "{c} channels");
+        }
+    }
+
+    #[test]
+    fn every_op_is_available() {
+        assert_eq!(all_ops().len(), OPS.len());
+        for info in OPS {
+            assert_eq!(parse_ops(info.name).unwrap(), vec![info.op.unwrap()]);
+        }
+        assert!(Op::GnForward.unsupported(&[8, 4]).is_some());
+        assert!(Op::InBackward.unsupported(&[8, 4, 2]).is_none());
+        assert!(Op::LnForward.unsupported(&[8, 4]).is_none());
+    }
 }
