@@ -120,7 +120,7 @@ pub const OPS: &[OpInfo] = &[
 /// ResNet/UNet GroupNorm layers) when 32 divides the channels, else the
 /// largest divisor of the channels not above 32 (3 channels: 3 groups).
 pub fn group_count(channels: usize) -> usize {
-    (1..=channels.min(32)).rev().find(|g| channels % g == 0).unwrap_or(1)
+    (1..=channels.min(32)).rev().find(|&g| channels.is_multiple_of(g)).unwrap_or(1)
 }
 
 impl Op {
