@@ -1,4 +1,6 @@
-//! Criterion benches of the BatchNorm ops, with `Throughput::Bytes` set to
+//! Criterion benches of every op of `wgpu-norm bench` (BatchNorm, its fused
+//! forwards and the family; LayerNorm and RMSNorm in one layout only, the
+//! group norms on rank >= 3 only), with `Throughput::Bytes` set to
 //! the bytes each op must move at the least (as `wgpu-norm bench` counts
 //! them). Each iteration records, submits and waits for one op: the time is
 //! wall clock around submit-and-wait, so it includes submission overhead
@@ -20,6 +22,9 @@ fn bench_ops(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         for shape in SHAPES {
             for layout in [Layout::Nchw, Layout::Nhwc] {
+                if op.unsupported(shape, u64::MAX).is_some() || (op.ignores_layout() && layout != Layout::Nchw) {
+                    continue;
+                }
                 let work = Workload::new(&ctx, op, shape, layout, 7).expect("workload");
                 group.throughput(Throughput::Bytes(work.bytes()));
                 let id = BenchmarkId::new(layout.name(), shape_name(shape));

@@ -4,7 +4,8 @@
 // - `naive_*`: the baseline BatchNorm written the obvious way, one kernel per
 //   step: a per-channel mean (one invocation per channel looping over its
 //   values), a per-channel variance (same, two-pass), an elementwise
-//   normalize, per-channel backward sums, an elementwise dx.
+//   normalize, per-channel backward sums, an elementwise dx; for the fused
+//   forwards, a separate elementwise relu (or add-and-relu) pass over y.
 //
 // A tensor is seen as [outer][channels][inner], as in common.wgsl.
 
@@ -23,6 +24,7 @@ struct BenchParams {
 
 @group(0) @binding(0) var<uniform> bp: BenchParams;
 @group(0) @binding(1) var<storage, read> bx: array<f32>;
+// dy; the residual z in naive_add_relu.
 @group(0) @binding(2) var<storage, read> bdy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bout: array<f32>;
 // Per channel: (mean, biased variance, gamma, beta).
@@ -136,4 +138,32 @@ fn naive_bwd_dx(
     let xhat = (bx[idx] - s.x) * invstd;
     let m = bp.count;
     bout[idx] = s.z * invstd / m * (m * bdy[idx] - g.x - xhat * g.y);
+}
+
+// y = relu(y), in place after naive_normalize.
+@compute @workgroup_size(256)
+fn naive_relu(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let idx = flat_index(wid, nwg, lid);
+    if idx >= bp.total {
+        return;
+    }
+    bout[idx] = max(bout[idx], 0.0);
+}
+
+// y = relu(y + z), in place after naive_normalize; z is bound as bdy.
+@compute @workgroup_size(256)
+fn naive_add_relu(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let idx = flat_index(wid, nwg, lid);
+    if idx >= bp.total {
+        return;
+    }
+    bout[idx] = max(bout[idx] + bdy[idx], 0.0);
 }

@@ -1,7 +1,16 @@
 //! The engine behind `wgpu-norm bench`: times every op the crate has over a
 //! set of shapes and layouts, next to a plain copy over the same number of
-//! bytes (the bandwidth ceiling) and a naive BatchNorm written the obvious
-//! way (the baseline).
+//! bytes (the bandwidth ceiling) and, for BatchNorm and its fused forwards, a
+//! naive BatchNorm written the obvious way (the baseline; the fused forms add
+//! a separate relu or add+relu pass). The family ops have no naive baseline
+//! (`naive_ms` is `None`).
+//!
+//! - Shapes are logical (N, C, spatial...). LayerNorm and RMSNorm normalize
+//!   over the last dimension and read the tensor row-major whatever the
+//!   layout, so they run once per shape, reported under the first of
+//!   `--layouts`. GroupNorm ([`group_count`] groups) and InstanceNorm
+//!   (PyTorch's defaults: no affine, no running statistics) run in both
+//!   layouts and need rank >= 3: a rank-2 shape skips them with a note.
 //!
 //! - Times are medians over `iters` runs after `warmup` runs, each run its own
 //!   submission. With `TIMESTAMP_QUERY` the GPU's own clock is read: an empty
@@ -18,7 +27,9 @@ use std::time::Instant;
 use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 use crate::check::normalized_error;
 use crate::context::Context;
+use crate::group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
 use crate::kernels::{bind, KernelKey, Shader};
+use crate::layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use crate::layout::{ChannelView, Layout};
 use crate::reference::{self, BatchNormArgs, Fused};
 use crate::tensor::Tensor;
@@ -40,6 +51,36 @@ pub enum Op {
     BnBackwardEval,
     /// `forward_train` then `backward_train`: one training step of the layer.
     BnTrainStep,
+    /// `BatchNorm::forward_relu` in training mode.
+    BnReluForwardTrain,
+    /// `BatchNorm::forward_add_relu` in training mode (z is a second input).
+    BnAddReluForwardTrain,
+    /// `LayerNorm::forward` over the last dimension.
+    LnForward,
+    /// `LayerNorm::backward` after a forward.
+    LnBackward,
+    /// `RmsNorm::forward` over the last dimension.
+    RmsForward,
+    /// `RmsNorm::backward` after a forward.
+    RmsBackward,
+    /// `GroupNorm::forward` ([`group_count`] groups).
+    GnForward,
+    /// `GroupNorm::backward` after a forward.
+    GnBackward,
+    /// `InstanceNorm::forward` (PyTorch defaults: no affine, no running stats).
+    InForward,
+    /// `InstanceNorm::backward` after a forward.
+    InBackward,
+}
+
+/// The layer an op runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Bn,
+    Ln,
+    Rms,
+    Gn,
+    In,
 }
 
 /// One entry of the op registry.
@@ -62,18 +103,25 @@ pub const OPS: &[OpInfo] = &[
     OpInfo { name: "bn_backward_eval", tensors: 3, op: Some(Op::BnBackwardEval) },
     OpInfo { name: "bn_train_step", tensors: 5, op: Some(Op::BnTrainStep) },
     // Fused BatchNorm: x (+ z) in, y out.
-    OpInfo { name: "bn_relu_forward_train", tensors: 2, op: None },
-    OpInfo { name: "bn_add_relu_forward_train", tensors: 3, op: None },
+    OpInfo { name: "bn_relu_forward_train", tensors: 2, op: Some(Op::BnReluForwardTrain) },
+    OpInfo { name: "bn_add_relu_forward_train", tensors: 3, op: Some(Op::BnAddReluForwardTrain) },
     // The normalization family: forward x -> y, backward x, dy -> dx.
-    OpInfo { name: "ln_forward", tensors: 2, op: None },
-    OpInfo { name: "ln_backward", tensors: 3, op: None },
-    OpInfo { name: "rms_forward", tensors: 2, op: None },
-    OpInfo { name: "rms_backward", tensors: 3, op: None },
-    OpInfo { name: "gn_forward", tensors: 2, op: None },
-    OpInfo { name: "gn_backward", tensors: 3, op: None },
-    OpInfo { name: "in_forward", tensors: 2, op: None },
-    OpInfo { name: "in_backward", tensors: 3, op: None },
+    OpInfo { name: "ln_forward", tensors: 2, op: Some(Op::LnForward) },
+    OpInfo { name: "ln_backward", tensors: 3, op: Some(Op::LnBackward) },
+    OpInfo { name: "rms_forward", tensors: 2, op: Some(Op::RmsForward) },
+    OpInfo { name: "rms_backward", tensors: 3, op: Some(Op::RmsBackward) },
+    OpInfo { name: "gn_forward", tensors: 2, op: Some(Op::GnForward) },
+    OpInfo { name: "gn_backward", tensors: 3, op: Some(Op::GnBackward) },
+    OpInfo { name: "in_forward", tensors: 2, op: Some(Op::InForward) },
+    OpInfo { name: "in_backward", tensors: 3, op: Some(Op::InBackward) },
 ];
+
+/// GroupNorm's group count for `channels`: 32 (the usual choice, as in
+/// ResNet/UNet GroupNorm layers) when 32 divides the channels, else the
+/// largest divisor of the channels not above 32 (3 channels: 3 groups).
+pub fn group_count(channels: usize) -> usize {
+    (1..=channels.min(32)).rev().find(|&g| channels.is_multiple_of(g)).unwrap_or(1)
+}
 
 impl Op {
     /// The registry entry of this op.
@@ -89,6 +137,51 @@ impl Op {
     /// Bytes the op must move at the least on a tensor of `elements` f32.
     pub fn bytes(self, elements: usize) -> u64 {
         self.info().tensors * elements as u64 * 4
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Op::LnForward | Op::LnBackward => Kind::Ln,
+            Op::RmsForward | Op::RmsBackward => Kind::Rms,
+            Op::GnForward | Op::GnBackward => Kind::Gn,
+            Op::InForward | Op::InBackward => Kind::In,
+            _ => Kind::Bn,
+        }
+    }
+
+    /// Family ops timed as a backward (after one forward in setup).
+    fn family_backward(self) -> bool {
+        matches!(self, Op::LnBackward | Op::RmsBackward | Op::GnBackward | Op::InBackward)
+    }
+
+    /// LayerNorm and RMSNorm read their input row-major whatever the layout:
+    /// the bench runs them once per shape, under the first of `--layouts`.
+    pub fn ignores_layout(self) -> bool {
+        matches!(self.kind(), Kind::Ln | Kind::Rms)
+    }
+
+    /// Whether the op has a naive baseline (BatchNorm and its fused forms).
+    pub fn has_naive(self) -> bool {
+        self.kind() == Kind::Bn
+    }
+
+    /// Why the op does not run on `shape`, if it does not: GroupNorm and
+    /// InstanceNorm need spatial dimensions (rank >= 3), and only BatchNorm
+    /// cuts tensors above the device's storage binding limit into chunks.
+    pub fn unsupported(self, shape: &[usize], max_binding: u64) -> Option<String> {
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        match self.kind() {
+            Kind::Gn | Kind::In if shape.len() < 3 => {
+                Some(format!("{}: needs rank >= 3 (N, C, spatial...), got rank {}", self.name(), shape.len()))
+            }
+            Kind::Bn => None,
+            _ if bytes > max_binding => Some(format!(
+                "{}: {bytes} bytes per tensor exceed the storage binding limit of {max_binding} bytes \
+                 (only BatchNorm cuts larger tensors into chunks so far)",
+                self.name()
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -276,6 +369,8 @@ pub struct BenchResult {
 pub struct Skipped {
     pub shape: Vec<usize>,
     pub layout: Layout,
+    /// The op left out, or `None` when every op was.
+    pub op: Option<&'static str>,
     pub reason: String,
 }
 
@@ -331,42 +426,40 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
     let total = config.shapes.len() * config.layouts.len() * config.ops.len();
     let mut done = 0;
     for shape in &config.shapes {
-        let elements: usize = shape.iter().product();
         for &layout in &config.layouts {
-            if elements as u64 * 4 > max_binding {
-                report.skipped.push(Skipped {
-                    shape: shape.clone(),
-                    layout,
-                    reason: format!(
-                        "{} bytes per tensor exceed the device's storage binding limit of {max_binding} bytes \
-                         (tensors larger than one binding are not supported yet)",
-                        elements * 4
-                    ),
-                });
-                done += config.ops.len();
-                continue;
-            }
             for &op in &config.ops {
+                if op.ignores_layout() && layout != config.layouts[0] {
+                    done += 1;
+                    continue;
+                }
+                if let Some(reason) = op.unsupported(shape, max_binding) {
+                    report.skipped.push(Skipped { shape: shape.clone(), layout, op: Some(op.name()), reason });
+                    done += 1;
+                    continue;
+                }
                 progress(done, total, &format!("{} {} {}", op.name(), layout.name(), shape_name(shape)));
                 done += 1;
                 let work = Workload::new(ctx, op, shape, layout, 0x5eed ^ done as u64)?;
                 let (max_error, naive_max_error) = if config.verify {
                     let (e, n) = work.verify()?;
-                    (Some(e), Some(n))
+                    (Some(e), n)
                 } else {
                     (None, None)
                 };
                 let bytes = work.bytes();
                 let copy = Copy::new(ctx, bytes)?;
-                let (times, wall) = clock.measure(
-                    ctx,
-                    config.warmup,
-                    iters,
-                    &mut [&mut |e| work.record(e), &mut |e| work.record_naive(e), &mut |e| copy.record(e)],
-                )?;
-                let (times, naive, copy_ms) = (&times[0], &times[1], median(&times[2]));
+                let (times, wall) = if work.has_naive() {
+                    clock.measure(
+                        ctx,
+                        config.warmup,
+                        iters,
+                        &mut [&mut |e| work.record(e), &mut |e| copy.record(e), &mut |e| work.record_naive(e)],
+                    )?
+                } else {
+                    clock.measure(ctx, config.warmup, iters, &mut [&mut |e| work.record(e), &mut |e| copy.record(e)])?
+                };
+                let (times, copy_ms, naive_ms) = (&times[0], median(&times[1]), times.get(2).map(|t| median(t)));
                 let median_ms = median(times);
-                let naive_ms = median(naive);
                 let op_gbps = gbps(bytes, median_ms);
                 let copy_gbps = gbps(bytes, copy_ms);
                 report.results.push(BenchResult {
@@ -381,8 +474,8 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
                     copy_ms,
                     copy_gbps,
                     ratio_to_copy: op_gbps / copy_gbps,
-                    naive_ms: Some(naive_ms),
-                    speedup_vs_naive: Some(naive_ms / median_ms),
+                    naive_ms,
+                    speedup_vs_naive: naive_ms.map(|n| n / median_ms),
                     max_error,
                     naive_max_error,
                 });
@@ -621,29 +714,53 @@ impl Rng {
     }
 }
 
+/// The family layer of a family op.
+enum FamilyLayer {
+    Ln(LayerNorm),
+    Rms(RmsNorm),
+    Gn(GroupNorm),
+    In(InstanceNorm),
+}
+
 /// One op on one shape and layout, with its tensors on the GPU, ready to be
 /// recorded again and again; also its naive baseline and its verification.
+///
+/// A BatchNorm layer is made for every op (its random state also gives
+/// GroupNorm its weight and bias); family ops add their own layer. The
+/// residual input z of `bn_add_relu_forward_train` is the `dy` tensor, which
+/// no forward reads otherwise.
 pub struct Workload {
     ctx: Context,
     op: Op,
     shape: Vec<usize>,
+    /// The layout the tensors are in (`Nchw` for LayerNorm and RMSNorm).
     layout: Layout,
     view: ChannelView,
     bn: BatchNorm,
     state: BatchNormState,
+    family: Option<FamilyLayer>,
+    /// LayerNorm / RMSNorm weight and bias over the last dimension.
+    row_weight: Vec<f32>,
+    row_bias: Vec<f32>,
     x_host: Vec<f32>,
     dy_host: Vec<f32>,
     x: Tensor,
     y: Tensor,
     dy: Tensor,
     dx: Tensor,
-    naive: Naive,
+    naive: Option<Naive>,
 }
 
 impl Workload {
     /// Uploads random inputs (seeded by `seed`) and a layer with random
-    /// parameters and running statistics.
+    /// parameters and running statistics. LayerNorm and RMSNorm normalize
+    /// over the last dimension and read the tensor row-major: `layout` is
+    /// ignored for them. `Err(Parameter)` where [`Op::unsupported`] says so.
     pub fn new(ctx: &Context, op: Op, shape: &[usize], layout: Layout, seed: u64) -> Result<Workload> {
+        if let Some(reason) = op.unsupported(shape, ctx.device().limits().max_storage_buffer_binding_size) {
+            return Err(Error::Parameter(reason));
+        }
+        let layout = if op.ignores_layout() { Layout::Nchw } else { layout };
         let view = crate::tensor::check_shape(shape, layout, shape.get(1).copied().unwrap_or(0))?;
         let c = view.channels;
         let mut rng = Rng(seed);
@@ -657,13 +774,41 @@ impl Workload {
             running_var: rng.vec(c, 0.5, 1.5),
             num_batches_tracked: 0,
         };
+        let cols = *shape.last().unwrap_or(&1);
+        let row_weight = rng.vec(cols, 0.5, 1.5);
+        let row_bias = rng.vec(cols, -0.5, 0.5);
         let bn = BatchNorm::new(ctx, BatchNormConfig::new(c).eps(EPS).momentum(Some(MOMENTUM)))?;
         bn.write_state(&state)?;
+        let family = match op.kind() {
+            Kind::Bn => None,
+            Kind::Ln => {
+                let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[cols]).eps(EPS))?;
+                ln.write_weight(&row_weight)?;
+                ln.write_bias(&row_bias)?;
+                Some(FamilyLayer::Ln(ln))
+            }
+            Kind::Rms => {
+                // PyTorch's default eps (None: f32::EPSILON).
+                let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[cols]))?;
+                rms.write_weight(&row_weight)?;
+                Some(FamilyLayer::Rms(rms))
+            }
+            Kind::Gn => {
+                let gn = GroupNorm::new(ctx, GroupNormConfig::new(group_count(c), c).eps(EPS))?;
+                gn.write_weight(&state.weight)?;
+                gn.write_bias(&state.bias)?;
+                Some(FamilyLayer::Gn(gn))
+            }
+            // PyTorch's defaults: affine = false, track_running_stats = false.
+            Kind::In => Some(FamilyLayer::In(InstanceNorm::new(ctx, InstanceNormConfig::new(c).eps(EPS))?)),
+        };
         let x = Tensor::from_slice(ctx, &x_host, shape, layout)?;
         let y = Tensor::zeros(ctx, shape, layout)?;
         let dy = Tensor::from_slice(ctx, &dy_host, shape, layout)?;
         let dx = Tensor::zeros(ctx, shape, layout)?;
-        let naive = Naive::new(ctx, view, &state, &x, &y, &dy, &dx)?;
+        // The naive kernels bind whole tensors: none above the binding limit.
+        let fits = view.len() as u64 * 4 <= ctx.device().limits().max_storage_buffer_binding_size;
+        let naive = if op.has_naive() && fits { Some(Naive::new(ctx, view, &state, &x, &y, &dy, &dx)?) } else { None };
         let work = Workload {
             ctx: ctx.clone(),
             op,
@@ -672,6 +817,9 @@ impl Workload {
             view,
             bn,
             state,
+            family,
+            row_weight,
+            row_bias,
             x_host,
             dy_host,
             x,
@@ -683,7 +831,12 @@ impl Workload {
         if op == Op::BnBackwardTrain {
             // Backward uses the statistics of the forward before it.
             ctx.run(|e| work.bn.forward_train(e, &work.x.view(), &work.y.view()))?;
-            ctx.run(|e| work.naive.stats(e))?;
+            if let Some(naive) = &work.naive {
+                ctx.run(|e| naive.stats(e))?;
+            }
+        }
+        if op.family_backward() {
+            ctx.run(|e| work.family_forward(e))?;
         }
         Ok(work)
     }
@@ -698,6 +851,28 @@ impl Workload {
         self.op.bytes(self.view.len())
     }
 
+    fn family_forward(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let (x, y) = (self.x.view(), self.y.view());
+        match &self.family {
+            Some(FamilyLayer::Ln(l)) => l.forward(encoder, &x, &y),
+            Some(FamilyLayer::Rms(l)) => l.forward(encoder, &x, &y),
+            Some(FamilyLayer::Gn(l)) => l.forward(encoder, &x, &y),
+            Some(FamilyLayer::In(l)) => l.forward(encoder, &x, &y, true),
+            None => Err(Error::Parameter(format!("{} is not a family op", self.op.name()))),
+        }
+    }
+
+    fn family_backward(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let (x, dy, dx) = (self.x.view(), self.dy.view(), self.dx.view());
+        match &self.family {
+            Some(FamilyLayer::Ln(l)) => l.backward(encoder, &x, &dy, &dx),
+            Some(FamilyLayer::Rms(l)) => l.backward(encoder, &x, &dy, &dx),
+            Some(FamilyLayer::Gn(l)) => l.backward(encoder, &x, &dy, &dx),
+            Some(FamilyLayer::In(l)) => l.backward(encoder, &x, &dy, &dx, true),
+            None => Err(Error::Parameter(format!("{} is not a family op", self.op.name()))),
+        }
+    }
+
     /// Records the op once.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let (x, y, dy, dx) = (self.x.view(), self.y.view(), self.dy.view(), self.dx.view());
@@ -710,12 +885,24 @@ impl Workload {
                 self.bn.forward_train(encoder, &x, &y)?;
                 self.bn.backward_train(encoder, &x, &dy, &dx)
             }
+            Op::BnReluForwardTrain => self.bn.forward_relu(encoder, &x, &y, true),
+            Op::BnAddReluForwardTrain => self.bn.forward_add_relu(encoder, &x, &dy, &y, true),
+            Op::LnForward | Op::RmsForward | Op::GnForward | Op::InForward => self.family_forward(encoder),
+            Op::LnBackward | Op::RmsBackward | Op::GnBackward | Op::InBackward => self.family_backward(encoder),
         }
     }
 
-    /// Records the naive baseline of the op once.
+    /// Whether this workload has a naive baseline to time.
+    pub fn has_naive(&self) -> bool {
+        self.naive.is_some()
+    }
+
+    /// Records the naive baseline of the op once; nothing for the ops
+    /// without one (see [`Op::has_naive`]).
     pub fn record_naive(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let n = &self.naive;
+        let Some(n) = &self.naive else {
+            return Ok(());
+        };
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench naive"), timestamp_writes: None });
         match self.op {
@@ -731,17 +918,46 @@ impl Workload {
                 n.normalize(&mut pass);
                 n.backward(&mut pass, false);
             }
+            Op::BnReluForwardTrain => {
+                n.mean_var(&mut pass);
+                n.normalize(&mut pass);
+                n.relu(&mut pass, false);
+            }
+            Op::BnAddReluForwardTrain => {
+                n.mean_var(&mut pass);
+                n.normalize(&mut pass);
+                n.relu(&mut pass, true);
+            }
+            _ => {}
         }
         Ok(())
     }
 
     /// Runs the op once from the layer's initial random state and compares
-    /// every output with the f64 reference; then the naive baseline's main
-    /// output (y or dx). Returns (op's worst error, naive's worst error).
-    pub fn verify(&self) -> Result<(f64, f64)> {
+    /// every output with the f64 reference (y and running statistics of a
+    /// forward; dx, dweight, dbias of a backward); then the naive baseline's
+    /// main output (y or dx). Returns (op's worst error, naive's worst
+    /// error, `None` without a naive baseline).
+    pub fn verify(&self) -> Result<(f64, Option<f64>)> {
+        if self.op.kind() != Kind::Bn {
+            return self.verify_family().map(|e| (e, None));
+        }
         let ctx = &self.ctx;
         self.bn.write_state(&self.state)?;
-        let training = matches!(self.op, Op::BnForwardTrain | Op::BnBackwardTrain | Op::BnTrainStep);
+        let fused = match self.op {
+            Op::BnReluForwardTrain => Fused::Relu,
+            Op::BnAddReluForwardTrain => Fused::AddRelu,
+            _ => Fused::None,
+        };
+        let z = (fused == Fused::AddRelu).then_some(self.dy_host.as_slice());
+        let training = matches!(
+            self.op,
+            Op::BnForwardTrain
+                | Op::BnBackwardTrain
+                | Op::BnTrainStep
+                | Op::BnReluForwardTrain
+                | Op::BnAddReluForwardTrain
+        );
         let args = BatchNormArgs {
             shape: &self.shape,
             layout: self.layout,
@@ -753,18 +969,27 @@ impl Workload {
             momentum: Some(f64::from(MOMENTUM)),
             num_batches_tracked: 0,
             eps: f64::from(EPS),
-            fused: Fused::None,
+            fused,
         };
-        let forward = matches!(self.op, Op::BnForwardEval | Op::BnForwardTrain | Op::BnTrainStep);
+        let forward = matches!(
+            self.op,
+            Op::BnForwardEval
+                | Op::BnForwardTrain
+                | Op::BnTrainStep
+                | Op::BnReluForwardTrain
+                | Op::BnAddReluForwardTrain
+        );
         let backward = matches!(self.op, Op::BnBackwardTrain | Op::BnBackwardEval | Op::BnTrainStep);
         let (x, y, dy, dx) = (self.x.view(), self.y.view(), self.dy.view(), self.dx.view());
         let mut worst = 0.0f64;
         let mut take = |e: f64| worst = if e > worst || e.is_nan() { e } else { worst };
-        let fwd_ref = reference::batch_norm_forward(&args, &self.x_host, None);
-        if training {
-            ctx.run(|e| self.bn.forward_train(e, &x, &y))?;
-        } else if forward {
-            ctx.run(|e| self.bn.forward_eval(e, &x, &y))?;
+        let fwd_ref = reference::batch_norm_forward(&args, &self.x_host, z);
+        match self.op {
+            Op::BnReluForwardTrain => ctx.run(|e| self.bn.forward_relu(e, &x, &y, true))?,
+            Op::BnAddReluForwardTrain => ctx.run(|e| self.bn.forward_add_relu(e, &x, &dy, &y, true))?,
+            _ if training => ctx.run(|e| self.bn.forward_train(e, &x, &y))?,
+            _ if forward => ctx.run(|e| self.bn.forward_eval(e, &x, &y))?,
+            _ => {}
         }
         if forward {
             take(normalized_error(&self.y.read(ctx)?, &fwd_ref.y));
@@ -788,15 +1013,20 @@ impl Workload {
             take(normalized_error(&dweight, &want.dweight));
             take(normalized_error(&dbias, &want.dbias));
         }
-        // The naive baseline, from the same inputs.
-        self.naive.reset(ctx, &self.state)?;
-        if self.op == Op::BnBackwardTrain {
-            ctx.run(|e| self.naive.stats(e))?;
-        }
-        ctx.run(|e| self.record_naive(e))?;
-        let naive_error = match &bwd_ref {
-            Some(want) => normalized_error(&self.dx.read(ctx)?, &want.dx),
-            None => normalized_error(&self.y.read(ctx)?, &fwd_ref.y),
+        // The naive baseline, from the same inputs (none above the binding limit).
+        let naive_error = match &self.naive {
+            Some(naive) => {
+                naive.reset(ctx, &self.state)?;
+                if self.op == Op::BnBackwardTrain {
+                    ctx.run(|e| naive.stats(e))?;
+                }
+                ctx.run(|e| self.record_naive(e))?;
+                Some(match &bwd_ref {
+                    Some(want) => normalized_error(&self.dx.read(ctx)?, &want.dx),
+                    None => normalized_error(&self.y.read(ctx)?, &fwd_ref.y),
+                })
+            }
+            None => None,
         };
         // Leave the layer as timing expects it.
         self.bn.write_state(&self.state)?;
@@ -804,6 +1034,93 @@ impl Workload {
             ctx.run(|e| self.bn.forward_train(e, &x, &y))?;
         }
         Ok((worst, naive_error))
+    }
+
+    /// [`Self::verify`] of a family op: y of a forward; dx, dweight and dbias
+    /// (dweight alone for RMSNorm, which has no bias) of a backward. The
+    /// forward runs before a backward either way, which leaves the layer's
+    /// saved statistics as timing expects them.
+    fn verify_family(&self) -> Result<f64> {
+        let ctx = &self.ctx;
+        let cols = [*self.shape.last().unwrap_or(&1)];
+        let eps = f64::from(EPS);
+        // (y, dx, dweight, dbias) of the reference.
+        let (y, dx, dweight, dbias) = match self.op.kind() {
+            Kind::Ln => {
+                let args = reference::LayerNormArgs {
+                    shape: &self.shape,
+                    normalized_shape: &cols,
+                    weight: Some(&self.row_weight),
+                    bias: Some(&self.row_bias),
+                    eps,
+                };
+                let f = reference::layer_norm_forward(&args, &self.x_host);
+                let b = reference::layer_norm_backward(&args, &self.x_host, &self.dy_host);
+                (f.y, b.dx, b.dweight, Some(b.dbias))
+            }
+            Kind::Rms => {
+                let args = reference::RmsNormArgs {
+                    shape: &self.shape,
+                    normalized_shape: &cols,
+                    weight: Some(&self.row_weight),
+                    eps: None,
+                };
+                let f = reference::rms_norm_forward(&args, &self.x_host);
+                let b = reference::rms_norm_backward(&args, &self.x_host, &self.dy_host);
+                (f.y, b.dx, b.dweight, None)
+            }
+            Kind::Gn => {
+                let args = reference::GroupNormArgs {
+                    shape: &self.shape,
+                    layout: self.layout,
+                    num_groups: group_count(self.view.channels),
+                    weight: Some(&self.state.weight),
+                    bias: Some(&self.state.bias),
+                    eps,
+                };
+                let f = reference::group_norm_forward(&args, &self.x_host);
+                let b = reference::group_norm_backward(&args, &self.x_host, &self.dy_host);
+                (f.y, b.dx, b.dweight, Some(b.dbias))
+            }
+            Kind::In => {
+                let args = reference::InstanceNormArgs {
+                    shape: &self.shape,
+                    layout: self.layout,
+                    weight: None,
+                    bias: None,
+                    running_mean: None,
+                    running_var: None,
+                    use_input_stats: true,
+                    momentum: f64::from(MOMENTUM),
+                    eps,
+                };
+                let f = reference::instance_norm_forward(&args, &self.x_host);
+                let b = reference::instance_norm_backward(&args, &self.x_host, &self.dy_host);
+                (f.y, b.dx, b.dweight, Some(b.dbias))
+            }
+            Kind::Bn => return Err(Error::Parameter(format!("{} is not a family op", self.op.name()))),
+        };
+        ctx.run(|e| self.family_forward(e))?;
+        if !self.op.family_backward() {
+            return Ok(normalized_error(&self.y.read(ctx)?, &y));
+        }
+        ctx.run(|e| self.family_backward(e))?;
+        let (got_dweight, got_dbias) = match &self.family {
+            Some(FamilyLayer::Ln(l)) => l.read_grads()?,
+            Some(FamilyLayer::Rms(l)) => (l.read_grad_weight()?, Vec::new()),
+            Some(FamilyLayer::Gn(l)) => l.read_grads()?,
+            Some(FamilyLayer::In(l)) => l.read_grads()?,
+            None => unreachable!("family ops have a family layer"),
+        };
+        let mut worst = normalized_error(&self.dx.read(ctx)?, &dx);
+        for e in
+            [normalized_error(&got_dweight, &dweight), dbias.map_or(0.0, |want| normalized_error(&got_dbias, &want))]
+        {
+            if e > worst || e.is_nan() {
+                worst = e;
+            }
+        }
+        Ok(worst)
     }
 }
 
@@ -817,6 +1134,9 @@ struct Naive {
     sums: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
     dx_train: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
     dx_eval: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
+    /// `y = relu(y)` in place, and `y = relu(y + z)` with z in `dy`.
+    relu: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
+    add_relu: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
 }
 
 impl Naive {
@@ -900,6 +1220,8 @@ impl Naive {
                 sums: kernel("naive_bwd_sums", &train, &[0, 1, 2, 4, 5])?,
                 dx_train: with_out("naive_bwd_dx", &train, dx, &[0, 1, 2, 4, 5])?,
                 dx_eval: with_out("naive_bwd_dx", &eval, dx, &[0, 1, 2, 4, 5])?,
+                relu: with_out("naive_relu", &train, y, &[0])?,
+                add_relu: with_out("naive_add_relu", &train, y, &[0, 2])?,
                 chan: chan.clone(),
             })
         })?;
@@ -950,6 +1272,11 @@ impl Naive {
         Self::go(pass, &self.normalize, self.elementwise());
     }
 
+    /// The separate elementwise pass after `normalize` of the fused forwards.
+    fn relu(&self, pass: &mut wgpu::ComputePass<'_>, add: bool) {
+        Self::go(pass, if add { &self.add_relu } else { &self.relu }, self.elementwise());
+    }
+
     fn backward(&self, pass: &mut wgpu::ComputePass<'_>, eval: bool) {
         Self::go(pass, &self.sums, self.per_channel());
         Self::go(pass, if eval { &self.dx_eval } else { &self.dx_train }, self.elementwise());
@@ -972,7 +1299,7 @@ pub fn table(report: &Report) -> String {
     );
     let verify = report.results.iter().any(|r| r.max_error.is_some());
     out += &format!(
-        "{:<18} {:<6} {:<14} {:>10} {:>8} {:>8} {:>6} {:>10} {:>8}",
+        "{:<25} {:<6} {:<14} {:>10} {:>8} {:>8} {:>6} {:>10} {:>8}",
         "op", "layout", "shape", "median_ms", "GB/s", "copyGB/s", "ratio", "naive_ms", "speedup"
     );
     if verify {
@@ -981,7 +1308,7 @@ pub fn table(report: &Report) -> String {
     out.push('\n');
     for r in &report.results {
         out += &format!(
-            "{:<18} {:<6} {:<14} {:>10.3} {:>8.2} {:>8.2} {:>6.2} {:>10.3} {:>7.2}x",
+            "{:<25} {:<6} {:<14} {:>10.3} {:>8.2} {:>8.2} {:>6.2} {:>10} {:>8}",
             r.op,
             r.layout.name(),
             shape_name(&r.shape),
@@ -989,8 +1316,8 @@ pub fn table(report: &Report) -> String {
             r.gbps,
             r.copy_gbps,
             r.ratio_to_copy,
-            r.naive_ms.unwrap_or(f64::NAN),
-            r.speedup_vs_naive.unwrap_or(f64::NAN),
+            r.naive_ms.map_or("-".to_string(), |n| format!("{n:.3}")),
+            r.speedup_vs_naive.map_or("-".to_string(), |s| format!("{s:.2}x")),
         );
         if let Some(e) = r.max_error {
             out += &format!(" {e:>9.2e}");
@@ -1107,7 +1434,13 @@ pub fn to_json(report: &Report) -> serde_json::Value {
     let skipped: Vec<serde_json::Value> = report
         .skipped
         .iter()
-        .map(|s| json!({ "shape": s.shape, "layout": s.layout.name(), "reason": s.reason }))
+        .map(|s| {
+            let mut o = json!({ "shape": s.shape, "layout": s.layout.name(), "reason": s.reason });
+            if let Some(op) = s.op {
+                o["op"] = json!(op);
+            }
+            o
+        })
         .collect();
     let mut out = json!({
         "adapter": report.adapter,
@@ -1122,4 +1455,31 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         out["worst_error"] = num(worst);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_counts() {
+        for (c, g) in [(64, 32), (2048, 32), (32, 32), (3, 3), (48, 24), (40, 20), (33, 11), (37, 1), (1, 1)] {
+            assert_eq!(group_count(c), g, "{c} channels");
+        }
+    }
+
+    #[test]
+    fn every_op_is_available() {
+        assert_eq!(all_ops().len(), OPS.len());
+        for info in OPS {
+            assert_eq!(parse_ops(info.name).unwrap(), vec![info.op.unwrap()]);
+        }
+        let limit = 1 << 20;
+        assert!(Op::GnForward.unsupported(&[8, 4], limit).is_some());
+        assert!(Op::InBackward.unsupported(&[8, 4, 2], limit).is_none());
+        assert!(Op::LnForward.unsupported(&[8, 4], limit).is_none());
+        // Above the binding limit only BatchNorm runs (in chunks).
+        assert!(Op::LnForward.unsupported(&[1024, 1024], limit).is_some());
+        assert!(Op::BnTrainStep.unsupported(&[1024, 1024], limit).is_none());
+    }
 }

@@ -1,5 +1,6 @@
-//! `wgpu-norm bench`: the `--json` contract that scripts parse, `--verify`,
-//! `--plot`, and the error for ops the crate does not have.
+//! `wgpu-norm bench`: the `--json` contract that scripts parse, `--verify`
+//! of all fifteen ops, `--plot`, layouts and skips of the family ops, and the
+//! error for unknown ops.
 
 use std::process::{Command, Output};
 
@@ -7,8 +8,20 @@ fn wgpu_norm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgpu-norm")).args(args).output().expect("could not run wgpu-norm")
 }
 
-const BN_OPS: [&str; 5] =
-    ["bn_forward_eval", "bn_forward_train", "bn_backward_train", "bn_backward_eval", "bn_train_step"];
+/// Ops with a naive baseline.
+const BN_OPS: [&str; 7] = [
+    "bn_forward_eval",
+    "bn_forward_train",
+    "bn_backward_train",
+    "bn_backward_eval",
+    "bn_train_step",
+    "bn_relu_forward_train",
+    "bn_add_relu_forward_train",
+];
+/// LayerNorm and RMSNorm: run once per shape, under the first layout.
+const ROW_OPS: [&str; 4] = ["ln_forward", "ln_backward", "rms_forward", "rms_backward"];
+/// GroupNorm and InstanceNorm: both layouts, rank >= 3 only.
+const GROUP_OPS: [&str; 4] = ["gn_forward", "gn_backward", "in_forward", "in_backward"];
 
 #[test]
 fn quick_verify_json_follows_the_contract() {
@@ -22,33 +35,77 @@ fn quick_verify_json_follows_the_contract() {
     let timer = v["timer"].as_str().unwrap();
     assert!(timer == "gpu-timestamp" || timer == "wall-clock", "timer {timer}");
     let results = v["results"].as_array().unwrap();
-    // Every available op, in both layouts, on each of the quick shapes.
+    // The quick shapes are 8x32x28x28 and 2048x256 (default layouts nchw,nhwc).
+    let has = |op: &str, layout: &str, rank: usize| {
+        results.iter().any(|r| r["op"] == op && r["layout"] == layout && r["shape"].as_array().unwrap().len() == rank)
+    };
     for op in BN_OPS {
         for layout in ["nchw", "nhwc"] {
-            assert!(results.iter().any(|r| r["op"] == op && r["layout"] == layout), "no result for {op} {layout}");
+            for rank in [2, 4] {
+                assert!(has(op, layout, rank), "no result for {op} {layout} rank {rank}");
+            }
         }
     }
+    for op in ROW_OPS {
+        for rank in [2, 4] {
+            assert!(has(op, "nchw", rank), "no result for {op} rank {rank}");
+            assert!(!has(op, "nhwc", rank), "{op} ignores the layout and runs once per shape");
+        }
+    }
+    for op in GROUP_OPS {
+        for layout in ["nchw", "nhwc"] {
+            assert!(has(op, layout, 4), "no result for {op} {layout}");
+            assert!(!has(op, layout, 2), "{op} needs rank >= 3");
+            assert!(
+                v["skipped"].as_array().unwrap().iter().any(|s| s["op"] == op
+                    && s["layout"] == layout
+                    && s["shape"] == serde_json::json!([2048, 256])
+                    && s["reason"].as_str().unwrap().contains("rank")),
+                "no skip note for {op} {layout} 2048x256: {}",
+                v["skipped"]
+            );
+        }
+    }
+    assert_eq!(results.len(), 7 * 4 + 4 * 2 + 4 * 2);
     for r in results {
         let op = r["op"].as_str().unwrap();
-        assert!(BN_OPS.contains(&op), "unexpected op {op}");
+        assert!(BN_OPS.contains(&op) || ROW_OPS.contains(&op) || GROUP_OPS.contains(&op), "unexpected op {op}");
         let shape: Vec<u64> = r["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert!(shape.len() >= 2);
-        for key in ["median_ms", "gbps", "copy_gbps", "ratio_to_copy", "naive_ms", "speedup_vs_naive"] {
+        let naive = BN_OPS.contains(&op);
+        let mut keys = vec!["median_ms", "gbps", "copy_gbps", "ratio_to_copy"];
+        if naive {
+            keys.extend(["naive_ms", "speedup_vs_naive"]);
+        } else {
+            assert!(r.get("naive_ms").is_none() && r.get("naive_max_error").is_none(), "{op} has no naive: {r}");
+        }
+        for key in keys {
             let x = r[key].as_f64().unwrap_or_else(|| panic!("{op}: {key} missing in {r}"));
             assert!(x > 0.0 && x.is_finite(), "{op}: {key} = {x}");
         }
+        let elements: u64 = shape.iter().product();
+        let tensors = match op {
+            "bn_train_step" => 5,
+            "bn_add_relu_forward_train" => 3,
+            _ if op.contains("backward") => 3,
+            _ => 2,
+        };
+        assert_eq!(r["bytes"].as_u64().unwrap(), tensors * elements * 4, "{op}: bytes");
         let ratio = r["ratio_to_copy"].as_f64().unwrap();
         let expect = r["gbps"].as_f64().unwrap() / r["copy_gbps"].as_f64().unwrap();
         assert!((ratio - expect).abs() <= 1e-9 * expect.max(1.0), "{op}: ratio {ratio} vs {expect}");
         let err = r["max_error"].as_f64().unwrap_or_else(|| panic!("{op}: max_error missing"));
         assert!(err <= 1e-3, "{op} {}: max_error {err}", r["layout"]);
-        let naive = r["naive_max_error"].as_f64().unwrap();
-        assert!(naive <= 1e-3, "{op} naive baseline: error {naive}");
+        if naive {
+            let naive = r["naive_max_error"].as_f64().unwrap();
+            assert!(naive <= 1e-3, "{op} naive baseline: error {naive}");
+        }
     }
+    assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
     let svg = std::fs::read_to_string(&plot).expect("--plot wrote the chart");
     let _ = std::fs::remove_file(&plot);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains("bn_train_step"));
+    assert!(svg.contains("bn_train_step") && svg.contains("in_backward"));
 }
 
 #[test]
@@ -76,16 +133,59 @@ fn ops_option_selects_and_rejects() {
     assert_eq!(results[0]["shape"], serde_json::json!([4, 8, 5, 5]));
     assert!(results[0].get("max_error").is_none(), "max_error only with --verify");
 
-    for (op, words) in [("bn_frobnicate", "unknown op"), ("ln_forward", "not implemented")] {
-        let out = wgpu_norm(&["bench", "--quick", "--ops", op]);
-        assert!(!out.status.success(), "--ops {op} should fail");
+    for ops in ["bn_frobnicate", "ln_forward,bn_frobnicate"] {
+        let out = wgpu_norm(&["bench", "--quick", "--ops", ops]);
+        assert!(!out.status.success(), "--ops {ops} should fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(words) && stderr.contains(op), "--ops {op}: {stderr}");
-        assert!(
-            stderr.contains("bn_forward_eval") && stderr.contains("bn_train_step"),
-            "lists available ops: {stderr}"
-        );
+        assert!(stderr.contains("unknown op") && stderr.contains("bn_frobnicate"), "--ops {ops}: {stderr}");
+        assert!(stderr.contains("bn_forward_eval") && stderr.contains("in_backward"), "lists available ops: {stderr}");
     }
+}
+
+/// LayerNorm runs once per shape, under the first of `--layouts`; GroupNorm
+/// runs in each; 32 channels make 32 groups and 48 make 24 (checked by the
+/// reference in `--verify`).
+#[test]
+fn family_layouts() {
+    let out = wgpu_norm(&[
+        "bench",
+        "--ops",
+        "ln_forward,gn_backward",
+        "--shapes",
+        "2,32,5,6;2,48,7",
+        "--layouts",
+        "nhwc,nchw",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--verify",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, String, usize)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let op = r["op"].as_str().unwrap().to_string();
+            (op, r["layout"].as_str().unwrap().to_string(), r["shape"].as_array().unwrap().len())
+        })
+        .collect();
+    let want: Vec<(String, String, usize)> = [
+        ("ln_forward", "nhwc", 4),
+        ("gn_backward", "nhwc", 4),
+        ("gn_backward", "nchw", 4),
+        ("ln_forward", "nhwc", 3),
+        ("gn_backward", "nhwc", 3),
+        ("gn_backward", "nchw", 3),
+    ]
+    .iter()
+    .map(|(o, l, r)| (o.to_string(), l.to_string(), *r))
+    .collect();
+    assert_eq!(got, want);
+    assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
 }
 
 #[test]
