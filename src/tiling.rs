@@ -165,8 +165,9 @@ impl<'a> Chunks<'a> {
             }
         } else if view.inner <= max_elems {
             // Runs of channels within one outer index; a multiple of four
-            // channels so channels-last chunks stay vec4-aligned.
-            let per = (max_elems / view.inner).max(4) / 4 * 4;
+            // channels where four fit, so channels-last chunks stay vec4-aligned.
+            let per = max_elems / view.inner;
+            let per = if per >= 4 { per / 4 * 4 } else { per };
             for o in 0..view.outer {
                 for c0 in (0..view.channels).step_by(per) {
                     let piece = ChannelView { outer: 1, channels: per.min(view.channels - c0), inner: view.inner };

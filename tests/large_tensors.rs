@@ -147,3 +147,9 @@ fn a_single_plane_above_the_limit_is_unsupported() {
     let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }
+
+#[test]
+fn cut_into_runs_of_fewer_than_four_channels() {
+    // Planes of 100,000 values: two fit one 1 MiB binding, four do not.
+    run(&[1, 6, 100_000], Layout::Nchw);
+}
