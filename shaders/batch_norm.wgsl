@@ -38,19 +38,6 @@ fn beta(c: u32) -> f32 {
     return select(0.0, bias[c], has(FLAG_AFFINE));
 }
 
-// Chan's formula, as in reduce.wgsl MODE 0.
-fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    if (b.x == 0.0) {
-        return a;
-    }
-    if (a.x == 0.0) {
-        return b;
-    }
-    let n = a.x + b.x;
-    let d = b.y - a.y;
-    let fb = b.x / n;
-    return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
-}
 
 // Clamps a rounding-negative variance to 0 but keeps NaN (max() may not).
 fn non_negative(v: f32) -> f32 {

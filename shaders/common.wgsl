@@ -70,3 +70,18 @@ const FLAG_LANES_ARE_CHANNELS: u32 = 128u;
 fn fused_pre(v: f32, k: vec4<f32>, residual: f32) -> f32 {
     return fma(v - k.x, k.z, k.w) + residual;
 }
+
+// Chan's formula: merges two partial statistics (count, mean, M2, _) exactly;
+// an empty partial (count 0) merges as nothing.
+fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    if (b.x == 0.0) {
+        return a;
+    }
+    if (a.x == 0.0) {
+        return b;
+    }
+    let n = a.x + b.x;
+    let d = b.y - a.y;
+    let fb = b.x / n;
+    return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
+}

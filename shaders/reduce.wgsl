@@ -89,16 +89,7 @@ fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     if (MODE != 0u) {
         return a + b;
     }
-    if (b.x == 0.0) {
-        return a;
-    }
-    if (a.x == 0.0) {
-        return b;
-    }
-    let n = a.x + b.x;
-    let d = b.y - a.y;
-    let fb = b.x / n;
-    return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
+    return chan_merge(a, b);
 }
 
 // The chan entry of channel c of view `view` (MODE 1, 2, 4, 5).
