@@ -17,6 +17,7 @@ use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode};
 use crate::tensor::{check_shape, TensorView};
 use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
+use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
 
 /// BatchNorm's hyper-parameters, with PyTorch's defaults.
@@ -87,21 +88,9 @@ impl BatchNormConfig {
     /// `Err(Parameter)` unless `eps` is finite and positive, `momentum` is in
     /// [0, 1] and there is at least one channel.
     pub fn validate(&self) -> Result<()> {
-        if self.num_features == 0 || self.num_features > u32::MAX as usize {
-            return Err(Error::Parameter(format!(
-                "num_features = {} is not a usable channel count",
-                self.num_features
-            )));
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::Parameter(format!("eps = {} must be finite and positive", self.eps)));
-        }
-        if let Some(m) = self.momentum {
-            if !(0.0..=1.0).contains(&m) {
-                return Err(Error::Parameter(format!("momentum = {m} must be within [0, 1]")));
-            }
-        }
-        Ok(())
+        check_channels(self.num_features)?;
+        check_eps(self.eps)?;
+        check_momentum(self.momentum)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS
 use crate::layout::ChannelView;
 use crate::reference::{self, FoldBn};
 use crate::tensor::TensorView;
+use crate::validate::check_eps;
 use crate::{Error, Result};
 
 /// The kind of layer a BatchNorm follows; it says where the output channels
@@ -94,9 +95,7 @@ pub fn fold_host(
             return Err(Error::Shape(format!("{name} has {len} values, the layer has {c} output channels")));
         }
     }
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
-    }
+    check_eps(eps)?;
     let bn = FoldBn {
         running_mean: &bn.running_mean,
         running_var: &bn.running_var,

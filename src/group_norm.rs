@@ -6,14 +6,8 @@
 use crate::context::Context;
 use crate::family::{Call, Core, Geometry, Options, Source};
 use crate::tensor::{check_shape, TensorView};
+use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
-
-fn check_eps(eps: f32) -> Result<()> {
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
-    }
-    Ok(())
-}
 
 /// GroupNorm's hyper-parameters, with PyTorch's defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -237,17 +231,8 @@ impl InstanceNormConfig {
     /// `Err(Parameter)` unless there is a channel, `eps` is finite and
     /// positive and `momentum` is within [0, 1].
     pub fn validate(&self) -> Result<()> {
-        if self.num_features == 0 || self.num_features > u32::MAX as usize {
-            return Err(Error::Parameter(format!(
-                "num_features = {} is not a usable channel count",
-                self.num_features
-            )));
-        }
-        if let Some(m) = self.momentum {
-            if !(0.0..=1.0).contains(&m) {
-                return Err(Error::Parameter(format!("momentum = {m} must be within [0, 1]")));
-            }
-        }
+        check_channels(self.num_features)?;
+        check_momentum(self.momentum)?;
         check_eps(self.eps)
     }
 }

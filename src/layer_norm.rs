@@ -7,6 +7,7 @@ use crate::context::Context;
 use crate::family::{Call, Core, Geometry, Options, Source};
 use crate::layout::Layout;
 use crate::tensor::TensorView;
+use crate::validate::check_eps;
 use crate::{Error, Result};
 
 /// `Err(Parameter)` unless `normalized_shape` is non-empty with no zero
@@ -15,9 +16,7 @@ fn validate_normalized(normalized_shape: &[usize], eps: f32) -> Result<usize> {
     let size = normalized_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     match size {
         Some(n) if !normalized_shape.is_empty() && n > 0 && n <= u32::MAX as usize => {
-            if !(eps.is_finite() && eps > 0.0) {
-                return Err(Error::Parameter(format!("eps = {eps} must be finite and positive")));
-            }
+            check_eps(eps)?;
             Ok(n)
         }
         _ => Err(Error::Parameter(format!("normalized_shape {normalized_shape:?} must be non-empty, without zeros"))),

@@ -17,6 +17,7 @@ pub mod reference;
 mod state;
 pub mod tensor;
 mod tiling;
+mod validate;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 pub use context::Context;
