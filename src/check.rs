@@ -16,7 +16,7 @@ use crate::reference::Fused;
 use crate::tensor::Tensor;
 use crate::Result;
 
-/// Default tolerance of [`compare`]: 1e-3 of the expected magnitude.
+/// Default tolerance of [`check_case`]: 1e-3 of the expected magnitude.
 pub const DEFAULT_TOLERANCE: f64 = 1e-3;
 
 /// How one case ended.

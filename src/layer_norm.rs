@@ -1,7 +1,7 @@
 //! The row norms: LayerNorm (`torch.nn.LayerNorm`) and RMSNorm
 //! (`torch.nn.RMSNorm`), normalizing over the trailing `normalized_shape`
 //! dimensions of a row-major tensor. Both are the family engine
-//! ([`family`](crate::family)) with one stat row per leading index.
+//! (`src/family.rs`) with one stat row per leading index.
 
 use crate::context::Context;
 use crate::family::{Call, Core, Geometry, Options, Source};

@@ -1,4 +1,29 @@
-//! wgpu-norm: Batch Normalization and its family as WGSL compute kernels on wgpu.
+//! wgpu-norm: Batch Normalization and its family as WGSL compute kernels on
+//! wgpu, for applications that bring their own device, queue and buffers.
+//!
+//! - [`BatchNorm`]: PyTorch's `BatchNorm1d/2d/3d` (training and eval forward,
+//!   running statistics, backward), fused BN+ReLU and BN+Add+ReLU, folding
+//!   into the preceding layer ([`fold`]), `state_dict` interop.
+//! - [`LayerNorm`], [`RmsNorm`], [`GroupNorm`], [`InstanceNorm`]: the family,
+//!   on the same reduction kernels.
+//! - [`reference`](mod@reference): every op in f64 on the host, the oracle of the tests;
+//!   [`golden`] and [`check`]: PyTorch's reference cases; [`bench`](mod@bench): the
+//!   benchmark behind `wgpu-norm bench`.
+//!
+//! Ops validate their arguments, then record into the caller's
+//! `wgpu::CommandEncoder`; nothing comes back to the host unless asked.
+//!
+//! ```no_run
+//! use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, Tensor};
+//!
+//! let ctx = Context::new()?; // or Context::from_device(device, queue)
+//! let bn = BatchNorm::new(&ctx, BatchNormConfig::new(64))?;
+//! let x = Tensor::from_slice(&ctx, &vec![0.5; 8 * 64 * 16], &[8, 64, 16], Layout::Nchw)?;
+//! let y = Tensor::zeros(&ctx, &[8, 64, 16], Layout::Nchw)?;
+//! ctx.run(|encoder| bn.forward_train(encoder, &x.view(), &y.view()))?;
+//! let normalized = y.read(&ctx)?;
+//! # Ok::<(), wgpu_norm::Error>(())
+//! ```
 
 pub mod batch_norm;
 pub mod bench;
