@@ -122,7 +122,10 @@ impl BatchNormState {
 ///
 /// Buffers exist for every field whatever the config (a layer without
 /// `affine` simply ignores its weight and bias), so the bind layouts never
-/// change. `Send + Sync`: ops take `&self`.
+/// change. `Send + Sync`: ops take `&self`. Like a PyTorch module, a layer
+/// holds one set of saved batch statistics: a training backward uses those of
+/// the last training forward recorded on it, so give each concurrent
+/// training sequence its own layer (eval forwards may share one).
 pub struct BatchNorm {
     ctx: Context,
     config: BatchNormConfig,
