@@ -807,7 +807,7 @@ impl Epilogue<'_, '_> {
         }
     }
 
-    /// `MODE` of batch_norm.wgsl's `apply` and `backward_dx`.
+    /// `MODE` of elementwise.wgsl's apply and dx kernels.
     fn apply_mode(&self) -> u32 {
         match self {
             Epilogue::None => 0,
@@ -839,10 +839,4 @@ fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -
         }
     }
     Ok(())
-}
-
-/// Workgroups for a grid-stride elementwise pass over `len` values: about
-/// four values per invocation, within one dispatch dimension.
-pub(crate) fn elementwise_workgroups(len: usize) -> (u32, u32) {
-    (len.div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
 }

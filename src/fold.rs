@@ -2,7 +2,7 @@
 //! as `torch.nn.utils.fusion` does: `w' = w * gamma / sqrt(var + eps)` along
 //! the layer's output-channel axis, `b' = (b - mean) * gamma / sqrt(var + eps) + beta`.
 
-use crate::batch_norm::{elementwise_workgroups, BatchNorm, BatchNormState};
+use crate::batch_norm::{BatchNorm, BatchNormState};
 use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
 use crate::reference::{self, FoldBn};
@@ -204,4 +204,10 @@ impl BatchNorm {
             Ok(())
         })
     }
+}
+
+/// Workgroups for fold_weight's grid-stride pass over `len` values: about
+/// four values per invocation, within one dispatch dimension.
+fn elementwise_workgroups(len: usize) -> (u32, u32) {
+    (len.div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
 }
