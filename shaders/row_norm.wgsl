@@ -157,40 +157,160 @@ fn merge_columns(
     }
 }
 
-fn row_of(o: u32, c: u32) -> u32 {
-    return (o / p.row_div) * p.groups + c / p.cpg;
+// The elementwise passes walk the per-weight view with the reductions'
+// tilings (src/reduce.rs): planar, workgroup (slice, c) over long inner runs,
+// or interleaved, one column per invocation down its rows. The weight and
+// the stat row are looked up per workgroup, per invocation or per row, never
+// with divisions per element.
+
+fn apply_at(e: u32, c: u32, s: vec4<f32>) {
+    y[p.y_off + e] = fma((x[p.x_off + e] - s.x) * s.y, gamma(c), beta(c));
 }
 
-// y = (x - centre) * rstd * w + b, grid-stride over the per-weight view.
-@compute @workgroup_size(256)
-fn apply(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let plane = p.channels * p.inner;
-    let total = p.outer * plane;
-    let stride = nwg.x * 256u;
-    for (var e = id.x; e < total; e += stride) {
-        let o = e / plane;
-        let c = (e - o * plane) / p.inner;
-        let s = rows[row_of(o, c)];
-        y[p.y_off + e] = fma((x[p.x_off + e] - s.x) * s.y, gamma(c), beta(c));
+fn dx_at(e: u32, c: u32, k: vec4<f32>) {
+    dx[p.dx_off + e] = k.x * dy[p.dy_off + e] * gamma(c) + k.y * (x[p.x_off + e] - k.w) + k.z;
+}
+
+// Stat row of outer index o (quotient q = o / row_div) and channel group cg.
+fn stat_row(q: u32, cg: u32) -> u32 {
+    return q * p.groups + cg;
+}
+
+fn apply_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let cg = c / p.cpg;
+        var j = wg.x * p.slice_len + t;
+        var o = j / p.inner;
+        var i = j - o * p.inner;
+        var row = stat_row(o / p.row_div, cg);
+        while (j < end) {
+            let e = (o * p.channels + c) * p.inner + i;
+            apply_at(e, c, rows[row]);
+            j += 256u;
+            i += 256u;
+            if (i >= p.inner) {
+                while (i >= p.inner) {
+                    i -= p.inner;
+                    o += 1u;
+                }
+                row = stat_row(o / p.row_div, cg);
+            }
+        }
     }
 }
 
-// dx = rstd * dy * w + B * (x - centre) + C, grid-stride over the per-weight view.
-@compute @workgroup_size(256)
-fn backward_dx(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let plane = p.channels * p.inner;
-    let total = p.outer * plane;
-    let stride = nwg.x * 256u;
-    for (var e = id.x; e < total; e += stride) {
-        let o = e / plane;
-        let c = (e - o * plane) / p.inner;
-        let k = rows_dx[row_of(o, c)];
-        dx[p.dx_off + e] = k.x * dy[p.dy_off + e] * gamma(c) + k.y * (x[p.x_off + e] - k.w) + k.z;
+fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
+    let cols = p.channels * p.inner;
+    let groups = 256u / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    if (g >= groups || col >= cols) {
+        return;
     }
+    let c = col / p.inner;
+    let cg = c / p.cpg;
+    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
+    var r = wg.y * p.slice_len + g;
+    // q = r / row_div kept up to date by steps of `groups` rows.
+    var q = r / p.row_div;
+    var rem = r - q * p.row_div;
+    for (; r < row_end; r += groups) {
+        let e = r * cols + col;
+        apply_at(e, c, rows[stat_row(q, cg)]);
+        rem += groups;
+        if (rem >= p.row_div) {
+            if (groups < p.row_div) {
+                rem -= p.row_div;
+                q += 1u;
+            } else {
+                q = (r + groups) / p.row_div;
+                rem = r + groups - q * p.row_div;
+            }
+        }
+    }
+}
+
+fn dx_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let cg = c / p.cpg;
+        var j = wg.x * p.slice_len + t;
+        var o = j / p.inner;
+        var i = j - o * p.inner;
+        var row = stat_row(o / p.row_div, cg);
+        while (j < end) {
+            let e = (o * p.channels + c) * p.inner + i;
+            dx_at(e, c, rows_dx[row]);
+            j += 256u;
+            i += 256u;
+            if (i >= p.inner) {
+                while (i >= p.inner) {
+                    i -= p.inner;
+                    o += 1u;
+                }
+                row = stat_row(o / p.row_div, cg);
+            }
+        }
+    }
+}
+
+fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
+    let cols = p.channels * p.inner;
+    let groups = 256u / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    if (g >= groups || col >= cols) {
+        return;
+    }
+    let c = col / p.inner;
+    let cg = c / p.cpg;
+    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
+    var r = wg.y * p.slice_len + g;
+    // q = r / row_div kept up to date by steps of `groups` rows.
+    var q = r / p.row_div;
+    var rem = r - q * p.row_div;
+    for (; r < row_end; r += groups) {
+        let e = r * cols + col;
+        dx_at(e, c, rows_dx[stat_row(q, cg)]);
+        rem += groups;
+        if (rem >= p.row_div) {
+            if (groups < p.row_div) {
+                rem -= p.row_div;
+                q += 1u;
+            } else {
+                q = (r + groups) / p.row_div;
+                rem = r + groups - q * p.row_div;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn apply_planar(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    apply_planar_walk(wg, nwg, t);
+}
+
+@compute @workgroup_size(256)
+fn apply_interleaved(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    apply_interleaved_walk(wg, t);
+}
+
+// dx = rstd * dy * w + B * (x - centre) + C over the per-weight view.
+@compute @workgroup_size(256)
+fn dx_planar(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    dx_planar_walk(wg, nwg, t);
+}
+
+@compute @workgroup_size(256)
+fn dx_interleaved(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    dx_interleaved_walk(wg, t);
 }

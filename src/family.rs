@@ -17,7 +17,7 @@ use crate::kernels::{
     bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
 use crate::tensor::{TensorView, Window};
 use crate::{Error, Result};
 
@@ -268,10 +268,6 @@ impl Core {
         (geo.rows().div_ceil(64).min(65535) as u32, 1)
     }
 
-    fn elementwise_workgroups(geo: &Geometry) -> (u32, u32) {
-        (geo.weights.len().div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
-    }
-
     /// Records a forward of `x` into `y` (both validated by the caller's
     /// geometry; windows checked here).
     pub fn record_forward(
@@ -294,6 +290,8 @@ impl Core {
         let mut apply_params = self.params(geo.weights, geo, opt);
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
+        let tile = ReducePlan::elementwise(geo.weights)?;
+        tile.fill(&mut apply_params);
         let (rows, _, partials) = self.scratch(geo, plan.partial_bytes(geo.stat.channels))?;
 
         let device = self.ctx.device();
@@ -344,7 +342,7 @@ impl Core {
                     self.record_running(&mut pass, "prepare_running", &stat_buf, &rows, (grid.0 as usize, 1))?;
                 }
             }
-            let apply = kernels.get(KernelKey::new(Shader::RowNorm, "apply"))?;
+            let apply = kernels.get(KernelKey::new(Shader::RowNorm, tile_entry(&tile, "apply")))?;
             let group = bind(
                 device,
                 &apply,
@@ -357,7 +355,7 @@ impl Core {
                     (9, yw.resource()),
                 ],
             );
-            dispatch(&mut pass, &apply, &group, Self::elementwise_workgroups(geo));
+            dispatch(&mut pass, &apply, &group, tile.grid);
             Ok(())
         })?;
         // The rows now hold this input's statistics, or the running ones.
@@ -431,6 +429,10 @@ impl Core {
         col_params.dy_off = dyw.elem_offset;
         col_params.dx_off = dxw.elem_offset;
         col_plan.fill(&mut col_params);
+        // The dx pass walks the same view with an elementwise tiling of its own.
+        let tile = ReducePlan::elementwise(geo.weights)?;
+        let mut dx_params = col_params;
+        tile.fill(&mut dx_params);
         let bytes = row_plan.partial_bytes(geo.stat.channels).max(col_plan.partial_bytes(geo.weights.channels));
         let (rows, rows_dx, partials) = self.scratch(geo, bytes)?;
 
@@ -439,6 +441,7 @@ impl Core {
             let kernels = self.ctx.kernels();
             let row_buf = uniform(device, &row_params)?;
             let col_buf = uniform(device, &col_params)?;
+            let dx_buf = uniform(device, &dx_params)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("norm backward"),
                 timestamp_writes: None,
@@ -503,12 +506,12 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &merge, &group, (self.len.div_ceil(64).min(65535) as u32, 1));
-            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm, "backward_dx"))?;
+            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm, tile_entry(&tile, "dx")))?;
             let group = bind(
                 device,
                 &dx_kernel,
                 &[
-                    (0, col_buf.as_entire_binding()),
+                    (0, dx_buf.as_entire_binding()),
                     (2, self.weight.as_entire_binding()),
                     (7, rows_dx.as_entire_binding()),
                     (8, xw.resource()),
@@ -516,7 +519,7 @@ impl Core {
                     (11, dxw.resource()),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, Self::elementwise_workgroups(geo));
+            dispatch(&mut pass, &dx_kernel, &group, tile.grid);
             Ok(())
         })?;
         if source == Source::Running {
@@ -524,5 +527,15 @@ impl Core {
             *lock(&self.saved_for) = None;
         }
         Ok(())
+    }
+}
+
+/// row_norm.wgsl's entry for pass `op` (`apply` or `dx`) over `tile`.
+fn tile_entry(tile: &ReducePlan, op: &str) -> &'static str {
+    match (op, tile.shape == Shape::Planar) {
+        ("apply", true) => "apply_planar",
+        ("apply", false) => "apply_interleaved",
+        (_, true) => "dx_planar",
+        (_, false) => "dx_interleaved",
     }
 }

@@ -68,28 +68,16 @@ pub(crate) struct ReducePlan {
 
 impl ReducePlan {
     pub fn new(view: ChannelView) -> Result<ReducePlan> {
-        if view.inner >= WG {
-            let per = view.per_channel();
-            let wanted = TARGET_WORKGROUPS.div_ceil(view.channels);
-            let most = per.div_ceil(WG * MIN_PER_INVOCATION);
-            let slices = wanted.clamp(1, most.max(1)).min(MAX_GRID);
-            let slice_len = per.div_ceil(slices);
-            let slices = per.div_ceil(slice_len);
-            return Ok(ReducePlan {
-                shape: Shape::Planar,
-                slices: slices as u32,
-                slice_len: slice_len as u32,
-                width: 1,
-                tree: 0,
-                parts: slices as u32,
-                grid: (slices as u32, view.channels.min(MAX_GRID) as u32),
-                batch: 1,
-                batch_stride: 0,
-            });
+        // One contiguous row per channel (the family's rows) too short to give
+        // every invocation of a workgroup its share: several rows per workgroup.
+        let short_rows = view.outer == 1 && view.inner < WG * MIN_PER_INVOCATION;
+        if view.inner >= WG && !short_rows {
+            return Ok(Self::planar(view));
         }
         if view.outer == 1 {
-            // Short rows: about 4 values per lane, a power of two of lanes.
-            let lanes = view.inner.div_ceil(MIN_PER_INVOCATION).next_power_of_two().clamp(1, 64);
+            // Short rows: about MIN_PER_INVOCATION values per lane, a power of
+            // two of lanes, up to a whole workgroup per row.
+            let lanes = view.inner.div_ceil(MIN_PER_INVOCATION).next_power_of_two().clamp(1, WG);
             let blocks = view.channels.div_ceil(WG / lanes);
             let grid = (blocks.min(MAX_GRID), blocks.div_ceil(MAX_GRID));
             if grid.1 > MAX_GRID {
@@ -110,12 +98,33 @@ impl ReducePlan {
         Self::interleaved(view)
     }
 
+    /// Workgroup (slice, channel) over channels of long contiguous runs.
+    fn planar(view: ChannelView) -> ReducePlan {
+        let per = view.per_channel();
+        let wanted = TARGET_WORKGROUPS.div_ceil(view.channels);
+        let most = per.div_ceil(WG * MIN_PER_INVOCATION);
+        let slices = wanted.clamp(1, most.max(1)).min(MAX_GRID);
+        let slice_len = per.div_ceil(slices);
+        let slices = per.div_ceil(slice_len);
+        ReducePlan {
+            shape: Shape::Planar,
+            slices: slices as u32,
+            slice_len: slice_len as u32,
+            width: 1,
+            tree: 0,
+            parts: slices as u32,
+            grid: (slices as u32, view.channels.min(MAX_GRID) as u32),
+            batch: 1,
+            batch_stride: 0,
+        }
+    }
+
     /// The plan of an elementwise pass over `view`: the planar or
     /// interleaved tiling, so that every workgroup (planar) or invocation
     /// (interleaved) stays on one channel and looks its coefficients up once.
     pub fn elementwise(view: ChannelView) -> Result<ReducePlan> {
         if view.inner >= WG {
-            Self::new(view)
+            Ok(Self::planar(view))
         } else {
             Self::interleaved(view)
         }
