@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release --example residual_block`
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, LayerKind, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, DType, LayerKind, Layout, Tensor};
 
 /// A 1x1 convolution over NCHW is a matmul per image: y[n,o,p] = sum_k w[o,k] x[n,k,p] + b[o].
 /// `add_relu` is the folded block's tail: y = max(a + b, 0).
@@ -119,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (h1, a1, h2, out) = (t()?, t()?, t()?, t()?);
     let bn1 = BatchNorm::new(&ctx, BatchNormConfig::new(c))?;
     let bn2 = BatchNorm::new(&ctx, BatchNormConfig::new(c))?;
-    let xv = Tensor { buffer: xb.clone(), shape: shape.to_vec(), layout: Layout::Nchw };
+    let xv = Tensor { buffer: xb.clone(), shape: shape.to_vec(), layout: Layout::Nchw, dtype: DType::F32 };
 
     // Training forward: three steps so the running statistics move.
     for _ in 0..3 {
@@ -157,7 +157,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Inference, folded: each BatchNorm folded into its convolution on the GPU.
     let conv_shape = [c, c, 1, 1];
-    let wt = |b: &wgpu::Buffer| Tensor { buffer: b.clone(), shape: conv_shape.to_vec(), layout: Layout::Nchw };
+    let wt = |b: &wgpu::Buffer| Tensor {
+        buffer: b.clone(),
+        shape: conv_shape.to_vec(),
+        layout: Layout::Nchw,
+        dtype: DType::F32,
+    };
     let (f1w, f2w) = (Tensor::zeros(&ctx, &conv_shape, Layout::Nchw)?, Tensor::zeros(&ctx, &conv_shape, Layout::Nchw)?);
     let (f1b, f2b) = (Tensor::zeros(&ctx, &[c], Layout::Nchw)?, Tensor::zeros(&ctx, &[c], Layout::Nchw)?);
     let (relu_in, folded_out) = (t()?, t()?);

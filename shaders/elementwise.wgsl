@@ -2,7 +2,8 @@
 // lookups are per workgroup (planar) or per invocation (interleaved), never
 // per element: y = (x - mean) * scale + beta with the fused activation, and
 // dx = A * g + B * (x - mean) + C. Compiled twice, with a prelude that makes
-// V f32 or vec4<f32> (four values per load and store where alignment allows).
+// V f32 or vec4<f32> (four values per load and store where alignment allows),
+// and S, the type in memory: V, or vec4<f16> for half-precision tensors.
 //
 // The view in Params is in units of V. When V is vec4 over a channels-last
 // tensor (inner == 1, FLAG_LANES_ARE_CHANNELS), a V holds four channels and
@@ -17,15 +18,15 @@ const WG: u32 = 256u;
 @group(0) @binding(0) var<uniform> p: Params;
 // Per channel (mean, invstd, scale, beta).
 @group(0) @binding(7) var<storage, read> chan: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> x: array<V>;
-@group(0) @binding(9) var<storage, read_write> y: array<V>;
-@group(0) @binding(10) var<storage, read> dy: array<V>;
-@group(0) @binding(11) var<storage, read_write> dx: array<V>;
+@group(0) @binding(8) var<storage, read> x: array<S>;
+@group(0) @binding(9) var<storage, read_write> y: array<S>;
+@group(0) @binding(10) var<storage, read> dy: array<S>;
+@group(0) @binding(11) var<storage, read_write> dx: array<S>;
 // Per channel dx coefficients (A, B, mean, C).
 @group(0) @binding(12) var<storage, read> grad: array<vec4<f32>>;
 // MODE 2: the residual input and its gradient; other modes bind stand-ins.
-@group(0) @binding(15) var<storage, read> z: array<V>;
-@group(0) @binding(16) var<storage, read_write> dz: array<V>;
+@group(0) @binding(15) var<storage, read> z: array<S>;
+@group(0) @binding(16) var<storage, read_write> dz: array<S>;
 
 // One per-channel vec4 entry spread over the lanes of V.
 struct Coef {
@@ -57,7 +58,7 @@ fn grad_coef(c: u32) -> Coef {
 
 fn residual(e: u32) -> V {
     if (MODE == 2u) {
-        return z[p.z_off + e];
+        return V(z[p.z_off + e]);
     }
     return V(0.0);
 }
@@ -68,25 +69,25 @@ fn pre_activation(v: V, k: Coef, e: u32) -> V {
 }
 
 fn apply_at(e: u32, k: Coef) {
-    let pre = pre_activation(x[p.x_off + e], k, e);
+    let pre = pre_activation(V(x[p.x_off + e]), k, e);
     if (MODE == 0u) {
-        y[p.y_off + e] = pre;
+        y[p.y_off + e] = S(pre);
     } else {
         // ReLU that keeps NaN, as torch.relu does.
-        y[p.y_off + e] = select(pre, V(0.0), pre <= V(0.0));
+        y[p.y_off + e] = S(select(pre, V(0.0), pre <= V(0.0)));
     }
 }
 
 fn dx_at(e: u32, k: Coef, gk: Coef) {
-    let v = x[p.x_off + e];
-    var g = dy[p.dy_off + e];
+    let v = V(x[p.x_off + e]);
+    var g = V(dy[p.dy_off + e]);
     if (MODE != 0u) {
         g = select(V(0.0), g, pre_activation(v, k, e) > V(0.0));
         if (MODE == 2u) {
-            dz[p.dz_off + e] = g;
+            dz[p.dz_off + e] = S(g);
         }
     }
-    dx[p.dx_off + e] = gk.a * g + gk.b * (v - gk.c) + gk.d;
+    dx[p.dx_off + e] = S(gk.a * g + gk.b * (v - gk.c) + gk.d);
 }
 
 // Planar: workgroup (s, c) covers slice s of channel c, as reduce_planar.

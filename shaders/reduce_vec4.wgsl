@@ -9,17 +9,18 @@
 // FLAG_LANES_ARE_CHANNELS): each invocation writes four partials. Lanes of
 // one channel (inner % 4 == 0): the four streams are folded into one
 // partial with Chan's formula when it is written.
-// Needs common.wgsl in front of it.
+// Values sit in memory as S (vec4<f32>, or vec4<f16> for half precision);
+// every sum is f32. Needs common.wgsl and a prelude (alias S) in front of it.
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
+@group(0) @binding(2) var<storage, read> dy: array<S>;
 @group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> z: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> z: array<S>;
 
 // Per-lane accumulators: statistics (n, mean, M2) or sums (s1, s2, s3); `n`
 // is shared by the lanes (every row adds one value to each).
@@ -60,20 +61,20 @@ fn coef(c: u32) -> Coef {
 
 // The upstream gradient behind the fused ReLU's mask, as reduce.wgsl computes it.
 fn masked_gradient(idx: u32, v: vec4<f32>, k: Coef) -> vec4<f32> {
-    let g = dy[p.dy_off + idx];
+    let g = vec4<f32>(dy[p.dy_off + idx]);
     if (MODE < 4u) {
         return g;
     }
     var residual = vec4<f32>(0.0);
     if (MODE == 5u) {
-        residual = z[p.z_off + idx];
+        residual = vec4<f32>(z[p.z_off + idx]);
     }
     return select(vec4<f32>(0.0), g, fma(v - k.mean, k.scale, k.beta) + residual > vec4<f32>(0.0));
 }
 
 // Per-lane Welford or per-lane sums.
 fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
-    let v = x[p.x_off + idx];
+    let v = vec4<f32>(x[p.x_off + idx]);
     if (MODE != 0u) {
         let g = masked_gradient(idx, v, k);
         let d = v - k.mean;

@@ -15,7 +15,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode};
-use crate::tensor::{check_shape, TensorView};
+use crate::tensor::{check_shape, DType, TensorView};
 use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
@@ -457,6 +457,9 @@ impl BatchNorm {
     /// Checks x against the layer and returns its channel view.
     fn check_input(&self, x: &TensorView) -> Result<ChannelView> {
         self.ctx.check_alive()?;
+        if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
+        }
         check_shape(&x.shape, x.layout, self.config.num_features)
     }
 

@@ -52,4 +52,4 @@ pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfi
 pub use layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use layout::{ChannelView, Layout};
 pub use reference::Fused;
-pub use tensor::{Tensor, TensorView};
+pub use tensor::{DType, Tensor, TensorView};

@@ -5,8 +5,27 @@ use crate::context::Context;
 use crate::layout::{ChannelView, Layout};
 use crate::{Error, Result};
 
+/// The element type of a tensor in a buffer. Statistics are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DType {
+    #[default]
+    F32,
+    /// Half precision (IEEE binary16), on devices with `SHADER_F16`.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
 /// A tensor in a caller's `wgpu::Buffer`: `shape` (logical order N, C,
-/// spatial...) of `f32` values starting `offset` bytes into the buffer, in
+/// spatial...) of `dtype` values starting `offset` bytes into the buffer, in
 /// `layout`'s memory order. Ops never copy it through the host.
 #[derive(Clone, Debug)]
 pub struct TensorView<'a> {
@@ -14,17 +33,24 @@ pub struct TensorView<'a> {
     pub offset: u64,
     pub shape: Vec<usize>,
     pub layout: Layout,
+    pub dtype: DType,
 }
 
 impl<'a> TensorView<'a> {
     /// A channels-second view at offset 0.
     pub fn new(buffer: &'a wgpu::Buffer, shape: &[usize]) -> TensorView<'a> {
-        TensorView { buffer, offset: 0, shape: shape.to_vec(), layout: Layout::Nchw }
+        TensorView { buffer, offset: 0, shape: shape.to_vec(), layout: Layout::Nchw, dtype: DType::F32 }
     }
 
     /// The same view in another memory order.
     pub fn with_layout(mut self, layout: Layout) -> TensorView<'a> {
         self.layout = layout;
+        self
+    }
+
+    /// The same view over `dtype` elements.
+    pub fn with_dtype(mut self, dtype: DType) -> TensorView<'a> {
+        self.dtype = dtype;
         self
     }
 
@@ -47,8 +73,15 @@ impl<'a> TensorView<'a> {
     /// Checks that the buffer can hold this view and be bound as storage, and
     /// returns the window to bind: the view's range widened down to the
     /// device's offset alignment.
+    /// f32 views only: the ops that take f16 cut their views themselves.
     pub(crate) fn window(&self, name: &str, limits: &wgpu::Limits) -> Result<Window<'a>> {
-        window(self.buffer, self.offset, self.len(), name, limits)
+        if self.dtype != DType::F32 {
+            return Err(Error::Unsupported(format!(
+                "{name}: {:?} tensors are supported by BatchNorm only",
+                self.dtype
+            )));
+        }
+        window(self.buffer, self.offset, self.len(), 4, name, limits)
     }
 }
 
@@ -78,11 +111,12 @@ pub(crate) fn window<'a>(
     buffer: &'a wgpu::Buffer,
     offset: u64,
     len: usize,
+    esize: u64,
     name: &str,
     limits: &wgpu::Limits,
 ) -> Result<Window<'a>> {
-    check_range(buffer, offset, len, name)?;
-    let end = offset + len as u64 * 4;
+    check_range(buffer, offset, len, esize, name)?;
+    let end = offset + len as u64 * esize;
     let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
     let bind_offset = offset - offset % align;
     let bind_size = end - bind_offset;
@@ -92,19 +126,27 @@ pub(crate) fn window<'a>(
             "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
         )));
     }
-    Ok(Window { buffer, bind_offset, bind_size: bind_size.max(4), elem_offset: ((offset - bind_offset) / 4) as u32 })
+    if !bind_size.is_multiple_of(4) {
+        return Err(Error::Buffer(format!("{name}: {bind_size} bytes to bind, not a multiple of 4")));
+    }
+    Ok(Window {
+        buffer,
+        bind_offset,
+        bind_size: bind_size.max(4),
+        elem_offset: ((offset - bind_offset) / esize) as u32,
+    })
 }
 
-/// Checks that `buffer` can hold `len` f32 values at `offset` bytes and be
-/// bound as storage, whatever the binding limit.
-pub(crate) fn check_range(buffer: &wgpu::Buffer, offset: u64, len: usize, name: &str) -> Result<()> {
+/// Checks that `buffer` can hold `len` values of `esize` bytes at `offset`
+/// bytes and be bound as storage, whatever the binding limit.
+pub(crate) fn check_range(buffer: &wgpu::Buffer, offset: u64, len: usize, esize: u64, name: &str) -> Result<()> {
     if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::Buffer(format!("{name}: the buffer lacks STORAGE usage")));
     }
-    if !offset.is_multiple_of(4) {
-        return Err(Error::Buffer(format!("{name}: offset {offset} is not a multiple of 4 bytes")));
+    if !offset.is_multiple_of(esize) {
+        return Err(Error::Buffer(format!("{name}: offset {offset} is not a multiple of {esize} bytes")));
     }
-    let bytes = len as u64 * 4;
+    let bytes = len as u64 * esize;
     let end = offset.saturating_add(bytes);
     if end > buffer.size() {
         return Err(Error::Buffer(format!(
@@ -140,6 +182,7 @@ pub struct Tensor {
     pub buffer: wgpu::Buffer,
     pub shape: Vec<usize>,
     pub layout: Layout,
+    pub dtype: DType,
 }
 
 impl Tensor {
@@ -149,22 +192,69 @@ impl Tensor {
         if data.len() != len {
             return Err(Error::Shape(format!("{} values for shape {shape:?} ({len} elements)", data.len())));
         }
-        Ok(Tensor { buffer: ctx.upload("wgpu-norm tensor", data)?, shape: shape.to_vec(), layout })
+        Ok(Tensor { buffer: ctx.upload("wgpu-norm tensor", data)?, shape: shape.to_vec(), layout, dtype: DType::F32 })
     }
 
     /// A zero-filled tensor of `shape`.
     pub fn zeros(ctx: &Context, shape: &[usize], layout: Layout) -> Result<Tensor> {
         let len: usize = shape.iter().product();
-        Ok(Tensor { buffer: ctx.zeros("wgpu-norm tensor", len as u64 * 4)?, shape: shape.to_vec(), layout })
+        Ok(Tensor {
+            buffer: ctx.zeros("wgpu-norm tensor", len as u64 * 4)?,
+            shape: shape.to_vec(),
+            layout,
+            dtype: DType::F32,
+        })
     }
 
     /// A view of the whole tensor.
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { buffer: &self.buffer, offset: 0, shape: self.shape.clone(), layout: self.layout }
+        TensorView {
+            buffer: &self.buffer,
+            offset: 0,
+            shape: self.shape.clone(),
+            layout: self.layout,
+            dtype: self.dtype,
+        }
     }
 
-    /// Downloads the values (blocking).
+    /// Uploads `data` rounded to half precision (f16) as a tensor of `shape`.
+    pub fn from_slice_f16(ctx: &Context, data: &[f32], shape: &[usize], layout: Layout) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        if data.len() != len {
+            return Err(Error::Shape(format!("{} values for shape {shape:?} ({len} elements)", data.len())));
+        }
+        let mut halves: Vec<u16> = data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        if halves.len() % 2 == 1 {
+            halves.push(0); // buffers hold whole 4-byte words
+        }
+        Ok(Tensor {
+            buffer: ctx.upload("wgpu-norm f16 tensor", &halves)?,
+            shape: shape.to_vec(),
+            layout,
+            dtype: DType::F16,
+        })
+    }
+
+    /// A zero-filled f16 tensor of `shape`.
+    pub fn zeros_f16(ctx: &Context, shape: &[usize], layout: Layout) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        Ok(Tensor {
+            buffer: ctx.zeros("wgpu-norm f16 tensor", (len as u64 * 2).next_multiple_of(4))?,
+            shape: shape.to_vec(),
+            layout,
+            dtype: DType::F16,
+        })
+    }
+
+    /// Downloads the values as f32 (blocking), whatever the tensor's dtype.
     pub fn read(&self, ctx: &Context) -> Result<Vec<f32>> {
-        ctx.read(&self.buffer, 0, self.shape.iter().product())
+        let len: usize = self.shape.iter().product();
+        match self.dtype {
+            DType::F32 => ctx.read(&self.buffer, 0, len),
+            DType::F16 => {
+                let words: Vec<u16> = ctx.read(&self.buffer, 0, len.next_multiple_of(2))?;
+                Ok(words[..len].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect())
+            }
+        }
     }
 }

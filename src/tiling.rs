@@ -5,7 +5,7 @@
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
-use crate::tensor::{check_range, window, TensorView, Window};
+use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
 /// How BatchNorm's reduction and elementwise pass cut a tensor: the view in
@@ -15,6 +15,8 @@ use crate::{Error, Result};
 /// so the merge sees the same partials whichever value type reduced them.
 pub(crate) struct Tiling {
     pub vec4: bool,
+    /// Tensors hold f16 (vec4 tilings only); statistics stay f32.
+    pub f16: bool,
     pub lanes_are_channels: bool,
     pub view: ChannelView,
     pub plan: ReducePlan,
@@ -22,7 +24,7 @@ pub(crate) struct Tiling {
 
 impl Tiling {
     /// `offsets` are the element offsets of every view the pass binds.
-    pub fn new(view: ChannelView, offsets: &[u32]) -> Result<Tiling> {
+    pub fn new(view: ChannelView, offsets: &[u32], f16: bool) -> Result<Tiling> {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
         let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
             (true, false, ChannelView { inner: view.inner / 4, ..view })
@@ -31,7 +33,14 @@ impl Tiling {
         } else {
             (false, false, view)
         };
-        Ok(Tiling { vec4, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
+        if f16 && !vec4 {
+            return Err(Error::Unsupported(
+                "f16 tensors need runs of four values in one channel (inner % 4 == 0) or channels-last \
+                 with channels % 4 == 0, at offsets that are multiples of 8 bytes"
+                    .into(),
+            ));
+        }
+        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
     }
 
     /// `base` (the op's scalar parameters) rewritten for this pass.
@@ -65,7 +74,7 @@ impl Tiling {
             (_, true) => "dx_planar",
             (_, false) => "dx_interleaved",
         };
-        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4 }, entry, mode)
+        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4, f16: self.f16 }, entry, mode)
     }
 
     /// The bind group of this tiling's reduction pipeline (from
@@ -88,8 +97,8 @@ impl Tiling {
     pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
         let planar = self.plan.shape == Shape::Planar;
         let (shader, entry) = match (self.vec4, planar) {
-            (true, true) => (Shader::ReduceVec4, "reduce4_planar"),
-            (true, false) => (Shader::ReduceVec4, "reduce4_interleaved"),
+            (true, true) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar"),
+            (true, false) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved"),
             (false, true) => (Shader::Reduce, "reduce_planar"),
             (false, false) => (Shader::Reduce, "reduce_interleaved"),
         };
@@ -143,14 +152,19 @@ impl<'a> Chunks<'a> {
         base: &ChannelParams,
         limits: &wgpu::Limits,
     ) -> Result<Chunks<'a>> {
+        let dtype = tensors[X].map_or(DType::F32, |x| x.dtype);
         for (role, t) in tensors.iter().enumerate() {
             if let Some(t) = t {
-                check_range(t.buffer, t.offset, t.len(), NAMES[role])?;
+                if t.dtype != dtype {
+                    return Err(Error::Parameter(format!("{} is {:?}, x is {dtype:?}", NAMES[role], t.dtype)));
+                }
+                check_range(t.buffer, t.offset, t.len(), dtype.size(), NAMES[role])?;
             }
         }
+        let esize = dtype.size();
         let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
         let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align);
-        let max_elems = (max_bytes / 4) as usize;
+        let max_elems = (max_bytes / esize) as usize;
         let row = view.channels * view.inner;
         // (first element, chunk view, first channel, index among the chunks covering a channel)
         let mut pieces: Vec<(usize, ChannelView, usize, usize)> = Vec::new();
@@ -186,12 +200,13 @@ impl<'a> Chunks<'a> {
             let mut offsets = Vec::new();
             for (role, t) in tensors.iter().enumerate() {
                 if let Some(t) = t {
-                    let w = window(t.buffer, t.offset + start as u64 * 4, piece.len(), NAMES[role], limits)?;
+                    let offset = t.offset + start as u64 * esize;
+                    let w = window(t.buffer, offset, piece.len(), esize, NAMES[role], limits)?;
                     offsets.push(w.elem_offset);
                     windows[role] = Some(w);
                 }
             }
-            let tiling = Tiling::new(piece, &offsets)?;
+            let tiling = Tiling::new(piece, &offsets, dtype == DType::F16)?;
             let mut params = *base;
             let elem = |role: usize| windows[role].as_ref().map_or(0, |w: &Window| w.elem_offset);
             params.x_off = elem(X);
