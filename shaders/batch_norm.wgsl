@@ -25,6 +25,8 @@
 // New running statistics waiting for commit_running: mean[C], var[C], and
 // per channel 1.0 when both are finite.
 @group(0) @binding(17) var<storage, read_write> pending: array<f32>;
+// A channel's merged partials, for SyncBatchNorm to exchange between ranks.
+@group(0) @binding(18) var<storage, read_write> local_out: array<vec4<f32>>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
@@ -77,6 +79,35 @@ fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
         pending[p.channels + c] = (1.0 - f) * running_var[c] + f * var_unbiased;
         pending[2u * p.channels + c] = select(0.0, 1.0, finite);
     }
+}
+
+// SyncBatchNorm's first half: channel c's partial statistics merged into
+// one (count, mean, M2, 0), without normalizing anything.
+@compute @workgroup_size(64)
+fn gather_stats(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if (c >= p.channels) {
+        return;
+    }
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < p.parts; k++) {
+        acc = chan_merge(acc, partials[c * p.parts + k]);
+    }
+    local_out[c] = acc;
+}
+
+// The same for the backward's sums (sum dy, sum dy * (x - mean), sum (x - mean)).
+@compute @workgroup_size(64)
+fn gather_sums(@builtin(global_invocation_id) id: vec3<u32>) {
+    let c = id.x;
+    if (c >= p.channels) {
+        return;
+    }
+    var sums = vec4<f32>(0.0);
+    for (var k = 0u; k < p.parts; k++) {
+        sums += partials[c * p.parts + k];
+    }
+    local_out[c] = sums;
 }
 
 var<workgroup> all_finite: atomic<u32>;

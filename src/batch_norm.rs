@@ -6,7 +6,7 @@
 //! partial statistics (reduce.wgsl), a per-channel merge (batch_norm.wgsl),
 //! then one elementwise pass. Nothing comes back to the host.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
 use crate::kernels::{
@@ -16,7 +16,7 @@ use crate::kernels::{
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode};
 use crate::tensor::{check_shape, DType, TensorView};
-use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
+use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
 
@@ -152,11 +152,28 @@ pub struct BatchNorm {
     saved_for: Mutex<Option<(Vec<usize>, Layout)>>,
     /// Stand-in for output bindings a kernel variant never writes.
     unused: wgpu::Buffer,
+    /// The last local partial statistics (count, mean, M2, 0) per channel,
+    /// and the last local gradient sums, for SyncBatchNorm's exchange.
+    local_stats: wgpu::Buffer,
+    local_sums: wgpu::Buffer,
+}
+
+/// Where a batch-statistics op takes its per-channel values from: its own
+/// reduction over x, or values given on the GPU (SyncBatchNorm: merged over
+/// every rank), one vec4 per channel in the layout the reduction merges.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'b> {
+    Reduce,
+    /// `count` is the number of values per channel the given values span.
+    Given {
+        values: &'b wgpu::Buffer,
+        count: f32,
+    },
 }
 
 /// Which statistics an op normalizes with.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Stats {
+pub(crate) enum Stats {
     /// Of this batch (training, or eval without running statistics).
     Batch { update_running: bool },
     /// The running statistics (eval).
@@ -185,6 +202,8 @@ impl BatchNorm {
             partials: Mutex::new(None),
             saved_for: Mutex::new(None),
             unused: ctx.zeros("bn unused binding", 16)?,
+            local_stats: ctx.zeros("bn local partial statistics", vec4)?,
+            local_sums: ctx.zeros("bn local gradient sums", vec4)?,
             ctx: ctx.clone(),
             config,
         };
@@ -304,7 +323,7 @@ impl BatchNorm {
         y: &TensorView,
         training: bool,
     ) -> Result<()> {
-        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::None)
+        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::None, Source::Reduce)
     }
 
     /// Training forward: normalizes with this batch's statistics, saves them
@@ -328,7 +347,7 @@ impl BatchNorm {
         y: &TensorView,
         training: bool,
     ) -> Result<()> {
-        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::Relu)
+        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::Relu, Source::Reduce)
     }
 
     /// `y = relu(bn(x) + z)` in one pass (a residual block's tail), training
@@ -341,7 +360,8 @@ impl BatchNorm {
         y: &TensorView,
         training: bool,
     ) -> Result<()> {
-        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::AddRelu { z, dz: None })
+        let epilogue = Epilogue::AddRelu { z, dz: None };
+        self.record_forward(encoder, x, y, self.stats_for(training, true), epilogue, Source::Reduce)
     }
 
     /// Backward of [`Self::forward`] in the same mode: dx into `dx`, dweight
@@ -359,7 +379,7 @@ impl BatchNorm {
         dx: &TensorView,
         training: bool,
     ) -> Result<()> {
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::None)
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::None, Source::Reduce)
     }
 
     /// Training backward; see [`Self::backward`].
@@ -394,7 +414,7 @@ impl BatchNorm {
         dx: &TensorView,
         training: bool,
     ) -> Result<()> {
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::Relu)
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::Relu, Source::Reduce)
     }
 
     /// Backward of [`Self::forward_add_relu`]: dx, dweight, dbias, and `dz`,
@@ -411,7 +431,7 @@ impl BatchNorm {
         training: bool,
     ) -> Result<()> {
         let epilogue = Epilogue::AddRelu { z, dz: Some(dz) };
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), epilogue)
+        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), epilogue, Source::Reduce)
     }
 
     /// Blocking [`Self::forward`]: records, submits and waits. With
@@ -434,7 +454,7 @@ impl BatchNorm {
 
     /// Which statistics a forward (`forward = true`) or backward in `training`
     /// mode normalizes with.
-    fn stats_for(&self, training: bool, forward: bool) -> Stats {
+    pub(crate) fn stats_for(&self, training: bool, forward: bool) -> Stats {
         if training || !self.config.track_running_stats {
             Stats::Batch { update_running: forward && training && self.config.track_running_stats }
         } else {
@@ -454,11 +474,19 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// Checks x against the layer and returns its channel view.
-    fn check_input(&self, x: &TensorView) -> Result<ChannelView> {
+    /// Checks x against the layer and returns its channel view. An empty x
+    /// (a zero-sized dimension) passes only where `allow_empty`: a
+    /// SyncBatchNorm rank with no samples still takes part.
+    fn check_input(&self, x: &TensorView, allow_empty: bool) -> Result<ChannelView> {
         self.ctx.check_alive()?;
         if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
             return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
+        }
+        if allow_empty && x.shape.contains(&0) {
+            let mut probe = x.shape.clone();
+            probe.iter_mut().for_each(|d| *d = (*d).max(1));
+            check_shape(&probe, x.layout, self.config.num_features)?;
+            return Ok(ChannelView::of(&x.shape, x.layout));
         }
         check_shape(&x.shape, x.layout, self.config.num_features)
     }
@@ -504,15 +532,19 @@ impl BatchNorm {
         (self.config.num_features.div_ceil(64) as u32, 1)
     }
 
-    fn record_forward(
+    /// Records a forward: statistics from `source` (batch) or the running
+    /// ones, then the elementwise pass. With given statistics x may be empty.
+    pub(crate) fn record_forward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         x: &TensorView,
         y: &TensorView,
         stats: Stats,
         epilogue: Epilogue,
+        source: Source,
     ) -> Result<()> {
-        let view = self.check_input(x)?;
+        let given = matches!(source, Source::Given { .. });
+        let view = self.check_input(x, given)?;
         self.check_like(x, y, "y")?;
         if let Some(z) = epilogue.z() {
             self.check_like(x, z, "z")?;
@@ -521,7 +553,7 @@ impl BatchNorm {
             [Some(x.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
         check_distinct(&[("y", y.buffer)], &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
-        if batch && view.per_channel() < 2 {
+        if batch && !given && view.per_channel() < 2 {
             return Err(Error::OneValuePerChannel(x.shape.clone()));
         }
         let mut params = self.channel_params(view);
@@ -536,10 +568,18 @@ impl BatchNorm {
         tensors[X] = Some(x);
         tensors[Y] = Some(y);
         tensors[Z] = epilogue.z();
-        let cut = Chunks::new(view, tensors, &params, &self.ctx.device().limits())?;
-        params.parts = cut.parts;
-        let partials =
-            if batch { Some(self.partials(u64::from(params.parts) * view.channels as u64 * 16)?) } else { None };
+        let cut = self.cut(view, tensors, &params)?;
+        let partials = match source {
+            _ if !batch => None,
+            Source::Given { values, .. } => {
+                params.parts = 1;
+                Some(values.clone())
+            }
+            Source::Reduce => {
+                params.parts = cut.parts;
+                Some(self.partials(u64::from(params.parts) * view.channels as u64 * 16)?)
+            }
+        };
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -547,24 +587,13 @@ impl BatchNorm {
             let params_buf = uniform(device, &params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
             // Per chunk: one uniform and bind group per pass, created before the pass begins.
-            let mut reduces = Vec::new();
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = match (&partials, given) {
+                (Some(partials), false) => self.reduce_groups(&cut, &uniforms, ReduceMode::Stats, chan, partials)?,
+                _ => Vec::new(),
+            };
             let mut applies = Vec::new();
-            for chunk in &cut.chunks {
-                let chunk_params = uniform(device, &chunk.params)?;
-                if let Some(partials) = &partials {
-                    let reduce = kernels.get(chunk.tiling.reduce_kernel(ReduceMode::Stats))?;
-                    let bindings = ReduceBindings {
-                        params: chunk_params.as_entire_binding(),
-                        x: chunk.resource(X),
-                        dy: chunk.resource(X),
-                        chan: self.saved.as_entire_binding(),
-                        partials: partials.as_entire_binding(),
-                        z: None,
-                        weight: None,
-                    };
-                    let group = chunk.tiling.reduce_group(device, &reduce, bindings);
-                    reduces.push((chunk, reduce, group));
-                }
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&uniforms) {
                 let apply = kernels.get(chunk.tiling.kernel("apply", epilogue.apply_mode()))?;
                 let group = bind(
                     device,
@@ -579,7 +608,7 @@ impl BatchNorm {
                 );
                 applies.push((chunk, apply, group));
             }
-            if let (Some(partials), true) = (&partials, cut.needs_clear) {
+            if let (Some(partials), true, false) = (&partials, cut.needs_clear, given) {
                 encoder.clear_buffer(partials, 0, None);
             }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -636,6 +665,144 @@ impl BatchNorm {
         Ok(())
     }
 
+    /// Chunks of `view` for one binding each; none when the view is empty.
+    fn cut<'a>(
+        &self,
+        view: ChannelView,
+        tensors: [Option<&TensorView<'a>>; 6],
+        params: &ChannelParams,
+    ) -> Result<Chunks<'a>> {
+        if view.is_empty() {
+            return Ok(Chunks { chunks: Vec::new(), parts: 1, needs_clear: false });
+        }
+        Chunks::new(view, tensors, params, &self.ctx.device().limits())
+    }
+
+    /// One reduction pipeline and bind group per chunk, writing `mode`'s
+    /// partials of every channel into `partials`.
+    fn reduce_groups<'c>(
+        &self,
+        cut: &'c Chunks,
+        uniforms: &[wgpu::Buffer],
+        mode: ReduceMode,
+        chan: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> Result<Vec<(&'c Chunk<'c>, Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>> {
+        let device = self.ctx.device();
+        let mut groups = Vec::with_capacity(cut.chunks.len());
+        for (chunk, chunk_params) in cut.chunks.iter().zip(uniforms) {
+            let reduce = self.ctx.kernels().get(chunk.tiling.reduce_kernel(mode))?;
+            let bindings = ReduceBindings {
+                params: chunk_params.as_entire_binding(),
+                x: chunk.resource(X),
+                dy: chunk.resource(if mode == ReduceMode::Stats { X } else { DY }),
+                chan: chan.as_entire_binding(),
+                partials: partials.as_entire_binding(),
+                z: if mode == ReduceMode::Stats { None } else { Some(chunk.resource(Z)) },
+                weight: None,
+            };
+            let group = chunk.tiling.reduce_group(device, &reduce, bindings);
+            groups.push((chunk, reduce, group));
+        }
+        Ok(groups)
+    }
+
+    /// Records SyncBatchNorm's first half: this layer's local partial
+    /// statistics of x (`dy` None) or gradient sums of (x, dy) in `training`
+    /// or eval mode, merged per channel into `local_stats` / `local_sums`.
+    pub(crate) fn record_local(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: Option<&TensorView>,
+        training: bool,
+    ) -> Result<()> {
+        let view = self.check_input(x, true)?;
+        let stats = self.stats_for(training, dy.is_none());
+        let batch = matches!(stats, Stats::Batch { .. });
+        let mode = if dy.is_some() { ReduceMode::GradSums } else { ReduceMode::Stats };
+        if let Some(dy) = dy {
+            self.check_like(x, dy, "dy")?;
+            if batch {
+                self.check_saved_for(x)?;
+            }
+        } else if !batch {
+            return Err(Error::Parameter(
+                "an eval forward with running statistics normalizes with those; it has no batch statistics to share"
+                    .into(),
+            ));
+        }
+        let out = if dy.is_some() { &self.local_sums } else { &self.local_stats };
+        let mut params = self.channel_params(view);
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[DY] = dy;
+        let cut = self.cut(view, tensors, &params)?;
+        if cut.chunks.is_empty() {
+            // An empty slice: count 0 and zero sums, which merge as nothing.
+            encoder.clear_buffer(out, 0, None);
+            return Ok(());
+        }
+        params.parts = cut.parts;
+        let partials = self.partials(u64::from(params.parts) * view.channels as u64 * 16)?;
+        let chan = if batch { &self.saved } else { &self.eval_chan };
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let params_buf = uniform(device, &params)?;
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = self.reduce_groups(&cut, &uniforms, mode, chan, &partials)?;
+            let entry = if dy.is_some() { "gather_sums" } else { "gather_stats" };
+            let gather = kernels.get(KernelKey::new(Shader::BatchNorm, entry))?;
+            let group = bind(
+                device,
+                &gather,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (18, out.as_entire_binding()),
+                ],
+            );
+            if cut.needs_clear {
+                encoder.clear_buffer(&partials, 0, None);
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch_norm local partials"),
+                timestamp_writes: None,
+            });
+            if dy.is_some() && !batch {
+                self.record_prepare_eval(&mut pass, &params_buf)?;
+            }
+            for (chunk, reduce, group) in &reduces {
+                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+            }
+            dispatch(&mut pass, &gather, &group, self.per_channel_workgroups());
+            Ok(())
+        })
+    }
+
+    /// The buffer `record_local` wrote: statistics, or gradient sums.
+    pub(crate) fn local_values(&self, sums: bool) -> &wgpu::Buffer {
+        if sums {
+            &self.local_sums
+        } else {
+            &self.local_stats
+        }
+    }
+
+    /// `Err` unless the saved statistics are those of a forward on x's shape.
+    fn check_saved_for(&self, x: &TensorView) -> Result<()> {
+        let saved = lock(&self.saved_for).clone();
+        if saved.as_ref() != Some(&(x.shape.clone(), x.layout)) {
+            return Err(Error::Parameter(format!(
+                "training backward needs the statistics of a training forward on the same input; \
+                 the last one saw {saved:?}, x is {:?} {:?}",
+                x.shape, x.layout
+            )));
+        }
+        Ok(())
+    }
+
     /// Eval coefficients from the running statistics into `eval_chan`.
     pub(crate) fn record_prepare_eval(&self, pass: &mut wgpu::ComputePass<'_>, params: &wgpu::Buffer) -> Result<()> {
         let device = self.ctx.device();
@@ -656,7 +823,11 @@ impl BatchNorm {
         Ok(())
     }
 
-    fn record_backward(
+    /// Records a backward: gradient sums from `source`, their merge into
+    /// dweight, dbias and the dx coefficients, then the dx pass. With given
+    /// sums x may be empty.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         x: &TensorView,
@@ -664,8 +835,10 @@ impl BatchNorm {
         dx: &TensorView,
         stats: Stats,
         epilogue: Epilogue,
+        source: Source,
     ) -> Result<()> {
-        let view = self.check_input(x)?;
+        let given = matches!(source, Source::Given { .. });
+        let view = self.check_input(x, given)?;
         self.check_like(x, dy, "dy")?;
         self.check_like(x, dx, "dx")?;
         let dz = match epilogue {
@@ -686,17 +859,10 @@ impl BatchNorm {
         check_distinct(&outputs, &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
         if batch {
-            if view.per_channel() < 2 {
+            if !given && view.per_channel() < 2 {
                 return Err(Error::OneValuePerChannel(x.shape.clone()));
             }
-            let saved = lock(&self.saved_for).clone();
-            if saved.as_ref() != Some(&(x.shape.clone(), x.layout)) {
-                return Err(Error::Parameter(format!(
-                    "training backward needs the statistics of a training forward on the same input; \
-                     the last one saw {saved:?}, x is {:?} {:?}",
-                    x.shape, x.layout
-                )));
-            }
+            self.check_saved_for(x)?;
         }
         let mut params = self.channel_params(view);
         if batch {
@@ -708,31 +874,32 @@ impl BatchNorm {
         tensors[DX] = Some(dx);
         tensors[Z] = epilogue.z();
         tensors[DZ] = dz;
-        let cut = Chunks::new(view, tensors, &params, &self.ctx.device().limits())?;
-        params.parts = cut.parts;
-        let partials = self.partials(u64::from(params.parts) * view.channels as u64 * 16)?;
+        let cut = self.cut(view, tensors, &params)?;
+        let partials = match source {
+            Source::Given { values, count } => {
+                params.parts = 1;
+                params.count = count;
+                values.clone()
+            }
+            Source::Reduce => {
+                params.parts = cut.parts;
+                self.partials(u64::from(params.parts) * view.channels as u64 * 16)?
+            }
+        };
         let chan = if batch { &self.saved } else { &self.eval_chan };
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
             let params_buf = uniform(device, &params)?;
-            let mut reduces = Vec::new();
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = if given {
+                Vec::new()
+            } else {
+                self.reduce_groups(&cut, &uniforms, epilogue.grad_mode(), chan, &partials)?
+            };
             let mut dxs = Vec::new();
-            for chunk in &cut.chunks {
-                let chunk_params = uniform(device, &chunk.params)?;
-                let reduce = kernels.get(chunk.tiling.reduce_kernel(epilogue.grad_mode()))?;
-                let bindings = ReduceBindings {
-                    params: chunk_params.as_entire_binding(),
-                    x: chunk.resource(X),
-                    dy: chunk.resource(DY),
-                    chan: chan.as_entire_binding(),
-                    partials: partials.as_entire_binding(),
-                    z: Some(chunk.resource(Z)),
-                    weight: None,
-                };
-                let group = chunk.tiling.reduce_group(device, &reduce, bindings);
-                reduces.push((chunk, reduce, group));
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&uniforms) {
                 let dx_kernel = kernels.get(chunk.tiling.kernel("dx", epilogue.apply_mode()))?;
                 let dz_resource = match &chunk.windows[DZ] {
                     Some(w) => w.resource(),
@@ -754,7 +921,7 @@ impl BatchNorm {
                 );
                 dxs.push((chunk, dx_kernel, group));
             }
-            if cut.needs_clear {
+            if cut.needs_clear && !given {
                 encoder.clear_buffer(&partials, 0, None);
             }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -790,9 +957,14 @@ impl BatchNorm {
     }
 }
 
+/// One uniform of kernel parameters per chunk, shared by its passes.
+fn chunk_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
+    cut.chunks.iter().map(|chunk| uniform(device, &chunk.params)).collect()
+}
+
 /// What follows the normalization in the same pass.
 #[derive(Clone, Copy)]
-enum Epilogue<'v, 'a> {
+pub(crate) enum Epilogue<'v, 'a> {
     None,
     Relu,
     /// `relu(bn(x) + z)`; `dz` is the residual's gradient (backward only).

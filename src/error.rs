@@ -67,6 +67,11 @@ pub enum Error {
     #[error("state: {0}")]
     State(String),
 
+    /// A SyncBatchNorm exchange failed: a rank left the group, or ranks sent
+    /// values of different lengths.
+    #[error("exchange between ranks failed: {0}")]
+    Exchange(String),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

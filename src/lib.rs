@@ -6,6 +6,8 @@
 //!   into the preceding layer ([`fold`]), `state_dict` interop.
 //! - [`LayerNorm`], [`RmsNorm`], [`GroupNorm`], [`InstanceNorm`]: the family,
 //!   on the same reduction kernels.
+//! - [`SyncBatchNorm`]: BatchNorm over a batch split across devices
+//!   ([`LocalExchange`]) or MPI processes (`MpiExchange`, feature `mpi`).
 //! - [`reference`](mod@reference): every op in f64 on the host, the oracle of the tests;
 //!   [`golden`] and [`check`]: PyTorch's reference cases; [`bench`](mod@bench): the
 //!   benchmark behind `wgpu-norm bench`.
@@ -30,6 +32,7 @@ pub mod bench;
 pub mod check;
 pub mod context;
 pub mod error;
+pub mod exchange;
 mod family;
 pub mod fold;
 pub mod golden;
@@ -37,9 +40,13 @@ pub mod group_norm;
 mod kernels;
 pub mod layer_norm;
 pub mod layout;
+#[cfg(feature = "mpi")]
+mod mpi_exchange;
+pub mod partial_stats;
 mod reduce;
 pub mod reference;
 mod state;
+pub mod sync_batch_norm;
 pub mod tensor;
 mod tiling;
 mod validate;
@@ -47,9 +54,14 @@ mod validate;
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 pub use context::Context;
 pub use error::{Error, Result};
+pub use exchange::{Exchange, LocalExchange};
 pub use fold::{fold_host, LayerKind};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState};
 pub use layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use layout::{ChannelView, Layout};
+#[cfg(feature = "mpi")]
+pub use mpi_exchange::MpiExchange;
+pub use partial_stats::{GradSums, PartialStats};
 pub use reference::Fused;
+pub use sync_batch_norm::SyncBatchNorm;
 pub use tensor::{DType, Tensor, TensorView};

@@ -1,0 +1,223 @@
+//! SyncBatchNorm: BatchNorm over a batch split across devices or processes,
+//! normalizing with the statistics of the whole (global) batch, as PyTorch's
+//! `torch.nn.SyncBatchNorm`.
+//!
+//! A training step splits where the statistics are complete:
+//! 1. each rank reduces its slice to per-channel [`PartialStats`]
+//!    ([`BatchNorm::partial_stats`]);
+//! 2. the ranks exchange them ([`Exchange::all_gather`]) and every rank
+//!    merges all of them in rank order, so all hold the same global statistics;
+//! 3. each rank normalizes its slice with them and updates its running
+//!    statistics from them ([`BatchNorm::forward_with_stats`]), identically
+//!    on every rank.
+//!
+//! The backward does the same with [`GradSums`] and an all-reduce. The
+//! exchanged values are `3 * channels` f64 per rank forward and
+//! `1 + 3 * channels` backward, through the host.
+
+use crate::batch_norm::{BatchNorm, Epilogue, Source, Stats};
+use crate::context::Context;
+use crate::exchange::Exchange;
+use crate::partial_stats::{GradSums, PartialStats};
+use crate::tensor::TensorView;
+use crate::{BatchNormConfig, Error, Result};
+
+impl BatchNorm {
+    /// SyncBatchNorm's first forward half: the per-channel statistics of this
+    /// rank's slice x, which may be empty (a zero-sized dimension: count 0).
+    /// Blocking: records, submits and reads back `channels * 16` bytes.
+    pub fn partial_stats(&self, x: &TensorView) -> Result<PartialStats> {
+        self.context().run(|e| self.record_local(e, x, None, true))?;
+        let values: Vec<[f32; 4]> = self.context().read(self.local_values(false), 0, self.config().num_features)?;
+        Ok(PartialStats::from_gpu(&values, per_channel(x)))
+    }
+
+    /// SyncBatchNorm's second forward half: normalizes x with `stats` (the
+    /// merged statistics of the global batch) into y, saves them for the
+    /// backward and, in training mode with tracking, updates the running
+    /// statistics from them (unbiased variance over the global count). x may
+    /// be empty; the running statistics still update.
+    ///
+    /// `Err(Parameter)` in eval mode with running statistics, which
+    /// normalizes with those, or when the global batch has fewer than two
+    /// values per channel.
+    pub fn forward_with_stats(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        y: &TensorView,
+        stats: &PartialStats,
+        training: bool,
+    ) -> Result<()> {
+        let mode = self.stats_for(training, true);
+        if mode == Stats::Running {
+            return Err(Error::Parameter(
+                "an eval forward with running statistics normalizes with those, not with given ones".into(),
+            ));
+        }
+        let channels = self.config().num_features;
+        if stats.channels() != channels || stats.mean.len() != channels || stats.m2.len() != channels {
+            return Err(Error::Shape(format!("statistics of {} channels for a layer of {channels}", stats.channels())));
+        }
+        check_global_count(stats.count.iter().copied().fold(f64::INFINITY, f64::min))?;
+        let values = self.context().upload("bn given statistics", &stats.to_gpu())?;
+        let count = stats.count[0] as f32;
+        self.record_forward(encoder, x, y, mode, Epilogue::None, Source::Given { values: &values, count })
+    }
+
+    /// SyncBatchNorm's first backward half: this rank's gradient sums for
+    /// (x, dy), with the statistics saved by the last batch-statistics
+    /// forward (training) or the running ones (eval). Blocking.
+    pub fn grad_sums(&self, x: &TensorView, dy: &TensorView, training: bool) -> Result<GradSums> {
+        self.context().run(|e| self.record_local(e, x, Some(dy), training))?;
+        let values: Vec<[f32; 4]> = self.context().read(self.local_values(true), 0, self.config().num_features)?;
+        Ok(GradSums::from_gpu(&values, per_channel(x)))
+    }
+
+    /// SyncBatchNorm's second backward half: dx of this rank's slice from
+    /// `sums` (summed over every rank), and dweight and dbias of the global
+    /// batch (the same on every rank: they need no further all-reduce).
+    pub fn backward_with_sums(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        sums: &GradSums,
+        training: bool,
+    ) -> Result<()> {
+        let channels = self.config().num_features;
+        if sums.channels() != channels {
+            return Err(Error::Shape(format!(
+                "gradient sums of {} channels for a layer of {channels}",
+                sums.channels()
+            )));
+        }
+        let mode = self.stats_for(training, false);
+        if mode != Stats::Running {
+            check_global_count(sums.count)?;
+        }
+        let values = self.context().upload("bn given gradient sums", &sums.to_gpu()?)?;
+        let source = Source::Given { values: &values, count: sums.count as f32 };
+        self.record_backward(encoder, x, dy, dx, mode, Epilogue::None, source)
+    }
+}
+
+/// Values per channel in x (0 when x is empty).
+fn per_channel(x: &TensorView) -> f64 {
+    let len: usize = x.shape.iter().product();
+    if x.shape.len() < 2 || x.shape[1] == 0 {
+        return 0.0;
+    }
+    (len / x.shape[1]) as f64
+}
+
+/// Batch statistics need more than one value per channel over the global
+/// batch (PyTorch's rule, applied to the whole batch, not one rank's slice).
+fn check_global_count(count: f64) -> Result<()> {
+    if count.is_nan() || count < 2.0 {
+        return Err(Error::Parameter(format!(
+            "expected more than 1 value per channel over the global batch when training, got {count}"
+        )));
+    }
+    Ok(())
+}
+
+/// A BatchNorm layer whose batch statistics span every rank of an
+/// [`Exchange`] group: each rank holds one, with the same config and state,
+/// and calls the same ops in the same order on its slice of the batch.
+///
+/// The ops are blocking (each waits for its exchange). Eval mode with running
+/// statistics needs no exchange and runs locally. dweight and dbias are
+/// those of the global batch on every rank.
+///
+/// ```no_run
+/// use wgpu_norm::{BatchNormConfig, Context, LocalExchange, SyncBatchNorm};
+/// // One thread per device, each with its own handle of the group.
+/// let contexts = [Context::new()?, Context::new()?];
+/// std::thread::scope(|s| {
+///     for (ctx, exchange) in contexts.iter().zip(LocalExchange::group(2)) {
+///         s.spawn(move || -> wgpu_norm::Result<()> {
+///             let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(64), exchange)?;
+///             // bn.forward_train(&x.view(), &y.view())? on this rank's slice...
+///             Ok(())
+///         });
+///     }
+/// });
+/// # Ok::<(), wgpu_norm::Error>(())
+/// ```
+pub struct SyncBatchNorm<E: Exchange> {
+    layer: BatchNorm,
+    exchange: E,
+}
+
+impl<E: Exchange> SyncBatchNorm<E> {
+    /// A layer in PyTorch's initial state on `ctx`, synced through `exchange`.
+    pub fn new(ctx: &Context, config: BatchNormConfig, exchange: E) -> Result<SyncBatchNorm<E>> {
+        Ok(SyncBatchNorm { layer: BatchNorm::new(ctx, config)?, exchange })
+    }
+
+    /// Syncs an existing layer (its state is kept: give every rank the same).
+    pub fn from_layer(layer: BatchNorm, exchange: E) -> SyncBatchNorm<E> {
+        SyncBatchNorm { layer, exchange }
+    }
+
+    /// The local layer: its buffers, state and gradients.
+    pub fn layer(&self) -> &BatchNorm {
+        &self.layer
+    }
+
+    pub fn exchange(&self) -> &E {
+        &self.exchange
+    }
+
+    /// Forward over this rank's slice x (possibly empty) in training or eval
+    /// mode, with global batch statistics where the mode uses batch
+    /// statistics. With `check_finite`, a rejected batch is
+    /// `Err(NonFinite)` on every rank.
+    pub fn forward(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
+        if self.layer.stats_for(training, true) == Stats::Running {
+            return self.layer.forward_sync(x, y, false);
+        }
+        let local = self.layer.partial_stats(x)?;
+        let channels = local.channels();
+        let gathered = self.exchange.all_gather(&local.to_flat())?;
+        let parts = gathered.iter().map(|flat| PartialStats::from_flat(channels, flat)).collect::<Result<Vec<_>>>()?;
+        let global = PartialStats::merge_all(channels, &parts)?;
+        let ctx = self.layer.context();
+        ctx.run(|e| self.layer.forward_with_stats(e, x, y, &global, training))?;
+        let tracked = matches!(self.layer.stats_for(training, true), Stats::Batch { update_running: true });
+        if tracked && self.layer.config().check_finite && self.layer.last_batch_rejected()? {
+            return Err(Error::NonFinite(
+                "the global batch's mean or variance is not finite; running statistics were left as they were".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Training forward; see [`Self::forward`].
+    pub fn forward_train(&self, x: &TensorView, y: &TensorView) -> Result<()> {
+        self.forward(x, y, true)
+    }
+
+    /// Eval forward; see [`Self::forward`].
+    pub fn forward_eval(&self, x: &TensorView, y: &TensorView) -> Result<()> {
+        self.forward(x, y, false)
+    }
+
+    /// Backward of [`Self::forward`] in the same mode: dx of this rank's
+    /// slice, and dweight and dbias of the global batch in the layer's
+    /// gradient buffers.
+    pub fn backward(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
+        let local = self.layer.grad_sums(x, dy, training)?;
+        let channels = local.channels();
+        let global = GradSums::from_flat(channels, &self.exchange.all_reduce_sum(&local.to_flat())?)?;
+        let ctx = self.layer.context();
+        ctx.run(|e| self.layer.backward_with_sums(e, x, dy, dx, &global, training))
+    }
+
+    /// Training backward; see [`Self::backward`].
+    pub fn backward_train(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
+        self.backward(x, dy, dx, true)
+    }
+}

@@ -1,0 +1,254 @@
+//! SyncBatchNorm in one process: K contexts (one device each), one thread per
+//! rank, each holding a slice of the batch. The synced result must equal
+//! single-device BatchNorm over the whole batch: outputs, dx, dweight, dbias
+//! and running statistics, over two training steps, for uneven slices and
+//! an empty one.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{normalized_error, Rng};
+use wgpu_norm::{
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Error, Exchange, Layout, LocalExchange, PartialStats,
+    SyncBatchNorm, Tensor,
+};
+
+/// The synced result against the single-device one.
+const SYNC_TOLERANCE: f64 = 1e-5;
+
+/// Three devices, created one after the other (lavapipe dislikes devices
+/// created in parallel) and shared by the tests.
+fn contexts() -> &'static [Context] {
+    static CTXS: OnceLock<Vec<Context>> = OnceLock::new();
+    CTXS.get_or_init(|| {
+        let mut all = vec![common::ctx().clone()];
+        for _ in 1..3 {
+            all.push(Context::new().expect("no wgpu adapter"));
+        }
+        all
+    })
+}
+
+/// What one layer produced over the steps: per step (y, dx, dweight, dbias),
+/// then its final state.
+struct Run {
+    steps: Vec<[Vec<f32>; 4]>,
+    state: BatchNormState,
+}
+
+struct Batch {
+    shape: Vec<usize>,
+    layout: Layout,
+    /// Per step: (x, dy) of the whole batch.
+    data: Vec<(Vec<f32>, Vec<f32>)>,
+    state: BatchNormState,
+}
+
+impl Batch {
+    fn new(shape: &[usize], layout: Layout, steps: usize, seed: u64) -> Batch {
+        let mut rng = Rng(seed);
+        let len: usize = shape.iter().product();
+        let c = shape[1];
+        let data: Vec<_> = (0..steps)
+            .map(|k| (rng.normal_vec(len, 0.5 * k as f32 - 1.0, 2.0), rng.normal_vec(len, 0.0, 1.0)))
+            .collect();
+        let mut state = BatchNormState::initial(c);
+        state.weight = rng.normal_vec(c, 1.0, 0.5);
+        state.bias = rng.normal_vec(c, 0.0, 0.5);
+        state.running_mean = rng.normal_vec(c, 0.0, 1.0);
+        state.running_var = (0..c).map(|_| 0.5 + rng.uniform() as f32).collect();
+        state.num_batches_tracked = 3;
+        Batch { shape: shape.to_vec(), layout, data, state }
+    }
+
+    /// Values per batch row (both layouts keep a row contiguous).
+    fn row(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
+}
+
+/// `step` (forward + backward) on rows `rows` of each step's batch; `grads` reads dweight and dbias.
+fn run_steps(
+    ctx: &Context,
+    batch: &Batch,
+    rows: std::ops::Range<usize>,
+    mut step: impl FnMut(&Tensor, &Tensor, &Tensor, &Tensor) -> wgpu_norm::Result<()>,
+    grads: impl Fn() -> wgpu_norm::Result<(Vec<f32>, Vec<f32>)>,
+) -> wgpu_norm::Result<Vec<[Vec<f32>; 4]>> {
+    let mut shape = batch.shape.clone();
+    shape[0] = rows.len();
+    let span = rows.start * batch.row()..rows.end * batch.row();
+    let mut out = Vec::new();
+    for (x, dy) in &batch.data {
+        let xt = Tensor::from_slice(ctx, &x[span.clone()], &shape, batch.layout)?;
+        let dyt = Tensor::from_slice(ctx, &dy[span.clone()], &shape, batch.layout)?;
+        let yt = Tensor::zeros(ctx, &shape, batch.layout)?;
+        let dxt = Tensor::zeros(ctx, &shape, batch.layout)?;
+        step(&xt, &dyt, &yt, &dxt)?;
+        let (dw, db) = grads()?;
+        out.push([yt.read(ctx)?, dxt.read(ctx)?, dw, db]);
+    }
+    Ok(out)
+}
+
+fn single_device(batch: &Batch, config: &BatchNormConfig, training: bool) -> Run {
+    let ctx = &contexts()[0];
+    let bn = BatchNorm::new(ctx, config.clone()).unwrap();
+    bn.write_state(&batch.state).unwrap();
+    let steps = run_steps(
+        ctx,
+        batch,
+        0..batch.shape[0],
+        |x, dy, y, dx| {
+            bn.forward_sync(&x.view(), &y.view(), training)?;
+            bn.backward_sync(&x.view(), &dy.view(), &dx.view(), training)
+        },
+        || bn.read_grads(),
+    )
+    .unwrap();
+    Run { steps, state: bn.read_state().unwrap() }
+}
+
+/// One run per rank, rank k on `sizes[k]` rows (in order) of the batch.
+fn synced(batch: &Batch, config: &BatchNormConfig, training: bool, sizes: &[usize]) -> Vec<Run> {
+    assert_eq!(sizes.iter().sum::<usize>(), batch.shape[0]);
+    let starts: Vec<usize> = sizes.iter().scan(0, |s, n| Some(std::mem::replace(s, *s + n))).collect();
+    std::thread::scope(|s| {
+        let ranks: Vec<_> = LocalExchange::group(sizes.len())
+            .into_iter()
+            .map(|exchange| {
+                let rank = exchange.rank();
+                let ctx = &contexts()[rank % contexts().len()];
+                let rows = starts[rank]..starts[rank] + sizes[rank];
+                let config = config.clone();
+                s.spawn(move || {
+                    let bn = SyncBatchNorm::new(ctx, config, exchange).unwrap();
+                    bn.layer().write_state(&batch.state).unwrap();
+                    let steps = run_steps(
+                        ctx,
+                        batch,
+                        rows,
+                        |x, dy, y, dx| {
+                            bn.forward(&x.view(), &y.view(), training)?;
+                            bn.backward(&x.view(), &dy.view(), &dx.view(), training)
+                        },
+                        || bn.layer().read_grads(),
+                    )
+                    .unwrap();
+                    Run { steps, state: bn.layer().read_state().unwrap() }
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    })
+}
+
+fn wide(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// The largest normalized difference between the ranks' results and the single device's.
+fn max_difference(single: &Run, ranks: &[Run]) -> f64 {
+    let mut worst = 0.0f64;
+    for (k, want) in single.steps.iter().enumerate() {
+        let [y, dx, dweight, dbias] = want;
+        // y and dx: the ranks' slices, concatenated in rank order.
+        for (t, whole) in [y, dx].into_iter().enumerate() {
+            let got: Vec<f32> = ranks.iter().flat_map(|r| r.steps[k][t].clone()).collect();
+            worst = worst.max(normalized_error(&got, &wide(whole)));
+        }
+        // dweight and dbias: the global batch's on every rank.
+        for r in ranks {
+            worst = worst.max(normalized_error(&r.steps[k][2], &wide(dweight)));
+            worst = worst.max(normalized_error(&r.steps[k][3], &wide(dbias)));
+        }
+    }
+    for r in ranks {
+        worst = worst.max(normalized_error(&r.state.running_mean, &wide(&single.state.running_mean)));
+        worst = worst.max(normalized_error(&r.state.running_var, &wide(&single.state.running_var)));
+        assert_eq!(r.state.num_batches_tracked, single.state.num_batches_tracked);
+    }
+    worst
+}
+
+fn check(name: &str, shape: &[usize], layout: Layout, config: BatchNormConfig, training: bool, sizes: &[usize]) {
+    let batch = Batch::new(shape, layout, 2, 0x5eed ^ shape.iter().product::<usize>() as u64);
+    let single = single_device(&batch, &config, training);
+    let ranks = synced(&batch, &config, training, sizes);
+    let diff = max_difference(&single, &ranks);
+    assert!(diff <= SYNC_TOLERANCE, "{name}: synced over {sizes:?} differs from one device by {diff:.2e}");
+}
+
+#[test]
+fn two_ranks_uneven_slices_match_one_device() {
+    check("nchw", &[7, 5, 6, 5], Layout::Nchw, BatchNormConfig::new(5), true, &[2, 5]);
+    check("nhwc", &[5, 12, 3, 4], Layout::Nhwc, BatchNormConfig::new(12), true, &[4, 1]);
+    check("2d cumulative", &[10, 16], Layout::Nchw, BatchNormConfig::new(16).momentum(None), true, &[3, 7]);
+}
+
+#[test]
+fn three_ranks_with_an_empty_slice_match_one_device() {
+    check("nchw", &[7, 5, 6, 5], Layout::Nchw, BatchNormConfig::new(5), true, &[3, 0, 4]);
+    check("nhwc 3d", &[4, 8, 2, 3, 5], Layout::Nhwc, BatchNormConfig::new(8), true, &[0, 1, 3]);
+    check("rank 3", &[6, 3, 40], Layout::Nchw, BatchNormConfig::new(3), true, &[2, 2, 2]);
+}
+
+#[test]
+fn modes_without_running_statistics_and_eval_match_one_device() {
+    let untracked = BatchNormConfig::new(6).track_running_stats(false);
+    check("untracked eval syncs batch statistics", &[5, 6, 7], Layout::Nchw, untracked.clone(), false, &[1, 0, 4]);
+    check("untracked training", &[5, 6, 7], Layout::Nchw, untracked, true, &[3, 2]);
+    check("eval on running statistics", &[5, 6, 7], Layout::Nchw, BatchNormConfig::new(6), false, &[2, 3]);
+    check("no affine", &[5, 6, 7], Layout::Nhwc, BatchNormConfig::new(6).affine(false), true, &[4, 0, 1]);
+}
+
+#[test]
+fn split_halves_reject_bad_input() {
+    let ctx = &contexts()[0];
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(4)).unwrap();
+    let x = Tensor::zeros(ctx, &[2, 4, 3], Layout::Nchw).unwrap();
+    let y = Tensor::zeros(ctx, &[2, 4, 3], Layout::Nchw).unwrap();
+    let before = bn.read_state().unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    // Statistics of the wrong width, or of a single value per channel.
+    let wrong = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &PartialStats::empty(3), true);
+    assert!(matches!(wrong, Err(Error::Shape(_))), "{wrong:?}");
+    let mut one = PartialStats::empty(4);
+    one.count = vec![1.0; 4];
+    let single = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &one, true);
+    assert!(matches!(single, Err(Error::Parameter(_))), "{single:?}");
+    // Eval with running statistics has no batch statistics to take.
+    let mut two = PartialStats::empty(4);
+    two.count = vec![2.0; 4];
+    let eval = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &two, false);
+    assert!(matches!(eval, Err(Error::Parameter(_))), "{eval:?}");
+    ctx.queue().submit([encoder.finish()]);
+    assert_eq!(bn.read_state().unwrap(), before, "a refused op wrote the state");
+    // An empty slice is fine for the partial statistics, and counts nothing.
+    let empty = Tensor::zeros(ctx, &[0, 4, 3], Layout::Nchw).unwrap();
+    assert_eq!(bn.partial_stats(&empty.view()).unwrap(), PartialStats::empty(4));
+    // The plain ops still refuse an empty batch.
+    let out = Tensor::zeros(ctx, &[0, 4, 3], Layout::Nchw).unwrap();
+    assert!(matches!(bn.forward_sync(&empty.view(), &out.view(), true), Err(Error::Shape(_))));
+}
+
+#[test]
+fn partial_statistics_of_slices_merge_to_the_whole_batch() {
+    let ctx = &contexts()[0];
+    let batch = Batch::new(&[9, 3, 11], Layout::Nchw, 1, 7);
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
+    let x = &batch.data[0].0;
+    let stats_of = |rows: std::ops::Range<usize>| {
+        let shape = [rows.len(), 3, 11];
+        let t = Tensor::from_slice(ctx, &x[rows.start * 33..rows.end * 33], &shape, Layout::Nchw).unwrap();
+        bn.partial_stats(&t.view()).unwrap()
+    };
+    let whole = stats_of(0..9);
+    let merged = PartialStats::merge_all(3, &[stats_of(0..4), stats_of(4..4), stats_of(4..9)]).unwrap();
+    assert_eq!(merged.count, vec![99.0; 3]);
+    for c in 0..3 {
+        assert!((merged.mean[c] - whole.mean[c]).abs() <= 1e-5 * (1.0 + whole.mean[c].abs()));
+        assert!((merged.m2[c] - whole.m2[c]).abs() <= 1e-5 * whole.m2[c]);
+    }
+}
