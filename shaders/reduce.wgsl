@@ -26,15 +26,16 @@
 // MODE 4, MODE 1 behind a fused ReLU: g = dy where fused_pre(x) > 0, else 0.
 // MODE 5, MODE 1 behind a fused add + ReLU: g = dy where fused_pre(x) + z > 0.
 //
-// Needs common.wgsl in front of it.
+// Needs common.wgsl and a prelude (alias S) in front of it.
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// S is the type in memory (prelude): f32, or f16 for half-precision tensors.
+@group(0) @binding(1) var<storage, read> x: array<S>;
 // MODE >= 1; MODE 0 binds x here again.
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<S>;
 // MODE 1, 4, 5: per-channel (mean, invstd, scale, beta); MODE 2 and 3: per stat row
 // (centre, rstd, mean correction, var); MODE 0 binds any vec4 buffer.
 @group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
@@ -42,7 +43,7 @@ const WG: u32 = 256u;
 // MODE 2 only: gamma; other modes bind any f32 buffer.
 @group(0) @binding(5) var<storage, read> weight: array<f32>;
 // MODE 5 only: the residual input; other modes bind x here again.
-@group(0) @binding(6) var<storage, read> z: array<f32>;
+@group(0) @binding(6) var<storage, read> z: array<S>;
 
 var<workgroup> shared_acc: array<vec4<f32>, WG>;
 
@@ -57,16 +58,16 @@ fn gamma_at(c: u32, i: u32) -> f32 {
 // at (o, c, i) of its view, to an invocation's accumulator. `k` is the
 // channel's chan entry (its mean first) in MODE 1, 2, 4, 5.
 fn accumulate(acc: vec4<f32>, idx: u32, o: u32, c: u32, i: u32, k: vec4<f32>) -> vec4<f32> {
-    let v = x[p.x_off + idx];
+    let v = f32(x[p.x_off + idx]);
     if (MODE == 1u || MODE == 2u || MODE >= 4u) {
-        var g = dy[p.dy_off + idx];
+        var g = f32(dy[p.dy_off + idx]);
         if (MODE == 2u) {
             g *= gamma_at(c, i);
         }
         if (MODE >= 4u) {
             var residual = 0.0;
             if (MODE == 5u) {
-                residual = z[p.z_off + idx];
+                residual = f32(z[p.z_off + idx]);
             }
             g = select(0.0, g, fused_pre(v, k, residual) > 0.0);
         }
@@ -75,7 +76,7 @@ fn accumulate(acc: vec4<f32>, idx: u32, o: u32, c: u32, i: u32, k: vec4<f32>) ->
     }
     if (MODE == 3u) {
         let s = chan[(o / p.row_div) * p.groups + c / p.cpg];
-        let g = dy[p.dy_off + idx];
+        let g = f32(dy[p.dy_off + idx]);
         return acc + vec4<f32>(g * ((v - s.x - s.z) * s.y), g, 0.0, 0.0);
     }
     let n = acc.x + 1.0;

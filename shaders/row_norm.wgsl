@@ -22,10 +22,12 @@
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(6) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> rows_dx: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> x: array<f32>;
-@group(0) @binding(9) var<storage, read_write> y: array<f32>;
-@group(0) @binding(10) var<storage, read> dy: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dx: array<f32>;
+// Tensors in memory as S (prelude): f32, or f16 for half precision; the
+// arithmetic is f32 either way.
+@group(0) @binding(8) var<storage, read> x: array<S>;
+@group(0) @binding(9) var<storage, read_write> y: array<S>;
+@group(0) @binding(10) var<storage, read> dy: array<S>;
+@group(0) @binding(11) var<storage, read_write> dx: array<S>;
 @group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
 
@@ -164,11 +166,11 @@ fn merge_columns(
 // with divisions per element.
 
 fn apply_at(e: u32, c: u32, s: vec4<f32>) {
-    y[p.y_off + e] = fma((x[p.x_off + e] - s.x) * s.y, gamma(c), beta(c));
+    y[p.y_off + e] = S(fma((f32(x[p.x_off + e]) - s.x) * s.y, gamma(c), beta(c)));
 }
 
 fn dx_at(e: u32, c: u32, k: vec4<f32>) {
-    dx[p.dx_off + e] = k.x * dy[p.dy_off + e] * gamma(c) + k.y * (x[p.x_off + e] - k.w) + k.z;
+    dx[p.dx_off + e] = S(k.x * f32(dy[p.dy_off + e]) * gamma(c) + k.y * (f32(x[p.x_off + e]) - k.w) + k.z);
 }
 
 // Stat row of outer index o (quotient q = o / row_div) and channel group cg.

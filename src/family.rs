@@ -18,7 +18,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
-use crate::tensor::{TensorView, Window};
+use crate::tensor::{DType, TensorView, Window};
 use crate::{Error, Result};
 
 /// Which values a statistic spans, as two views of the same tensor.
@@ -250,6 +250,12 @@ impl Core {
         if other.buffer == x.buffer {
             return Err(Error::Buffer(format!("x and {name} share a buffer; the op does not run in place")));
         }
+        if other.dtype != x.dtype {
+            return Err(Error::Parameter(format!("{name} is {:?}, x is {:?}", other.dtype, x.dtype)));
+        }
+        if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
+        }
         let limits = self.ctx.device().limits();
         Ok((x.window("x", &limits)?, other.window(name, &limits)?))
     }
@@ -280,6 +286,7 @@ impl Core {
         let Call { geo, opt, source } = call;
         let (geo, opt, source) = (geo, opt, *source);
         let (xw, yw) = self.pair(x, y, "y")?;
+        let f16 = x.dtype == DType::F16;
         let plan = ReducePlan::new(geo.stat)?.batched(geo.batch, geo.batch_stride)?;
         if geo.rows() > u32::MAX as usize / 16 {
             return Err(Error::Unsupported(format!("{} statistics exceed one buffer", geo.rows())));
@@ -305,7 +312,7 @@ impl Core {
             });
             match source {
                 Source::Input { update_running } => {
-                    let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::Stats)?;
+                    let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::Stats, f16)?;
                     reduce::record(
                         device,
                         &mut pass,
@@ -321,7 +328,7 @@ impl Core {
                             z: None,
                         },
                     );
-                    let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_rows"))?;
+                    let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_rows"))?;
                     let group = bind(
                         device,
                         &merge,
@@ -342,7 +349,7 @@ impl Core {
                     self.record_running(&mut pass, "prepare_running", &stat_buf, &rows, (grid.0 as usize, 1))?;
                 }
             }
-            let apply = kernels.get(KernelKey::new(Shader::RowNorm, tile_entry(&tile, "apply")))?;
+            let apply = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "apply")))?;
             let group = bind(
                 device,
                 &apply,
@@ -375,7 +382,7 @@ impl Core {
         grid: (usize, usize),
     ) -> Result<()> {
         let device = self.ctx.device();
-        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm, entry))?;
+        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false }, entry))?;
         let group = bind(
             device,
             &kernel,
@@ -402,6 +409,7 @@ impl Core {
         let Call { geo, opt, source } = call;
         let (geo, opt, source) = (geo, opt, *source);
         let (xw, dyw) = self.pair(x, dy, "dy")?;
+        let f16 = x.dtype == DType::F16;
         let (_, dxw) = self.pair(x, dx, "dx")?;
         if dx.buffer == dy.buffer {
             return Err(Error::Buffer("dx shares a buffer with dy; backward does not run in place".into()));
@@ -450,7 +458,7 @@ impl Core {
                 let grid = Self::row_workgroups(geo);
                 self.record_running(&mut pass, "prepare_running", &row_buf, &rows, (grid.0 as usize, 1))?;
             }
-            let reduce = reduce::pipeline(&self.ctx, &row_plan, ReduceMode::WeightedGradSums)?;
+            let reduce = reduce::pipeline(&self.ctx, &row_plan, ReduceMode::WeightedGradSums, f16)?;
             reduce::record(
                 device,
                 &mut pass,
@@ -466,7 +474,7 @@ impl Core {
                     z: None,
                 },
             );
-            let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_row_grads"))?;
+            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_row_grads"))?;
             let group = bind(
                 device,
                 &merge,
@@ -478,7 +486,7 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
-            let reduce = reduce::pipeline(&self.ctx, &col_plan, ReduceMode::ColumnGrads)?;
+            let reduce = reduce::pipeline(&self.ctx, &col_plan, ReduceMode::ColumnGrads, f16)?;
             reduce::record(
                 device,
                 &mut pass,
@@ -494,7 +502,7 @@ impl Core {
                     z: None,
                 },
             );
-            let merge = kernels.get(KernelKey::new(Shader::RowNorm, "merge_columns"))?;
+            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_columns"))?;
             let group = bind(
                 device,
                 &merge,
@@ -506,7 +514,7 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &merge, &group, (self.len.div_ceil(64).min(65535) as u32, 1));
-            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm, tile_entry(&tile, "dx")))?;
+            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "dx")))?;
             let group = bind(
                 device,
                 &dx_kernel,

@@ -152,10 +152,10 @@ impl BatchNorm {
             return Err(Error::Buffer("folding does not run in place: outputs need their own buffers".into()));
         }
         let limits = ctx.device().limits();
-        let ww = weight.window("weight", &limits)?;
-        let fww = folded_weight.window("folded_weight", &limits)?;
-        let bw = bias.map(|b| b.window("bias", &limits)).transpose()?;
-        let fbw = folded_bias.window("folded_bias", &limits)?;
+        let ww = weight.window_f32("weight", &limits)?;
+        let fww = folded_weight.window_f32("folded_weight", &limits)?;
+        let bw = bias.map(|b| b.window_f32("bias", &limits)).transpose()?;
+        let fbw = folded_bias.window_f32("folded_bias", &limits)?;
 
         let mut params = self.channel_params(view);
         let mut bias_params = self.channel_params(ChannelView { outer: 1, channels: c, inner: 1 });

@@ -10,16 +10,18 @@ use crate::Result;
 /// A WGSL source file of `shaders/`, compiled with `common.wgsl` in front.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
-    /// Partial per-channel reductions (statistics and backward sums).
-    Reduce,
+    /// Partial per-channel reductions (statistics and backward sums), of f16
+    /// tensors with `f16`.
+    Reduce { f16: bool },
     /// BatchNorm's partial reductions over vec4 values (of f16 in memory with `f16`).
     ReduceVec4 { f16: bool },
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
-    /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and elementwise kernels.
-    RowNorm,
+    /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
+    /// elementwise kernels, over f16 tensors with `f16`.
+    RowNorm { f16: bool },
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
-    /// values at a time (of f16 in memory with `f16`, vec4 only).
+    /// values at a time (of f16 in memory with `f16`).
     Elementwise { vec4: bool, f16: bool },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
@@ -28,17 +30,24 @@ pub(crate) enum Shader {
 impl Shader {
     fn source(self) -> String {
         let body = match self {
-            Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Shader::Reduce { .. } => include_str!("../shaders/reduce.wgsl"),
             Shader::ReduceVec4 { .. } => include_str!("../shaders/reduce_vec4.wgsl"),
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
-            Shader::RowNorm => include_str!("../shaders/row_norm.wgsl"),
+            Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
             Shader::Bench => include_str!("../shaders/bench.wgsl"),
         };
         // The compile-time differences between variants: the value type, how
         // four channels' entries spread over it, and the type in memory (`S`).
-        let f16 = matches!(self, Shader::Elementwise { f16: true, .. } | Shader::ReduceVec4 { f16: true });
+        let f16 = matches!(
+            self,
+            Shader::Elementwise { f16: true, .. }
+                | Shader::ReduceVec4 { f16: true }
+                | Shader::Reduce { f16: true }
+                | Shader::RowNorm { f16: true }
+        );
         let memory = if f16 { "vec4<f16>" } else { "vec4<f32>" };
+        let scalar = if f16 { "f16" } else { "f32" };
         let gather4 = "fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n";
         let prelude = match self {
             Shader::Elementwise { vec4: true, .. } => format!(
@@ -46,9 +55,10 @@ impl Shader {
                  V(k0.y, k1.y, k2.y, k3.y), V(k0.z, k1.z, k2.z, k3.z), V(k0.w, k1.w, k2.w, k3.w));\n}}\n"
             ),
             Shader::Elementwise { vec4: false, .. } => {
-                format!("alias V = f32;\nalias S = f32;\n{gather4}    return splat(k0);\n}}\n")
+                format!("alias V = f32;\nalias S = {scalar};\n{gather4}    return splat(k0);\n}}\n")
             }
             Shader::ReduceVec4 { .. } => format!("alias S = {memory};\n"),
+            Shader::Reduce { .. } | Shader::RowNorm { .. } => format!("alias S = {scalar};\n"),
             _ => String::new(),
         };
         // An `enable` directive must come before everything else.

@@ -211,13 +211,15 @@ pub(crate) struct ReduceBindings<'a> {
     pub weight: Option<wgpu::BindingResource<'a>>,
 }
 
-/// Compiles (once) the reduction pipeline for `plan` and `mode`.
+/// Compiles (once) the reduction pipeline for `plan` and `mode`, over f16
+/// tensors with `f16`.
 pub(crate) fn pipeline(
     ctx: &crate::Context,
     plan: &ReducePlan,
     mode: ReduceMode,
+    f16: bool,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    ctx.kernels().get(KernelKey::with_mode(Shader::Reduce, plan.entry(), mode as u32))
+    ctx.kernels().get(KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32))
 }
 
 /// Records the partial reduction of `plan` into `pass` with a reduce.wgsl pipeline.

@@ -73,15 +73,16 @@ impl<'a> TensorView<'a> {
     /// Checks that the buffer can hold this view and be bound as storage, and
     /// returns the window to bind: the view's range widened down to the
     /// device's offset alignment.
-    /// f32 views only: the ops that take f16 cut their views themselves.
     pub(crate) fn window(&self, name: &str, limits: &wgpu::Limits) -> Result<Window<'a>> {
+        window(self.buffer, self.offset, self.len(), self.dtype.size(), name, limits)
+    }
+
+    /// [`Self::window`] for ops that take f32 only.
+    pub(crate) fn window_f32(&self, name: &str, limits: &wgpu::Limits) -> Result<Window<'a>> {
         if self.dtype != DType::F32 {
-            return Err(Error::Unsupported(format!(
-                "{name}: {:?} tensors are supported by BatchNorm only",
-                self.dtype
-            )));
+            return Err(Error::Unsupported(format!("{name}: {:?} tensors are not supported here", self.dtype)));
         }
-        window(self.buffer, self.offset, self.len(), 4, name, limits)
+        self.window(name, limits)
     }
 }
 
@@ -105,7 +106,7 @@ impl<'a> Window<'a> {
     }
 }
 
-/// Validates `len` f32 values at `offset` bytes of `buffer` (named `name` in
+/// Validates `len` values of `esize` bytes at `offset` bytes of `buffer` (named `name` in
 /// errors) and returns the window that binds them.
 pub(crate) fn window<'a>(
     buffer: &'a wgpu::Buffer,
@@ -126,8 +127,14 @@ pub(crate) fn window<'a>(
             "{name}: {bind_size} bytes exceed the device's storage binding limit of {max} bytes"
         )));
     }
-    if !bind_size.is_multiple_of(4) {
-        return Err(Error::Buffer(format!("{name}: {bind_size} bytes to bind, not a multiple of 4")));
+    // Bindings are whole 4-byte words: an f16 view ending mid-word binds the
+    // rest of that word too (never touched) when the buffer has it.
+    let bind_size = bind_size.next_multiple_of(4);
+    if bind_offset + bind_size > buffer.size() {
+        return Err(Error::Buffer(format!(
+            "{name}: the view ends mid-word at byte {end} of a {}-byte buffer; bindings are whole 4-byte words",
+            buffer.size()
+        )));
     }
     Ok(Window {
         buffer,

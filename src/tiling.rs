@@ -15,7 +15,7 @@ use crate::{Error, Result};
 /// so the merge sees the same partials whichever value type reduced them.
 pub(crate) struct Tiling {
     pub vec4: bool,
-    /// Tensors hold f16 (vec4 tilings only); statistics stay f32.
+    /// Tensors hold f16; statistics and arithmetic stay f32.
     pub f16: bool,
     pub lanes_are_channels: bool,
     pub view: ChannelView,
@@ -33,13 +33,6 @@ impl Tiling {
         } else {
             (false, false, view)
         };
-        if f16 && !vec4 {
-            return Err(Error::Unsupported(
-                "f16 tensors need runs of four values in one channel (inner % 4 == 0) or channels-last \
-                 with channels % 4 == 0, at offsets that are multiples of 8 bytes"
-                    .into(),
-            ));
-        }
         Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
     }
 
@@ -99,8 +92,8 @@ impl Tiling {
         let (shader, entry) = match (self.vec4, planar) {
             (true, true) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar"),
             (true, false) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved"),
-            (false, true) => (Shader::Reduce, "reduce_planar"),
-            (false, false) => (Shader::Reduce, "reduce_interleaved"),
+            (false, true) => (Shader::Reduce { f16: self.f16 }, "reduce_planar"),
+            (false, false) => (Shader::Reduce { f16: self.f16 }, "reduce_interleaved"),
         };
         KernelKey::with_mode(shader, entry, mode as u32)
     }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use wgpu_norm::check::{check_file, Outcome, DEFAULT_TOLERANCE};
 use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Tensor};
 
 fn default_ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
@@ -53,6 +53,10 @@ fn f16_on_a_device_without_shader_f16_is_unsupported() {
     let x = Tensor::from_slice_f16(ctx, &[0.5; 32], &[2, 4, 4], Layout::Nchw).unwrap();
     let y = Tensor::from_slice_f16(ctx, &[-7.0; 32], &[2, 4, 4], Layout::Nchw).unwrap();
     let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_F16")), "{err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();
+    let err = gn.forward_sync(&x.view(), &y.view()).unwrap_err();
     assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_F16")), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
 }

@@ -6,8 +6,11 @@
 mod common;
 
 use common::{ctx, normalized_error, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, Fused};
-use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, DType, Error, Layout, Tensor};
+use wgpu_norm::reference::{self, BatchNormArgs, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
+use wgpu_norm::{
+    BatchNorm, BatchNormConfig, BatchNormState, DType, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig, Tensor,
+};
 
 /// f16 keeps 11 significant bits: outputs are within 2^-11 of their
 /// magnitude before any arithmetic, so the f16 tolerance is 2e-3.
@@ -91,23 +94,16 @@ fn f16_tensors_with_f32_statistics_match_the_reference() {
         (&[3, 8, 300][..], Layout::Nchw),
         (&[5, 8, 7, 3][..], Layout::Nhwc),
         (&[64, 12][..], Layout::Nchw),
+        // No runs of four values per channel: the scalar kernels, with views
+        // that end mid-word.
+        (&[4, 3, 5][..], Layout::Nhwc),
+        (&[3, 5, 5, 5][..], Layout::Nchw),
+        (&[7, 3][..], Layout::Nchw),
     ] {
         for (fused, training) in [(Fused::None, true), (Fused::None, false), (Fused::AddRelu, true)] {
             case(shape, layout, fused, training, &mut rng);
         }
     }
-}
-
-#[test]
-fn f16_needs_four_values_per_channel_run() {
-    // Channels-last with 3 channels: no vec4 tiling, so no f16.
-    let ctx = ctx();
-    let bn = BatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
-    let x = Tensor::from_slice_f16(ctx, &[0.5; 60], &[4, 3, 5], Layout::Nhwc).unwrap();
-    let y = Tensor::from_slice_f16(ctx, &[-7.0; 60], &[4, 3, 5], Layout::Nhwc).unwrap();
-    let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err}");
-    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
 }
 
 #[test]
@@ -119,9 +115,144 @@ fn mixed_precision_arguments_are_an_error() {
     let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
     assert!(matches!(err, Error::Parameter(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
-    // The family takes f32 only, and says so.
-    let ln = wgpu_norm::LayerNorm::new(ctx, wgpu_norm::LayerNormConfig::new(&[4])).unwrap();
-    let y16 = Tensor::zeros_f16(ctx, &[2, 4, 4], Layout::Nchw).unwrap();
-    assert!(matches!(ln.forward_sync(&x.view(), &y16.view()), Err(Error::Unsupported(_))));
+    // The family too.
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[4])).unwrap();
+    assert!(matches!(ln.forward_sync(&x.view(), &y.view()), Err(Error::Parameter(_))));
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     assert_eq!(x.view().dtype, DType::F16);
+}
+
+/// One family op on f16 tensors: `run` does forward + backward on the GPU
+/// and returns (y, dx, dweight, dbias); `want` the same from the reference.
+fn family_case(
+    what: &str,
+    shape: &[usize],
+    layout: Layout,
+    rng: &mut Rng,
+    run: impl FnOnce(&Tensor, &Tensor, &Tensor, &Tensor) -> (Vec<f32>, Vec<f32>),
+    want: impl FnOnce(&[f32], &[f32]) -> [Vec<f64>; 4],
+) {
+    let ctx = ctx();
+    let len: usize = shape.iter().product();
+    let x = round_f16(&rng.normal_vec(len, 0.5, 2.0));
+    let dy = round_f16(&rng.normal_vec(len, 0.0, 1.0));
+    let half = |v: &[f32]| Tensor::from_slice_f16(ctx, v, shape, layout).unwrap();
+    let (xt, dyt) = (half(&x), half(&dy));
+    let (y, dx) = (Tensor::zeros_f16(ctx, shape, layout).unwrap(), Tensor::zeros_f16(ctx, shape, layout).unwrap());
+    let (dw, db) = run(&xt, &dyt, &y, &dx);
+    let [wy, wdx, wdw, wdb] = want(&x, &dy);
+    let what = |n: &str| format!("f16 {what} {shape:?} {layout:?} {n}");
+    close(&what("y"), &y.read(ctx).unwrap(), &wy);
+    close(&what("dx"), &dx.read(ctx).unwrap(), &wdx);
+    close(&what("dweight"), &dw, &wdw);
+    close(&what("dbias"), &db, &wdb);
+}
+
+#[test]
+fn f16_family_matches_the_reference() {
+    let ctx = ctx();
+    let mut rng = Rng(61);
+    for shape in [&[6usize, 40][..], &[3, 5, 7][..], &[2, 3001][..]] {
+        let norm = &shape[shape.len() - 1..];
+        let w = rng.normal_vec(norm[0], 1.0, 0.3);
+        let b = rng.normal_vec(norm[0], 0.0, 0.3);
+        let ln = LayerNorm::new(ctx, LayerNormConfig::new(norm)).unwrap();
+        ln.write_weight(&w).unwrap();
+        ln.write_bias(&b).unwrap();
+        let args = LayerNormArgs { shape, normalized_shape: norm, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+        family_case(
+            "layer_norm",
+            shape,
+            Layout::Nchw,
+            &mut rng,
+            |x, dy, y, dx| {
+                ln.forward_sync(&x.view(), &y.view()).unwrap();
+                ln.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                ln.read_grads().unwrap()
+            },
+            |x, dy| {
+                let (f, g) = (reference::layer_norm_forward(&args, x), reference::layer_norm_backward(&args, x, dy));
+                [f.y, g.dx, g.dweight, g.dbias]
+            },
+        );
+        let rn = RmsNorm::new(ctx, RmsNormConfig::new(norm)).unwrap();
+        rn.write_weight(&w).unwrap();
+        let args = RmsNormArgs { shape, normalized_shape: norm, weight: Some(&w), eps: None };
+        family_case(
+            "rms_norm",
+            shape,
+            Layout::Nchw,
+            &mut rng,
+            |x, dy, y, dx| {
+                rn.forward_sync(&x.view(), &y.view()).unwrap();
+                rn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                (rn.read_grad_weight().unwrap(), Vec::new())
+            },
+            |x, dy| {
+                let (f, g) = (reference::rms_norm_forward(&args, x), reference::rms_norm_backward(&args, x, dy));
+                [f.y, g.dx, g.dweight, Vec::new()]
+            },
+        );
+    }
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for (shape, groups) in [(&[2usize, 6, 5, 7][..], 3), (&[3, 4, 9][..], 4)] {
+            let c = shape[1];
+            let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
+            let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
+            gn.write_weight(&w).unwrap();
+            gn.write_bias(&b).unwrap();
+            let args = GroupNormArgs { shape, layout, num_groups: groups, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+            family_case(
+                "group_norm",
+                shape,
+                layout,
+                &mut rng,
+                |x, dy, y, dx| {
+                    gn.forward_sync(&x.view(), &y.view()).unwrap();
+                    gn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                    gn.read_grads().unwrap()
+                },
+                |x, dy| {
+                    let (f, g) =
+                        (reference::group_norm_forward(&args, x), reference::group_norm_backward(&args, x, dy));
+                    [f.y, g.dx, g.dweight, g.dbias]
+                },
+            );
+            let inorm = InstanceNorm::new(ctx, InstanceNormConfig::new(c).affine(true)).unwrap();
+            let state = wgpu_norm::InstanceNormState {
+                weight: w.clone(),
+                bias: b.clone(),
+                running_mean: vec![0.0; c],
+                running_var: vec![1.0; c],
+            };
+            inorm.write_state(&state).unwrap();
+            let args = InstanceNormArgs {
+                shape,
+                layout,
+                weight: Some(&w),
+                bias: Some(&b),
+                running_mean: None,
+                running_var: None,
+                use_input_stats: true,
+                momentum: 0.1,
+                eps: 1e-5,
+            };
+            family_case(
+                "instance_norm",
+                shape,
+                layout,
+                &mut rng,
+                |x, dy, y, dx| {
+                    inorm.forward_sync(&x.view(), &y.view(), true).unwrap();
+                    inorm.backward_sync(&x.view(), &dy.view(), &dx.view(), true).unwrap();
+                    inorm.read_grads().unwrap()
+                },
+                |x, dy| {
+                    let f = reference::instance_norm_forward(&args, x);
+                    let g = reference::instance_norm_backward(&args, x, dy);
+                    [f.y, g.dx, g.dweight, g.dbias]
+                },
+            );
+        }
+    }
 }
