@@ -159,7 +159,8 @@ impl<'a> Chunks<'a> {
         let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align);
         let max_elems = (max_bytes / esize) as usize;
         let row = view.channels * view.inner;
-        // (first element, chunk view, first channel, index among the chunks covering a channel)
+        // (first element, chunk view, first channel, index among the chunks
+        // covering a channel: its partials go to that slot of the channel's run)
         let mut pieces: Vec<(usize, ChannelView, usize, usize)> = Vec::new();
         if view.len() <= max_elems {
             pieces.push((0, view, 0, 0));
@@ -182,10 +183,18 @@ impl<'a> Chunks<'a> {
                 }
             }
         } else {
-            return Err(Error::Unsupported(format!(
-                "one channel plane of {} values exceeds the device's storage binding limit",
-                view.inner
-            )));
+            // One channel's plane alone exceeds a binding: pieces of planes,
+            // a multiple of four values long so that aligned pieces stay vec4.
+            let per = if max_elems >= 4 { max_elems / 4 * 4 } else { max_elems };
+            let pieces_per_plane = view.inner.div_ceil(per);
+            for o in 0..view.outer {
+                for c in 0..view.channels {
+                    for (j, i0) in (0..view.inner).step_by(per).enumerate() {
+                        let piece = ChannelView { outer: 1, channels: 1, inner: per.min(view.inner - i0) };
+                        pieces.push(((o * view.channels + c) * view.inner + i0, piece, c, o * pieces_per_plane + j));
+                    }
+                }
+            }
         }
         let mut chunks = Vec::with_capacity(pieces.len());
         for &(start, piece, chan_base, _) in &pieces {
