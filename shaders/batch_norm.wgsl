@@ -201,7 +201,8 @@ fn channel_of(e: u32) -> u32 {
 }
 
 // Folding into the preceding layer: weight' = weight * scale[c] over the
-// layer's weight seen as [outer][channels][inner] (c = its output channel).
+// layer's weight seen as [outer][channels][inner] (c = its output channel;
+// a piece of a weight too large for one binding starts at channel chan_base).
 @compute @workgroup_size(256)
 fn fold_weight(
     @builtin(global_invocation_id) id: vec3<u32>,
@@ -210,7 +211,7 @@ fn fold_weight(
     let total = p.outer * p.channels * p.inner;
     let stride = nwg.x * 256u;
     for (var e = id.x; e < total; e += stride) {
-        y[p.y_off + e] = x[p.x_off + e] * chan[channel_of(e)].z;
+        y[p.y_off + e] = x[p.x_off + e] * chan[p.chan_base + channel_of(e)].z;
     }
 }
 

@@ -166,18 +166,23 @@ impl Op {
     }
 
     /// Why the op does not run on `shape`, if it does not: GroupNorm and
-    /// InstanceNorm need spatial dimensions (rank >= 3), and only BatchNorm
-    /// cuts tensors above the device's storage binding limit into chunks.
+    /// InstanceNorm need spatial dimensions (rank >= 3). Tensors above the
+    /// device's storage binding limit are cut into chunks: BatchNorm's
+    /// anywhere, the family's into whole samples (rows for LayerNorm and
+    /// RMSNorm), so one sample must fit a binding.
     pub fn unsupported(self, shape: &[usize], max_binding: u64) -> Option<String> {
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        let sample_bytes = match self.kind() {
+            Kind::Ln | Kind::Rms => shape.last().copied().unwrap_or(0) as u64 * 4,
+            _ => shape.iter().skip(1).product::<usize>() as u64 * 4,
+        };
         match self.kind() {
             Kind::Gn | Kind::In if shape.len() < 3 => {
                 Some(format!("{}: needs rank >= 3 (N, C, spatial...), got rank {}", self.name(), shape.len()))
             }
             Kind::Bn => None,
-            _ if bytes > max_binding => Some(format!(
-                "{}: {bytes} bytes per tensor exceed the storage binding limit of {max_binding} bytes \
-                 (only BatchNorm cuts larger tensors into chunks so far)",
+            _ if sample_bytes > max_binding => Some(format!(
+                "{}: one sample of {sample_bytes} bytes exceeds the storage binding limit of {max_binding} bytes \
+                 (the family cuts larger tensors into whole samples)",
                 self.name()
             )),
             _ => None,
@@ -1478,8 +1483,11 @@ mod tests {
         assert!(Op::GnForward.unsupported(&[8, 4], limit).is_some());
         assert!(Op::InBackward.unsupported(&[8, 4, 2], limit).is_none());
         assert!(Op::LnForward.unsupported(&[8, 4], limit).is_none());
-        // Above the binding limit only BatchNorm runs (in chunks).
-        assert!(Op::LnForward.unsupported(&[1024, 1024], limit).is_some());
-        assert!(Op::BnTrainStep.unsupported(&[1024, 1024], limit).is_none());
+        // Above the binding limit every op runs in chunks, the family's of
+        // whole samples: one sample above it does not.
+        assert!(Op::LnForward.unsupported(&[1024, 1024], limit).is_none());
+        assert!(Op::LnForward.unsupported(&[4, 1 << 19], limit).is_some());
+        assert!(Op::GnForward.unsupported(&[2, 4, 512, 512], limit).is_some());
+        assert!(Op::BnTrainStep.unsupported(&[2, 4, 512, 512], limit).is_none());
     }
 }

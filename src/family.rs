@@ -18,7 +18,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
-use crate::tensor::{DType, TensorView, Window};
+use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
 /// Which values a statistic spans, as two views of the same tensor.
@@ -38,6 +38,12 @@ pub(crate) struct Geometry {
     pub cpg: usize,
     pub row_div: usize,
     pub wdiv: usize,
+    /// Independent units along the tensor's first axis (rows, or samples):
+    /// a tensor too large for one binding is cut into runs of them.
+    pub samples: usize,
+    /// The stat view grows with the samples through `batch` (else through
+    /// its channels).
+    pub batched: bool,
 }
 
 impl Geometry {
@@ -52,6 +58,8 @@ impl Geometry {
             cpg: cols,
             row_div: 1,
             wdiv: 1,
+            samples: rows,
+            batched: false,
         }
     }
 
@@ -73,6 +81,8 @@ impl Geometry {
                 cpg,
                 row_div: 1,
                 wdiv: hw,
+                samples: n,
+                batched: false,
             },
             // Sample n is [hw][groups][cpg]: the groups are its channels.
             Layout::Nhwc => Geometry {
@@ -84,6 +94,8 @@ impl Geometry {
                 cpg,
                 row_div: hw,
                 wdiv: 1,
+                samples: n,
+                batched: true,
             },
         }
     }
@@ -96,6 +108,29 @@ impl Geometry {
     /// Values per stat row.
     pub fn row_len(&self) -> usize {
         self.stat.per_channel()
+    }
+
+    /// Values per sample.
+    pub fn sample_len(&self) -> usize {
+        self.weights.len() / self.samples
+    }
+
+    /// Stat rows per sample.
+    pub fn sample_rows(&self) -> usize {
+        self.rows() / self.samples
+    }
+
+    /// The geometry of the first `n` samples (any run of `n`: they are alike).
+    pub fn for_samples(&self, n: usize) -> Geometry {
+        let mut g = *self;
+        g.weights.outer = self.weights.outer / self.samples * n;
+        if self.batched {
+            g.batch = n;
+        } else {
+            g.stat.channels = self.stat.channels / self.samples * n;
+        }
+        g.samples = n;
+        g
     }
 }
 
@@ -133,6 +168,10 @@ struct Scratch {
     rows: Option<wgpu::Buffer>,
     rows_dx: Option<wgpu::Buffer>,
     partials: Option<wgpu::Buffer>,
+    /// Tensors above one binding: one part's rows, and the column partials
+    /// of every part.
+    part_rows: Option<wgpu::Buffer>,
+    column_partials: Option<wgpu::Buffer>,
 }
 
 /// The state of one family layer on the GPU.
@@ -237,9 +276,8 @@ impl Core {
         }
     }
 
-    /// Validates `x` and `other` (same shape and layout, distinct buffers)
-    /// and returns their windows.
-    pub fn pair<'a>(&self, x: &TensorView<'a>, other: &TensorView<'a>, name: &str) -> Result<(Window<'a>, Window<'a>)> {
+    /// Validates `x` and `other`: same shape, layout and dtype, distinct buffers.
+    fn check_pair(&self, x: &TensorView, other: &TensorView, name: &str) -> Result<()> {
         self.ctx.check_alive()?;
         if other.shape != x.shape || (other.layout != x.layout && x.shape.len() > 2) {
             return Err(Error::Shape(format!(
@@ -256,8 +294,44 @@ impl Core {
         if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
             return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
         }
+        Ok(())
+    }
+
+    /// Cuts the op into parts of whole samples that each fit one storage
+    /// binding, and returns every part's windows of `tensors` (all checked
+    /// before anything is recorded) with its first sample and sample count.
+    fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
         let limits = self.ctx.device().limits();
-        Ok((x.window("x", &limits)?, other.window(name, &limits)?))
+        let x = tensors[0].0;
+        for (t, name) in tensors {
+            check_range(t.buffer, t.offset, t.len(), t.dtype.size(), name)?;
+        }
+        let esize = x.dtype.size();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
+        let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align + 4);
+        let sample_len = geo.sample_len();
+        let fits = ((max_bytes / esize) as usize / sample_len.max(1)).min(geo.samples);
+        if fits == 0 {
+            return Err(Error::Unsupported(format!(
+                "one sample (or row) of {sample_len} values exceeds the device's storage binding limit"
+            )));
+        }
+        // Equal parts, so the last one is not a sliver.
+        let count = geo.samples.div_ceil(fits);
+        let per = geo.samples.div_ceil(count);
+        let mut parts = Vec::with_capacity(count);
+        for first in (0..geo.samples).step_by(per) {
+            let n = per.min(geo.samples - first);
+            let windows = tensors
+                .iter()
+                .map(|(t, name)| {
+                    let offset = t.offset + (first * sample_len) as u64 * esize;
+                    window(t.buffer, offset, n * sample_len, esize, name, &limits)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            parts.push(Part { first, geo: geo.for_samples(n), windows });
+        }
+        Ok(parts)
     }
 
     fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {
@@ -270,12 +344,32 @@ impl Core {
         ))
     }
 
+    /// The scratch of a cut op: one part's rows and every part's column partials.
+    fn part_scratch(&self, part_rows: usize, column_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
+        if column_bytes > limit {
+            return Err(Error::Unsupported(format!(
+                "{column_bytes} bytes of partial column sums exceed the device's storage binding limit"
+            )));
+        }
+        let mut s = lock(&self.scratch);
+        Ok((
+            grow(&self.ctx, &mut s.part_rows, part_rows as u64 * 16, "norm part rows")?,
+            grow(&self.ctx, &mut s.column_partials, column_bytes, "norm column partials")?,
+        ))
+    }
+
     fn row_workgroups(geo: &Geometry) -> (u32, u32) {
         (geo.rows().div_ceil(64).min(65535) as u32, 1)
     }
 
-    /// Records a forward of `x` into `y` (both validated by the caller's
-    /// geometry; windows checked here).
+    fn weight_workgroups(&self) -> (u32, u32) {
+        (self.len.div_ceil(64).min(65535) as u32, 1)
+    }
+
+    /// Records a forward of `x` into `y`. A tensor above one binding runs in
+    /// parts of whole samples, each part's statistics copied into the saved
+    /// rows; InstanceNorm's running statistics then update once, from all.
     pub fn record_forward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -283,14 +377,69 @@ impl Core {
         y: &TensorView,
         call: &Call,
     ) -> Result<()> {
-        let Call { geo, opt, source } = call;
-        let (geo, opt, source) = (geo, opt, *source);
-        let (xw, yw) = self.pair(x, y, "y")?;
-        let f16 = x.dtype == DType::F16;
-        let plan = ReducePlan::new(geo.stat)?.batched(geo.batch, geo.batch_stride)?;
+        let Call { geo, opt, source } = *call;
+        self.check_pair(x, y, "y")?;
         if geo.rows() > u32::MAX as usize / 16 {
             return Err(Error::Unsupported(format!("{} statistics exceed one buffer", geo.rows())));
         }
+        let f16 = x.dtype == DType::F16;
+        let parts = self.parts(&geo, &[(x, "x"), (y, "y")])?;
+        let plans = parts
+            .iter()
+            .map(|p| ReducePlan::new(p.geo.stat)?.batched(p.geo.batch, p.geo.batch_stride))
+            .collect::<Result<Vec<_>>>()?;
+        let bytes =
+            plans.iter().zip(&parts).map(|(plan, p)| plan.partial_bytes(p.geo.stat.channels)).max().unwrap_or(16);
+        let (rows, _, partials) = self.scratch(&geo, bytes)?;
+        if let [part] = &parts[..] {
+            let piece = Piece { geo, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            self.forward_part(encoder, &piece, &plans[0], &part.windows[1], &opt, source)?;
+        } else {
+            let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
+            let (part_rows, _) = self.part_scratch(most, 0)?;
+            // Parts run on their input's statistics; the running ones update once, below.
+            let part_source = match source {
+                Source::Input { .. } => Source::Input { update_running: false },
+                Source::Running => Source::Running,
+            };
+            for (part, plan) in parts.iter().zip(&plans) {
+                let piece = Piece { geo: part.geo, x: &part.windows[0], rows: &part_rows, partials: &partials, f16 };
+                self.forward_part(encoder, &piece, plan, &part.windows[1], &opt, part_source)?;
+                if part_source != Source::Running {
+                    let at = (part.first * geo.sample_rows()) as u64 * 16;
+                    encoder.copy_buffer_to_buffer(&part_rows, 0, &rows, at, part.geo.rows() as u64 * 16);
+                }
+            }
+            if source == (Source::Input { update_running: true }) {
+                let params = self.params(geo.stat, &geo, &opt);
+                self.ctx.scoped(|| {
+                    let params = uniform(self.ctx.device(), &params)?;
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    self.record_running(&mut pass, "update_running", &params, &rows, self.weight_workgroups())
+                })?;
+            }
+        }
+        // The rows now hold this input's statistics, or the running ones.
+        *lock(&self.saved_for) = match source {
+            Source::Input { .. } => Some((x.shape.clone(), x.layout, geo.rows())),
+            Source::Running => None,
+        };
+        Ok(())
+    }
+
+    /// One part's forward: statistics into `piece.rows` (or the running
+    /// ones), then the elementwise pass into `yw`.
+    fn forward_part(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        piece: &Piece,
+        plan: &ReducePlan,
+        yw: &Window,
+        opt: &Options,
+        source: Source,
+    ) -> Result<()> {
+        let Piece { geo, x: xw, rows, partials, f16 } = *piece;
+        let geo = &geo;
         let mut stat_params = self.params(geo.stat, geo, opt);
         stat_params.x_off = xw.elem_offset;
         plan.fill(&mut stat_params);
@@ -299,7 +448,6 @@ impl Core {
         apply_params.y_off = yw.elem_offset;
         let tile = ReducePlan::elementwise(geo.weights)?;
         tile.fill(&mut apply_params);
-        let (rows, _, partials) = self.scratch(geo, plan.partial_bytes(geo.stat.channels))?;
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -312,12 +460,12 @@ impl Core {
             });
             match source {
                 Source::Input { update_running } => {
-                    let reduce = reduce::pipeline(&self.ctx, &plan, ReduceMode::Stats, f16)?;
+                    let reduce = reduce::pipeline(&self.ctx, plan, ReduceMode::Stats, f16)?;
                     reduce::record(
                         device,
                         &mut pass,
                         &reduce,
-                        &plan,
+                        plan,
                         ReduceBindings {
                             params: stat_buf.as_entire_binding(),
                             x: xw.resource(),
@@ -340,13 +488,12 @@ impl Core {
                     );
                     dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
                     if update_running {
-                        let grid = (self.len.div_ceil(64).min(65535), 1);
-                        self.record_running(&mut pass, "update_running", &stat_buf, &rows, grid)?;
+                        self.record_running(&mut pass, "update_running", &stat_buf, rows, self.weight_workgroups())?;
                     }
                 }
                 Source::Running => {
                     let grid = Self::row_workgroups(geo);
-                    self.record_running(&mut pass, "prepare_running", &stat_buf, &rows, (grid.0 as usize, 1))?;
+                    self.record_running(&mut pass, "prepare_running", &stat_buf, rows, grid)?;
                 }
             }
             let apply = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "apply")))?;
@@ -364,13 +511,7 @@ impl Core {
             );
             dispatch(&mut pass, &apply, &group, tile.grid);
             Ok(())
-        })?;
-        // The rows now hold this input's statistics, or the running ones.
-        *lock(&self.saved_for) = match source {
-            Source::Input { .. } => Some((x.shape.clone(), x.layout, geo.rows())),
-            Source::Running => None,
-        };
-        Ok(())
+        })
     }
 
     fn record_running(
@@ -379,7 +520,7 @@ impl Core {
         entry: &'static str,
         params: &wgpu::Buffer,
         rows: &wgpu::Buffer,
-        grid: (usize, usize),
+        grid: (u32, u32),
     ) -> Result<()> {
         let device = self.ctx.device();
         let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false }, entry))?;
@@ -393,11 +534,14 @@ impl Core {
                 (6, rows.as_entire_binding()),
             ],
         );
-        dispatch(pass, &kernel, &group, (grid.0 as u32, grid.1 as u32));
+        dispatch(pass, &kernel, &group, grid);
         Ok(())
     }
 
-    /// Records a backward: dx into `dx`, dweight and dbias into the grad buffers.
+    /// Records a backward: dx into `dx`, dweight and dbias into the grad
+    /// buffers. A tensor above one binding runs in parts of whole samples,
+    /// each on its copy of the saved rows; every part's column partials
+    /// merge into dweight and dbias at the end.
     pub fn record_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -406,11 +550,9 @@ impl Core {
         dx: &TensorView,
         call: &Call,
     ) -> Result<()> {
-        let Call { geo, opt, source } = call;
-        let (geo, opt, source) = (geo, opt, *source);
-        let (xw, dyw) = self.pair(x, dy, "dy")?;
-        let f16 = x.dtype == DType::F16;
-        let (_, dxw) = self.pair(x, dx, "dx")?;
+        let Call { geo, opt, source } = *call;
+        self.check_pair(x, dy, "dy")?;
+        self.check_pair(x, dx, "dx")?;
         if dx.buffer == dy.buffer {
             return Err(Error::Buffer("dx shares a buffer with dy; backward does not run in place".into()));
         }
@@ -425,8 +567,76 @@ impl Core {
                 )));
             }
         }
-        let row_plan = ReducePlan::new(geo.stat)?.batched(geo.batch, geo.batch_stride)?;
-        let col_plan = ReducePlan::new(geo.weights)?;
+        let f16 = x.dtype == DType::F16;
+        let parts = self.parts(&geo, &[(x, "x"), (dy, "dy"), (dx, "dx")])?;
+        let mut plans = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let g = &part.geo;
+            plans.push((ReducePlan::new(g.stat)?.batched(g.batch, g.batch_stride)?, ReducePlan::new(g.weights)?));
+        }
+        let row_bytes = plans.iter().zip(&parts).map(|((r, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
+        let col_bytes = plans.iter().map(|(_, c)| c.partial_bytes(geo.weights.channels)).max();
+        let (rows, rows_dx, partials) = self.scratch(&geo, row_bytes.max(col_bytes).unwrap_or(16))?;
+        if let [part] = &parts[..] {
+            let (row_plan, col_plan) = &plans[0];
+            let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
+            let piece = Piece { geo, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
+            self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
+        } else {
+            // Every part's column partials in one run per column, merged once.
+            let stride = plans.iter().map(|(_, c)| c.parts).max().unwrap_or(1);
+            let total = stride * parts.len() as u32;
+            let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
+            let column_bytes = u64::from(total) * geo.weights.channels as u64 * 16;
+            let (part_rows, column_partials) = self.part_scratch(most, column_bytes)?;
+            if plans.iter().any(|(_, c)| c.parts != stride) {
+                // Slots a smaller part leaves unwritten must sum as zero.
+                encoder.clear_buffer(&column_partials, 0, None);
+            }
+            for (k, (part, (row_plan, col_plan))) in parts.iter().zip(&plans).enumerate() {
+                if source != Source::Running {
+                    let at = (part.first * geo.sample_rows()) as u64 * 16;
+                    encoder.copy_buffer_to_buffer(&rows, at, &part_rows, 0, part.geo.rows() as u64 * 16);
+                }
+                let columns =
+                    Columns { partials: &column_partials, parts: total, part_base: k as u32 * stride, merge: false };
+                let piece = Piece { geo: part.geo, x: &part.windows[0], rows: &part_rows, partials: &partials, f16 };
+                let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
+                self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
+            }
+            let mut params = self.params(geo.weights, &geo, &opt);
+            params.parts = total;
+            self.ctx.scoped(|| {
+                let params = uniform(self.ctx.device(), &params)?;
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.record_merge_columns(&mut pass, &params, &column_partials)
+            })?;
+        }
+        if source == Source::Running {
+            // prepare_running replaced the saved input statistics.
+            *lock(&self.saved_for) = None;
+        }
+        Ok(())
+    }
+
+    /// One part's backward: row sums and dx coefficients, column partials
+    /// into `columns` (merged into dweight and dbias when it says so), dx.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_part(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        piece: &Piece,
+        row_plan: &ReducePlan,
+        col_plan: &ReducePlan,
+        out: &PartDx,
+        opt: &Options,
+        source: Source,
+        columns: &Columns,
+    ) -> Result<()> {
+        let Piece { geo, x: xw, rows, partials, f16 } = *piece;
+        let PartDx { dy: dyw, dx: dxw, rows_dx } = *out;
+        let geo = &geo;
         let mut row_params = self.params(geo.stat, geo, opt);
         row_params.x_off = xw.elem_offset;
         row_params.dy_off = dyw.elem_offset;
@@ -441,8 +651,8 @@ impl Core {
         let tile = ReducePlan::elementwise(geo.weights)?;
         let mut dx_params = col_params;
         tile.fill(&mut dx_params);
-        let bytes = row_plan.partial_bytes(geo.stat.channels).max(col_plan.partial_bytes(geo.weights.channels));
-        let (rows, rows_dx, partials) = self.scratch(geo, bytes)?;
+        col_params.parts = columns.parts;
+        col_params.part_base = columns.part_base;
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -455,15 +665,14 @@ impl Core {
                 timestamp_writes: None,
             });
             if source == Source::Running {
-                let grid = Self::row_workgroups(geo);
-                self.record_running(&mut pass, "prepare_running", &row_buf, &rows, (grid.0 as usize, 1))?;
+                self.record_running(&mut pass, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
             }
-            let reduce = reduce::pipeline(&self.ctx, &row_plan, ReduceMode::WeightedGradSums, f16)?;
+            let reduce = reduce::pipeline(&self.ctx, row_plan, ReduceMode::WeightedGradSums, f16)?;
             reduce::record(
                 device,
                 &mut pass,
                 &reduce,
-                &row_plan,
+                row_plan,
                 ReduceBindings {
                     params: row_buf.as_entire_binding(),
                     x: xw.resource(),
@@ -486,34 +695,25 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
-            let reduce = reduce::pipeline(&self.ctx, &col_plan, ReduceMode::ColumnGrads, f16)?;
+            let reduce = reduce::pipeline(&self.ctx, col_plan, ReduceMode::ColumnGrads, f16)?;
             reduce::record(
                 device,
                 &mut pass,
                 &reduce,
-                &col_plan,
+                col_plan,
                 ReduceBindings {
                     params: col_buf.as_entire_binding(),
                     x: xw.resource(),
                     dy: dyw.resource(),
                     chan: rows.as_entire_binding(),
-                    partials: partials.as_entire_binding(),
+                    partials: columns.partials.as_entire_binding(),
                     weight: None,
                     z: None,
                 },
             );
-            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_columns"))?;
-            let group = bind(
-                device,
-                &merge,
-                &[
-                    (0, col_buf.as_entire_binding()),
-                    (1, partials.as_entire_binding()),
-                    (12, self.grad_weight.as_entire_binding()),
-                    (13, self.grad_bias.as_entire_binding()),
-                ],
-            );
-            dispatch(&mut pass, &merge, &group, (self.len.div_ceil(64).min(65535) as u32, 1));
+            if columns.merge {
+                self.record_merge_columns(&mut pass, &col_buf, columns.partials)?;
+            }
             let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "dx")))?;
             let group = bind(
                 device,
@@ -529,13 +729,66 @@ impl Core {
             );
             dispatch(&mut pass, &dx_kernel, &group, tile.grid);
             Ok(())
-        })?;
-        if source == Source::Running {
-            // prepare_running replaced the saved input statistics.
-            *lock(&self.saved_for) = None;
-        }
+        })
+    }
+
+    /// dweight and dbias from the column partials (`params.parts` per column).
+    fn record_merge_columns(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        params: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> Result<()> {
+        let merge = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_columns"))?;
+        let group = bind(
+            self.ctx.device(),
+            &merge,
+            &[
+                (0, params.as_entire_binding()),
+                (1, partials.as_entire_binding()),
+                (12, self.grad_weight.as_entire_binding()),
+                (13, self.grad_bias.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &merge, &group, self.weight_workgroups());
         Ok(())
     }
+}
+
+/// A run of whole samples that fits one binding: its first sample, its
+/// geometry, and its windows of the op's tensors (x first).
+struct Part<'a> {
+    first: usize,
+    geo: Geometry,
+    windows: Vec<Window<'a>>,
+}
+
+/// What a part's passes share: its geometry, x, the rows its statistics
+/// live in, and the row partials scratch.
+#[derive(Clone, Copy)]
+struct Piece<'p, 'a> {
+    geo: Geometry,
+    x: &'p Window<'a>,
+    rows: &'p wgpu::Buffer,
+    partials: &'p wgpu::Buffer,
+    f16: bool,
+}
+
+/// A part's backward outputs and its dx coefficients.
+#[derive(Clone, Copy)]
+struct PartDx<'p, 'a> {
+    dy: &'p Window<'a>,
+    dx: &'p Window<'a>,
+    rows_dx: &'p wgpu::Buffer,
+}
+
+/// Where a part's column partials go: `parts` per column, this part's from
+/// `part_base`; `merge` when this part is the whole op.
+struct Columns<'p> {
+    partials: &'p wgpu::Buffer,
+    parts: u32,
+    part_base: u32,
+    merge: bool,
 }
 
 /// row_norm.wgsl's entry for pass `op` (`apply` or `dx`) over `tile`.

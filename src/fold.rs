@@ -6,7 +6,7 @@ use crate::batch_norm::{BatchNorm, BatchNormState};
 use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
 use crate::reference::{self, FoldBn};
-use crate::tensor::TensorView;
+use crate::tensor::{check_range, window, DType, TensorView};
 use crate::validate::check_eps;
 use crate::{Error, Result};
 
@@ -112,13 +112,13 @@ impl BatchNorm {
     /// in buffers: `folded_weight` gets `weight`'s shape, `folded_bias` one
     /// value per output channel (`bias` `None` = zeros). Nothing leaves the GPU.
     #[allow(clippy::too_many_arguments)]
-    pub fn fold_into(
+    pub fn fold_into<'a>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kind: LayerKind,
-        weight: &TensorView,
+        weight: &TensorView<'a>,
         bias: Option<&TensorView>,
-        folded_weight: &TensorView,
+        folded_weight: &TensorView<'a>,
         folded_bias: &TensorView,
     ) -> Result<()> {
         let ctx = self.context();
@@ -152,15 +152,28 @@ impl BatchNorm {
             return Err(Error::Buffer("folding does not run in place: outputs need their own buffers".into()));
         }
         let limits = ctx.device().limits();
-        let ww = weight.window_f32("weight", &limits)?;
-        let fww = folded_weight.window_f32("folded_weight", &limits)?;
+        for (t, name) in [(weight, "weight"), (folded_weight, "folded_weight")] {
+            if t.dtype != DType::F32 {
+                return Err(Error::Unsupported(format!("{name}: {:?} tensors are not supported here", t.dtype)));
+            }
+            check_range(t.buffer, t.offset, t.len(), 4, name)?;
+        }
+        // The weights in pieces that each fit one binding, all checked first.
+        let mut pieces = Vec::new();
+        for (start, piece, chan_base) in weight_pieces(view, &limits)? {
+            let at =
+                |t: &TensorView<'a>, name| window(t.buffer, t.offset + start as u64 * 4, piece.len(), 4, name, &limits);
+            let (ww, fww) = (at(weight, "weight")?, at(folded_weight, "folded_weight")?);
+            let mut params = self.channel_params(piece);
+            params.x_off = ww.elem_offset;
+            params.y_off = fww.elem_offset;
+            params.chan_base = chan_base as u32;
+            pieces.push((ww, fww, params));
+        }
         let bw = bias.map(|b| b.window_f32("bias", &limits)).transpose()?;
         let fbw = folded_bias.window_f32("folded_bias", &limits)?;
 
-        let mut params = self.channel_params(view);
         let mut bias_params = self.channel_params(ChannelView { outer: 1, channels: c, inner: 1 });
-        params.x_off = ww.elem_offset;
-        params.y_off = fww.elem_offset;
         bias_params.x_off = bw.as_ref().map_or(0, |w| w.elem_offset);
         bias_params.y_off = fbw.elem_offset;
         if bias.is_some() {
@@ -168,29 +181,34 @@ impl BatchNorm {
         }
         let device = ctx.device();
         ctx.scoped(|| {
-            let params_buf = uniform(device, &params)?;
             let bias_buf = uniform(device, &bias_params)?;
             let kernels = ctx.kernels();
             let fold_w = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_weight"))?;
             let fold_b = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_bias"))?;
             let eval_chan = self.eval_coefficients();
-            let gw = bind(
-                device,
-                &fold_w,
-                &[
-                    (0, params_buf.as_entire_binding()),
-                    (7, eval_chan.as_entire_binding()),
-                    (8, ww.resource()),
-                    (9, fww.resource()),
-                ],
-            );
+            let mut weight_groups = Vec::with_capacity(pieces.len());
+            for (ww, fww, params) in &pieces {
+                let params_buf = uniform(device, params)?;
+                let group = bind(
+                    device,
+                    &fold_w,
+                    &[
+                        (0, params_buf.as_entire_binding()),
+                        (7, eval_chan.as_entire_binding()),
+                        (8, ww.resource()),
+                        (9, fww.resource()),
+                    ],
+                );
+                let len = (params.outer * params.channels * params.inner) as usize;
+                weight_groups.push((group, elementwise_workgroups(len)));
+            }
             let gb = bind(
                 device,
                 &fold_b,
                 &[
                     (0, bias_buf.as_entire_binding()),
                     (7, eval_chan.as_entire_binding()),
-                    (8, bw.as_ref().unwrap_or(&ww).resource()),
+                    (8, bw.as_ref().unwrap_or(&pieces[0].0).resource()),
                     (9, fbw.resource()),
                 ],
             );
@@ -199,11 +217,47 @@ impl BatchNorm {
                 timestamp_writes: None,
             });
             self.record_prepare_eval(&mut pass, &bias_buf)?;
-            dispatch(&mut pass, &fold_w, &gw, elementwise_workgroups(view.len()));
+            for (group, grid) in &weight_groups {
+                dispatch(&mut pass, &fold_w, group, *grid);
+            }
             dispatch(&mut pass, &fold_b, &gb, (c.div_ceil(64) as u32, 1));
             Ok(())
         })
     }
+}
+
+/// Cuts a weight seen as [outer][channels][inner] into pieces that each fit
+/// one storage binding: whole outer rows, or runs of channels within one.
+/// Each is (first element, its view, its first channel).
+fn weight_pieces(view: ChannelView, limits: &wgpu::Limits) -> Result<Vec<(usize, ChannelView, usize)>> {
+    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
+    let max = (limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align) / 4) as usize;
+    let row = view.channels * view.inner;
+    if view.len() <= max {
+        return Ok(vec![(0, view, 0)]);
+    }
+    if row <= max {
+        let rows = max / row;
+        return Ok((0..view.outer)
+            .step_by(rows)
+            .map(|o| (o * row, ChannelView { outer: rows.min(view.outer - o), ..view }, 0))
+            .collect());
+    }
+    if view.inner > max {
+        return Err(Error::Unsupported(format!(
+            "one output channel's {} weights exceed the device's storage binding limit",
+            view.inner
+        )));
+    }
+    let per = max / view.inner;
+    let mut pieces = Vec::new();
+    for o in 0..view.outer {
+        for c in (0..view.channels).step_by(per) {
+            let piece = ChannelView { outer: 1, channels: per.min(view.channels - c), inner: view.inner };
+            pieces.push(((o * view.channels + c) * view.inner, piece, c));
+        }
+    }
+    Ok(pieces)
 }
 
 /// Workgroups for fold_weight's grid-stride pass over `len` values: about

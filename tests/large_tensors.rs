@@ -1,12 +1,19 @@
-//! Tensors larger than one storage binding: the op is cut into chunks (whole
-//! rows, runs of channels within a row, or pieces of one channel's plane)
-//! whose partial statistics merge as one. A device opened with a 1 MiB binding limit makes small tensors
+//! Tensors larger than one storage binding: BatchNorm is cut into chunks
+//! (whole rows, runs of channels within a row, or pieces of one channel's
+//! plane) whose partial statistics merge as one; the family into runs of
+//! whole samples; folding into runs of output channels or weight rows. A device opened with a 1 MiB binding limit makes small tensors
 //! "huge", so every cut runs fast; its own binary, with its own device.
 
 use std::sync::OnceLock;
 
-use wgpu_norm::reference::{self, BatchNormArgs, Fused};
-use wgpu_norm::{check::normalized_error, BatchNorm, BatchNormConfig, BatchNormState, Context, Layout, Tensor};
+use wgpu_norm::reference::{
+    self, BatchNormArgs, FoldBn, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
+};
+use wgpu_norm::{
+    check::normalized_error, BatchNorm, BatchNormConfig, BatchNormState, Context, Error, GroupNorm, GroupNormConfig,
+    InstanceNorm, InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, RmsNorm,
+    RmsNormConfig, Tensor,
+};
 
 const LIMIT: u64 = 1024 * 1024;
 
@@ -148,4 +155,189 @@ fn cut_single_planes_above_the_limit_into_pieces() {
 fn cut_into_runs_of_fewer_than_four_channels() {
     // Planes of 100,000 values: two fit one 1 MiB binding, four do not.
     run(&[1, 6, 100_000], Layout::Nchw);
+}
+
+/// A family op above the binding limit, run in parts of whole samples:
+/// `run` records forward + backward on the GPU and returns (y, dx, dweight,
+/// dbias); `want` gives the same from the reference.
+fn family_case(
+    what: &str,
+    shape: &[usize],
+    layout: Layout,
+    run: impl FnOnce(&Context, &Tensor, &Tensor, &Tensor, &Tensor) -> (Vec<f32>, Vec<f32>),
+    want: impl FnOnce(&[f32], &[f32]) -> [Vec<f64>; 4],
+) {
+    let ctx = small_binding_ctx();
+    let len: usize = shape.iter().product();
+    assert!(len as u64 * 4 > LIMIT, "{shape:?} fits one binding: the test would not cut it");
+    let (x, dy) = (wave(len, 0.7, 1.5), wave(len, 1.9, 0.0));
+    let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
+    let (xt, dyt, y, dx) = (t(&x), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
+    let (dw, db) = run(ctx, &xt, &dyt, &y, &dx);
+    let [wy, wdx, wdw, wdb] = want(&x, &dy);
+    let what = |n: &str| format!("{what} {shape:?} {layout:?} {n}");
+    assert_close(&what("y"), &y.read(ctx).unwrap(), &wy);
+    assert_close(&what("dx"), &dx.read(ctx).unwrap(), &wdx);
+    assert_close(&what("dweight"), &dw, &wdw);
+    assert_close(&what("dbias"), &db, &wdb);
+}
+
+#[test]
+fn family_cut_into_runs_of_whole_samples() {
+    for (shape, cols) in [(&[700usize, 600][..], 600), (&[3, 11, 9000][..], 9000)] {
+        let norm = &[cols];
+        let (w, b) = (wave(cols, 0.4, 1.0), wave(cols, 0.8, 0.0));
+        let args = LayerNormArgs { shape, normalized_shape: norm, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+        family_case(
+            "layer_norm",
+            shape,
+            Layout::Nchw,
+            |ctx, x, dy, y, dx| {
+                let ln = LayerNorm::new(ctx, LayerNormConfig::new(norm)).unwrap();
+                ln.write_weight(&w).unwrap();
+                ln.write_bias(&b).unwrap();
+                ln.forward_sync(&x.view(), &y.view()).unwrap();
+                ln.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                ln.read_grads().unwrap()
+            },
+            |x, dy| {
+                let (f, g) = (reference::layer_norm_forward(&args, x), reference::layer_norm_backward(&args, x, dy));
+                [f.y, g.dx, g.dweight, g.dbias]
+            },
+        );
+        let args = RmsNormArgs { shape, normalized_shape: norm, weight: Some(&w), eps: None };
+        family_case(
+            "rms_norm",
+            shape,
+            Layout::Nchw,
+            |ctx, x, dy, y, dx| {
+                let rn = RmsNorm::new(ctx, RmsNormConfig::new(norm)).unwrap();
+                rn.write_weight(&w).unwrap();
+                rn.forward_sync(&x.view(), &y.view()).unwrap();
+                rn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                (rn.read_grad_weight().unwrap(), Vec::new())
+            },
+            |x, dy| {
+                let (f, g) = (reference::rms_norm_forward(&args, x), reference::rms_norm_backward(&args, x, dy));
+                [f.y, g.dx, g.dweight, Vec::new()]
+            },
+        );
+    }
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        // Five samples of 60,000 values: about a megabyte and a quarter.
+        let shape = &[5usize, 6, 100, 100][..];
+        let (w, b) = (wave(6, 0.4, 1.0), wave(6, 0.8, 0.0));
+        let args = GroupNormArgs { shape, layout, num_groups: 3, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+        family_case(
+            "group_norm",
+            shape,
+            layout,
+            |ctx, x, dy, y, dx| {
+                let gn = GroupNorm::new(ctx, GroupNormConfig::new(3, 6)).unwrap();
+                gn.write_weight(&w).unwrap();
+                gn.write_bias(&b).unwrap();
+                gn.forward_sync(&x.view(), &y.view()).unwrap();
+                gn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                gn.read_grads().unwrap()
+            },
+            |x, dy| {
+                let (f, g) = (reference::group_norm_forward(&args, x), reference::group_norm_backward(&args, x, dy));
+                [f.y, g.dx, g.dweight, g.dbias]
+            },
+        );
+        // InstanceNorm with running statistics: a training step updates them
+        // once from every part's rows, then eval runs on them.
+        let state = InstanceNormState {
+            weight: w.clone(),
+            bias: b.clone(),
+            running_mean: wave(6, 0.3, 0.5),
+            running_var: wave(6, 0.6, 2.0),
+        };
+        for training in [true, false] {
+            let config = InstanceNormConfig::new(6).affine(true).track_running_stats(true);
+            let args = InstanceNormArgs {
+                shape,
+                layout,
+                weight: Some(&w),
+                bias: Some(&b),
+                running_mean: Some(&state.running_mean),
+                running_var: Some(&state.running_var),
+                use_input_stats: training,
+                momentum: 0.1,
+                eps: 1e-5,
+            };
+            let after = std::cell::RefCell::new(None);
+            family_case(
+                &format!("instance_norm training={training}"),
+                shape,
+                layout,
+                |ctx, x, dy, y, dx| {
+                    let inorm = InstanceNorm::new(ctx, config).unwrap();
+                    inorm.write_state(&state).unwrap();
+                    inorm.forward_sync(&x.view(), &y.view(), training).unwrap();
+                    inorm.backward_sync(&x.view(), &dy.view(), &dx.view(), training).unwrap();
+                    *after.borrow_mut() = Some(inorm.read_state().unwrap());
+                    inorm.read_grads().unwrap()
+                },
+                |x, dy| {
+                    let f = reference::instance_norm_forward(&args, x);
+                    let g = reference::instance_norm_backward(&args, x, dy);
+                    let after = after.borrow_mut().take().unwrap();
+                    assert_close("running_mean", &after.running_mean, f.running_mean.as_ref().unwrap());
+                    assert_close("running_var", &after.running_var, f.running_var.as_ref().unwrap());
+                    [f.y, g.dx, g.dweight, g.dbias]
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn a_family_sample_above_the_limit_is_unsupported() {
+    let ctx = small_binding_ctx();
+    let shape = [2, 300_000];
+    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &shape, Layout::Nchw).unwrap();
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[300_000])).unwrap();
+    let err = ln.forward_sync(&x.view(), &y.view()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
+}
+
+#[test]
+fn folding_cuts_weights_above_the_limit() {
+    let ctx = small_binding_ctx();
+    // Conv and Linear: runs of output channels; ConvTranspose: whole input rows.
+    for (kind, shape) in [
+        (LayerKind::Conv, &[40usize, 30, 15, 15][..]),
+        (LayerKind::Linear, &[700, 400][..]),
+        (LayerKind::ConvTranspose, &[300, 20, 7, 7][..]),
+    ] {
+        let c = shape[kind.out_axis()];
+        let len: usize = shape.iter().product();
+        assert!(len as u64 * 4 > LIMIT, "{shape:?} fits one binding");
+        let (w, b) = (wave(len, 0.2, 0.0), wave(c, 0.6, 0.1));
+        let mut state = BatchNormState::initial(c);
+        state.weight = wave(c, 0.5, 1.0);
+        state.bias = wave(c, 0.9, 0.0);
+        state.running_mean = wave(c, 1.3, 0.2);
+        state.running_var = wave(c, 1.7, 1.5);
+        let fold_bn = FoldBn {
+            running_mean: &state.running_mean,
+            running_var: &state.running_var,
+            weight: Some(&state.weight),
+            bias: Some(&state.bias),
+            eps: 1e-5,
+        };
+        let (want_w, want_b) = reference::fold_batch_norm(&w, Some(&b), shape, kind.out_axis(), fold_bn);
+        let bn = BatchNorm::new(ctx, BatchNormConfig::new(c)).unwrap();
+        bn.write_state(&state).unwrap();
+        let wt = Tensor::from_slice(ctx, &w, shape, Layout::Nchw).unwrap();
+        let bt = Tensor::from_slice(ctx, &b, &[c], Layout::Nchw).unwrap();
+        let fw = Tensor::zeros(ctx, shape, Layout::Nchw).unwrap();
+        let fb = Tensor::zeros(ctx, &[c], Layout::Nchw).unwrap();
+        ctx.run(|e| bn.fold_into(e, kind, &wt.view(), Some(&bt.view()), &fw.view(), &fb.view())).unwrap();
+        assert_close(&format!("{kind:?} {shape:?} weight"), &fw.read(ctx).unwrap(), &want_w);
+        assert_close(&format!("{kind:?} {shape:?} bias"), &fb.read(ctx).unwrap(), &want_b);
+    }
 }
