@@ -48,7 +48,9 @@ struct Params {
     // `parts`. A partial of channel c goes to c * parts + part_base + local.
     chan_base: u32,
     part_base: u32,
-    pad0: u32,
+    // The family's part of a sample too large for one binding (a run of
+    // groups): its first weight (channel).
+    weight_base: u32,
     pad1: u32,
 }
 

@@ -51,7 +51,7 @@ fn gamma_at(c: u32, i: u32) -> f32 {
     if ((p.flags & FLAG_AFFINE) == 0u) {
         return 1.0;
     }
-    return weight[(c % p.groups) * p.cpg + i / p.wdiv];
+    return weight[p.weight_base + (c % p.groups) * p.cpg + i / p.wdiv];
 }
 
 // Adds the element at idx (relative to the bound x, batch offset included),

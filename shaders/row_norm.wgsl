@@ -36,11 +36,11 @@ fn has(flag: u32) -> bool {
 }
 
 fn gamma(c: u32) -> f32 {
-    return select(1.0, weight[c], has(FLAG_AFFINE));
+    return select(1.0, weight[p.weight_base + c], has(FLAG_AFFINE));
 }
 
 fn beta(c: u32) -> f32 {
-    return select(0.0, bias[c], has(FLAG_BIAS));
+    return select(0.0, bias[p.weight_base + c], has(FLAG_BIAS));
 }
 
 
@@ -100,7 +100,7 @@ fn prepare_running(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
-        let c = r % p.groups;
+        let c = p.weight_base + r % p.groups;
         rows[r] = vec4<f32>(running_mean[c], 1.0 / sqrt(running_var[c] + p.eps), 0.0, running_var[c]);
     }
 }

@@ -165,24 +165,30 @@ impl Op {
         self.kind() == Kind::Bn
     }
 
-    /// Why the op does not run on `shape`, if it does not: GroupNorm and
-    /// InstanceNorm need spatial dimensions (rank >= 3). Tensors above the
-    /// device's storage binding limit are cut into chunks: BatchNorm's
-    /// anywhere, the family's into whole samples (rows for LayerNorm and
-    /// RMSNorm), so one sample must fit a binding.
-    pub fn unsupported(self, shape: &[usize], max_binding: u64) -> Option<String> {
-        let sample_bytes = match self.kind() {
+    /// Why the op does not run on `shape` in `layout`, if it does not:
+    /// GroupNorm and InstanceNorm need spatial dimensions (rank >= 3).
+    /// Tensors above the device's storage binding limit are cut into
+    /// chunks: BatchNorm's anywhere; the family's into whole samples (rows
+    /// for LayerNorm and RMSNorm) or, channels-second, whole groups of one
+    /// sample, so one such unit must fit a binding.
+    pub fn unsupported(self, shape: &[usize], layout: Layout, max_binding: u64) -> Option<String> {
+        let sample: u64 = shape.iter().skip(1).product::<usize>() as u64 * 4;
+        let channels = shape.get(1).copied().unwrap_or(1).max(1) as u64;
+        let unit_bytes = match self.kind() {
+            Kind::Bn => 0,
             Kind::Ln | Kind::Rms => shape.last().copied().unwrap_or(0) as u64 * 4,
-            _ => shape.iter().skip(1).product::<usize>() as u64 * 4,
+            Kind::Gn if layout == Layout::Nchw => sample / group_count(channels as usize) as u64,
+            Kind::In if layout == Layout::Nchw => sample / channels,
+            _ => sample,
         };
         match self.kind() {
             Kind::Gn | Kind::In if shape.len() < 3 => {
                 Some(format!("{}: needs rank >= 3 (N, C, spatial...), got rank {}", self.name(), shape.len()))
             }
-            Kind::Bn => None,
-            _ if sample_bytes > max_binding => Some(format!(
-                "{}: one sample of {sample_bytes} bytes exceeds the storage binding limit of {max_binding} bytes \
-                 (the family cuts larger tensors into whole samples)",
+            // A part's binding also spans its offset's alignment (up to 256 bytes).
+            _ if unit_bytes > 0 && unit_bytes + 260 > max_binding => Some(format!(
+                "{}: {unit_bytes} bytes in one unit the op cannot cut (a sample, row or group) exceed the \
+                 storage binding limit of {max_binding} bytes",
                 self.name()
             )),
             _ => None,
@@ -437,7 +443,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
                     done += 1;
                     continue;
                 }
-                if let Some(reason) = op.unsupported(shape, max_binding) {
+                if let Some(reason) = op.unsupported(shape, layout, max_binding) {
                     report.skipped.push(Skipped { shape: shape.clone(), layout, op: Some(op.name()), reason });
                     done += 1;
                     continue;
@@ -762,7 +768,7 @@ impl Workload {
     /// over the last dimension and read the tensor row-major: `layout` is
     /// ignored for them. `Err(Parameter)` where [`Op::unsupported`] says so.
     pub fn new(ctx: &Context, op: Op, shape: &[usize], layout: Layout, seed: u64) -> Result<Workload> {
-        if let Some(reason) = op.unsupported(shape, ctx.device().limits().max_storage_buffer_binding_size) {
+        if let Some(reason) = op.unsupported(shape, layout, ctx.device().limits().max_storage_buffer_binding_size) {
             return Err(Error::Parameter(reason));
         }
         let layout = if op.ignores_layout() { Layout::Nchw } else { layout };
@@ -1480,14 +1486,17 @@ mod tests {
             assert_eq!(parse_ops(info.name).unwrap(), vec![info.op.unwrap()]);
         }
         let limit = 1 << 20;
-        assert!(Op::GnForward.unsupported(&[8, 4], limit).is_some());
-        assert!(Op::InBackward.unsupported(&[8, 4, 2], limit).is_none());
-        assert!(Op::LnForward.unsupported(&[8, 4], limit).is_none());
+        let (nchw, nhwc) = (Layout::Nchw, Layout::Nhwc);
+        assert!(Op::GnForward.unsupported(&[8, 4], nchw, limit).is_some());
+        assert!(Op::InBackward.unsupported(&[8, 4, 2], nchw, limit).is_none());
+        assert!(Op::LnForward.unsupported(&[8, 4], nchw, limit).is_none());
         // Above the binding limit every op runs in chunks, the family's of
-        // whole samples: one sample above it does not.
-        assert!(Op::LnForward.unsupported(&[1024, 1024], limit).is_none());
-        assert!(Op::LnForward.unsupported(&[4, 1 << 19], limit).is_some());
-        assert!(Op::GnForward.unsupported(&[2, 4, 512, 512], limit).is_some());
-        assert!(Op::BnTrainStep.unsupported(&[2, 4, 512, 512], limit).is_none());
+        // whole samples, or groups channels-second; one row above it does not.
+        assert!(Op::LnForward.unsupported(&[1024, 1024], nchw, limit).is_none());
+        assert!(Op::LnForward.unsupported(&[4, 1 << 19], nchw, limit).is_some());
+        assert!(Op::GnForward.unsupported(&[2, 4, 256, 512], nchw, limit).is_none());
+        assert!(Op::GnForward.unsupported(&[2, 4, 256, 512], nhwc, limit).is_some());
+        assert!(Op::InForward.unsupported(&[2, 4, 1024, 1024], nchw, limit).is_some());
+        assert!(Op::BnTrainStep.unsupported(&[2, 4, 512, 512], nhwc, limit).is_none());
     }
 }

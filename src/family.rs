@@ -120,6 +120,22 @@ impl Geometry {
         self.rows() / self.samples
     }
 
+    /// The geometry of groups `g0..g1` of one sample, for a sample too large
+    /// for one binding. Channels-second only: there a group's values are one
+    /// contiguous run (channels-last interleaves them).
+    pub fn group_run(&self, g0: usize, g1: usize) -> Option<Geometry> {
+        if self.batched || self.groups == 0 || self.sample_rows() != self.groups {
+            return None;
+        }
+        let groups = g1 - g0;
+        let mut g = *self;
+        g.stat = ChannelView { outer: 1, channels: groups, inner: self.row_len() };
+        g.weights = ChannelView { outer: 1, channels: groups * self.cpg, inner: self.weights.inner };
+        g.groups = groups;
+        g.samples = 1;
+        Some(g)
+    }
+
     /// The geometry of the first `n` samples (any run of `n`: they are alike).
     pub fn for_samples(&self, n: usize) -> Geometry {
         let mut g = *self;
@@ -309,27 +325,53 @@ impl Core {
         let esize = x.dtype.size();
         let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
         let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align + 4);
+        let max_values = (max_bytes / esize) as usize;
         let sample_len = geo.sample_len();
-        let fits = ((max_bytes / esize) as usize / sample_len.max(1)).min(geo.samples);
-        if fits == 0 {
-            return Err(Error::Unsupported(format!(
-                "one sample (or row) of {sample_len} values exceeds the device's storage binding limit"
-            )));
+        // (first value, geometry, first row, first weight, slot among the parts covering a weight)
+        let mut cuts: Vec<(usize, Geometry, usize, usize, usize)> = Vec::new();
+        let fits = (max_values / sample_len.max(1)).min(geo.samples);
+        if fits > 0 {
+            // Runs of whole samples, of equal size so the last is not a sliver.
+            let count = geo.samples.div_ceil(fits);
+            let per = geo.samples.div_ceil(count);
+            for (slot, first) in (0..geo.samples).step_by(per).enumerate() {
+                let n = per.min(geo.samples - first);
+                cuts.push((first * sample_len, geo.for_samples(n), first * geo.sample_rows(), 0, slot));
+            }
+        } else {
+            // One sample exceeds a binding: runs of whole groups of each sample.
+            let row_len = geo.row_len();
+            let per = max_values / row_len.max(1);
+            let too_large = || {
+                Error::Unsupported(format!(
+                    "one sample of {sample_len} values exceeds the device's storage binding limit, and it \
+                     cannot be cut (a row, a channels-last sample, or one group above the limit)"
+                ))
+            };
+            if per == 0 || geo.group_run(0, 1).is_none() {
+                return Err(too_large());
+            }
+            let groups = geo.sample_rows();
+            let count = groups.div_ceil(per);
+            let per = groups.div_ceil(count);
+            for n in 0..geo.samples {
+                for g0 in (0..groups).step_by(per) {
+                    let g1 = (g0 + per).min(groups);
+                    let g = geo.group_run(g0, g1).ok_or_else(too_large)?;
+                    cuts.push((n * sample_len + g0 * row_len, g, n * groups + g0, g0 * geo.cpg, n));
+                }
+            }
         }
-        // Equal parts, so the last one is not a sliver.
-        let count = geo.samples.div_ceil(fits);
-        let per = geo.samples.div_ceil(count);
-        let mut parts = Vec::with_capacity(count);
-        for first in (0..geo.samples).step_by(per) {
-            let n = per.min(geo.samples - first);
+        let mut parts = Vec::with_capacity(cuts.len());
+        for (start, g, first_row, weight_base, slot) in cuts {
             let windows = tensors
                 .iter()
                 .map(|(t, name)| {
-                    let offset = t.offset + (first * sample_len) as u64 * esize;
-                    window(t.buffer, offset, n * sample_len, esize, name, &limits)
+                    let offset = t.offset + start as u64 * esize;
+                    window(t.buffer, offset, g.weights.len(), esize, name, &limits)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            parts.push(Part { first, geo: geo.for_samples(n), windows });
+            parts.push(Part { first_row, weight_base: weight_base as u32, slot: slot as u32, geo: g, windows });
         }
         Ok(parts)
     }
@@ -392,7 +434,7 @@ impl Core {
             plans.iter().zip(&parts).map(|(plan, p)| plan.partial_bytes(p.geo.stat.channels)).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
         if let [part] = &parts[..] {
-            let piece = Piece { geo, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            let piece = Piece { geo, weight_base: 0, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
             self.forward_part(encoder, &piece, &plans[0], &part.windows[1], &opt, source)?;
         } else {
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
@@ -403,10 +445,17 @@ impl Core {
                 Source::Running => Source::Running,
             };
             for (part, plan) in parts.iter().zip(&plans) {
-                let piece = Piece { geo: part.geo, x: &part.windows[0], rows: &part_rows, partials: &partials, f16 };
+                let piece = Piece {
+                    geo: part.geo,
+                    weight_base: part.weight_base,
+                    x: &part.windows[0],
+                    rows: &part_rows,
+                    partials: &partials,
+                    f16,
+                };
                 self.forward_part(encoder, &piece, plan, &part.windows[1], &opt, part_source)?;
                 if part_source != Source::Running {
-                    let at = (part.first * geo.sample_rows()) as u64 * 16;
+                    let at = part.first_row as u64 * 16;
                     encoder.copy_buffer_to_buffer(&part_rows, 0, &rows, at, part.geo.rows() as u64 * 16);
                 }
             }
@@ -438,12 +487,14 @@ impl Core {
         opt: &Options,
         source: Source,
     ) -> Result<()> {
-        let Piece { geo, x: xw, rows, partials, f16 } = *piece;
+        let Piece { geo, weight_base, x: xw, rows, partials, f16 } = *piece;
         let geo = &geo;
         let mut stat_params = self.params(geo.stat, geo, opt);
         stat_params.x_off = xw.elem_offset;
+        stat_params.weight_base = weight_base;
         plan.fill(&mut stat_params);
         let mut apply_params = self.params(geo.weights, geo, opt);
+        apply_params.weight_base = weight_base;
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
         let tile = ReducePlan::elementwise(geo.weights)?;
@@ -580,13 +631,14 @@ impl Core {
         if let [part] = &parts[..] {
             let (row_plan, col_plan) = &plans[0];
             let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
-            let piece = Piece { geo, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            let piece = Piece { geo, weight_base: 0, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
             let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
             self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
         } else {
             // Every part's column partials in one run per column, merged once.
             let stride = plans.iter().map(|(_, c)| c.parts).max().unwrap_or(1);
-            let total = stride * parts.len() as u32;
+            let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
+            let total = stride * slots;
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
             let column_bytes = u64::from(total) * geo.weights.channels as u64 * 16;
             let (part_rows, column_partials) = self.part_scratch(most, column_bytes)?;
@@ -594,14 +646,21 @@ impl Core {
                 // Slots a smaller part leaves unwritten must sum as zero.
                 encoder.clear_buffer(&column_partials, 0, None);
             }
-            for (k, (part, (row_plan, col_plan))) in parts.iter().zip(&plans).enumerate() {
+            for (part, (row_plan, col_plan)) in parts.iter().zip(&plans) {
                 if source != Source::Running {
-                    let at = (part.first * geo.sample_rows()) as u64 * 16;
+                    let at = part.first_row as u64 * 16;
                     encoder.copy_buffer_to_buffer(&rows, at, &part_rows, 0, part.geo.rows() as u64 * 16);
                 }
                 let columns =
-                    Columns { partials: &column_partials, parts: total, part_base: k as u32 * stride, merge: false };
-                let piece = Piece { geo: part.geo, x: &part.windows[0], rows: &part_rows, partials: &partials, f16 };
+                    Columns { partials: &column_partials, parts: total, part_base: part.slot * stride, merge: false };
+                let piece = Piece {
+                    geo: part.geo,
+                    weight_base: part.weight_base,
+                    x: &part.windows[0],
+                    rows: &part_rows,
+                    partials: &partials,
+                    f16,
+                };
                 let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
                 self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
             }
@@ -634,15 +693,17 @@ impl Core {
         source: Source,
         columns: &Columns,
     ) -> Result<()> {
-        let Piece { geo, x: xw, rows, partials, f16 } = *piece;
+        let Piece { geo, weight_base, x: xw, rows, partials, f16 } = *piece;
         let PartDx { dy: dyw, dx: dxw, rows_dx } = *out;
         let geo = &geo;
         let mut row_params = self.params(geo.stat, geo, opt);
+        row_params.weight_base = weight_base;
         row_params.x_off = xw.elem_offset;
         row_params.dy_off = dyw.elem_offset;
         row_params.flags |= if matches!(source, Source::Input { .. }) { FLAG_BATCH_STATS } else { 0 };
         row_plan.fill(&mut row_params);
         let mut col_params = self.params(geo.weights, geo, opt);
+        col_params.weight_base = weight_base;
         col_params.x_off = xw.elem_offset;
         col_params.dy_off = dyw.elem_offset;
         col_params.dx_off = dxw.elem_offset;
@@ -651,8 +712,10 @@ impl Core {
         let tile = ReducePlan::elementwise(geo.weights)?;
         let mut dx_params = col_params;
         tile.fill(&mut dx_params);
+        // Column partials go to the part's weights, `parts` per weight.
         col_params.parts = columns.parts;
         col_params.part_base = columns.part_base;
+        col_params.chan_base = weight_base;
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -755,10 +818,14 @@ impl Core {
     }
 }
 
-/// A run of whole samples that fits one binding: its first sample, its
+/// A run of whole samples, or of whole groups of one sample, that fits one
+/// binding: where its rows start among the op's, its first weight, its slot
+/// among the parts that cover a weight (for the column partials), its
 /// geometry, and its windows of the op's tensors (x first).
 struct Part<'a> {
-    first: usize,
+    first_row: usize,
+    weight_base: u32,
+    slot: u32,
     geo: Geometry,
     windows: Vec<Window<'a>>,
 }
@@ -768,6 +835,8 @@ struct Part<'a> {
 #[derive(Clone, Copy)]
 struct Piece<'p, 'a> {
     geo: Geometry,
+    /// The part's first weight (a run of groups of one sample), else 0.
+    weight_base: u32,
     x: &'p Window<'a>,
     rows: &'p wgpu::Buffer,
     partials: &'p wgpu::Buffer,

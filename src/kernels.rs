@@ -173,7 +173,8 @@ pub(crate) struct ChannelParams {
     pub rows: u32,
     pub chan_base: u32,
     pub part_base: u32,
-    pub pad0: u32,
+    /// The family's part of one sample (a run of groups): its first weight.
+    pub weight_base: u32,
     pub pad1: u32,
 }
 

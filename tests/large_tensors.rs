@@ -183,7 +183,7 @@ fn family_case(
 }
 
 #[test]
-fn family_cut_into_runs_of_whole_samples() {
+fn family_cut_into_runs_of_samples_or_groups() {
     for (shape, cols) in [(&[700usize, 600][..], 600), (&[3, 11, 9000][..], 9000)] {
         let norm = &[cols];
         let (w, b) = (wave(cols, 0.4, 1.0), wave(cols, 0.8, 0.0));
@@ -223,9 +223,14 @@ fn family_cut_into_runs_of_whole_samples() {
             },
         );
     }
-    for layout in [Layout::Nchw, Layout::Nhwc] {
-        // Five samples of 60,000 values: about a megabyte and a quarter.
-        let shape = &[5usize, 6, 100, 100][..];
+    // Five samples of 60,000 values (about a megabyte and a quarter): runs of
+    // whole samples. Two samples of 300,000 values, each above the limit:
+    // runs of whole groups of one sample (channels-second only).
+    for (shape, layout) in [
+        (&[5usize, 6, 100, 100][..], Layout::Nchw),
+        (&[5, 6, 100, 100][..], Layout::Nhwc),
+        (&[2, 6, 200, 250][..], Layout::Nchw),
+    ] {
         let (w, b) = (wave(6, 0.4, 1.0), wave(6, 0.8, 0.0));
         let args = GroupNormArgs { shape, layout, num_groups: 3, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
         family_case(
@@ -293,13 +298,20 @@ fn family_cut_into_runs_of_whole_samples() {
 }
 
 #[test]
-fn a_family_sample_above_the_limit_is_unsupported() {
+fn family_samples_that_cannot_be_cut_are_unsupported() {
     let ctx = small_binding_ctx();
-    let shape = [2, 300_000];
-    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nchw).unwrap();
-    let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &shape, Layout::Nchw).unwrap();
+    // A LayerNorm row, and a channels-last GroupNorm sample, above the limit.
+    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &[2, 300_000], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &[2, 300_000], Layout::Nchw).unwrap();
     let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[300_000])).unwrap();
     let err = ln.forward_sync(&x.view(), &y.view()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
+    let shape = [2, 6, 200, 250];
+    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nhwc).unwrap();
+    let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &shape, Layout::Nhwc).unwrap();
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(3, 6)).unwrap();
+    let err = gn.forward_sync(&x.view(), &y.view()).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
 }
