@@ -252,3 +252,63 @@ fn partial_statistics_of_slices_merge_to_the_whole_batch() {
         assert!((merged.m2[c] - whole.m2[c]).abs() <= 1e-5 * whole.m2[c]);
     }
 }
+
+#[test]
+fn a_non_finite_slice_is_rejected_on_every_rank() {
+    // check_finite: rank 1's NaN makes the global statistics non-finite, so
+    // every rank refuses the batch and keeps its running statistics.
+    let batch = Batch::new(&[4, 3, 5], Layout::Nchw, 1, 99);
+    let config = BatchNormConfig::new(3).check_finite(true);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let ranks: Vec<_> = LocalExchange::group(2)
+            .into_iter()
+            .map(|exchange| {
+                let rank = exchange.rank();
+                let ctx = &contexts()[rank];
+                let (config, batch) = (config.clone(), &batch);
+                s.spawn(move || {
+                    let mut x = batch.data[0].0[rank * 30..(rank + 1) * 30].to_vec();
+                    if rank == 1 {
+                        x[7] = f32::NAN;
+                    }
+                    let bn = SyncBatchNorm::new(ctx, config, exchange).unwrap();
+                    bn.layer().write_state(&batch.state).unwrap();
+                    let xt = Tensor::from_slice(ctx, &x, &[2, 3, 5], Layout::Nchw).unwrap();
+                    let yt = Tensor::zeros(ctx, &[2, 3, 5], Layout::Nchw).unwrap();
+                    let result = bn.forward_train(&xt.view(), &yt.view());
+                    (result, bn.layer().read_state().unwrap())
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    });
+    for (rank, (result, state)) in results.iter().enumerate() {
+        assert!(matches!(result, Err(Error::NonFinite(_))), "rank {rank}: {result:?}");
+        assert_eq!(state, &batch.state, "rank {rank} changed its state");
+    }
+}
+
+#[test]
+fn a_rank_that_fails_releases_the_others() {
+    // Rank 1 sends a tensor of the wrong channel count: it returns Err and
+    // drops its exchange, and rank 0 gets Err(Exchange) instead of waiting.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let ranks: Vec<_> = LocalExchange::group(2)
+            .into_iter()
+            .map(|exchange| {
+                let rank = exchange.rank();
+                let ctx = &contexts()[rank];
+                s.spawn(move || {
+                    let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(4), exchange).unwrap();
+                    let c = if rank == 1 { 5 } else { 4 };
+                    let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
+                    let y = Tensor::zeros(ctx, &[2, c, 3], Layout::Nchw).unwrap();
+                    bn.forward_train(&x.view(), &y.view())
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    });
+    assert!(matches!(results[1], Err(Error::Shape(_))), "{:?}", results[1]);
+    assert!(matches!(results[0], Err(Error::Exchange(_))), "{:?}", results[0]);
+}
