@@ -9,6 +9,11 @@
 //! rstd per row; InstanceNorm may then update its running statistics), then
 //! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
 //! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
+//!
+//! A tensor above one storage binding runs in parts (runs of whole samples,
+//! or of whole groups of one channels-second sample), each with its own
+//! rows, copied to and from the op's saved rows; dweight and dbias merge
+//! every part's column partials once at the end.
 
 use std::sync::Mutex;
 
@@ -313,9 +318,10 @@ impl Core {
         Ok(())
     }
 
-    /// Cuts the op into parts of whole samples that each fit one storage
-    /// binding, and returns every part's windows of `tensors` (all checked
-    /// before anything is recorded) with its first sample and sample count.
+    /// Cuts the op into parts that each fit one storage binding: runs of
+    /// whole samples or, when one sample is too large, runs of whole groups
+    /// of one sample. Returns every part with its windows of `tensors`, all
+    /// checked before anything is recorded. One part when the op fits.
     fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
         let limits = self.ctx.device().limits();
         let x = tensors[0].0;
