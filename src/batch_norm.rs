@@ -474,6 +474,26 @@ impl BatchNorm {
         Ok(())
     }
 
+    /// Checks, before a SyncBatchNorm exchange, what the op after it would
+    /// refuse: `outputs` against x's shape and layout and apart from the
+    /// inputs. A rank that fails here leaves the group before any rank
+    /// changes its state.
+    pub(crate) fn check_sync_args(
+        &self,
+        x: &TensorView,
+        inputs: &[(&str, &TensorView)],
+        outputs: &[(&str, &TensorView)],
+    ) -> Result<()> {
+        self.check_input(x, true)?;
+        for (name, t) in inputs.iter().chain(outputs) {
+            self.check_like(x, t, name)?;
+        }
+        let inputs: Vec<&wgpu::Buffer> =
+            std::iter::once(x.buffer).chain(inputs.iter().map(|(_, t)| t.buffer)).collect();
+        let outputs: Vec<(&str, &wgpu::Buffer)> = outputs.iter().map(|(n, t)| (*n, t.buffer)).collect();
+        check_distinct(&outputs, &inputs)
+    }
+
     /// Checks x against the layer and returns its channel view. An empty x
     /// (a zero-sized dimension) passes only where `allow_empty`: a
     /// SyncBatchNorm rank with no samples still takes part.

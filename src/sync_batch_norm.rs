@@ -179,6 +179,7 @@ impl<E: Exchange> SyncBatchNorm<E> {
         if self.layer.stats_for(training, true) == Stats::Running {
             return self.layer.forward_sync(x, y, false);
         }
+        self.layer.check_sync_args(x, &[], &[("y", y)])?;
         let local = self.layer.partial_stats(x)?;
         let channels = local.channels();
         let gathered = self.exchange.all_gather(&local.to_flat())?;
@@ -209,6 +210,7 @@ impl<E: Exchange> SyncBatchNorm<E> {
     /// slice, and dweight and dbias of the global batch in the layer's
     /// gradient buffers.
     pub fn backward(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
+        self.layer.check_sync_args(x, &[("dy", dy)], &[("dx", dx)])?;
         let local = self.layer.grad_sums(x, dy, training)?;
         let channels = local.channels();
         let global = GradSums::from_flat(channels, &self.exchange.all_reduce_sum(&local.to_flat())?)?;

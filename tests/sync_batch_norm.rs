@@ -290,25 +290,34 @@ fn a_non_finite_slice_is_rejected_on_every_rank() {
 
 #[test]
 fn a_rank_that_fails_releases_the_others() {
-    // Rank 1 sends a tensor of the wrong channel count: it returns Err and
-    // drops its exchange, and rank 0 gets Err(Exchange) instead of waiting.
-    let results: Vec<_> = std::thread::scope(|s| {
-        let ranks: Vec<_> = LocalExchange::group(2)
-            .into_iter()
-            .map(|exchange| {
-                let rank = exchange.rank();
-                let ctx = &contexts()[rank];
-                s.spawn(move || {
-                    let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(4), exchange).unwrap();
-                    let c = if rank == 1 { 5 } else { 4 };
-                    let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
-                    let y = Tensor::zeros(ctx, &[2, c, 3], Layout::Nchw).unwrap();
-                    bn.forward_train(&x.view(), &y.view())
+    // Rank 1 sends x of the wrong channel count, then a y of the wrong
+    // shape: it returns Err before the exchange and drops its handle, rank 0
+    // gets Err(Exchange) instead of waiting, and no rank changes its state.
+    for bad_y in [false, true] {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let ranks: Vec<_> = LocalExchange::group(2)
+                .into_iter()
+                .map(|exchange| {
+                    let rank = exchange.rank();
+                    let ctx = &contexts()[rank];
+                    s.spawn(move || {
+                        let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(4), exchange).unwrap();
+                        let c = if rank == 1 && !bad_y { 5 } else { 4 };
+                        let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
+                        let y_len = if rank == 1 && bad_y { 2 } else { 3 };
+                        let y = Tensor::zeros(ctx, &[2, c, y_len], Layout::Nchw).unwrap();
+                        let result = bn.forward_train(&x.view(), &y.view());
+                        (result, bn.layer().read_state().unwrap())
+                    })
                 })
-            })
-            .collect();
-        ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
-    });
-    assert!(matches!(results[1], Err(Error::Shape(_))), "{:?}", results[1]);
-    assert!(matches!(results[0], Err(Error::Exchange(_))), "{:?}", results[0]);
+                .collect();
+            ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+        });
+        let (r0, r1) = (&results[0], &results[1]);
+        assert!(matches!(r1.0, Err(Error::Shape(_))), "bad_y {bad_y}: {:?}", r1.0);
+        assert!(matches!(r0.0, Err(Error::Exchange(_))), "bad_y {bad_y}: {:?}", r0.0);
+        for (state, rank) in [(&r0.1, 0), (&r1.1, 1)] {
+            assert_eq!(state, &BatchNormState::initial(4), "bad_y {bad_y}: rank {rank} changed its state");
+        }
+    }
 }
