@@ -5,7 +5,7 @@
 // zero keep their digits: the shift would round at the input's magnitude)
 //   grad[c]  = (A, B, mean, C)               with dx = A * dy + B * (x - mean) + C
 // The elementwise passes (apply, dx) live in elementwise.wgsl.
-// Needs common.wgsl in front of it.
+// Needs common.wgsl in front of it and merge.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -56,10 +56,7 @@ fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < p.parts; k++) {
-        acc = chan_merge(acc, partials[c * p.parts + k]);
-    }
+    let acc = merge_partials(c * p.parts, p.parts, true);
     let n = acc.x;
     let mean = acc.y;
     let var_biased = non_negative(acc.z / n);
@@ -89,11 +86,7 @@ fn gather_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < p.parts; k++) {
-        acc = chan_merge(acc, partials[c * p.parts + k]);
-    }
-    local_out[c] = acc;
+    local_out[c] = merge_partials(c * p.parts, p.parts, true);
 }
 
 // The same for the backward's sums (sum dy, sum dy * (x - mean), sum (x - mean)).
@@ -103,11 +96,7 @@ fn gather_sums(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    var sums = vec4<f32>(0.0);
-    for (var k = 0u; k < p.parts; k++) {
-        sums += partials[c * p.parts + k];
-    }
-    local_out[c] = sums;
+    local_out[c] = merge_partials(c * p.parts, p.parts, false);
 }
 
 var<workgroup> all_finite: atomic<u32>;
@@ -172,10 +161,7 @@ fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    var sums = vec4<f32>(0.0);
-    for (var k = 0u; k < p.parts; k++) {
-        sums += partials[c * p.parts + k];
-    }
+    let sums = merge_partials(c * p.parts, p.parts, false);
     let stats = chan[c];
     let mean = stats.x;
     let invstd = stats.y;

@@ -103,32 +103,37 @@ fn channel_coefficients(view: u32, c: u32) -> vec4<f32> {
 
 // Planar: workgroup (s, c, z) reduces elements [s * slice_len, (s+1) * slice_len)
 // of channel c of view z, counted over (o, i). Used when inner >= WG, so an
-// invocation crosses at most one row boundary per step.
+// invocation crosses at most one row boundary per step. This is invocation
+// t's share.
+fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> vec4<f32> {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    let base = wg.z * p.batch_stride;
+    let k = channel_coefficients(wg.z, c);
+    var acc = vec4<f32>(0.0);
+    var j = wg.x * p.slice_len + t;
+    var o = j / p.inner;
+    var i = j - o * p.inner;
+    while (j < end) {
+        acc = accumulate(acc, base + (o * p.channels + c) * p.inner + i, o, c, i, k);
+        j += WG;
+        i += WG;
+        while (i >= p.inner) {
+            i -= p.inner;
+            o += 1u;
+        }
+    }
+    return acc;
+}
+
+// Planar, one partial per workgroup through a tree in workgroup memory.
 @compute @workgroup_size(256)
 fn reduce_planar(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let per_channel = p.outer * p.inner;
-    let start = wg.x * p.slice_len;
-    let end = min(start + p.slice_len, per_channel);
-    let base = wg.z * p.batch_stride;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = channel_coefficients(wg.z, c);
-        var acc = vec4<f32>(0.0);
-        var j = start + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        while (j < end) {
-            acc = accumulate(acc, base + (o * p.channels + c) * p.inner + i, o, c, i, k);
-            j += WG;
-            i += WG;
-            while (i >= p.inner) {
-                i -= p.inner;
-                o += 1u;
-            }
-        }
+        let acc = planar_share(wg, t, c);
         shared_acc[t] = acc;
         workgroupBarrier();
         for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -144,22 +149,34 @@ fn reduce_planar(
     }
 }
 
+// Planar, one partial per invocation and no barrier: for CPU adapters, which
+// run a workgroup's invocations in SIMD batches and pay every barrier with a
+// switch between all of them; the merge kernels take WG times more partials.
+@compute @workgroup_size(256)
+fn reduce_planar_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let slot = p.part_base + wg.x * WG + t;
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + slot] = planar_share(wg, t, c);
+    }
+}
+
 // Interleaved: the tensor as a matrix of `outer` rows by channels * inner
 // columns. Workgroup (b, s, z) takes `width` adjacent columns (so neighbouring
 // invocations read neighbouring addresses) and rows
 // [s * slice_len, (s+1) * slice_len), WG / width rows at a time.
 // The partial of column k and slice s goes to k * slices + s, so the partials
 // of channel c are the contiguous run [c * inner * slices, (c+1) * inner * slices).
-@compute @workgroup_size(256)
-fn reduce_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
+// Invocation t's share: column `col` (of its block), rows g, g + groups, ...
+// of the workgroup's slice.
+fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
     let cols = p.channels * p.inner;
     let groups = WG / p.width;
-    let lane = t % p.width;
     let g = t / p.width;
-    let col = wg.x * p.width + lane;
+    let col = wg.x * p.width + t % p.width;
     let row_start = wg.y * p.slice_len;
     let row_end = min(row_start + p.slice_len, p.outer);
     let base = wg.z * p.batch_stride;
@@ -172,7 +189,19 @@ fn reduce_interleaved(
             acc = accumulate(acc, base + r * cols + col, r, c, i, k);
         }
     }
-    shared_acc[t] = acc;
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn reduce_interleaved(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + t % p.width;
+    shared_acc[t] = interleaved_share(wg, t);
     workgroupBarrier();
     for (var s = p.tree; s > 0u; s >>= 1u) {
         if (g < s && g + s < groups) {
@@ -184,6 +213,26 @@ fn reduce_interleaved(
         let c = col / p.inner;
         let i = col - c * p.inner;
         partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + i * p.slices + wg.y] = shared_acc[t];
+    }
+}
+
+// Interleaved, one partial per invocation and no barrier (CPU adapters): the
+// partial of column k, slice s and row group g goes to (k * slices + s) *
+// groups + g.
+@compute @workgroup_size(256)
+fn reduce_interleaved_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + t % p.width;
+    let acc = interleaved_share(wg, t);
+    if (g < groups && col < cols) {
+        let c = col / p.inner;
+        let slot = ((col - c * p.inner) * p.slices + wg.y) * groups + g;
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + slot] = acc;
     }
 }
 

@@ -140,28 +140,34 @@ fn folded_partial(acc: Acc) -> vec4<f32> {
 }
 
 // Planar, lanes of one channel: as reduce_planar over vec4 elements.
+// Invocation t's share of workgroup wg's slice of channel c.
+fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> Acc {
+    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+    let k = coef(c);
+    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var j = wg.x * p.slice_len + t;
+    var o = j / p.inner;
+    var i = j - o * p.inner;
+    while (j < end) {
+        acc = add_lanes(acc, (o * p.channels + c) * p.inner + i, k);
+        j += WG;
+        i += WG;
+        while (i >= p.inner) {
+            i -= p.inner;
+            o += 1u;
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(256)
 fn reduce4_planar(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = coef(c);
-        var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        var j = wg.x * p.slice_len + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        while (j < end) {
-            acc = add_lanes(acc, (o * p.channels + c) * p.inner + i, k);
-            j += WG;
-            i += WG;
-            while (i >= p.inner) {
-                i -= p.inner;
-                o += 1u;
-            }
-        }
+        let acc = planar_share(wg, t, c);
         store_shared(t, acc);
         workgroupBarrier();
         for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -177,15 +183,26 @@ fn reduce4_planar(
     }
 }
 
+// Planar, one partial per invocation and no barrier (CPU adapters), as
+// reduce_planar_lanes in reduce.wgsl.
+@compute @workgroup_size(256)
+fn reduce4_planar_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let slot = p.part_base + wg.x * WG + t;
+        partials[(p.chan_base + c) * p.parts + slot] = folded_partial(planar_share(wg, t, c));
+    }
+}
+
 // Interleaved: an invocation owns one vec4 column and walks its rows. With
 // FLAG_LANES_ARE_CHANNELS the column is four channels and gets four partials
 // (channel 4 * col + l, at (4 * col + l) * slices + s); otherwise its four
 // values share one channel and it gets one partial, at col * slices + s.
-@compute @workgroup_size(256)
-fn reduce4_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
+// Invocation t's share: its column, rows g, g + groups, ... of the slice.
+fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
     let cols = p.channels * p.inner;
     let groups = WG / p.width;
     let g = t / p.width;
@@ -198,7 +215,19 @@ fn reduce4_interleaved(
             acc = add_lanes(acc, r * cols + col, k);
         }
     }
-    store_shared(t, acc);
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn reduce4_interleaved(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    store_shared(t, interleaved_share(wg, t));
     workgroupBarrier();
     for (var s = p.tree; s > 0u; s >>= 1u) {
         if (g < s && g + s < groups) {
@@ -216,6 +245,31 @@ fn reduce4_interleaved(
             let c = col / p.inner;
             partials[(p.chan_base + c) * p.parts + p.part_base + (col - c * p.inner) * p.slices + wg.y] =
                 folded_partial(total);
+        }
+    }
+}
+
+// Interleaved, one partial per invocation and no barrier (CPU adapters): row
+// group g's partial goes to (slot * groups + g), slot as reduce4_interleaved's.
+@compute @workgroup_size(256)
+fn reduce4_interleaved_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let cols = p.channels * p.inner;
+    let groups = WG / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    let acc = interleaved_share(wg, t);
+    if (g < groups && col < cols) {
+        if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+            for (var l = 0u; l < 4u; l++) {
+                partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + wg.y * groups + g] = partial_of(acc, l);
+            }
+        } else {
+            let c = col / p.inner;
+            let slot = ((col - c * p.inner) * p.slices + wg.y) * groups + g;
+            partials[(p.chan_base + c) * p.parts + p.part_base + slot] = folded_partial(acc);
         }
     }
 }

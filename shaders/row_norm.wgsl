@@ -12,7 +12,7 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl in front of it.
+// Needs common.wgsl in front of it and merge.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -55,10 +55,7 @@ fn merge_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < p.parts; k++) {
-            acc = chan_merge(acc, partials[r * p.parts + k]);
-        }
+        let acc = merge_partials(r * p.parts, p.parts, true);
         let var_biased = max(acc.z / acc.x, 0.0);
         if (has(FLAG_RMS)) {
             rows[r] = vec4<f32>(0.0, 1.0 / sqrt(var_biased + acc.y * acc.y + p.eps), 0.0, var_biased);
@@ -117,10 +114,7 @@ fn merge_row_grads(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
-        var sums = vec4<f32>(0.0);
-        for (var k = 0u; k < p.parts; k++) {
-            sums += partials[r * p.parts + k];
-        }
+        let sums = merge_partials(r * p.parts, p.parts, false);
         let s = rows[r];
         let rstd = s.y;
         let inv_m = 1.0 / p.count;
@@ -150,10 +144,7 @@ fn merge_columns(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var c = id.x; c < p.channels; c += nwg.x * 64u) {
-        var sums = vec4<f32>(0.0);
-        for (var k = 0u; k < p.parts; k++) {
-            sums += partials[c * p.parts + k];
-        }
+        let sums = merge_partials(c * p.parts, p.parts, false);
         dweight[c] = sums.x;
         dbias[c] = sums.y;
     }

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::context::Context;
+use crate::context::{Context, Reduction};
 use crate::kernels::{
     bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
     FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
@@ -695,7 +695,14 @@ impl BatchNorm {
         if view.is_empty() {
             return Ok(Chunks { chunks: Vec::new(), parts: 1, needs_clear: false });
         }
-        Chunks::new(view, tensors, params, &self.ctx.device().limits())
+        let limits = self.ctx.device().limits();
+        let cut = Chunks::new(view, tensors, params, &limits, self.ctx.reduction())?;
+        if view.channels as u64 * u64::from(cut.parts) * 16 <= limits.max_storage_buffer_binding_size {
+            return Ok(cut);
+        }
+        // Partials per invocation would outgrow a binding (tens of thousands
+        // of channels): one per workgroup instead.
+        Chunks::new(view, tensors, params, &limits, Reduction::Tree)
     }
 
     /// One reduction pipeline and bind group per chunk, writing `mode`'s

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 use crate::check::normalized_error;
-use crate::context::Context;
+use crate::context::{Context, Reduction};
 use crate::group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
 use crate::kernels::{bind, KernelKey, Shader};
 use crate::layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
@@ -391,6 +391,8 @@ pub struct Report {
     pub adapter: String,
     pub backend: String,
     pub timer: Timer,
+    /// The reduction strategy the ops ran with.
+    pub reduction: Reduction,
     pub iters: usize,
     pub warmup: usize,
     pub results: Vec<BenchResult>,
@@ -428,6 +430,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
         adapter: info.name.clone(),
         backend: info.backend.to_str().to_string(),
         timer,
+        reduction: ctx.reduction(),
         iters,
         warmup: config.warmup,
         results: Vec::new(),
@@ -1298,13 +1301,31 @@ impl Naive {
 // Output: table and chart
 // ---------------------------------------------------------------------------
 
+/// The name `--reduction` takes and the output shows.
+pub fn reduction_name(reduction: Reduction) -> &'static str {
+    match reduction {
+        Reduction::Tree => "tree",
+        Reduction::PerInvocation => "per-invocation",
+    }
+}
+
+/// Parses `--reduction`: `tree` or `per-invocation`.
+pub fn parse_reduction(s: &str) -> Result<Reduction> {
+    match s {
+        "tree" => Ok(Reduction::Tree),
+        "per-invocation" => Ok(Reduction::PerInvocation),
+        _ => Err(Error::Parameter(format!("--reduction {s}: expected tree or per-invocation"))),
+    }
+}
+
 /// The human-readable table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "adapter: {} ({}), timer: {}, median of {} runs after {} warm-up\n",
+        "adapter: {} ({}), timer: {}, reduction: {}, median of {} runs after {} warm-up\n",
         report.adapter,
         report.backend,
         report.timer.name(),
+        reduction_name(report.reduction),
         report.iters,
         report.warmup
     );
@@ -1457,6 +1478,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         "adapter": report.adapter,
         "backend": report.backend,
         "timer": report.timer.name(),
+        "reduction": reduction_name(report.reduction),
         "iters": report.iters,
         "warmup": report.warmup,
         "results": results,

@@ -1,7 +1,7 @@
 //! [`Context`]: a device and queue, opened headless or borrowed from the
 //! application, plus the compiled kernels and host <-> GPU helpers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::kernels::KernelCache;
@@ -22,6 +22,21 @@ struct Inner {
     kernels: KernelCache,
     lost: Arc<AtomicBool>,
     lost_reason: Arc<Mutex<String>>,
+    /// The [`Reduction`] strategy, as its discriminant.
+    reduction: AtomicU8,
+}
+
+/// How a reduction combines the values of one workgroup's invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// A tree in workgroup memory (eight barriers), one partial per
+    /// workgroup: what GPUs run best.
+    Tree = 0,
+    /// One partial per invocation and no barrier, for the merge kernels to
+    /// combine: what CPU adapters (lavapipe, WARP, SwiftShader) run best,
+    /// since they execute a workgroup in SIMD batches and pay each barrier
+    /// with a switch between all of them.
+    PerInvocation = 1,
 }
 
 impl std::fmt::Debug for Context {
@@ -86,9 +101,37 @@ impl Context {
                 lost.store(true, Ordering::SeqCst);
             });
         }
+        let reduction = match info.device_type {
+            wgpu::DeviceType::Cpu => Reduction::PerInvocation,
+            _ => Reduction::Tree,
+        };
         Context {
-            inner: Arc::new(Inner { kernels: KernelCache::new(&device), device, queue, info, lost, lost_reason }),
+            inner: Arc::new(Inner {
+                kernels: KernelCache::new(&device),
+                device,
+                queue,
+                info,
+                lost,
+                lost_reason,
+                reduction: AtomicU8::new(reduction as u8),
+            }),
         }
+    }
+
+    /// How reductions combine a workgroup's values: chosen from the
+    /// adapter's type ([`Reduction::PerInvocation`] on CPU adapters, else
+    /// [`Reduction::Tree`]). Both give the same results to rounding.
+    pub fn reduction(&self) -> Reduction {
+        match self.inner.reduction.load(Ordering::Relaxed) {
+            1 => Reduction::PerInvocation,
+            _ => Reduction::Tree,
+        }
+    }
+
+    /// Overrides the reduction strategy for the ops recorded from now on
+    /// (by every clone of this context).
+    pub fn set_reduction(&self, reduction: Reduction) {
+        self.inner.reduction.store(reduction as u8, Ordering::Relaxed);
     }
 
     /// The wgpu device.

@@ -431,10 +431,11 @@ impl Core {
             return Err(Error::Unsupported(format!("{} statistics exceed one buffer", geo.rows())));
         }
         let f16 = x.dtype == DType::F16;
+        let reduction = self.ctx.reduction();
         let parts = self.parts(&geo, &[(x, "x"), (y, "y")])?;
         let plans = parts
             .iter()
-            .map(|p| ReducePlan::new(p.geo.stat)?.batched(p.geo.batch, p.geo.batch_stride))
+            .map(|p| Ok(ReducePlan::new(p.geo.stat)?.batched(p.geo.batch, p.geo.batch_stride)?.with(reduction)))
             .collect::<Result<Vec<_>>>()?;
         let bytes =
             plans.iter().zip(&parts).map(|(plan, p)| plan.partial_bytes(p.geo.stat.channels)).max().unwrap_or(16);
@@ -625,11 +626,13 @@ impl Core {
             }
         }
         let f16 = x.dtype == DType::F16;
+        let reduction = self.ctx.reduction();
         let parts = self.parts(&geo, &[(x, "x"), (dy, "dy"), (dx, "dx")])?;
         let mut plans = Vec::with_capacity(parts.len());
         for part in &parts {
             let g = &part.geo;
-            plans.push((ReducePlan::new(g.stat)?.batched(g.batch, g.batch_stride)?, ReducePlan::new(g.weights)?));
+            let rows = ReducePlan::new(g.stat)?.batched(g.batch, g.batch_stride)?.with(reduction);
+            plans.push((rows, ReducePlan::new(g.weights)?.with(reduction)));
         }
         let row_bytes = plans.iter().zip(&parts).map(|((r, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
         let col_bytes = plans.iter().map(|(_, c)| c.partial_bytes(geo.weights.channels)).max();

@@ -63,7 +63,12 @@ impl Shader {
         };
         // An `enable` directive must come before everything else.
         let enable = if f16 { "enable f16;\n" } else { "" };
-        format!("{enable}{}\n{prelude}{}", include_str!("../shaders/common.wgsl"), body)
+        // The merge kernels' shared loop (WGSL resolves declarations in any order).
+        let merge = match self {
+            Shader::BatchNorm | Shader::RowNorm { .. } => include_str!("../shaders/merge.wgsl"),
+            _ => "",
+        };
+        format!("{enable}{}\n{prelude}{}\n{merge}", include_str!("../shaders/common.wgsl"), body)
     }
 }
 

@@ -76,6 +76,10 @@ struct BenchArgs {
     /// Write an SVG chart of each op's GB/s against the copy ceiling.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// How reductions combine a workgroup's values: tree or per-invocation
+    /// (default: per-invocation on CPU adapters, tree on GPUs).
+    #[arg(long)]
+    reduction: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +152,9 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
     config.warmup = args.warmup.unwrap_or(config.warmup);
     config.verify = args.verify;
     let ctx = Context::new()?;
+    if let Some(reduction) = &args.reduction {
+        ctx.set_reduction(bench::parse_reduction(reduction)?);
+    }
     let report = bench::run(&ctx, &config, &mut progress_bar)?;
     eprint!("\r{:79}\r", "");
     if args.json {

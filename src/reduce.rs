@@ -10,6 +10,7 @@
 //! rows share a workgroup (rows), and strided ones go column-wise
 //! (interleaved).
 
+use crate::context::Reduction;
 use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
 use crate::{Error, Result};
@@ -64,6 +65,8 @@ pub(crate) struct ReducePlan {
     /// Number of equal views reduced at once (grid z), `batch_stride` elements apart.
     pub batch: u32,
     pub batch_stride: u32,
+    /// Planar: one partial per invocation ([`Reduction::PerInvocation`]).
+    pub per_invocation: bool,
 }
 
 impl ReducePlan {
@@ -93,6 +96,7 @@ impl ReducePlan {
                 grid: (grid.0 as u32, grid.1 as u32),
                 batch: 1,
                 batch_stride: 0,
+                per_invocation: false,
             });
         }
         Self::interleaved(view)
@@ -116,6 +120,7 @@ impl ReducePlan {
             grid: (slices as u32, view.channels.min(MAX_GRID) as u32),
             batch: 1,
             batch_stride: 0,
+            per_invocation: false,
         }
     }
 
@@ -159,6 +164,7 @@ impl ReducePlan {
             grid: (blocks as u32, slices as u32),
             batch: 1,
             batch_stride: 0,
+            per_invocation: false,
         })
     }
 
@@ -187,9 +193,28 @@ impl ReducePlan {
         params.batch_stride = self.batch_stride;
     }
 
+    /// The plan with `reduction`'s partials: per invocation multiplies the
+    /// partials by the invocations that share one (the workgroup, planar; its
+    /// row groups, interleaved). Rows keep their short trees.
+    pub fn with(mut self, reduction: Reduction) -> ReducePlan {
+        if reduction != Reduction::PerInvocation || self.per_invocation {
+            return self;
+        }
+        let sharing = match self.shape {
+            Shape::Planar => WG as u32,
+            Shape::Interleaved => WG as u32 / self.width,
+            Shape::Rows => return self,
+        };
+        self.per_invocation = true;
+        self.parts *= sharing;
+        self
+    }
+
     fn entry(&self) -> &'static str {
         match self.shape {
+            Shape::Planar if self.per_invocation => "reduce_planar_lanes",
             Shape::Planar => "reduce_planar",
+            Shape::Interleaved if self.per_invocation => "reduce_interleaved_lanes",
             Shape::Interleaved => "reduce_interleaved",
             Shape::Rows => "reduce_rows",
         }

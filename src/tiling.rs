@@ -2,6 +2,7 @@
 //! storage binding (tensors above the device's limit), and within a chunk the
 //! tiling its reduction and elementwise pass share.
 
+use crate::context::Reduction;
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
@@ -24,7 +25,7 @@ pub(crate) struct Tiling {
 
 impl Tiling {
     /// `offsets` are the element offsets of every view the pass binds.
-    pub fn new(view: ChannelView, offsets: &[u32], f16: bool) -> Result<Tiling> {
+    pub fn new(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
         let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
             (true, false, ChannelView { inner: view.inner / 4, ..view })
@@ -33,7 +34,8 @@ impl Tiling {
         } else {
             (false, false, view)
         };
-        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan: ReducePlan::elementwise(v)? })
+        let plan = ReducePlan::elementwise(v)?.with(reduction);
+        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan })
     }
 
     /// `base` (the op's scalar parameters) rewritten for this pass.
@@ -90,9 +92,17 @@ impl Tiling {
     pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
         let planar = self.plan.shape == Shape::Planar;
         let (shader, entry) = match (self.vec4, planar) {
+            (true, true) if self.plan.per_invocation => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar_lanes"),
             (true, true) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar"),
+            (true, false) if self.plan.per_invocation => {
+                (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved_lanes")
+            }
             (true, false) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved"),
+            (false, true) if self.plan.per_invocation => (Shader::Reduce { f16: self.f16 }, "reduce_planar_lanes"),
             (false, true) => (Shader::Reduce { f16: self.f16 }, "reduce_planar"),
+            (false, false) if self.plan.per_invocation => {
+                (Shader::Reduce { f16: self.f16 }, "reduce_interleaved_lanes")
+            }
             (false, false) => (Shader::Reduce { f16: self.f16 }, "reduce_interleaved"),
         };
         KernelKey::with_mode(shader, entry, mode as u32)
@@ -144,6 +154,7 @@ impl<'a> Chunks<'a> {
         tensors: [Option<&TensorView<'a>>; 6],
         base: &ChannelParams,
         limits: &wgpu::Limits,
+        reduction: Reduction,
     ) -> Result<Chunks<'a>> {
         let dtype = tensors[X].map_or(DType::F32, |x| x.dtype);
         for (role, t) in tensors.iter().enumerate() {
@@ -208,7 +219,7 @@ impl<'a> Chunks<'a> {
                     windows[role] = Some(w);
                 }
             }
-            let tiling = Tiling::new(piece, &offsets, dtype == DType::F16)?;
+            let tiling = Tiling::new(piece, &offsets, dtype == DType::F16, reduction)?;
             let mut params = *base;
             let elem = |role: usize| windows[role].as_ref().map_or(0, |w: &Window| w.elem_offset);
             params.x_off = elem(X);

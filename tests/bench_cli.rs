@@ -34,6 +34,8 @@ fn quick_verify_json_follows_the_contract() {
     assert!(v["backend"].is_string());
     let timer = v["timer"].as_str().unwrap();
     assert!(timer == "gpu-timestamp" || timer == "wall-clock", "timer {timer}");
+    let reduction = v["reduction"].as_str().unwrap();
+    assert!(reduction == "tree" || reduction == "per-invocation", "reduction {reduction}");
     let results = v["results"].as_array().unwrap();
     // The quick shapes are 8x32x28x28 and 2048x256 (default layouts nchw,nhwc).
     let has = |op: &str, layout: &str, rank: usize| {
@@ -248,4 +250,21 @@ fn wall_clock_without_timestamp_queries() {
         assert!(r.median_ms > 0.0 && r.copy_gbps > 0.0 && r.ratio_to_copy > 0.0, "{r:?}");
         assert!(r.max_error.unwrap() <= bench::VERIFY_TOLERANCE);
     }
+}
+
+#[test]
+fn the_reduction_strategy_can_be_chosen() {
+    for reduction in ["tree", "per-invocation"] {
+        let args = ["bench", "--ops", "bn_train_step", "--shapes", "4,8,20,20", "--layouts", "nchw"];
+        let out = wgpu_norm(
+            &[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", "--reduction", reduction]].concat(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["reduction"], reduction);
+        assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
+    }
+    let out = wgpu_norm(&["bench", "--quick", "--reduction", "sideways"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tree or per-invocation"));
 }

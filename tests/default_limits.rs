@@ -2,14 +2,16 @@
 //! features; 8 storage buffers per stage, 16 KiB of workgroup memory,
 //! 128 MiB bindings) runs every op: all the bundled reference cases pass
 //! through `Context::from_device`; f16, which needs SHADER_F16, is refused.
-//! Its own binary, with its own device.
+//! Its own binary, with its own device, which runs the reductions as GPUs do
+//! (`Reduction::Tree`) where the other binaries on lavapipe run them per
+//! invocation.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wgpu_norm::check::{check_file, Outcome, DEFAULT_TOLERANCE};
 use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Reduction, Tensor};
 
 fn default_ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
@@ -27,7 +29,9 @@ fn default_ctx() -> &'static Context {
                 })
                 .await
                 .unwrap();
-            Context::from_device(device, queue)
+            let ctx = Context::from_device(device, queue);
+            ctx.set_reduction(Reduction::Tree);
+            ctx
         })
     })
 }

@@ -13,7 +13,9 @@ use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Layout, Tensor};
 
 /// Seeds of cases that failed once, kept as regressions.
 /// 1592590442: 1000 +- 0.01, beyond f32's reach for the mean (see `case`).
-const PINNED: &[u64] = &[1592590442];
+/// 1592591785: channels-last, 128 per-invocation partials of one or two
+/// values each, merged in one chain: the mean rounded past 1e-3 of y.
+const PINNED: &[u64] = &[1592590442, 1592591785];
 /// Wall-clock budget of the random part on the CI machine (2 cores, lavapipe).
 const BUDGET: Duration = Duration::from_secs(8);
 
