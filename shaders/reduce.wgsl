@@ -12,8 +12,9 @@
 // z > 1 reduces a batch of such views, `batch_stride` elements apart; view z's
 // channel c is then channel z * channels + c of `chan` and of the partials.
 //
-// MODE 0, statistics of x: partial = (count, mean, M2, 0), Welford per
-//   invocation and Chan's formula across invocations, never E[x^2] - E[x]^2.
+// MODE 0, statistics of x: partial = (count, mean, M2, 0), from sums shifted
+//   by the invocation's first value (see `accumulate`) and Chan's formula
+//   across invocations, never E[x^2] - E[x]^2.
 // MODE 1, backward sums: partial = (sum dy, sum dy * (x - mean_c),
 //   sum (x - mean_c), 0) with mean_c = chan[c].x. The third sum recovers the
 //   rounding of mean_c to f32, which matters when |mean| >> std.
@@ -79,10 +80,28 @@ fn accumulate(acc: vec4<f32>, idx: u32, o: u32, c: u32, i: u32, k: vec4<f32>) ->
         let g = f32(dy[p.dy_off + idx]);
         return acc + vec4<f32>(g * ((v - s.x - s.z) * s.y), g, 0.0, 0.0);
     }
-    let n = acc.x + 1.0;
-    let d = v - acc.y;
-    let mean = acc.y + d / n;
-    return vec4<f32>(n, mean, acc.z + d * (v - mean), 0.0);
+    // Shifted sums (n, pivot, sum d, sum d^2) with d = v - pivot and the
+    // pivot the invocation's first value: no division per value, and no
+    // cancellation while the values stay near the pivot. `finish` turns
+    // them into (n, mean, M2).
+    let pivot = select(acc.y, v, acc.x == 0.0);
+    let d = v - pivot;
+    return vec4<f32>(acc.x + 1.0, pivot, acc.z + d, acc.w + d * d);
+}
+
+// An invocation's accumulator as a partial: MODE 0's shifted sums as
+// (n, mean, M2, 0); the sums of the other modes as they are.
+// The pivot costs precision only by the factor (mean - pivot)^2 / var, at
+// most the invocation's count of values, since the pivot is one of them.
+fn finish(acc: vec4<f32>) -> vec4<f32> {
+    if (MODE != 0u) {
+        return acc;
+    }
+    if (acc.x == 0.0) {
+        return vec4<f32>(0.0);
+    }
+    let shift = acc.z / acc.x;
+    return vec4<f32>(acc.x, acc.y + shift, max(acc.w - acc.z * shift, 0.0), 0.0);
 }
 
 // Combines two partials: Chan's parallel Welford (MODE 0) or a sum.
@@ -122,7 +141,7 @@ fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> vec4<f32> {
             o += 1u;
         }
     }
-    return acc;
+    return finish(acc);
 }
 
 // Planar, one partial per workgroup through a tree in workgroup memory.
@@ -189,7 +208,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
             acc = accumulate(acc, base + r * cols + col, r, c, i, k);
         }
     }
-    return acc;
+    return finish(acc);
 }
 
 @compute @workgroup_size(256)
@@ -240,6 +259,24 @@ fn reduce_interleaved_lanes(
 // family's short rows). `width` lanes (a power of two) reduce one channel, so
 // a workgroup takes WG / width channels at once; one partial per channel.
 // Workgroup (x, y) is block y * num_workgroups.x + x.
+// Invocation t's channel and its share of it.
+fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * (WG / p.width) + t / p.width;
+}
+
+fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> vec4<f32> {
+    let lanes = p.width;
+    let c = rows_channel(wg, nwg, t);
+    var acc = vec4<f32>(0.0);
+    if (c < p.channels) {
+        let k = channel_coefficients(wg.z, c);
+        for (var i = t % lanes; i < p.inner; i += lanes) {
+            acc = accumulate(acc, wg.z * p.batch_stride + c * p.inner + i, 0u, c, i, k);
+        }
+    }
+    return finish(acc);
+}
+
 @compute @workgroup_size(256)
 fn reduce_rows(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -248,16 +285,8 @@ fn reduce_rows(
 ) {
     let lanes = p.width;
     let lane = t % lanes;
-    let c = (wg.y * nwg.x + wg.x) * (WG / lanes) + t / lanes;
-    let base = wg.z * p.batch_stride;
-    var acc = vec4<f32>(0.0);
-    if (c < p.channels) {
-        let k = channel_coefficients(wg.z, c);
-        for (var i = lane; i < p.inner; i += lanes) {
-            acc = accumulate(acc, base + c * p.inner + i, 0u, c, i, k);
-        }
-    }
-    shared_acc[t] = acc;
+    let c = rows_channel(wg, nwg, t);
+    shared_acc[t] = rows_share(wg, nwg, t);
     workgroupBarrier();
     for (var s = lanes / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
@@ -267,5 +296,19 @@ fn reduce_rows(
     }
     if (lane == 0u && c < p.channels) {
         partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base] = shared_acc[t];
+    }
+}
+
+// Rows, one partial per lane and no barrier (CPU adapters).
+@compute @workgroup_size(256)
+fn reduce_rows_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let c = rows_channel(wg, nwg, t);
+    let acc = rows_share(wg, nwg, t);
+    if (c < p.channels) {
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + t % p.width] = acc;
     }
 }

@@ -156,12 +156,18 @@ fn merge_columns(
 // the stat row are looked up per workgroup, per invocation or per row, never
 // with divisions per element.
 
-fn apply_at(e: u32, c: u32, s: vec4<f32>) {
-    y[p.y_off + e] = S(fma((f32(x[p.x_off + e]) - s.x) * s.y, gamma(c), beta(c)));
+// `w` = (gamma, beta) of the element's weight, looked up once per channel
+// (the dx passes bind no bias and read only gamma).
+fn apply_at(e: u32, w: vec2<f32>, s: vec4<f32>) {
+    y[p.y_off + e] = S(fma((f32(x[p.x_off + e]) - s.x) * s.y, w.x, w.y));
 }
 
-fn dx_at(e: u32, c: u32, k: vec4<f32>) {
-    dx[p.dx_off + e] = S(k.x * f32(dy[p.dy_off + e]) * gamma(c) + k.y * (f32(x[p.x_off + e]) - k.w) + k.z);
+fn dx_at(e: u32, w: vec2<f32>, k: vec4<f32>) {
+    dx[p.dx_off + e] = S(k.x * f32(dy[p.dy_off + e]) * w.x + k.y * (f32(x[p.x_off + e]) - k.w) + k.z);
+}
+
+fn weights_of(c: u32) -> vec2<f32> {
+    return vec2<f32>(gamma(c), beta(c));
 }
 
 // Stat row of outer index o (quotient q = o / row_div) and channel group cg.
@@ -173,13 +179,14 @@ fn apply_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let cg = c / p.cpg;
+        let w = weights_of(c);
         var j = wg.x * p.slice_len + t;
         var o = j / p.inner;
         var i = j - o * p.inner;
         var row = stat_row(o / p.row_div, cg);
         while (j < end) {
             let e = (o * p.channels + c) * p.inner + i;
-            apply_at(e, c, rows[row]);
+            apply_at(e, w, rows[row]);
             j += 256u;
             i += 256u;
             if (i >= p.inner) {
@@ -203,23 +210,22 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
     }
     let c = col / p.inner;
     let cg = c / p.cpg;
+    let w = weights_of(c);
     let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
     var r = wg.y * p.slice_len + g;
-    // q = r / row_div kept up to date by steps of `groups` rows.
+    // q = r / row_div kept up to date by steps of `groups` rows, without a
+    // division per step: each adds dq and dr, and at most one carry.
     var q = r / p.row_div;
     var rem = r - q * p.row_div;
+    let dq = groups / p.row_div;
+    let dr = groups - dq * p.row_div;
     for (; r < row_end; r += groups) {
-        let e = r * cols + col;
-        apply_at(e, c, rows[stat_row(q, cg)]);
-        rem += groups;
+        apply_at(r * cols + col, w, rows[stat_row(q, cg)]);
+        q += dq;
+        rem += dr;
         if (rem >= p.row_div) {
-            if (groups < p.row_div) {
-                rem -= p.row_div;
-                q += 1u;
-            } else {
-                q = (r + groups) / p.row_div;
-                rem = r + groups - q * p.row_div;
-            }
+            rem -= p.row_div;
+            q += 1u;
         }
     }
 }
@@ -228,13 +234,14 @@ fn dx_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let cg = c / p.cpg;
+        let w = vec2<f32>(gamma(c), 0.0);
         var j = wg.x * p.slice_len + t;
         var o = j / p.inner;
         var i = j - o * p.inner;
         var row = stat_row(o / p.row_div, cg);
         while (j < end) {
             let e = (o * p.channels + c) * p.inner + i;
-            dx_at(e, c, rows_dx[row]);
+            dx_at(e, w, rows_dx[row]);
             j += 256u;
             i += 256u;
             if (i >= p.inner) {
@@ -258,23 +265,21 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
     }
     let c = col / p.inner;
     let cg = c / p.cpg;
+    let w = vec2<f32>(gamma(c), 0.0);
     let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
     var r = wg.y * p.slice_len + g;
-    // q = r / row_div kept up to date by steps of `groups` rows.
+    // q = r / row_div, kept up to date as in apply_interleaved_walk.
     var q = r / p.row_div;
     var rem = r - q * p.row_div;
+    let dq = groups / p.row_div;
+    let dr = groups - dq * p.row_div;
     for (; r < row_end; r += groups) {
-        let e = r * cols + col;
-        dx_at(e, c, rows_dx[stat_row(q, cg)]);
-        rem += groups;
+        dx_at(r * cols + col, w, rows_dx[stat_row(q, cg)]);
+        q += dq;
+        rem += dr;
         if (rem >= p.row_div) {
-            if (groups < p.row_div) {
-                rem -= p.row_div;
-                q += 1u;
-            } else {
-                q = (r + groups) / p.row_div;
-                rem = r + groups - q * p.row_div;
-            }
+            rem -= p.row_div;
+            q += 1u;
         }
     }
 }

@@ -195,7 +195,7 @@ impl ReducePlan {
 
     /// The plan with `reduction`'s partials: per invocation multiplies the
     /// partials by the invocations that share one (the workgroup, planar; its
-    /// row groups, interleaved). Rows keep their short trees.
+    /// row groups, interleaved; a row's lanes, rows).
     pub fn with(mut self, reduction: Reduction) -> ReducePlan {
         if reduction != Reduction::PerInvocation || self.per_invocation {
             return self;
@@ -203,7 +203,7 @@ impl ReducePlan {
         let sharing = match self.shape {
             Shape::Planar => WG as u32,
             Shape::Interleaved => WG as u32 / self.width,
-            Shape::Rows => return self,
+            Shape::Rows => self.width,
         };
         self.per_invocation = true;
         self.parts *= sharing;
@@ -216,6 +216,7 @@ impl ReducePlan {
             Shape::Planar => "reduce_planar",
             Shape::Interleaved if self.per_invocation => "reduce_interleaved_lanes",
             Shape::Interleaved => "reduce_interleaved",
+            Shape::Rows if self.per_invocation => "reduce_rows_lanes",
             Shape::Rows => "reduce_rows",
         }
     }
