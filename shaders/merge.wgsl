@@ -17,13 +17,18 @@ fn merge_two(a: vec4<f32>, b: vec4<f32>, welford: bool) -> vec4<f32> {
 fn merge_partials(first: u32, count: u32, welford: bool) -> vec4<f32> {
     let block = max(u32(sqrt(f32(count))), 1u);
     var total = vec4<f32>(0.0);
-    for (var b = 0u; b < count; b += block) {
-        var part = vec4<f32>(0.0);
-        let end = min(b + block, count);
-        for (var k = b; k < end; k++) {
-            part = merge_two(part, partials[first + k], welford);
+    var part = vec4<f32>(0.0);
+    var filled = 0u;
+    // One loop over at most MAX_MERGE_PARTS (src/reduce.rs): lavapipe ends
+    // any loop after 65,535 iterations, silently.
+    for (var k = 0u; k < count; k++) {
+        part = merge_two(part, partials[first + k], welford);
+        filled += 1u;
+        if (filled == block) {
+            total = merge_two(total, part, welford);
+            part = vec4<f32>(0.0);
+            filled = 0u;
         }
-        total = merge_two(total, part, welford);
     }
-    return total;
+    return merge_two(total, part, welford);
 }

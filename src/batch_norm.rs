@@ -14,7 +14,7 @@ use crate::kernels::{
     FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{ReduceBindings, ReduceMode};
+use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
 use crate::tensor::{check_shape, DType, TensorView};
 use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
@@ -697,11 +697,14 @@ impl BatchNorm {
         }
         let limits = self.ctx.device().limits();
         let cut = Chunks::new(view, tensors, params, &limits, self.ctx.reduction())?;
-        if view.channels as u64 * u64::from(cut.parts) * 16 <= limits.max_storage_buffer_binding_size {
+        let bytes = view.channels as u64 * u64::from(cut.parts) * 16;
+        if self.ctx.reduction() == Reduction::Tree
+            || (bytes <= limits.max_storage_buffer_binding_size && cut.parts <= MAX_MERGE_PARTS)
+        {
             return Ok(cut);
         }
-        // Partials per invocation would outgrow a binding (tens of thousands
-        // of channels): one per workgroup instead.
+        // Partials per invocation over many chunks would outgrow a binding,
+        // or the merge's loop: one per workgroup instead.
         Chunks::new(view, tensors, params, &limits, Reduction::Tree)
     }
 

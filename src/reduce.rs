@@ -22,6 +22,10 @@ const TARGET_WORKGROUPS: usize = 2048;
 /// Fewest values an invocation should reduce before slicing finer pays.
 const MIN_PER_INVOCATION: usize = 32;
 const MAX_GRID: usize = 65535;
+/// Most partials per channel a per-invocation plan may leave: the merge
+/// kernels loop over them, and lavapipe (llvmpipe's loop limiter) ends any
+/// shader loop after 65,535 iterations.
+pub(crate) const MAX_MERGE_PARTS: u32 = 16384;
 
 /// What the reduction sums: statistics of x, or backward's two sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +199,8 @@ impl ReducePlan {
 
     /// The plan with `reduction`'s partials: per invocation multiplies the
     /// partials by the invocations that share one (the workgroup, planar; its
-    /// row groups, interleaved; a row's lanes, rows).
+    /// row groups, interleaved; a row's lanes, rows), up to
+    /// [`MAX_MERGE_PARTS`]; a plan that would leave more keeps its tree.
     pub fn with(mut self, reduction: Reduction) -> ReducePlan {
         if reduction != Reduction::PerInvocation || self.per_invocation {
             return self;
@@ -205,6 +210,9 @@ impl ReducePlan {
             Shape::Interleaved => WG as u32 / self.width,
             Shape::Rows => self.width,
         };
+        if self.parts * sharing > MAX_MERGE_PARTS {
+            return self;
+        }
         self.per_invocation = true;
         self.parts *= sharing;
         self

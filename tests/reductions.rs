@@ -2,7 +2,8 @@
 //! `Reduction::PerInvocation` (CPU adapters), on shapes whose reductions are
 //! planar (long channel runs or rows, where the strategies differ), against
 //! the f64 reference: BatchNorm in vec4 and scalar tilings, GroupNorm and
-//! LayerNorm.
+//! LayerNorm, and a channel long enough that per-invocation partials would
+//! outnumber what one merge loop may take.
 
 mod common;
 
@@ -13,7 +14,7 @@ use wgpu_norm::{
     Reduction, Tensor,
 };
 
-fn batch_norm_case(shape: &[usize], rng: &mut Rng, what: &str) {
+fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();
     let c = shape[1];
     let len: usize = shape.iter().product();
@@ -22,7 +23,7 @@ fn batch_norm_case(shape: &[usize], rng: &mut Rng, what: &str) {
     state.weight = rng.normal_vec(c, 1.0, 0.3);
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(c)).unwrap();
     bn.write_state(&state).unwrap();
-    let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, Layout::Nchw).unwrap();
+    let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
     let (xt, dyt, y, dx) = (t(&x), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
     bn.forward_sync(&xt.view(), &y.view(), true).unwrap();
     bn.backward_sync(&xt.view(), &dyt.view(), &dx.view(), true).unwrap();
@@ -32,7 +33,7 @@ fn batch_norm_case(shape: &[usize], rng: &mut Rng, what: &str) {
         running_mean: Some(&state.running_mean),
         running_var: Some(&state.running_var),
         training: true,
-        ..BatchNormArgs::new(shape, Layout::Nchw)
+        ..BatchNormArgs::new(shape, layout)
     };
     let (f, b) = (reference::batch_norm_forward(&args, &x, None), reference::batch_norm_backward(&args, &x, None, &dy));
     assert_close(&format!("{what} bn {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
@@ -95,8 +96,11 @@ fn both_reduction_strategies_match_the_reference() {
     for reduction in [Reduction::Tree, Reduction::PerInvocation] {
         ctx.set_reduction(reduction);
         let what = format!("{reduction:?}");
-        batch_norm_case(&[4, 6, 30, 40], &mut rng, &what); // planar, vec4
-        batch_norm_case(&[3, 5, 17, 19], &mut rng, &what); // planar, scalar
+        batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what); // planar, vec4
+        batch_norm_case(&[3, 5, 17, 19], Layout::Nchw, &mut rng, &what); // planar, scalar
+                                                                         // 2.9 M rows of one channel: per invocation would leave 90,112
+                                                                         // partials for the merge, past lavapipe's 65,535 iterations per loop.
+        batch_norm_case(&[8, 1, 600, 600], Layout::Nhwc, &mut rng, &what);
         family_cases(&mut rng, &what);
     }
     ctx.set_reduction(default);
