@@ -2,9 +2,12 @@
 // Each workgroup reduces one slice of one channel (planar: long `inner` runs),
 // one slice of rows for a block of columns (interleaved: channels-last or
 // short `inner`), or whole short channels (rows: outer == 1, a few lanes per
-// channel), and writes one vec4 partial. The merge kernels in batch_norm.wgsl
-// and row_norm.wgsl combine the partials of a channel in a separate dispatch:
-// WGSL cannot synchronise workgroups inside one dispatch.
+// channel), and writes one vec4 partial per channel through a tree in
+// workgroup memory, or, in the `_lanes` entry points (CPU adapters, see
+// `Reduction` in src/context.rs), one per invocation with no barrier. The
+// merge kernels in batch_norm.wgsl and row_norm.wgsl combine the partials of
+// a channel in a separate dispatch: WGSL cannot synchronise workgroups inside
+// one dispatch.
 //
 // BatchNorm's channels are the family's "stat rows": LayerNorm's R rows of D
 // values are the view [1][R][D], GroupNorm's (n, g) groups [1][N*G][cpg*HW]
