@@ -22,7 +22,7 @@ use crate::kernels::{
     bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
@@ -629,10 +629,17 @@ impl Core {
         let reduction = self.ctx.reduction();
         let parts = self.parts(&geo, &[(x, "x"), (dy, "dy"), (dx, "dx")])?;
         let mut plans = Vec::with_capacity(parts.len());
+        let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
         for part in &parts {
             let g = &part.geo;
             let rows = ReducePlan::new(g.stat)?.batched(g.batch, g.batch_stride)?.with(reduction);
-            plans.push((rows, ReducePlan::new(g.weights)?.with(reduction)));
+            let mut columns = ReducePlan::new(g.weights)?.with(reduction);
+            // Every part's column partials meet in one merge loop: keep it
+            // within MAX_MERGE_PARTS (see src/reduce.rs) with the tree's fewer.
+            if columns.parts * slots > MAX_MERGE_PARTS {
+                columns = ReducePlan::new(g.weights)?;
+            }
+            plans.push((rows, columns));
         }
         let row_bytes = plans.iter().zip(&parts).map(|((r, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
         let col_bytes = plans.iter().map(|(_, c)| c.partial_bytes(geo.weights.channels)).max();
