@@ -15,7 +15,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
-use crate::tensor::{check_shape, DType, TensorView};
+use crate::tensor::{check_shape_of, DType, TensorView};
 use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
@@ -502,13 +502,7 @@ impl BatchNorm {
         if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
             return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
         }
-        if allow_empty && x.shape.contains(&0) {
-            let mut probe = x.shape.clone();
-            probe.iter_mut().for_each(|d| *d = (*d).max(1));
-            check_shape(&probe, x.layout, self.config.num_features)?;
-            return Ok(ChannelView::of(&x.shape, x.layout));
-        }
-        check_shape(&x.shape, x.layout, self.config.num_features)
+        check_shape_of(&x.shape, x.layout, self.config.num_features, allow_empty)
     }
 
     /// The partial-statistics scratch, at least `bytes` long.

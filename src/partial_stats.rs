@@ -106,7 +106,8 @@ impl PartialStats {
         }
     }
 
-    fn check_lengths(&self) -> Result<()> {
+    /// `Err(Shape)` unless count, mean and M2 have one value per channel each.
+    pub(crate) fn check_lengths(&self) -> Result<()> {
         if self.mean.len() != self.channels() || self.m2.len() != self.channels() {
             return Err(Error::Shape(format!(
                 "statistics with {} counts, {} means and {} M2 values",

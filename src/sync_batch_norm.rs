@@ -18,6 +18,7 @@
 use crate::batch_norm::{BatchNorm, Epilogue, Source, Stats};
 use crate::context::Context;
 use crate::exchange::Exchange;
+use crate::layout::ChannelView;
 use crate::partial_stats::{GradSums, PartialStats};
 use crate::tensor::TensorView;
 use crate::{BatchNormConfig, Error, Result};
@@ -56,7 +57,8 @@ impl BatchNorm {
             ));
         }
         let channels = self.config().num_features;
-        if stats.channels() != channels || stats.mean.len() != channels || stats.m2.len() != channels {
+        stats.check_lengths()?;
+        if stats.channels() != channels {
             return Err(Error::Shape(format!("statistics of {} channels for a layer of {channels}", stats.channels())));
         }
         check_global_count(stats.count.iter().copied().fold(f64::INFINITY, f64::min))?;
@@ -103,13 +105,9 @@ impl BatchNorm {
     }
 }
 
-/// Values per channel in x (0 when x is empty).
+/// Values per channel in x (0 when x is empty); x's shape was checked.
 fn per_channel(x: &TensorView) -> f64 {
-    let len: usize = x.shape.iter().product();
-    if x.shape.len() < 2 || x.shape[1] == 0 {
-        return 0.0;
-    }
-    (len / x.shape[1]) as f64
+    ChannelView::of(&x.shape, x.layout).per_channel() as f64
 }
 
 /// Batch statistics need more than one value per channel over the global

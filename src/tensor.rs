@@ -167,10 +167,21 @@ pub(crate) fn check_range(buffer: &wgpu::Buffer, offset: u64, len: usize, esize:
 /// Checks a logical shape for the per-channel ops: rank 2 to 5, no zero
 /// dimension, `channels` channels.
 pub(crate) fn check_shape(shape: &[usize], layout: Layout, channels: usize) -> Result<ChannelView> {
+    check_shape_of(shape, layout, channels, false)
+}
+
+/// [`check_shape`], but a zero-sized dimension other than the channels
+/// passes where `allow_empty` (a SyncBatchNorm rank with no samples).
+pub(crate) fn check_shape_of(
+    shape: &[usize],
+    layout: Layout,
+    channels: usize,
+    allow_empty: bool,
+) -> Result<ChannelView> {
     if !(2..=5).contains(&shape.len()) {
         return Err(Error::Shape(format!("rank {} ({shape:?}): expected 2 to 5 dimensions", shape.len())));
     }
-    if shape.contains(&0) {
+    if shape.contains(&0) && !allow_empty {
         return Err(Error::Shape(format!("{shape:?} has a zero-sized dimension")));
     }
     if shape[1] != channels {

@@ -228,6 +228,10 @@ fn split_halves_reject_bad_input() {
     // An empty slice is fine for the partial statistics, and counts nothing.
     let empty = Tensor::zeros(ctx, &[0, 4, 3], Layout::Nchw).unwrap();
     assert_eq!(bn.partial_stats(&empty.view()).unwrap(), PartialStats::empty(4));
+    // Only the samples may be empty, never the channels.
+    let one = BatchNorm::new(ctx, BatchNormConfig::new(1)).unwrap();
+    let no_channels = Tensor::zeros(ctx, &[2, 0, 3], Layout::Nchw).unwrap();
+    assert!(matches!(one.partial_stats(&no_channels.view()), Err(Error::Shape(_))));
     // The plain ops still refuse an empty batch.
     let out = Tensor::zeros(ctx, &[0, 4, 3], Layout::Nchw).unwrap();
     assert!(matches!(bn.forward_sync(&empty.view(), &out.view(), true), Err(Error::Shape(_))));
