@@ -192,23 +192,37 @@ fn reduce_planar_lanes(
 // [s * slice_len, (s+1) * slice_len), WG / width rows at a time.
 // The partial of column k and slice s goes to k * slices + s, so the partials
 // of channel c are the contiguous run [c * inner * slices, (c+1) * inner * slices).
-// Invocation t's share: column `col` (of its block), rows g, g + groups, ...
-// of the workgroup's slice.
-fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
-    let cols = p.channels * p.inner;
+// Where invocation t sits in an interleaved workgroup: row group `g` of
+// `groups`, and column `col` of the view; `owned` when both exist.
+struct Column {
+    groups: u32,
+    g: u32,
+    col: u32,
+    owned: bool,
+}
+
+fn column_of(wg: vec3<u32>, t: u32) -> Column {
     let groups = WG / p.width;
     let g = t / p.width;
     let col = wg.x * p.width + t % p.width;
+    return Column(groups, g, col, g < groups && col < p.channels * p.inner);
+}
+
+// Invocation t's share: its column, rows g, g + groups, ... of the
+// workgroup's slice.
+fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
+    let at = column_of(wg, t);
+    let cols = p.channels * p.inner;
     let row_start = wg.y * p.slice_len;
     let row_end = min(row_start + p.slice_len, p.outer);
     let base = wg.z * p.batch_stride;
     var acc = vec4<f32>(0.0);
-    if (g < groups && col < cols) {
-        let c = col / p.inner;
-        let i = col - c * p.inner;
+    if (at.owned) {
+        let c = at.col / p.inner;
+        let i = at.col - c * p.inner;
         let k = channel_coefficients(wg.z, c);
-        for (var r = row_start + g; r < row_end; r += groups) {
-            acc = accumulate(acc, base + r * cols + col, r, c, i, k);
+        for (var r = row_start + at.g; r < row_end; r += at.groups) {
+            acc = accumulate(acc, base + r * cols + at.col, r, c, i, k);
         }
     }
     return finish(acc);
@@ -219,21 +233,18 @@ fn reduce_interleaved(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + t % p.width;
+    let at = column_of(wg, t);
     shared_acc[t] = interleaved_share(wg, t);
     workgroupBarrier();
     for (var s = p.tree; s > 0u; s >>= 1u) {
-        if (g < s && g + s < groups) {
+        if (at.g < s && at.g + s < at.groups) {
             shared_acc[t] = combine(shared_acc[t], shared_acc[t + s * p.width]);
         }
         workgroupBarrier();
     }
-    if (g == 0u && col < cols) {
-        let c = col / p.inner;
-        let i = col - c * p.inner;
+    if (at.g == 0u && at.owned) {
+        let c = at.col / p.inner;
+        let i = at.col - c * p.inner;
         partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + i * p.slices + wg.y] = shared_acc[t];
     }
 }
@@ -246,14 +257,11 @@ fn reduce_interleaved_lanes(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + t % p.width;
+    let at = column_of(wg, t);
     let acc = interleaved_share(wg, t);
-    if (g < groups && col < cols) {
-        let c = col / p.inner;
-        let slot = ((col - c * p.inner) * p.slices + wg.y) * groups + g;
+    if (at.owned) {
+        let c = at.col / p.inner;
+        let slot = ((at.col - c * p.inner) * p.slices + wg.y) * at.groups + at.g;
         partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + slot] = acc;
     }
 }

@@ -201,21 +201,51 @@ fn reduce4_planar_lanes(
 // FLAG_LANES_ARE_CHANNELS the column is four channels and gets four partials
 // (channel 4 * col + l, at (4 * col + l) * slices + s); otherwise its four
 // values share one channel and it gets one partial, at col * slices + s.
-// Invocation t's share: its column, rows g, g + groups, ... of the slice.
-fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
-    let cols = p.channels * p.inner;
+// Where invocation t sits in an interleaved workgroup: row group `g` of
+// `groups`, and column `col` of the view; `owned` when both exist.
+struct Column {
+    groups: u32,
+    g: u32,
+    col: u32,
+    owned: bool,
+}
+
+fn column_of(wg: vec3<u32>, t: u32) -> Column {
     let groups = WG / p.width;
     let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
+    let col = wg.x * p.width + t % p.width;
+    return Column(groups, g, col, g < groups && col < p.channels * p.inner);
+}
+
+// Invocation t's share: its column, rows g, g + groups, ... of the slice.
+fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
+    let at = column_of(wg, t);
+    let cols = p.channels * p.inner;
     let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (g < groups && col < cols) {
-        let k = coef(col / p.inner);
-        for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
-            acc = add_lanes(acc, r * cols + col, k);
+    if (at.owned) {
+        let k = coef(at.col / p.inner);
+        for (var r = wg.y * p.slice_len + at.g; r < row_end; r += at.groups) {
+            acc = add_lanes(acc, r * cols + at.col, k);
         }
     }
     return acc;
+}
+
+// Stores column `col`'s accumulator of slice `s`: four partials (one per
+// channel) when lanes are channels, else one. Each (column, slice) owns
+// `per` consecutive slots (1 with the tree, `groups` per invocation) and
+// this is slot `k` of them.
+fn store_column(col: u32, s: u32, per: u32, k: u32, acc: Acc) {
+    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+        for (var l = 0u; l < 4u; l++) {
+            partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + s * per + k] = partial_of(acc, l);
+        }
+    } else {
+        let c = col / p.inner;
+        let slot = ((col - c * p.inner) * p.slices + s) * per + k;
+        partials[(p.chan_base + c) * p.parts + p.part_base + slot] = folded_partial(acc);
+    }
 }
 
 @compute @workgroup_size(256)
@@ -223,29 +253,17 @@ fn reduce4_interleaved(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
+    let at = column_of(wg, t);
     store_shared(t, interleaved_share(wg, t));
     workgroupBarrier();
     for (var s = p.tree; s > 0u; s >>= 1u) {
-        if (g < s && g + s < groups) {
+        if (at.g < s && at.g + s < at.groups) {
             store_shared(t, combine(load_shared(t), load_shared(t + s * p.width)));
         }
         workgroupBarrier();
     }
-    if (g == 0u && col < cols) {
-        let total = load_shared(t);
-        if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-            for (var l = 0u; l < 4u; l++) {
-                partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + wg.y] = partial_of(total, l);
-            }
-        } else {
-            let c = col / p.inner;
-            partials[(p.chan_base + c) * p.parts + p.part_base + (col - c * p.inner) * p.slices + wg.y] =
-                folded_partial(total);
-        }
+    if (at.g == 0u && at.owned) {
+        store_column(at.col, wg.y, 1u, 0u, load_shared(t));
     }
 }
 
@@ -256,20 +274,9 @@ fn reduce4_interleaved_lanes(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
+    let at = column_of(wg, t);
     let acc = interleaved_share(wg, t);
-    if (g < groups && col < cols) {
-        if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-            for (var l = 0u; l < 4u; l++) {
-                partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + wg.y * groups + g] = partial_of(acc, l);
-            }
-        } else {
-            let c = col / p.inner;
-            let slot = ((col - c * p.inner) * p.slices + wg.y) * groups + g;
-            partials[(p.chan_base + c) * p.parts + p.part_base + slot] = folded_partial(acc);
-        }
+    if (at.owned) {
+        store_column(at.col, wg.y, at.groups, at.g, acc);
     }
 }

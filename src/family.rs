@@ -441,7 +441,7 @@ impl Core {
             plans.iter().zip(&parts).map(|(plan, p)| plan.partial_bytes(p.geo.stat.channels)).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
         if let [part] = &parts[..] {
-            let piece = Piece { geo, weight_base: 0, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            let piece = part.piece(&rows, &partials, f16);
             self.forward_part(encoder, &piece, &plans[0], &part.windows[1], &opt, source)?;
         } else {
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
@@ -452,14 +452,7 @@ impl Core {
                 Source::Running => Source::Running,
             };
             for (part, plan) in parts.iter().zip(&plans) {
-                let piece = Piece {
-                    geo: part.geo,
-                    weight_base: part.weight_base,
-                    x: &part.windows[0],
-                    rows: &part_rows,
-                    partials: &partials,
-                    f16,
-                };
+                let piece = part.piece(&part_rows, &partials, f16);
                 self.forward_part(encoder, &piece, plan, &part.windows[1], &opt, part_source)?;
                 if part_source != Source::Running {
                     let at = part.first_row as u64 * 16;
@@ -647,7 +640,7 @@ impl Core {
         if let [part] = &parts[..] {
             let (row_plan, col_plan) = &plans[0];
             let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
-            let piece = Piece { geo, weight_base: 0, x: &part.windows[0], rows: &rows, partials: &partials, f16 };
+            let piece = part.piece(&rows, &partials, f16);
             let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
             self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
         } else {
@@ -669,14 +662,7 @@ impl Core {
                 }
                 let columns =
                     Columns { partials: &column_partials, parts: total, part_base: part.slot * stride, merge: false };
-                let piece = Piece {
-                    geo: part.geo,
-                    weight_base: part.weight_base,
-                    x: &part.windows[0],
-                    rows: &part_rows,
-                    partials: &partials,
-                    f16,
-                };
+                let piece = part.piece(&part_rows, &partials, f16);
                 let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
                 self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
             }
@@ -844,6 +830,13 @@ struct Part<'a> {
     slot: u32,
     geo: Geometry,
     windows: Vec<Window<'a>>,
+}
+
+impl<'a> Part<'a> {
+    /// The part's passes over `rows` (its own) and the row partials scratch.
+    fn piece<'p>(&'p self, rows: &'p wgpu::Buffer, partials: &'p wgpu::Buffer, f16: bool) -> Piece<'p, 'a> {
+        Piece { geo: self.geo, weight_base: self.weight_base, x: &self.windows[0], rows, partials, f16 }
+    }
 }
 
 /// What a part's passes share: its geometry, x, the rows its statistics
