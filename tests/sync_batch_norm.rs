@@ -110,37 +110,52 @@ fn single_device(batch: &Batch, config: &BatchNormConfig, training: bool) -> Run
     Run { steps, state: bn.read_state().unwrap() }
 }
 
-/// One run per rank, rank k on `sizes[k]` rows (in order) of the batch.
-fn synced(batch: &Batch, config: &BatchNormConfig, training: bool, sizes: &[usize]) -> Vec<Run> {
-    assert_eq!(sizes.iter().sum::<usize>(), batch.shape[0]);
-    let starts: Vec<usize> = sizes.iter().scan(0, |s, n| Some(std::mem::replace(s, *s + n))).collect();
+/// Runs `rank` on `size` threads, one per rank, each with the next of the
+/// contexts and a SyncBatchNorm of `config` in `state`; returns their results
+/// in rank order.
+fn on_ranks<T: Send>(
+    size: usize,
+    config: &BatchNormConfig,
+    state: &BatchNormState,
+    rank: impl Fn(usize, &Context, &SyncBatchNorm<LocalExchange>) -> T + Sync,
+) -> Vec<T> {
+    let rank = &rank;
     std::thread::scope(|s| {
-        let ranks: Vec<_> = LocalExchange::group(sizes.len())
+        let ranks: Vec<_> = LocalExchange::group(size)
             .into_iter()
             .map(|exchange| {
-                let rank = exchange.rank();
-                let ctx = &contexts()[rank % contexts().len()];
-                let rows = starts[rank]..starts[rank] + sizes[rank];
+                let k = exchange.rank();
+                let ctx = &contexts()[k % contexts().len()];
                 let config = config.clone();
                 s.spawn(move || {
                     let bn = SyncBatchNorm::new(ctx, config, exchange).unwrap();
-                    bn.layer().write_state(&batch.state).unwrap();
-                    let steps = run_steps(
-                        ctx,
-                        batch,
-                        rows,
-                        |x, dy, y, dx| {
-                            bn.forward(&x.view(), &y.view(), training)?;
-                            bn.backward(&x.view(), &dy.view(), &dx.view(), training)
-                        },
-                        || bn.layer().read_grads(),
-                    )
-                    .unwrap();
-                    Run { steps, state: bn.layer().read_state().unwrap() }
+                    bn.layer().write_state(state).unwrap();
+                    rank(k, ctx, &bn)
                 })
             })
             .collect();
         ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    })
+}
+
+/// One run per rank, rank k on `sizes[k]` rows (in order) of the batch.
+fn synced(batch: &Batch, config: &BatchNormConfig, training: bool, sizes: &[usize]) -> Vec<Run> {
+    assert_eq!(sizes.iter().sum::<usize>(), batch.shape[0]);
+    let starts: Vec<usize> = sizes.iter().scan(0, |s, n| Some(std::mem::replace(s, *s + n))).collect();
+    on_ranks(sizes.len(), config, &batch.state, |rank, ctx, bn| {
+        let rows = starts[rank]..starts[rank] + sizes[rank];
+        let steps = run_steps(
+            ctx,
+            batch,
+            rows,
+            |x, dy, y, dx| {
+                bn.forward(&x.view(), &y.view(), training)?;
+                bn.backward(&x.view(), &dy.view(), &dx.view(), training)
+            },
+            || bn.layer().read_grads(),
+        )
+        .unwrap();
+        Run { steps, state: bn.layer().read_state().unwrap() }
     })
 }
 
@@ -263,28 +278,15 @@ fn a_non_finite_slice_is_rejected_on_every_rank() {
     // every rank refuses the batch and keeps its running statistics.
     let batch = Batch::new(&[4, 3, 5], Layout::Nchw, 1, 99);
     let config = BatchNormConfig::new(3).check_finite(true);
-    let results: Vec<_> = std::thread::scope(|s| {
-        let ranks: Vec<_> = LocalExchange::group(2)
-            .into_iter()
-            .map(|exchange| {
-                let rank = exchange.rank();
-                let ctx = &contexts()[rank];
-                let (config, batch) = (config.clone(), &batch);
-                s.spawn(move || {
-                    let mut x = batch.data[0].0[rank * 30..(rank + 1) * 30].to_vec();
-                    if rank == 1 {
-                        x[7] = f32::NAN;
-                    }
-                    let bn = SyncBatchNorm::new(ctx, config, exchange).unwrap();
-                    bn.layer().write_state(&batch.state).unwrap();
-                    let xt = Tensor::from_slice(ctx, &x, &[2, 3, 5], Layout::Nchw).unwrap();
-                    let yt = Tensor::zeros(ctx, &[2, 3, 5], Layout::Nchw).unwrap();
-                    let result = bn.forward_train(&xt.view(), &yt.view());
-                    (result, bn.layer().read_state().unwrap())
-                })
-            })
-            .collect();
-        ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    let results = on_ranks(2, &config, &batch.state, |rank, ctx, bn| {
+        let mut x = batch.data[0].0[rank * 30..(rank + 1) * 30].to_vec();
+        if rank == 1 {
+            x[7] = f32::NAN;
+        }
+        let xt = Tensor::from_slice(ctx, &x, &[2, 3, 5], Layout::Nchw).unwrap();
+        let yt = Tensor::zeros(ctx, &[2, 3, 5], Layout::Nchw).unwrap();
+        let result = bn.forward_train(&xt.view(), &yt.view());
+        (result, bn.layer().read_state().unwrap())
     });
     for (rank, (result, state)) in results.iter().enumerate() {
         assert!(matches!(result, Err(Error::NonFinite(_))), "rank {rank}: {result:?}");
@@ -298,30 +300,20 @@ fn a_rank_that_fails_releases_the_others() {
     // shape: it returns Err before the exchange and drops its handle, rank 0
     // gets Err(Exchange) instead of waiting, and no rank changes its state.
     for bad_y in [false, true] {
-        let results: Vec<_> = std::thread::scope(|s| {
-            let ranks: Vec<_> = LocalExchange::group(2)
-                .into_iter()
-                .map(|exchange| {
-                    let rank = exchange.rank();
-                    let ctx = &contexts()[rank];
-                    s.spawn(move || {
-                        let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(4), exchange).unwrap();
-                        let c = if rank == 1 && !bad_y { 5 } else { 4 };
-                        let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
-                        let y_len = if rank == 1 && bad_y { 2 } else { 3 };
-                        let y = Tensor::zeros(ctx, &[2, c, y_len], Layout::Nchw).unwrap();
-                        let result = bn.forward_train(&x.view(), &y.view());
-                        (result, bn.layer().read_state().unwrap())
-                    })
-                })
-                .collect();
-            ranks.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+        let initial = BatchNormState::initial(4);
+        let results = on_ranks(2, &BatchNormConfig::new(4), &initial, |rank, ctx, bn| {
+            let c = if rank == 1 && !bad_y { 5 } else { 4 };
+            let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
+            let y_len = if rank == 1 && bad_y { 2 } else { 3 };
+            let y = Tensor::zeros(ctx, &[2, c, y_len], Layout::Nchw).unwrap();
+            let result = bn.forward_train(&x.view(), &y.view());
+            (result, bn.layer().read_state().unwrap())
         });
         let (r0, r1) = (&results[0], &results[1]);
         assert!(matches!(r1.0, Err(Error::Shape(_))), "bad_y {bad_y}: {:?}", r1.0);
         assert!(matches!(r0.0, Err(Error::Exchange(_))), "bad_y {bad_y}: {:?}", r0.0);
         for (state, rank) in [(&r0.1, 0), (&r1.1, 1)] {
-            assert_eq!(state, &BatchNormState::initial(4), "bad_y {bad_y}: rank {rank} changed its state");
+            assert_eq!(state, &initial, "bad_y {bad_y}: rank {rank} changed its state");
         }
     }
 }
