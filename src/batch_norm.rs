@@ -505,8 +505,9 @@ impl BatchNorm {
         check_shape_of(&x.shape, x.layout, self.config.num_features, allow_empty)
     }
 
-    /// The partial-statistics scratch, at least `bytes` long.
-    fn partials(&self, bytes: u64) -> Result<wgpu::Buffer> {
+    /// The partial-statistics scratch for `parts` vec4 partials per channel.
+    fn partials(&self, parts: u32, channels: usize) -> Result<wgpu::Buffer> {
+        let bytes = u64::from(parts) * channels as u64 * 16;
         let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
         if bytes > limit {
             return Err(Error::Unsupported(format!(
@@ -591,7 +592,7 @@ impl BatchNorm {
             }
             Source::Reduce => {
                 params.parts = cut.parts;
-                Some(self.partials(u64::from(params.parts) * view.channels as u64 * 16)?)
+                Some(self.partials(params.parts, view.channels)?)
             }
         };
 
@@ -768,7 +769,7 @@ impl BatchNorm {
             return Ok(());
         }
         params.parts = cut.parts;
-        let partials = self.partials(u64::from(params.parts) * view.channels as u64 * 16)?;
+        let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -907,7 +908,7 @@ impl BatchNorm {
             }
             Source::Reduce => {
                 params.parts = cut.parts;
-                self.partials(u64::from(params.parts) * view.channels as u64 * 16)?
+                self.partials(params.parts, view.channels)?
             }
         };
         let chan = if batch { &self.saved } else { &self.eval_chan };
