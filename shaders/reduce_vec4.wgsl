@@ -1,8 +1,10 @@
-// BatchNorm's partial reductions four values at a time (vec4 loads), for
-// views where the elementwise passes also run in vec4 (see elementwise.wgsl):
-// the view in Params is in vec4 units. Same tilings, partial layout and
-// modes as reduce.wgsl (0 statistics, 1 backward sums, 4 and 5 behind a
-// fused ReLU / add + ReLU), so batch_norm.wgsl merges either.
+// Partial reductions four values at a time (vec4 loads): BatchNorm's, for
+// views where the elementwise passes also run in vec4 (see elementwise.wgsl),
+// and the family's statistics. The view in Params is in vec4 units. Same
+// tilings (planar, interleaved, rows; grid z over a batch of views, as
+// reduce.wgsl), partial layout and modes as reduce.wgsl (0 statistics, 1
+// backward sums, 4 and 5 behind a fused ReLU / add + ReLU), so the merge
+// kernels take either.
 //
 // Accumulators are per lane: four Welford streams that share their count, so
 // one division serves four values. Lanes are channels (channels-last,
@@ -57,6 +59,13 @@ fn coef(c: u32) -> Coef {
     }
     let k = chan[p.chan_base + c];
     return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
+}
+
+// The first partial channel of view z: views hold `channels` channels, four
+// times as many when lanes are channels.
+fn view_first(z: u32) -> u32 {
+    let lanes = (p.flags & FLAG_LANES_ARE_CHANNELS) != 0u;
+    return p.chan_base + z * select(p.channels, 4u * p.channels, lanes);
 }
 
 // The upstream gradient behind the fused ReLU's mask, as reduce.wgsl computes it.
@@ -145,11 +154,12 @@ fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> Acc {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     let k = coef(c);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let base = wg.z * p.batch_stride;
     var j = wg.x * p.slice_len + t;
     var o = j / p.inner;
     var i = j - o * p.inner;
     while (j < end) {
-        acc = add_lanes(acc, (o * p.channels + c) * p.inner + i, k);
+        acc = add_lanes(acc, base + (o * p.channels + c) * p.inner + i, k);
         j += WG;
         i += WG;
         while (i >= p.inner) {
@@ -177,7 +187,7 @@ fn reduce4_planar(
             workgroupBarrier();
         }
         if (t == 0u) {
-            partials[(p.chan_base + c) * p.parts + p.part_base + wg.x] = folded_partial(load_shared(0u));
+            partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x] = folded_partial(load_shared(0u));
         }
         workgroupBarrier();
     }
@@ -193,7 +203,7 @@ fn reduce4_planar_lanes(
 ) {
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let slot = p.part_base + wg.x * WG + t;
-        partials[(p.chan_base + c) * p.parts + slot] = folded_partial(planar_share(wg, t, c));
+        partials[(view_first(wg.z) + c) * p.parts + slot] = folded_partial(planar_share(wg, t, c));
     }
 }
 
@@ -225,8 +235,9 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (at.owned) {
         let k = coef(at.col / p.inner);
+        let base = wg.z * p.batch_stride;
         for (var r = wg.y * p.slice_len + at.g; r < row_end; r += at.groups) {
-            acc = add_lanes(acc, r * cols + at.col, k);
+            acc = add_lanes(acc, base + r * cols + at.col, k);
         }
     }
     return acc;
@@ -236,15 +247,16 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
 // channel) when lanes are channels, else one. Each (column, slice) owns
 // `per` consecutive slots (1 with the tree, `groups` per invocation) and
 // this is slot `k` of them.
-fn store_column(col: u32, s: u32, per: u32, k: u32, acc: Acc) {
+fn store_column(z: u32, col: u32, s: u32, per: u32, k: u32, acc: Acc) {
+    let first = view_first(z);
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
         for (var l = 0u; l < 4u; l++) {
-            partials[(p.chan_base + 4u * col + l) * p.parts + p.part_base + s * per + k] = partial_of(acc, l);
+            partials[(first + 4u * col + l) * p.parts + p.part_base + s * per + k] = partial_of(acc, l);
         }
     } else {
         let c = col / p.inner;
         let slot = ((col - c * p.inner) * p.slices + s) * per + k;
-        partials[(p.chan_base + c) * p.parts + p.part_base + slot] = folded_partial(acc);
+        partials[(first + c) * p.parts + p.part_base + slot] = folded_partial(acc);
     }
 }
 
@@ -263,7 +275,7 @@ fn reduce4_interleaved(
         workgroupBarrier();
     }
     if (at.g == 0u && at.owned) {
-        store_column(at.col, wg.y, 1u, 0u, load_shared(t));
+        store_column(wg.z, at.col, wg.y, 1u, 0u, load_shared(t));
     }
 }
 
@@ -277,6 +289,61 @@ fn reduce4_interleaved_lanes(
     let at = column_of(wg, t);
     let acc = interleaved_share(wg, t);
     if (at.owned) {
-        store_column(at.col, wg.y, at.groups, at.g, acc);
+        store_column(wg.z, at.col, wg.y, at.groups, at.g, acc);
+    }
+}
+
+// Rows: outer == 1, many short contiguous channels (the family's rows), as
+// reduce_rows in reduce.wgsl: `width` lanes per channel, WG / width channels
+// per workgroup, workgroup (x, y) is block y * num_workgroups.x + x.
+fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * (WG / p.width) + t / p.width;
+}
+
+fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
+    let c = rows_channel(wg, nwg, t);
+    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (c < p.channels) {
+        let k = coef(c);
+        let base = wg.z * p.batch_stride + c * p.inner;
+        for (var i = t % p.width; i < p.inner; i += p.width) {
+            acc = add_lanes(acc, base + i, k);
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn reduce4_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let lane = t % p.width;
+    let c = rows_channel(wg, nwg, t);
+    store_shared(t, rows_share(wg, nwg, t));
+    workgroupBarrier();
+    for (var s = p.width / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            store_shared(t, combine(load_shared(t), load_shared(t + s)));
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && c < p.channels) {
+        partials[(view_first(wg.z) + c) * p.parts + p.part_base] = folded_partial(load_shared(t));
+    }
+}
+
+// Rows, one partial per lane and no barrier (CPU adapters).
+@compute @workgroup_size(256)
+fn reduce4_rows_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let c = rows_channel(wg, nwg, t);
+    let acc = rows_share(wg, nwg, t);
+    if (c < p.channels) {
+        partials[(view_first(wg.z) + c) * p.parts + p.part_base + t % p.width] = folded_partial(acc);
     }
 }

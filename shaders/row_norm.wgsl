@@ -153,79 +153,126 @@ fn merge_columns(
 // The elementwise passes walk the per-weight view with the reductions'
 // tilings (src/reduce.rs): planar, workgroup (slice, c) over long inner runs,
 // or interleaved, one column per invocation down its rows. The weight and
-// the stat row are looked up per workgroup, per invocation or per row, never
-// with divisions per element.
+// the stat row are looked up per workgroup, per invocation or when the row
+// changes, never with divisions per element.
+//
+// They run on V (prelude): f32, or vec4<f32> where the view is in units of
+// four values (src/tiling.rs): four values of one weight, or, with
+// FLAG_LANES_ARE_CHANNELS (inner == 1), four consecutive weights 4c .. 4c+3,
+// which may fall in different groups. lanes4 builds a V from four scalars.
 
-// `w` = (gamma, beta) of the element's weight, looked up once per channel
-// (the dx passes bind no bias and read only gamma).
-fn apply_at(e: u32, w: vec2<f32>, s: vec4<f32>) {
-    y[p.y_off + e] = S(fma((f32(x[p.x_off + e]) - s.x) * s.y, w.x, w.y));
+// Gamma and beta of view channel c, over the lanes of V. The dx passes
+// read only gamma (they bind no bias).
+struct Weights {
+    g: V,
+    b: V,
 }
 
-fn dx_at(e: u32, w: vec2<f32>, k: vec4<f32>) {
-    dx[p.dx_off + e] = S(k.x * f32(dy[p.dy_off + e]) * w.x + k.y * (f32(x[p.x_off + e]) - k.w) + k.z);
+fn gammas_of(c: u32) -> V {
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let w = 4u * c;
+        return lanes4(gamma(w), gamma(w + 1u), gamma(w + 2u), gamma(w + 3u));
+    }
+    return V(gamma(c));
 }
 
-fn weights_of(c: u32) -> vec2<f32> {
-    return vec2<f32>(gamma(c), beta(c));
+fn weights_of(c: u32) -> Weights {
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let w = 4u * c;
+        return Weights(gammas_of(c), lanes4(beta(w), beta(w + 1u), beta(w + 2u), beta(w + 3u)));
+    }
+    return Weights(V(gamma(c)), V(beta(c)));
 }
 
-// Stat row of outer index o (quotient q = o / row_div) and channel group cg.
-fn stat_row(q: u32, cg: u32) -> u32 {
-    return q * p.groups + cg;
+// A stat row's entry (rows or rows_dx) over the lanes of V.
+struct Entry {
+    a: V,
+    b: V,
+    c: V,
+    d: V,
+}
+
+fn splat(k: vec4<f32>) -> Entry {
+    return Entry(V(k.x), V(k.y), V(k.z), V(k.w));
+}
+
+fn spread(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Entry {
+    return Entry(lanes4(k0.x, k1.x, k2.x, k3.x), lanes4(k0.y, k1.y, k2.y, k3.y), lanes4(k0.z, k1.z, k2.z, k3.z), lanes4(k0.w, k1.w, k2.w, k3.w));
+}
+
+// On lavapipe every division and every load, even one behind an `if` no
+// lane takes, is paid per SIMD batch: the walks below find stat rows by
+// stepping, and load one entry per step (four where lanes span groups).
+
+// The first weight of view channel c (four of them with lanes).
+fn first_weight(c: u32) -> u32 {
+    return select(c, 4u * c, has(FLAG_LANES_ARE_CHANNELS));
+}
+
+// Four weights fall in different groups when groups are not multiples of four.
+fn lanes_split() -> bool {
+    return has(FLAG_LANES_ARE_CHANNELS) && p.cpg % 4u != 0u;
+}
+
+// The groups of view channel c's lanes (all equal without a split).
+fn lane_groups(c: u32) -> vec4<u32> {
+    let w = first_weight(c);
+    if (lanes_split()) {
+        return vec4<u32>(w, w + 1u, w + 2u, w + 3u) / p.cpg;
+    }
+    return vec4<u32>(w / p.cpg);
+}
+
+// y = (x - centre) * rstd * gamma + beta; s = rows' (centre, rstd, ...).
+fn apply_at(e: u32, w: Weights, s: Entry) {
+    y[p.y_off + e] = S(fma((V(x[p.x_off + e]) - s.a) * s.b, w.g, w.b));
+}
+
+// dx = rstd * dy * gamma + B * (x - centre) + C; k = rows_dx' (rstd, B, C, centre).
+fn dx_at(e: u32, w: Weights, k: Entry) {
+    dx[p.dx_off + e] = S(k.a * V(dy[p.dy_off + e]) * w.g + k.b * (V(x[p.x_off + e]) - k.d) + k.c);
+}
+
+// Planar walks: the view's inner >= 256, so a step of 256 wraps to the next
+// outer index at most once; q = o / row_div and its remainder follow o.
+struct Planar {
+    j: u32,
+    o: u32,
+    i: u32,
+    q: u32,
+    orem: u32,
+}
+
+fn planar_start(wg: vec3<u32>, t: u32) -> Planar {
+    let j = wg.x * p.slice_len + t;
+    let o = j / p.inner;
+    let q = o / p.row_div;
+    return Planar(j, o, j - o * p.inner, q, o - q * p.row_div);
+}
+
+fn planar_step(a: Planar) -> Planar {
+    var b = a;
+    b.j += 256u;
+    b.i += 256u;
+    if (b.i >= p.inner) {
+        b.i -= p.inner;
+        b.o += 1u;
+        b.orem += 1u;
+        if (b.orem == p.row_div) {
+            b.orem = 0u;
+            b.q += 1u;
+        }
+    }
+    return b;
 }
 
 fn apply_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let cg = c / p.cpg;
         let w = weights_of(c);
-        var j = wg.x * p.slice_len + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        var row = stat_row(o / p.row_div, cg);
-        while (j < end) {
-            let e = (o * p.channels + c) * p.inner + i;
-            apply_at(e, w, rows[row]);
-            j += 256u;
-            i += 256u;
-            if (i >= p.inner) {
-                while (i >= p.inner) {
-                    i -= p.inner;
-                    o += 1u;
-                }
-                row = stat_row(o / p.row_div, cg);
-            }
-        }
-    }
-}
-
-fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
-    let cols = p.channels * p.inner;
-    let groups = 256u / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
-    if (g >= groups || col >= cols) {
-        return;
-    }
-    let c = col / p.inner;
-    let cg = c / p.cpg;
-    let w = weights_of(c);
-    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
-    var r = wg.y * p.slice_len + g;
-    // q = r / row_div kept up to date by steps of `groups` rows, without a
-    // division per step: each adds dq and dr, and at most one carry.
-    var q = r / p.row_div;
-    var rem = r - q * p.row_div;
-    let dq = groups / p.row_div;
-    let dr = groups - dq * p.row_div;
-    for (; r < row_end; r += groups) {
-        apply_at(r * cols + col, w, rows[stat_row(q, cg)]);
-        q += dq;
-        rem += dr;
-        if (rem >= p.row_div) {
-            rem -= p.row_div;
-            q += 1u;
+        let cg = c / p.cpg;
+        for (var a = planar_start(wg, t); a.j < end; a = planar_step(a)) {
+            apply_at((a.o * p.channels + c) * p.inner + a.i, w, splat(rows[a.q * p.groups + cg]));
         }
     }
 }
@@ -233,53 +280,128 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
 fn dx_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let w = Weights(gammas_of(c), V(0.0));
         let cg = c / p.cpg;
-        let w = vec2<f32>(gamma(c), 0.0);
-        var j = wg.x * p.slice_len + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        var row = stat_row(o / p.row_div, cg);
-        while (j < end) {
-            let e = (o * p.channels + c) * p.inner + i;
-            dx_at(e, w, rows_dx[row]);
-            j += 256u;
-            i += 256u;
-            if (i >= p.inner) {
-                while (i >= p.inner) {
-                    i -= p.inner;
-                    o += 1u;
-                }
-                row = stat_row(o / p.row_div, cg);
+        for (var a = planar_start(wg, t); a.j < end; a = planar_step(a)) {
+            dx_at((a.o * p.channels + c) * p.inner + a.i, w, splat(rows_dx[a.q * p.groups + cg]));
+        }
+    }
+}
+
+// Where invocation t walks an interleaved view: column `col` (channel
+// col / inner), rows first, first + step, ... below `end`; `q` = first /
+// row_div and its remainder, stepped as dq, dr per step without division.
+struct Walk {
+    owned: bool,
+    col: u32,
+    c: u32,
+    first: u32,
+    end: u32,
+    step: u32,
+    q: u32,
+    rem: u32,
+    dq: u32,
+    dr: u32,
+}
+
+fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
+    let cols = p.channels * p.inner;
+    let groups = 256u / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    let first = wg.y * p.slice_len + g;
+    let q = first / p.row_div;
+    let dq = groups / p.row_div;
+    return Walk(
+        g < groups && col < cols,
+        col,
+        col / p.inner,
+        first,
+        min((wg.y + 1u) * p.slice_len, p.outer),
+        groups,
+        q,
+        first - q * p.row_div,
+        dq,
+        groups - dq * p.row_div,
+    );
+}
+
+// The walk one step on: q and its remainder follow the row, at most one carry.
+fn advance(a: Walk) -> Walk {
+    var b = a;
+    b.q += a.dq;
+    b.rem += a.dr;
+    if (b.rem >= p.row_div) {
+        b.rem -= p.row_div;
+        b.q += 1u;
+    }
+    return b;
+}
+
+// Interleaved walks reload the stat entry only when q moves on (every row
+// for LayerNorm, every spatial row block for channels-last GroupNorm): one
+// load, or four when the lanes span groups. The choice is made outside the
+// loop: inside it, the unused branch costs as much as the used one.
+fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
+    var a = walk_of(wg, t);
+    if (!a.owned) {
+        return;
+    }
+    let cols = p.channels * p.inner;
+    let w = weights_of(a.c);
+    let g = lane_groups(a.c);
+    var s = splat(vec4<f32>(0.0));
+    var loaded = ~0u;
+    if (lanes_split()) {
+        for (var r = a.first; r < a.end; r += a.step) {
+            if (a.q != loaded) {
+                let b = a.q * p.groups;
+                s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
+                loaded = a.q;
             }
+            apply_at(r * cols + a.col, w, s);
+            a = advance(a);
+        }
+    } else {
+        for (var r = a.first; r < a.end; r += a.step) {
+            if (a.q != loaded) {
+                s = splat(rows[a.q * p.groups + g.x]);
+                loaded = a.q;
+            }
+            apply_at(r * cols + a.col, w, s);
+            a = advance(a);
         }
     }
 }
 
 fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
-    let cols = p.channels * p.inner;
-    let groups = 256u / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
-    if (g >= groups || col >= cols) {
+    var a = walk_of(wg, t);
+    if (!a.owned) {
         return;
     }
-    let c = col / p.inner;
-    let cg = c / p.cpg;
-    let w = vec2<f32>(gamma(c), 0.0);
-    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
-    var r = wg.y * p.slice_len + g;
-    // q = r / row_div, kept up to date as in apply_interleaved_walk.
-    var q = r / p.row_div;
-    var rem = r - q * p.row_div;
-    let dq = groups / p.row_div;
-    let dr = groups - dq * p.row_div;
-    for (; r < row_end; r += groups) {
-        dx_at(r * cols + col, w, rows_dx[stat_row(q, cg)]);
-        q += dq;
-        rem += dr;
-        if (rem >= p.row_div) {
-            rem -= p.row_div;
-            q += 1u;
+    let cols = p.channels * p.inner;
+    let w = Weights(gammas_of(a.c), V(0.0));
+    let g = lane_groups(a.c);
+    var s = splat(vec4<f32>(0.0));
+    var loaded = ~0u;
+    if (lanes_split()) {
+        for (var r = a.first; r < a.end; r += a.step) {
+            if (a.q != loaded) {
+                let b = a.q * p.groups;
+                s = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
+                loaded = a.q;
+            }
+            dx_at(r * cols + a.col, w, s);
+            a = advance(a);
+        }
+    } else {
+        for (var r = a.first; r < a.end; r += a.step) {
+            if (a.q != loaded) {
+                s = splat(rows_dx[a.q * p.groups + g.x]);
+                loaded = a.q;
+            }
+            dx_at(r * cols + a.col, w, s);
+            a = advance(a);
         }
     }
 }

@@ -19,11 +19,14 @@ use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
+    bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
+    FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::stat_plan::StatPlan;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
+use crate::tiling::Tiling;
 use crate::{Error, Result};
 
 /// Which values a statistic spans, as two views of the same tensor.
@@ -435,10 +438,9 @@ impl Core {
         let parts = self.parts(&geo, &[(x, "x"), (y, "y")])?;
         let plans = parts
             .iter()
-            .map(|p| Ok(ReducePlan::new(p.geo.stat)?.batched(p.geo.batch, p.geo.batch_stride)?.with(reduction)))
+            .map(|p| StatPlan::new(&p.geo, p.windows[0].elem_offset, f16, reduction))
             .collect::<Result<Vec<_>>>()?;
-        let bytes =
-            plans.iter().zip(&parts).map(|(plan, p)| plan.partial_bytes(p.geo.stat.channels)).max().unwrap_or(16);
+        let bytes = plans.iter().map(StatPlan::partial_bytes).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
         if let [part] = &parts[..] {
             let piece = part.piece(&rows, &partials, f16);
@@ -482,7 +484,7 @@ impl Core {
         &self,
         encoder: &mut wgpu::CommandEncoder,
         piece: &Piece,
-        plan: &ReducePlan,
+        plan: &StatPlan,
         yw: &Window,
         opt: &Options,
         source: Source,
@@ -492,18 +494,20 @@ impl Core {
         let mut stat_params = self.params(geo.stat, geo, opt);
         stat_params.x_off = xw.elem_offset;
         stat_params.weight_base = weight_base;
-        plan.fill(&mut stat_params);
+        let reduce_params = plan.params(&stat_params);
+        stat_params.parts = plan.merge_parts;
         let mut apply_params = self.params(geo.weights, geo, opt);
         apply_params.weight_base = weight_base;
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
-        let tile = ReducePlan::elementwise(geo.weights)?;
-        tile.fill(&mut apply_params);
+        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, yw.elem_offset], f16)?;
+        let apply_params = tile.params(&apply_params);
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
             let kernels = self.ctx.kernels();
             let stat_buf = uniform(device, &stat_params)?;
+            let reduce_buf = uniform(device, &reduce_params)?;
             let apply_buf = uniform(device, &apply_params)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("norm forward"),
@@ -511,14 +515,12 @@ impl Core {
             });
             match source {
                 Source::Input { update_running } => {
-                    let reduce = reduce::pipeline(&self.ctx, plan, ReduceMode::Stats, f16)?;
-                    reduce::record(
+                    let reduce = kernels.get(plan.kernel())?;
+                    let group = reduce::bind_group(
                         device,
-                        &mut pass,
                         &reduce,
-                        plan,
                         ReduceBindings {
-                            params: stat_buf.as_entire_binding(),
+                            params: reduce_buf.as_entire_binding(),
                             x: xw.resource(),
                             dy: xw.resource(),
                             chan: rows.as_entire_binding(),
@@ -526,8 +528,11 @@ impl Core {
                             weight: None,
                             z: None,
                         },
+                        plan.vec4,
                     );
-                    let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_rows"))?;
+                    dispatch3(&mut pass, &reduce, &group, (plan.plan.grid.0, plan.plan.grid.1, plan.plan.batch));
+                    let merge =
+                        kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_rows"))?;
                     let group = bind(
                         device,
                         &merge,
@@ -547,7 +552,7 @@ impl Core {
                     self.record_running(&mut pass, "prepare_running", &stat_buf, rows, grid)?;
                 }
             }
-            let apply = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "apply")))?;
+            let apply = kernels.get(tile_kernel(&tile, "apply"))?;
             let group = bind(
                 device,
                 &apply,
@@ -560,7 +565,7 @@ impl Core {
                     (9, yw.resource()),
                 ],
             );
-            dispatch(&mut pass, &apply, &group, tile.grid);
+            dispatch(&mut pass, &apply, &group, tile.plan.grid);
             Ok(())
         })
     }
@@ -574,7 +579,7 @@ impl Core {
         grid: (u32, u32),
     ) -> Result<()> {
         let device = self.ctx.device();
-        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false }, entry))?;
+        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, entry))?;
         let group = bind(
             device,
             &kernel,
@@ -711,9 +716,8 @@ impl Core {
         col_params.dx_off = dxw.elem_offset;
         col_plan.fill(&mut col_params);
         // The dx pass walks the same view with an elementwise tiling of its own.
-        let tile = ReducePlan::elementwise(geo.weights)?;
-        let mut dx_params = col_params;
-        tile.fill(&mut dx_params);
+        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, dyw.elem_offset, dxw.elem_offset], f16)?;
+        let dx_params = tile.params(&col_params);
         // Column partials go to the part's weights, `parts` per weight.
         col_params.parts = columns.parts;
         col_params.part_base = columns.part_base;
@@ -748,7 +752,7 @@ impl Core {
                     z: None,
                 },
             );
-            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_row_grads"))?;
+            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_row_grads"))?;
             let group = bind(
                 device,
                 &merge,
@@ -779,7 +783,7 @@ impl Core {
             if columns.merge {
                 self.record_merge_columns(&mut pass, &col_buf, columns.partials)?;
             }
-            let dx_kernel = kernels.get(KernelKey::new(Shader::RowNorm { f16 }, tile_entry(&tile, "dx")))?;
+            let dx_kernel = kernels.get(tile_kernel(&tile, "dx"))?;
             let group = bind(
                 device,
                 &dx_kernel,
@@ -792,7 +796,7 @@ impl Core {
                     (11, dxw.resource()),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, tile.grid);
+            dispatch(&mut pass, &dx_kernel, &group, tile.plan.grid);
             Ok(())
         })
     }
@@ -804,7 +808,8 @@ impl Core {
         params: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> Result<()> {
-        let merge = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false }, "merge_columns"))?;
+        let merge =
+            self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_columns"))?;
         let group = bind(
             self.ctx.device(),
             &merge,
@@ -869,12 +874,13 @@ struct Columns<'p> {
     merge: bool,
 }
 
-/// row_norm.wgsl's entry for pass `op` (`apply` or `dx`) over `tile`.
-fn tile_entry(tile: &ReducePlan, op: &str) -> &'static str {
-    match (op, tile.shape == Shape::Planar) {
+/// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
+fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
+    let entry = match (op, tile.plan.shape == Shape::Planar) {
         ("apply", true) => "apply_planar",
         ("apply", false) => "apply_interleaved",
         (_, true) => "dx_planar",
         (_, false) => "dx_interleaved",
-    }
+    };
+    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4 }, entry)
 }

@@ -18,8 +18,9 @@ pub(crate) enum Shader {
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
-    /// elementwise kernels, over f16 tensors with `f16`.
-    RowNorm { f16: bool },
+    /// elementwise kernels, over f16 tensors with `f16`, the elementwise
+    /// passes four values at a time with `vec4`.
+    RowNorm { f16: bool, vec4: bool },
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
     /// values at a time (of f16 in memory with `f16`).
     Elementwise { vec4: bool, f16: bool },
@@ -44,11 +45,12 @@ impl Shader {
             Shader::Elementwise { f16: true, .. }
                 | Shader::ReduceVec4 { f16: true }
                 | Shader::Reduce { f16: true }
-                | Shader::RowNorm { f16: true }
+                | Shader::RowNorm { f16: true, .. }
         );
         let memory = if f16 { "vec4<f16>" } else { "vec4<f32>" };
         let scalar = if f16 { "f16" } else { "f32" };
         let gather4 = "fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n";
+        let lanes4 = "fn lanes4(a: f32, b: f32, c: f32, d: f32) -> V {\n";
         let prelude = match self {
             Shader::Elementwise { vec4: true, .. } => format!(
                 "alias V = vec4<f32>;\nalias S = {memory};\n{gather4}    return Coef(V(k0.x, k1.x, k2.x, k3.x), \
@@ -57,8 +59,14 @@ impl Shader {
             Shader::Elementwise { vec4: false, .. } => {
                 format!("alias V = f32;\nalias S = {scalar};\n{gather4}    return splat(k0);\n}}\n")
             }
+            Shader::RowNorm { vec4: true, .. } => {
+                format!("alias V = vec4<f32>;\nalias S = {memory};\n{lanes4}    return V(a, b, c, d);\n}}\n")
+            }
+            Shader::RowNorm { vec4: false, .. } => {
+                format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n")
+            }
             Shader::ReduceVec4 { .. } => format!("alias S = {memory};\n"),
-            Shader::Reduce { .. } | Shader::RowNorm { .. } => format!("alias S = {scalar};\n"),
+            Shader::Reduce { .. } => format!("alias S = {scalar};\n"),
             _ => String::new(),
         };
         // An `enable` directive must come before everything else.

@@ -21,6 +21,8 @@ const WG: usize = 256;
 const TARGET_WORKGROUPS: usize = 2048;
 /// Fewest values an invocation should reduce before slicing finer pays.
 const MIN_PER_INVOCATION: usize = 32;
+/// The same for elementwise passes that share no plan with a reduction.
+const MIN_PER_INVOCATION_ELEMENTWISE: usize = 16;
 const MAX_GRID: usize = 65535;
 /// Most partials per channel a per-invocation plan may leave: the merge
 /// kernels loop over them, and lavapipe (llvmpipe's loop limiter) ends any
@@ -79,7 +81,7 @@ impl ReducePlan {
         // every invocation of a workgroup its share: several rows per workgroup.
         let short_rows = view.outer == 1 && view.inner < WG * MIN_PER_INVOCATION;
         if view.inner >= WG && !short_rows {
-            return Ok(Self::planar(view));
+            return Ok(Self::planar(view, MIN_PER_INVOCATION));
         }
         if view.outer == 1 {
             // Short rows: about MIN_PER_INVOCATION values per lane, a power of
@@ -103,14 +105,14 @@ impl ReducePlan {
                 per_invocation: false,
             });
         }
-        Self::interleaved(view)
+        Self::interleaved(view, MIN_PER_INVOCATION)
     }
 
     /// Workgroup (slice, channel) over channels of long contiguous runs.
-    fn planar(view: ChannelView) -> ReducePlan {
+    fn planar(view: ChannelView, min: usize) -> ReducePlan {
         let per = view.per_channel();
         let wanted = TARGET_WORKGROUPS.div_ceil(view.channels);
-        let most = per.div_ceil(WG * MIN_PER_INVOCATION);
+        let most = per.div_ceil(WG * min);
         let slices = wanted.clamp(1, most.max(1)).min(MAX_GRID);
         let slice_len = per.div_ceil(slices);
         let slices = per.div_ceil(slice_len);
@@ -132,16 +134,29 @@ impl ReducePlan {
     /// interleaved tiling, so that every workgroup (planar) or invocation
     /// (interleaved) stays on one channel and looks its coefficients up once.
     pub fn elementwise(view: ChannelView) -> Result<ReducePlan> {
+        Self::elementwise_with(view, MIN_PER_INVOCATION)
+    }
+
+    /// The plan of an elementwise pass that shares its tiling with no
+    /// reduction: fewer values per invocation, since no partials pay for the
+    /// extra invocations, and lavapipe streams best with short walks (16
+    /// against 32 took the family's apply passes from about 0.5 to 0.6 of
+    /// the copy ceiling).
+    pub fn elementwise_only(view: ChannelView) -> Result<ReducePlan> {
+        Self::elementwise_with(view, MIN_PER_INVOCATION_ELEMENTWISE)
+    }
+
+    fn elementwise_with(view: ChannelView, min: usize) -> Result<ReducePlan> {
         if view.inner >= WG {
-            Ok(Self::planar(view))
+            Ok(Self::planar(view, min))
         } else {
-            Self::interleaved(view)
+            Self::interleaved(view, min)
         }
     }
 
     /// Workgroup (column block, row slice) over the tensor as `outer` rows of
     /// `channels * inner` columns.
-    fn interleaved(view: ChannelView) -> Result<ReducePlan> {
+    fn interleaved(view: ChannelView, min: usize) -> Result<ReducePlan> {
         let cols = view.channels * view.inner;
         let width = cols.min(WG);
         let groups = WG / width;
@@ -154,7 +169,7 @@ impl ReducePlan {
         }
         let rows = view.outer;
         let wanted = TARGET_WORKGROUPS.div_ceil(blocks);
-        let most = rows.div_ceil(groups * MIN_PER_INVOCATION);
+        let most = rows.div_ceil(groups * min);
         let slices = wanted.clamp(1, most.max(1)).min(MAX_GRID);
         let slice_len = rows.div_ceil(slices);
         let slices = rows.div_ceil(slice_len);
@@ -218,6 +233,18 @@ impl ReducePlan {
         self
     }
 
+    /// The entry point of reduce_vec4.wgsl for this plan.
+    pub fn entry_vec4(&self) -> &'static str {
+        match self.shape {
+            Shape::Planar if self.per_invocation => "reduce4_planar_lanes",
+            Shape::Planar => "reduce4_planar",
+            Shape::Interleaved if self.per_invocation => "reduce4_interleaved_lanes",
+            Shape::Interleaved => "reduce4_interleaved",
+            Shape::Rows if self.per_invocation => "reduce4_rows_lanes",
+            Shape::Rows => "reduce4_rows",
+        }
+    }
+
     fn entry(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce_planar_lanes",
@@ -253,7 +280,12 @@ pub(crate) fn pipeline(
     mode: ReduceMode,
     f16: bool,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    ctx.kernels().get(KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32))
+    ctx.kernels().get(kernel(plan, mode, f16))
+}
+
+/// The reduce.wgsl kernel for `plan` and `mode`.
+pub(crate) fn kernel(plan: &ReducePlan, mode: ReduceMode, f16: bool) -> KernelKey {
+    KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32)
 }
 
 /// Records the partial reduction of `plan` into `pass` with a reduce.wgsl pipeline.

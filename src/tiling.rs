@@ -26,6 +26,20 @@ pub(crate) struct Tiling {
 impl Tiling {
     /// `offsets` are the element offsets of every view the pass binds.
     pub fn new(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
+        Self::with_plan(view, offsets, f16, |v| Ok(ReducePlan::elementwise(v)?.with(reduction)))
+    }
+
+    /// The tiling of elementwise passes alone (no reduction shares their plan).
+    pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool) -> Result<Tiling> {
+        Self::with_plan(view, offsets, f16, ReducePlan::elementwise_only)
+    }
+
+    fn with_plan(
+        view: ChannelView,
+        offsets: &[u32],
+        f16: bool,
+        plan: impl FnOnce(ChannelView) -> Result<ReducePlan>,
+    ) -> Result<Tiling> {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
         let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
             (true, false, ChannelView { inner: view.inner / 4, ..view })
@@ -34,8 +48,7 @@ impl Tiling {
         } else {
             (false, false, view)
         };
-        let plan = ReducePlan::elementwise(v)?.with(reduction);
-        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan })
+        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan: plan(v)? })
     }
 
     /// `base` (the op's scalar parameters) rewritten for this pass.
@@ -90,22 +103,11 @@ impl Tiling {
 
     /// The reduction pipeline for this tiling and `mode`.
     pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
-        let planar = self.plan.shape == Shape::Planar;
-        let (shader, entry) = match (self.vec4, planar) {
-            (true, true) if self.plan.per_invocation => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar_lanes"),
-            (true, true) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_planar"),
-            (true, false) if self.plan.per_invocation => {
-                (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved_lanes")
-            }
-            (true, false) => (Shader::ReduceVec4 { f16: self.f16 }, "reduce4_interleaved"),
-            (false, true) if self.plan.per_invocation => (Shader::Reduce { f16: self.f16 }, "reduce_planar_lanes"),
-            (false, true) => (Shader::Reduce { f16: self.f16 }, "reduce_planar"),
-            (false, false) if self.plan.per_invocation => {
-                (Shader::Reduce { f16: self.f16 }, "reduce_interleaved_lanes")
-            }
-            (false, false) => (Shader::Reduce { f16: self.f16 }, "reduce_interleaved"),
-        };
-        KernelKey::with_mode(shader, entry, mode as u32)
+        if self.vec4 {
+            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), mode as u32)
+        } else {
+            reduce::kernel(&self.plan, mode, self.f16)
+        }
     }
 }
 

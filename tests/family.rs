@@ -197,6 +197,49 @@ fn group_norm_random_shapes_both_layouts() {
     }
 }
 
+#[test]
+fn group_norm_four_values_at_a_time() {
+    // The vec4 paths: groups whose runs come in fours (channels-second
+    // spatial % 4 == 0, planar and interleaved), and channels-last lanes of
+    // four channels in one group (cpg % 4 == 0) or across groups.
+    let mut rng = Rng(15);
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        group_norm_case(&mut rng, &[2, 8, 4, 7], 4, layout, 3.0, true);
+        group_norm_case(&mut rng, &[2, 12, 5], 3, layout, 0.0, true);
+        group_norm_case(&mut rng, &[1, 4, 32, 40], 2, layout, -20.0, true);
+        group_norm_case(&mut rng, &[3, 16, 6], 16, layout, 0.0, false);
+    }
+}
+
+#[test]
+fn layer_norm_on_views_at_offsets() {
+    // x and y at offsets that allow four values per load (8 values in) and
+    // that do not (7 and 3): the same results, nothing written outside y.
+    let ctx = ctx();
+    let mut rng = Rng(23);
+    let shape = [6usize, 16];
+    let x = rng.normal_vec(96, 1.0, 1.0);
+    let w = rng.normal_vec(16, 1.0, 0.5);
+    let b = rng.normal_vec(16, 0.0, 0.5);
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[16])).unwrap();
+    ln.write_weight(&w).unwrap();
+    ln.write_bias(&b).unwrap();
+    let args = LayerNormArgs { shape: &shape, normalized_shape: &[16], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+    let want = reference::layer_norm_forward(&args, &x);
+    for (x_at, y_at) in [(8usize, 8usize), (7, 8), (8, 3)] {
+        let mut arena = vec![0.0f32; x_at];
+        arena.extend_from_slice(&x);
+        let xb = ctx.upload("arena", &arena).unwrap();
+        let yb = ctx.zeros("out arena", 4 * 128).unwrap();
+        let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(4 * x_at as u64);
+        let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * y_at as u64);
+        ln.forward_sync(&xv, &yv).unwrap();
+        let all: Vec<f32> = ctx.read(&yb, 0, 128).unwrap();
+        assert_close(&format!("x at {x_at}, y at {y_at}"), &all[y_at..y_at + 96], &want.y);
+        assert!(all[..y_at].iter().chain(&all[y_at + 96..]).all(|&v| v == 0.0), "wrote outside the view");
+    }
+}
+
 fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, momentum: Option<f32>) {
     let what = format!("instance_norm {shape:?} {layout:?} momentum {momentum:?}");
     let len: usize = shape.iter().product();
@@ -250,6 +293,8 @@ fn instance_norm_tracks_running_statistics() {
     instance_norm_case(&mut rng, &[2, 5, 6, 7], Layout::Nhwc, Some(0.3));
     instance_norm_case(&mut rng, &[2, 3, 4, 3, 5], Layout::Nchw, None);
     instance_norm_case(&mut rng, &[2, 2, 300], Layout::Nhwc, Some(1.0));
+    instance_norm_case(&mut rng, &[2, 8, 3, 5], Layout::Nhwc, Some(0.2));
+    instance_norm_case(&mut rng, &[2, 4, 3, 8], Layout::Nchw, Some(0.2));
 }
 
 #[test]

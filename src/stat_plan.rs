@@ -1,0 +1,92 @@
+//! How the family's forward statistics reduce one part of a tensor: with
+//! reduce_vec4.wgsl, four values per load, wherever the values allow it, else
+//! with reduce.wgsl over the stat view. Either way the partials of stat row r
+//! are one run of `merge_parts` from `r * merge_parts`, as `merge_rows` reads them.
+
+use crate::context::Reduction;
+use crate::family::Geometry;
+use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::layout::ChannelView;
+use crate::reduce::{self, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::Result;
+
+pub(crate) struct StatPlan {
+    pub plan: ReducePlan,
+    /// The view the reduction walks, in units of its value type.
+    pub view: ChannelView,
+    pub vec4: bool,
+    /// vec4 lanes are four channels (channels-last groups).
+    pub lanes: bool,
+    pub f16: bool,
+    /// Partials per stat row: the reduction's per channel, times the
+    /// channels of a group when lanes are channels.
+    pub merge_parts: u32,
+    /// Stat rows (channels of the stat view) per view of the batch.
+    rows: usize,
+}
+
+impl StatPlan {
+    /// The plan for `geo` with x starting `x_off` values into its binding.
+    pub fn new(geo: &Geometry, x_off: u32, f16: bool, reduction: Reduction) -> Result<StatPlan> {
+        let stat = geo.stat;
+        let rows = stat.channels;
+        let aligned = x_off.is_multiple_of(4) && geo.batch_stride.is_multiple_of(4);
+        // A stat row's values come in runs of four (LayerNorm rows,
+        // channels-second groups with spatial size % 4 == 0): its view in vec4 units.
+        if aligned && stat.inner.is_multiple_of(4) {
+            let view = ChannelView { inner: stat.inner / 4, ..stat };
+            let plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?.with(reduction);
+            return Ok(StatPlan { plan, view, vec4: true, lanes: false, f16, merge_parts: plan.parts, rows });
+        }
+        // Channels-last groups, [hw][groups][cpg] per sample: the per-channel
+        // view [hw][C / 4][1] with lanes of four channels. Channel k's
+        // partials are a run of `parts` at k * parts, so group g's are the
+        // run of cpg * parts at g * cpg * parts.
+        let channels = stat.channels * stat.inner;
+        if aligned && geo.batched && channels.is_multiple_of(4) {
+            let view = ChannelView { outer: stat.outer, channels: channels / 4, inner: 1 };
+            let tree = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
+            let mut plan = tree.with(reduction);
+            if plan.parts as usize * stat.inner > MAX_MERGE_PARTS as usize {
+                plan = tree;
+            }
+            if plan.shape == Shape::Interleaved {
+                let merge_parts = plan.parts * stat.inner as u32;
+                return Ok(StatPlan { plan, view, vec4: true, lanes: true, f16, merge_parts, rows });
+            }
+        }
+        let plan = ReducePlan::new(stat)?.batched(geo.batch, geo.batch_stride)?.with(reduction);
+        Ok(StatPlan { plan, view: stat, vec4: false, lanes: false, f16, merge_parts: plan.parts, rows })
+    }
+
+    /// Bytes of the partials this plan writes.
+    pub fn partial_bytes(&self) -> u64 {
+        u64::from(self.merge_parts) * self.rows as u64 * u64::from(self.plan.batch) * 16
+    }
+
+    /// `base` (the stat view's parameters) rewritten for the reduction.
+    pub fn params(&self, base: &ChannelParams) -> ChannelParams {
+        let units = if self.vec4 { 4 } else { 1 };
+        let mut p = ChannelParams {
+            outer: self.view.outer as u32,
+            channels: self.view.channels as u32,
+            inner: self.view.inner as u32,
+            x_off: base.x_off / units,
+            ..*base
+        };
+        self.plan.fill(&mut p);
+        if self.lanes {
+            p.flags |= FLAG_LANES_ARE_CHANNELS;
+        }
+        p
+    }
+
+    /// The statistics kernel.
+    pub fn kernel(&self) -> KernelKey {
+        if self.vec4 {
+            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), ReduceMode::Stats as u32)
+        } else {
+            reduce::kernel(&self.plan, ReduceMode::Stats, self.f16)
+        }
+    }
+}
