@@ -150,11 +150,11 @@ fn merge_columns(
     }
 }
 
-// The elementwise passes walk the per-weight view with the reductions'
-// tilings (src/reduce.rs): planar, workgroup (slice, c) over long inner runs,
-// or interleaved, one column per invocation down its rows. The weight and
-// the stat row are looked up per workgroup, per invocation or when the row
-// changes, never with divisions per element.
+// The elementwise passes walk the per-weight view with the tilings of
+// ReducePlan::elementwise_only (src/reduce.rs): runs, a workgroup per row
+// chunk over long inner runs, or interleaved, one column per invocation down
+// its rows. The weight and the stat row are looked up per workgroup, per
+// invocation or when the row changes, never with divisions per element.
 //
 // They run on V (prelude): f32, or vec4<f32> where the view is in units of
 // four values (src/tiling.rs): four values of one weight, or, with
@@ -233,57 +233,70 @@ fn dx_at(e: u32, w: Weights, k: Entry) {
     dx[p.dx_off + e] = S(k.a * V(dy[p.dy_off + e]) * w.g + k.b * (V(x[p.x_off + e]) - k.d) + k.c);
 }
 
-// Planar walks: the view's inner >= 256, so a step of 256 wraps to the next
-// outer index at most once; q = o / row_div and its remainder follow o.
-struct Planar {
-    j: u32,
+// Runs (ReducePlan::elementwise_only, inner >= 256): rows (o, c) cut into
+// `slices` chunks of `slice_len` values; workgroup (x, c) walks blocks
+// b = x, x + nwg.x, ..., chunk b % slices of row b / slices. Everything but
+// the position in the chunk is uniform across the workgroup, so the stat
+// row is one uniform load. Each group of eight invocations walks its own
+// contiguous span of `width` values (a multiple of eight) of the chunk:
+// lavapipe runs eight invocations as one SIMD batch, one batch after
+// another, and streams best when each batch reads consecutive memory.
+struct Run {
+    // Row o of the view, and the first and last value of this invocation's span.
     o: u32,
-    i: u32,
-    q: u32,
-    orem: u32,
+    lo: u32,
+    hi: u32,
 }
 
-fn planar_start(wg: vec3<u32>, t: u32) -> Planar {
-    let j = wg.x * p.slice_len + t;
-    let o = j / p.inner;
-    let q = o / p.row_div;
-    return Planar(j, o, j - o * p.inner, q, o - q * p.row_div);
-}
-
-fn planar_step(a: Planar) -> Planar {
-    var b = a;
-    b.j += 256u;
-    b.i += 256u;
-    if (b.i >= p.inner) {
-        b.i -= p.inner;
-        b.o += 1u;
-        b.orem += 1u;
-        if (b.orem == p.row_div) {
-            b.orem = 0u;
-            b.q += 1u;
-        }
+fn run_of(b: u32, t: u32) -> Run {
+    var o = b;
+    var start = 0u;
+    if (p.slices != 1u) {
+        o = b / p.slices;
+        start = (b - o * p.slices) * p.slice_len;
     }
-    return b;
+    let lo = start + (t / 8u) * p.width;
+    let hi = min(min(lo + p.width, start + p.slice_len), p.inner);
+    return Run(o, lo + t % 8u, hi);
 }
 
-fn apply_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+// o / row_div, without a division when row_div is 1 (channels-second groups).
+fn quotient(o: u32) -> u32 {
+    var q = o;
+    if (p.row_div != 1u) {
+        q = o / p.row_div;
+    }
+    return q;
+}
+
+fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
+    let blocks = p.outer * p.slices;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = weights_of(c);
         let cg = c / p.cpg;
-        for (var a = planar_start(wg, t); a.j < end; a = planar_step(a)) {
-            apply_at((a.o * p.channels + c) * p.inner + a.i, w, splat(rows[a.q * p.groups + cg]));
+        for (var b = wg.x; b < blocks; b += nwg.x) {
+            let run = run_of(b, t);
+            let s = splat(rows[quotient(run.o) * p.groups + cg]);
+            let base = (run.o * p.channels + c) * p.inner;
+            for (var i = run.lo; i < run.hi; i += 8u) {
+                apply_at(base + i, w, s);
+            }
         }
     }
 }
 
-fn dx_planar_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
+fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
+    let blocks = p.outer * p.slices;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = Weights(gammas_of(c), V(0.0));
         let cg = c / p.cpg;
-        for (var a = planar_start(wg, t); a.j < end; a = planar_step(a)) {
-            dx_at((a.o * p.channels + c) * p.inner + a.i, w, splat(rows_dx[a.q * p.groups + cg]));
+        for (var b = wg.x; b < blocks; b += nwg.x) {
+            let run = run_of(b, t);
+            let k = splat(rows_dx[quotient(run.o) * p.groups + cg]);
+            let base = (run.o * p.channels + c) * p.inner;
+            for (var i = run.lo; i < run.hi; i += 8u) {
+                dx_at(base + i, w, k);
+            }
         }
     }
 }
@@ -407,12 +420,12 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
 }
 
 @compute @workgroup_size(256)
-fn apply_planar(
+fn apply_runs(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    apply_planar_walk(wg, nwg, t);
+    apply_runs_walk(wg, nwg, t);
 }
 
 @compute @workgroup_size(256)
@@ -422,12 +435,12 @@ fn apply_interleaved(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 
 // dx = rstd * dy * w + B * (x - centre) + C over the per-weight view.
 @compute @workgroup_size(256)
-fn dx_planar(
+fn dx_runs(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    dx_planar_walk(wg, nwg, t);
+    dx_runs_walk(wg, nwg, t);
 }
 
 @compute @workgroup_size(256)

@@ -500,7 +500,7 @@ impl Core {
         apply_params.weight_base = weight_base;
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
-        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, yw.elem_offset], f16)?;
+        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, yw.elem_offset], f16, self.ctx.reduction())?;
         let apply_params = tile.params(&apply_params);
 
         let device = self.ctx.device();
@@ -716,7 +716,12 @@ impl Core {
         col_params.dx_off = dxw.elem_offset;
         col_plan.fill(&mut col_params);
         // The dx pass walks the same view with an elementwise tiling of its own.
-        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, dyw.elem_offset, dxw.elem_offset], f16)?;
+        let tile = Tiling::elementwise_only(
+            geo.weights,
+            &[xw.elem_offset, dyw.elem_offset, dxw.elem_offset],
+            f16,
+            self.ctx.reduction(),
+        )?;
         let dx_params = tile.params(&col_params);
         // Column partials go to the part's weights, `parts` per weight.
         col_params.parts = columns.parts;
@@ -876,10 +881,10 @@ struct Columns<'p> {
 
 /// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
 fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
-    let entry = match (op, tile.plan.shape == Shape::Planar) {
-        ("apply", true) => "apply_planar",
+    let entry = match (op, tile.plan.shape == Shape::Runs) {
+        ("apply", true) => "apply_runs",
         ("apply", false) => "apply_interleaved",
-        (_, true) => "dx_planar",
+        (_, true) => "dx_runs",
         (_, false) => "dx_interleaved",
     };
     KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4 }, entry)

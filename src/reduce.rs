@@ -23,6 +23,8 @@ const TARGET_WORKGROUPS: usize = 2048;
 const MIN_PER_INVOCATION: usize = 32;
 /// The same for elementwise passes that share no plan with a reduction.
 const MIN_PER_INVOCATION_ELEMENTWISE: usize = 16;
+/// Workgroups an elementwise pass aims for on CPU adapters.
+const CPU_WORKGROUPS: usize = 128;
 const MAX_GRID: usize = 65535;
 /// Most partials per channel a per-invocation plan may leave: the merge
 /// kernels loop over them, and lavapipe (llvmpipe's loop limiter) ends any
@@ -55,6 +57,10 @@ pub(crate) enum Shape {
     Interleaved,
     /// outer == 1 and inner < WG: `width` lanes per channel, several channels per workgroup.
     Rows,
+    /// Elementwise passes only, never a reduction (inner >= WG): workgroup
+    /// (block, channel) walks one chunk of one row, see
+    /// [`ReducePlan::elementwise_only`].
+    Runs,
 }
 
 /// How one reduction is cut into workgroups.
@@ -134,24 +140,61 @@ impl ReducePlan {
     /// interleaved tiling, so that every workgroup (planar) or invocation
     /// (interleaved) stays on one channel and looks its coefficients up once.
     pub fn elementwise(view: ChannelView) -> Result<ReducePlan> {
-        Self::elementwise_with(view, MIN_PER_INVOCATION)
+        if view.inner >= WG {
+            Ok(Self::planar(view, MIN_PER_INVOCATION))
+        } else {
+            Self::interleaved(view, MIN_PER_INVOCATION)
+        }
     }
 
     /// The plan of an elementwise pass that shares its tiling with no
-    /// reduction: fewer values per invocation, since no partials pay for the
-    /// extra invocations, and lavapipe streams best with short walks (16
-    /// against 32 took the family's apply passes from about 0.5 to 0.6 of
-    /// the copy ceiling).
-    pub fn elementwise_only(view: ChannelView) -> Result<ReducePlan> {
-        Self::elementwise_with(view, MIN_PER_INVOCATION_ELEMENTWISE)
-    }
-
-    fn elementwise_with(view: ChannelView, min: usize) -> Result<ReducePlan> {
-        if view.inner >= WG {
-            Ok(Self::planar(view, min))
-        } else {
-            Self::interleaved(view, min)
+    /// reduction (the family's apply and dx passes).
+    ///
+    /// Short inner runs take the interleaved tiling with 16 values per
+    /// invocation instead of 32: no partials pay for the extra invocations,
+    /// and lavapipe streams best with short walks (the family's apply went
+    /// from about 0.5 to 0.6 of the copy ceiling).
+    ///
+    /// Long inner runs (inner >= WG) take [`Shape::Runs`]: rows cut into
+    /// `slices` chunks of `slice_len` values, workgroup (b, c) walking chunk
+    /// b % slices of row (b / slices, c), blocks beyond the grid looping, and
+    /// each group of eight invocations a span of `width` values of the chunk.
+    /// Every invocation of a workgroup is on the same row, so the row's
+    /// coefficients are one uniform load (lavapipe gathers lane by lane
+    /// otherwise).
+    pub fn elementwise_only(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
+        if view.inner < WG {
+            return Self::interleaved(view, MIN_PER_INVOCATION_ELEMENTWISE);
         }
+        let (chunk, slices, blocks) = match reduction {
+            // CPU adapters: whole rows, about CPU_WORKGROUPS workgroups (each
+            // costs lavapipe microseconds to start: 2048 one-row workgroups
+            // took GroupNorm's apply from 8.5 to 15 ms).
+            Reduction::PerInvocation => {
+                let rows_per_group = (view.outer * view.channels).div_ceil(CPU_WORKGROUPS).max(1);
+                (view.inner, 1, view.outer.div_ceil(rows_per_group))
+            }
+            // GPUs: chunks of rows, enough workgroups to fill the device.
+            Reduction::Tree => {
+                let chunk = (WG * MIN_PER_INVOCATION_ELEMENTWISE).min(view.inner.next_multiple_of(WG));
+                let slices = view.inner.div_ceil(chunk);
+                (chunk, slices, view.outer * slices)
+            }
+        };
+        // Each group of eight invocations walks a span of its chunk.
+        let span = chunk.div_ceil(WG / 8).next_multiple_of(8);
+        Ok(ReducePlan {
+            shape: Shape::Runs,
+            slices: slices as u32,
+            slice_len: chunk as u32,
+            width: span as u32,
+            tree: 0,
+            parts: 0,
+            grid: (blocks.min(MAX_GRID) as u32, view.channels.min(MAX_GRID) as u32),
+            batch: 1,
+            batch_stride: 0,
+            per_invocation: false,
+        })
     }
 
     /// Workgroup (column block, row slice) over the tensor as `outer` rows of
@@ -217,13 +260,13 @@ impl ReducePlan {
     /// row groups, interleaved; a row's lanes, rows), up to
     /// [`MAX_MERGE_PARTS`]; a plan that would leave more keeps its tree.
     pub fn with(mut self, reduction: Reduction) -> ReducePlan {
-        if reduction != Reduction::PerInvocation || self.per_invocation {
+        if reduction != Reduction::PerInvocation || self.per_invocation || self.shape == Shape::Runs {
             return self;
         }
         let sharing = match self.shape {
             Shape::Planar => WG as u32,
             Shape::Interleaved => WG as u32 / self.width,
-            Shape::Rows => self.width,
+            Shape::Rows | Shape::Runs => self.width,
         };
         if self.parts * sharing > MAX_MERGE_PARTS {
             return self;
@@ -237,7 +280,8 @@ impl ReducePlan {
     pub fn entry_vec4(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce4_planar_lanes",
-            Shape::Planar => "reduce4_planar",
+            // Runs plans never reduce (elementwise_only); planar is the closest.
+            Shape::Planar | Shape::Runs => "reduce4_planar",
             Shape::Interleaved if self.per_invocation => "reduce4_interleaved_lanes",
             Shape::Interleaved => "reduce4_interleaved",
             Shape::Rows if self.per_invocation => "reduce4_rows_lanes",
@@ -248,7 +292,7 @@ impl ReducePlan {
     fn entry(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce_planar_lanes",
-            Shape::Planar => "reduce_planar",
+            Shape::Planar | Shape::Runs => "reduce_planar",
             Shape::Interleaved if self.per_invocation => "reduce_interleaved_lanes",
             Shape::Interleaved => "reduce_interleaved",
             Shape::Rows if self.per_invocation => "reduce_rows_lanes",

@@ -30,8 +30,8 @@ impl Tiling {
     }
 
     /// The tiling of elementwise passes alone (no reduction shares their plan).
-    pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool) -> Result<Tiling> {
-        Self::with_plan(view, offsets, f16, ReducePlan::elementwise_only)
+    pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
+        Self::with_plan(view, offsets, f16, |v| ReducePlan::elementwise_only(v, reduction))
     }
 
     fn with_plan(

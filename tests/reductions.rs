@@ -46,32 +46,37 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
 }
 
 fn family_cases(rng: &mut Rng, what: &str) {
+    // GroupNorm rows of 3,200 values, and channels of 16,640 (more than one
+    // chunk of an elementwise pass on GPUs); LayerNorm rows of 20,000.
+    group_norm_case(rng, what, &[2, 4, 40, 40]);
+    group_norm_case(rng, what, &[1, 2, 128, 130]);
+    layer_norm_case(rng, what);
+}
+
+fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize]) {
     let ctx = ctx();
-    // GroupNorm rows of 3,200 values, LayerNorm rows of 20,000.
-    let shape = [2usize, 4, 40, 40];
     let len: usize = shape.iter().product();
+    let c = shape[1];
     let (x, dy) = (rng.normal_vec(len, -1.0, 1.5), rng.normal_vec(len, 0.0, 1.0));
-    let (w, b) = (rng.normal_vec(4, 1.0, 0.3), rng.normal_vec(4, 0.0, 0.3));
-    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();
+    let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, c)).unwrap();
     gn.write_weight(&w).unwrap();
     gn.write_bias(&b).unwrap();
     let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, Layout::Nchw).unwrap();
-    let (xt, dyt, y, dx) = (t(&x, &shape), t(&dy, &shape), t(&vec![0.0; len], &shape), t(&vec![0.0; len], &shape));
+    let (xt, dyt, y, dx) = (t(&x, shape), t(&dy, shape), t(&vec![0.0; len], shape), t(&vec![0.0; len], shape));
     gn.forward_sync(&xt.view(), &y.view()).unwrap();
     gn.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
-    let args = GroupNormArgs {
-        shape: &shape,
-        layout: Layout::Nchw,
-        num_groups: 2,
-        weight: Some(&w),
-        bias: Some(&b),
-        eps: 1e-5,
-    };
+    let args =
+        GroupNormArgs { shape, layout: Layout::Nchw, num_groups: 2, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let (f, g) = (reference::group_norm_forward(&args, &x), reference::group_norm_backward(&args, &x, &dy));
-    assert_close(&format!("{what} gn y"), &y.read(ctx).unwrap(), &f.y);
-    assert_close(&format!("{what} gn dx"), &dx.read(ctx).unwrap(), &g.dx);
-    assert_close(&format!("{what} gn dweight"), &gn.read_grads().unwrap().0, &g.dweight);
+    assert_close(&format!("{what} gn {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
+    assert_close(&format!("{what} gn {shape:?} dx"), &dx.read(ctx).unwrap(), &g.dx);
+    assert_close(&format!("{what} gn {shape:?} dweight"), &gn.read_grads().unwrap().0, &g.dweight);
+}
 
+fn layer_norm_case(rng: &mut Rng, what: &str) {
+    let ctx = ctx();
+    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, Layout::Nchw).unwrap();
     let shape = [3usize, 20_000];
     let x = rng.normal_vec(60_000, 2.0, 1.0);
     let dy = rng.normal_vec(60_000, 0.0, 1.0);
