@@ -87,3 +87,4 @@ fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let fb = b.x / n;
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
+

@@ -1,6 +1,5 @@
-// BatchNorm's elementwise passes, tiled like the reductions so that channel
-// lookups are per workgroup (planar) or per invocation (interleaved), never
-// per element: y = (x - mean) * scale + beta with the fused activation, and
+// BatchNorm's elementwise passes, tiled so that channel lookups are per
+// workgroup (runs) or per invocation (interleaved), never per element: y = (x - mean) * scale + beta with the fused activation, and
 // dx = A * g + B * (x - mean) + C. Compiled twice, with a prelude that makes
 // V f32 or vec4<f32> (four values per load and store where alignment allows),
 // and S, the type in memory: V, or vec4<f16> for half-precision tensors.
@@ -10,7 +9,8 @@
 // view channel c is channels 4c .. 4c+3; otherwise a V lies inside one channel.
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
-// Needs common.wgsl and a prelude (alias V, fn gather4) in front of it.
+// Needs common.wgsl and a prelude (alias V, fn gather4) in front of it,
+// and runs.wgsl (appended).
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -90,26 +90,19 @@ fn dx_at(e: u32, k: Coef, gk: Coef) {
     dx[p.dx_off + e] = S(gk.a * g + gk.b * (v - gk.c) + gk.d);
 }
 
-// Planar: workgroup (s, c) covers slice s of channel c, as reduce_planar.
+// Runs (long inner runs): workgroup (x, c) walks slices x, x + nwg.x, ...
+// of channel c (see runs.wgsl).
 @compute @workgroup_size(256)
-fn apply_planar(
+fn apply_runs(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let k = chan_coef(c);
-        var j = wg.x * p.slice_len + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        while (j < end) {
-            apply_at((o * p.channels + c) * p.inner + i, k);
-            j += WG;
-            i += WG;
-            while (i >= p.inner) {
-                i -= p.inner;
-                o += 1u;
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                apply_at((r.o * p.channels + c) * p.inner + r.i, k);
             }
         }
     }
@@ -137,25 +130,17 @@ fn apply_interleaved(
 }
 
 @compute @workgroup_size(256)
-fn dx_planar(
+fn dx_runs(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let k = chan_coef(c);
         let gk = grad_coef(c);
-        var j = wg.x * p.slice_len + t;
-        var o = j / p.inner;
-        var i = j - o * p.inner;
-        while (j < end) {
-            dx_at((o * p.channels + c) * p.inner + i, k, gk);
-            j += WG;
-            i += WG;
-            while (i >= p.inner) {
-                i -= p.inner;
-                o += 1u;
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                dx_at((r.o * p.channels + c) * p.inner + r.i, k, gk);
             }
         }
     }

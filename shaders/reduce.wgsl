@@ -186,6 +186,28 @@ fn reduce_planar_lanes(
     }
 }
 
+// Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,
+// x + nwg.x, ... of channel c (runs.wgsl) and each invocation writes its
+// partial over all of them to slot x * WG + t, as reduce_planar_lanes.
+@compute @workgroup_size(256)
+fn reduce_runs_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let base = wg.z * p.batch_stride;
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let k = channel_coefficients(wg.z, c);
+        var acc = vec4<f32>(0.0);
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                acc = accumulate(acc, base + (r.o * p.channels + c) * p.inner + r.i, r.o, c, r.i, k);
+            }
+        }
+        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + wg.x * WG + t] = finish(acc);
+    }
+}
+
 // Interleaved: the tensor as a matrix of `outer` rows by channels * inner
 // columns. Workgroup (b, s, z) takes `width` adjacent columns (so neighbouring
 // invocations read neighbouring addresses) and rows

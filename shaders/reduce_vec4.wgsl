@@ -207,6 +207,28 @@ fn reduce4_planar_lanes(
     }
 }
 
+// Runs (Shape::Runs, CPU adapters): workgroup (x, c) walks slices x, x +
+// nwg.x, ... of channel c (runs.wgsl) and each invocation writes
+// its partial over all of them to slot x * WG + t, as reduce4_planar_lanes.
+@compute @workgroup_size(256)
+fn reduce4_runs_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let base = wg.z * p.batch_stride;
+    for (var c = wg.y; c < p.channels; c += nwg.y) {
+        let k = coef(c);
+        var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                acc = add_lanes(acc, base + (r.o * p.channels + c) * p.inner + r.i, k);
+            }
+        }
+        partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x * WG + t] = folded_partial(acc);
+    }
+}
+
 // Interleaved: an invocation owns one vec4 column and walks its rows. With
 // FLAG_LANES_ARE_CHANNELS the column is four channels and gets four partials
 // (channel 4 * col + l, at (4 * col + l) * slices + s); otherwise its four

@@ -12,7 +12,7 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl in front of it and merge.wgsl (appended).
+// Needs common.wgsl in front of it, merge.wgsl and runs.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -233,32 +233,9 @@ fn dx_at(e: u32, w: Weights, k: Entry) {
     dx[p.dx_off + e] = S(k.a * V(dy[p.dy_off + e]) * w.g + k.b * (V(x[p.x_off + e]) - k.d) + k.c);
 }
 
-// Runs (ReducePlan::elementwise_only, inner >= 256): rows (o, c) cut into
-// `slices` chunks of `slice_len` values; workgroup (x, c) walks blocks
-// b = x, x + nwg.x, ..., chunk b % slices of row b / slices. Everything but
-// the position in the chunk is uniform across the workgroup, so the stat
-// row is one uniform load. Each group of eight invocations walks its own
-// contiguous span of `width` values (a multiple of eight) of the chunk:
-// lavapipe runs eight invocations as one SIMD batch, one batch after
-// another, and streams best when each batch reads consecutive memory.
-struct Run {
-    // Row o of the view, and the first and last value of this invocation's span.
-    o: u32,
-    lo: u32,
-    hi: u32,
-}
-
-fn run_of(b: u32, t: u32) -> Run {
-    var o = b;
-    var start = 0u;
-    if (p.slices != 1u) {
-        o = b / p.slices;
-        start = (b - o * p.slices) * p.slice_len;
-    }
-    let lo = start + (t / 8u) * p.width;
-    let hi = min(min(lo + p.width, start + p.slice_len), p.inner);
-    return Run(o, lo + t % 8u, hi);
-}
+// Runs (ReducePlan::elementwise_only, inner >= 256): workgroup (x, c) walks
+// slices x, x + nwg.x, ... of channel c (runs.wgsl); the stat row is
+// reloaded when the walk reaches the next outer index.
 
 // o / row_div, without a division when row_div is 1 (channels-second groups).
 fn quotient(o: u32) -> u32 {
@@ -270,32 +247,36 @@ fn quotient(o: u32) -> u32 {
 }
 
 fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let blocks = p.outer * p.slices;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = weights_of(c);
         let cg = c / p.cpg;
-        for (var b = wg.x; b < blocks; b += nwg.x) {
-            let run = run_of(b, t);
-            let s = splat(rows[quotient(run.o) * p.groups + cg]);
-            let base = (run.o * p.channels + c) * p.inner;
-            for (var i = run.lo; i < run.hi; i += 8u) {
-                apply_at(base + i, w, s);
+        var st = splat(vec4<f32>(0.0));
+        var loaded = ~0u;
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                if (r.o != loaded) {
+                    st = splat(rows[quotient(r.o) * p.groups + cg]);
+                    loaded = r.o;
+                }
+                apply_at((r.o * p.channels + c) * p.inner + r.i, w, st);
             }
         }
     }
 }
 
 fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let blocks = p.outer * p.slices;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = Weights(gammas_of(c), V(0.0));
         let cg = c / p.cpg;
-        for (var b = wg.x; b < blocks; b += nwg.x) {
-            let run = run_of(b, t);
-            let k = splat(rows_dx[quotient(run.o) * p.groups + cg]);
-            let base = (run.o * p.channels + c) * p.inner;
-            for (var i = run.lo; i < run.hi; i += 8u) {
-                dx_at(base + i, w, k);
+        var k = splat(vec4<f32>(0.0));
+        var loaded = ~0u;
+        for (var s = wg.x; s < p.slices; s += nwg.x) {
+            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
+                if (r.o != loaded) {
+                    k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
+                    loaded = r.o;
+                }
+                dx_at((r.o * p.channels + c) * p.inner + r.i, w, k);
             }
         }
     }

@@ -608,7 +608,7 @@ impl BatchNorm {
                 _ => Vec::new(),
             };
             let mut applies = Vec::new();
-            for (chunk, chunk_params) in cut.chunks.iter().zip(&uniforms) {
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
                 let apply = kernels.get(chunk.tiling.kernel("apply", epilogue.apply_mode()))?;
                 let group = bind(
                     device,
@@ -670,7 +670,7 @@ impl BatchNorm {
                 self.record_prepare_eval(&mut pass, &params_buf)?;
             }
             for (chunk, apply, group) in &applies {
-                dispatch(&mut pass, apply, group, chunk.tiling.plan.grid);
+                dispatch(&mut pass, apply, group, chunk.tiling.apply.grid);
             }
             Ok(())
         })?;
@@ -924,7 +924,7 @@ impl BatchNorm {
                 self.reduce_groups(&cut, &uniforms, epilogue.grad_mode(), chan, &partials)?
             };
             let mut dxs = Vec::new();
-            for (chunk, chunk_params) in cut.chunks.iter().zip(&uniforms) {
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
                 let dx_kernel = kernels.get(chunk.tiling.kernel("dx", epilogue.apply_mode()))?;
                 let dz_resource = match &chunk.windows[DZ] {
                     Some(w) => w.resource(),
@@ -975,16 +975,21 @@ impl BatchNorm {
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
             for (chunk, dx_kernel, group) in &dxs {
-                dispatch(&mut pass, dx_kernel, group, chunk.tiling.plan.grid);
+                dispatch(&mut pass, dx_kernel, group, chunk.tiling.apply.grid);
             }
             Ok(())
         })
     }
 }
 
-/// One uniform of kernel parameters per chunk, shared by its passes.
+/// One uniform of the reduction's parameters per chunk.
 fn chunk_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
     cut.chunks.iter().map(|chunk| uniform(device, &chunk.params)).collect()
+}
+
+/// One uniform of the elementwise passes' parameters per chunk.
+fn apply_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
+    cut.chunks.iter().map(|chunk| uniform(device, &chunk.apply_params)).collect()
 }
 
 /// What follows the normalization in the same pass.

@@ -23,7 +23,7 @@ use crate::kernels::{
     FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::stat_plan::StatPlan;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::tiling::Tiling;
@@ -501,7 +501,7 @@ impl Core {
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
         let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, yw.elem_offset], f16, self.ctx.reduction())?;
-        let apply_params = tile.params(&apply_params);
+        let apply_params = tile.apply_params(&apply_params);
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -565,7 +565,7 @@ impl Core {
                     (9, yw.resource()),
                 ],
             );
-            dispatch(&mut pass, &apply, &group, tile.plan.grid);
+            dispatch(&mut pass, &apply, &group, tile.apply.grid);
             Ok(())
         })
     }
@@ -722,7 +722,7 @@ impl Core {
             f16,
             self.ctx.reduction(),
         )?;
-        let dx_params = tile.params(&col_params);
+        let dx_params = tile.apply_params(&col_params);
         // Column partials go to the part's weights, `parts` per weight.
         col_params.parts = columns.parts;
         col_params.part_base = columns.part_base;
@@ -801,7 +801,7 @@ impl Core {
                     (11, dxw.resource()),
                 ],
             );
-            dispatch(&mut pass, &dx_kernel, &group, tile.plan.grid);
+            dispatch(&mut pass, &dx_kernel, &group, tile.apply.grid);
             Ok(())
         })
     }
@@ -881,11 +881,5 @@ struct Columns<'p> {
 
 /// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
 fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
-    let entry = match (op, tile.plan.shape == Shape::Runs) {
-        ("apply", true) => "apply_runs",
-        ("apply", false) => "apply_interleaved",
-        (_, true) => "dx_runs",
-        (_, false) => "dx_interleaved",
-    };
-    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4 }, entry)
+    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4 }, tile.entry(op))
 }

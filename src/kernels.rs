@@ -76,7 +76,14 @@ impl Shader {
             Shader::BatchNorm | Shader::RowNorm { .. } => include_str!("../shaders/merge.wgsl"),
             _ => "",
         };
-        format!("{enable}{}\n{prelude}{}\n{merge}", include_str!("../shaders/common.wgsl"), body)
+        // The elementwise runs' walk.
+        let runs = match self {
+            Shader::Elementwise { .. } | Shader::RowNorm { .. } | Shader::Reduce { .. } | Shader::ReduceVec4 { .. } => {
+                include_str!("../shaders/runs.wgsl")
+            }
+            _ => "",
+        };
+        format!("{enable}{}\n{prelude}{}\n{merge}\n{runs}", include_str!("../shaders/common.wgsl"), body)
     }
 }
 

@@ -23,8 +23,8 @@ const TARGET_WORKGROUPS: usize = 2048;
 const MIN_PER_INVOCATION: usize = 32;
 /// The same for elementwise passes that share no plan with a reduction.
 const MIN_PER_INVOCATION_ELEMENTWISE: usize = 16;
-/// Workgroups an elementwise pass aims for on CPU adapters.
-const CPU_WORKGROUPS: usize = 128;
+/// Workgroups a runs plan aims for on CPU adapters.
+const CPU_WORKGROUPS: usize = 64;
 const MAX_GRID: usize = 65535;
 /// Most partials per channel a per-invocation plan may leave: the merge
 /// kernels loop over them, and lavapipe (llvmpipe's loop limiter) ends any
@@ -57,9 +57,9 @@ pub(crate) enum Shape {
     Interleaved,
     /// outer == 1 and inner < WG: `width` lanes per channel, several channels per workgroup.
     Rows,
-    /// Elementwise passes only, never a reduction (inner >= WG): workgroup
-    /// (block, channel) walks one chunk of one row, see
-    /// [`ReducePlan::elementwise_only`].
+    /// inner >= WG: workgroup (slice, channel) walks spans of a slice, see
+    /// [`ReducePlan::elementwise_only`]; reductions only per invocation
+    /// ([`ReducePlan::runs_reduction`]).
     Runs,
 }
 
@@ -155,46 +155,58 @@ impl ReducePlan {
     /// and lavapipe streams best with short walks (the family's apply went
     /// from about 0.5 to 0.6 of the copy ceiling).
     ///
-    /// Long inner runs (inner >= WG) take [`Shape::Runs`]: rows cut into
-    /// `slices` chunks of `slice_len` values, workgroup (b, c) walking chunk
-    /// b % slices of row (b / slices, c), blocks beyond the grid looping, and
-    /// each group of eight invocations a span of `width` values of the chunk.
-    /// Every invocation of a workgroup is on the same row, so the row's
-    /// coefficients are one uniform load (lavapipe gathers lane by lane
-    /// otherwise).
+    /// Long inner runs (inner >= WG) take [`Shape::Runs`]: each channel's
+    /// values cut into `slices` slices of `slice_len`, workgroup (x, c)
+    /// walking slices x, x + grid.x, ... of channel c, and each group of
+    /// eight invocations a contiguous span of `width` values of the slice
+    /// (see shaders/runs.wgsl).
     pub fn elementwise_only(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         if view.inner < WG {
             return Self::interleaved(view, MIN_PER_INVOCATION_ELEMENTWISE);
         }
-        let (chunk, slices, blocks) = match reduction {
-            // CPU adapters: whole rows, about CPU_WORKGROUPS workgroups (each
-            // costs lavapipe microseconds to start: 2048 one-row workgroups
-            // took GroupNorm's apply from 8.5 to 15 ms).
-            Reduction::PerInvocation => {
-                let rows_per_group = (view.outer * view.channels).div_ceil(CPU_WORKGROUPS).max(1);
-                (view.inner, 1, view.outer.div_ceil(rows_per_group))
-            }
-            // GPUs: chunks of rows, enough workgroups to fill the device.
-            Reduction::Tree => {
-                let chunk = (WG * MIN_PER_INVOCATION_ELEMENTWISE).min(view.inner.next_multiple_of(WG));
-                let slices = view.inner.div_ceil(chunk);
-                (chunk, slices, view.outer * slices)
-            }
+        let per = view.per_channel();
+        let slices = match reduction {
+            // CPU adapters: about CPU_WORKGROUPS workgroups. Each costs
+            // lavapipe microseconds to start (2048 of them took GroupNorm's
+            // apply from 8.5 to 15 ms), and longer spans stream better: 64
+            // beat 16, 32, 128 and 256 on BatchNorm's 32x64x56x56 and
+            // 8x3x512x512.
+            Reduction::PerInvocation => CPU_WORKGROUPS.div_ceil(view.channels),
+            // GPUs: enough workgroups to fill the device.
+            Reduction::Tree => per.div_ceil(WG * MIN_PER_INVOCATION_ELEMENTWISE),
         };
-        // Each group of eight invocations walks a span of its chunk.
-        let span = chunk.div_ceil(WG / 8).next_multiple_of(8);
+        let slice_len = per.div_ceil(slices.clamp(1, MAX_GRID));
+        let slices = per.div_ceil(slice_len);
+        // Each group of eight invocations walks a span of its slice.
+        let span = slice_len.div_ceil(WG / 8).next_multiple_of(8);
         Ok(ReducePlan {
             shape: Shape::Runs,
             slices: slices as u32,
-            slice_len: chunk as u32,
+            slice_len: slice_len as u32,
             width: span as u32,
             tree: 0,
             parts: 0,
-            grid: (blocks.min(MAX_GRID) as u32, view.channels.min(MAX_GRID) as u32),
+            grid: (slices as u32, view.channels.min(MAX_GRID) as u32),
             batch: 1,
             batch_stride: 0,
             per_invocation: false,
         })
+    }
+
+    /// The per-invocation reduction over runs of a planar view on CPU
+    /// adapters (the elementwise passes' own plan, so both passes walk the
+    /// same memory the same way): one partial per invocation, `grid.x * WG`
+    /// per channel. `None` when the view is not planar or the partials would
+    /// outnumber what a merge may loop over.
+    pub fn runs_reduction(view: ChannelView) -> Result<Option<ReducePlan>> {
+        let mut plan = Self::elementwise_only(view, Reduction::PerInvocation)?;
+        if plan.shape != Shape::Runs || plan.grid.1 as usize != view.channels {
+            return Ok(None);
+        }
+        plan.grid.0 = plan.grid.0.min(MAX_MERGE_PARTS / WG as u32);
+        plan.parts = plan.grid.0 * WG as u32;
+        plan.per_invocation = true;
+        Ok(Some(plan))
     }
 
     /// Workgroup (column block, row slice) over the tensor as `outer` rows of
@@ -280,8 +292,8 @@ impl ReducePlan {
     pub fn entry_vec4(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce4_planar_lanes",
-            // Runs plans never reduce (elementwise_only); planar is the closest.
-            Shape::Planar | Shape::Runs => "reduce4_planar",
+            Shape::Planar => "reduce4_planar",
+            Shape::Runs => "reduce4_runs_lanes",
             Shape::Interleaved if self.per_invocation => "reduce4_interleaved_lanes",
             Shape::Interleaved => "reduce4_interleaved",
             Shape::Rows if self.per_invocation => "reduce4_rows_lanes",
@@ -292,7 +304,8 @@ impl ReducePlan {
     fn entry(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce_planar_lanes",
-            Shape::Planar | Shape::Runs => "reduce_planar",
+            Shape::Planar => "reduce_planar",
+            Shape::Runs => "reduce_runs_lanes",
             Shape::Interleaved if self.per_invocation => "reduce_interleaved_lanes",
             Shape::Interleaved => "reduce_interleaved",
             Shape::Rows if self.per_invocation => "reduce_rows_lanes",

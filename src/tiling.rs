@@ -9,36 +9,58 @@ use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
-/// How BatchNorm's reduction and elementwise pass cut a tensor: the view in
-/// units of their value type (vec4 when every view starts at a multiple of
-/// four values and four values share a channel or are four channels), and the
-/// planar or interleaved plan over that view. Both passes use the same plan,
-/// so the merge sees the same partials whichever value type reduced them.
+/// How a reduction and elementwise passes cut a tensor: the view in units of
+/// their value type (vec4 when every view starts at a multiple of four values
+/// and four values share a channel or are four channels), the reduction's
+/// plan over that view, and the elementwise passes' plan. Every tiling of one
+/// op uses the same value type's view, so the merge sees the same partials
+/// whichever value type reduced them.
 pub(crate) struct Tiling {
     pub vec4: bool,
     /// Tensors hold f16; statistics and arithmetic stay f32.
     pub f16: bool,
     pub lanes_are_channels: bool,
     pub view: ChannelView,
+    /// The reduction's plan (planar or interleaved).
     pub plan: ReducePlan,
+    /// The elementwise passes' plan: runs over long inner runs, else the
+    /// reduction's interleaved plan.
+    pub apply: ReducePlan,
 }
 
 impl Tiling {
-    /// `offsets` are the element offsets of every view the pass binds.
+    /// BatchNorm's tiling; `offsets` are the element offsets of every view
+    /// the passes bind.
     pub fn new(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
-        Self::with_plan(view, offsets, f16, |v| Ok(ReducePlan::elementwise(v)?.with(reduction)))
+        Self::with_plans(view, offsets, f16, |v| {
+            if reduction == Reduction::PerInvocation {
+                if let Some(runs) = ReducePlan::runs_reduction(v)? {
+                    return Ok((runs, runs));
+                }
+            }
+            let plan = ReducePlan::elementwise(v)?.with(reduction);
+            let apply = match plan.shape {
+                Shape::Planar => ReducePlan::elementwise_only(v, reduction)?,
+                _ => plan,
+            };
+            Ok((plan, apply))
+        })
     }
 
-    /// The tiling of elementwise passes alone (no reduction shares their plan).
+    /// The tiling of elementwise passes alone (the family's: no reduction
+    /// shares their view).
     pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
-        Self::with_plan(view, offsets, f16, |v| ReducePlan::elementwise_only(v, reduction))
+        Self::with_plans(view, offsets, f16, |v| {
+            let apply = ReducePlan::elementwise_only(v, reduction)?;
+            Ok((apply, apply))
+        })
     }
 
-    fn with_plan(
+    fn with_plans(
         view: ChannelView,
         offsets: &[u32],
         f16: bool,
-        plan: impl FnOnce(ChannelView) -> Result<ReducePlan>,
+        plans: impl FnOnce(ChannelView) -> Result<(ReducePlan, ReducePlan)>,
     ) -> Result<Tiling> {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
         let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
@@ -48,11 +70,21 @@ impl Tiling {
         } else {
             (false, false, view)
         };
-        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan: plan(v)? })
+        let (plan, apply) = plans(v)?;
+        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan, apply })
     }
 
-    /// `base` (the op's scalar parameters) rewritten for this pass.
+    /// `base` (the op's scalar parameters) rewritten for the reduction.
     pub fn params(&self, base: &ChannelParams) -> ChannelParams {
+        self.params_for(base, &self.plan)
+    }
+
+    /// `base` rewritten for the elementwise passes.
+    pub fn apply_params(&self, base: &ChannelParams) -> ChannelParams {
+        self.params_for(base, &self.apply)
+    }
+
+    fn params_for(&self, base: &ChannelParams, plan: &ReducePlan) -> ChannelParams {
         let lanes = if self.vec4 { 4 } else { 1 };
         let mut p = ChannelParams {
             outer: self.view.outer as u32,
@@ -66,23 +98,28 @@ impl Tiling {
             dz_off: base.dz_off / lanes,
             ..*base
         };
-        self.plan.fill(&mut p);
+        plan.fill(&mut p);
         if self.lanes_are_channels {
             p.flags |= FLAG_LANES_ARE_CHANNELS;
         }
         p
     }
 
-    /// The pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
-    pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
-        let planar = self.plan.shape == Shape::Planar;
-        let entry = match (op, planar) {
-            ("apply", true) => "apply_planar",
+    /// The entry point of elementwise pass `op` (`apply` or `dx`), in
+    /// elementwise.wgsl or row_norm.wgsl.
+    pub fn entry(&self, op: &str) -> &'static str {
+        let runs = self.apply.shape == Shape::Runs;
+        match (op, runs) {
+            ("apply", true) => "apply_runs",
             ("apply", false) => "apply_interleaved",
-            (_, true) => "dx_planar",
+            (_, true) => "dx_runs",
             (_, false) => "dx_interleaved",
-        };
-        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4, f16: self.f16 }, entry, mode)
+        }
+    }
+
+    /// BatchNorm's pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
+    pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
+        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4, f16: self.f16 }, self.entry(op), mode)
     }
 
     /// The bind group of this tiling's reduction pipeline (from
@@ -125,7 +162,9 @@ const NAMES: [&str; 6] = ["x", "y", "dy", "dx", "z", "dz"];
 pub(crate) struct Chunk<'a> {
     pub windows: [Option<Window<'a>>; 6],
     pub tiling: Tiling,
+    /// The reduction's parameters, and the elementwise passes'.
     pub params: ChannelParams,
+    pub apply_params: ChannelParams,
 }
 
 impl<'a> Chunk<'a> {
@@ -231,8 +270,9 @@ impl<'a> Chunks<'a> {
             params.z_off = elem(Z);
             params.dz_off = elem(DZ);
             params.chan_base = chan_base as u32;
+            let apply_params = tiling.apply_params(&params);
             let params = tiling.params(&params);
-            chunks.push(Chunk { windows, tiling, params });
+            chunks.push(Chunk { windows, tiling, params, apply_params });
         }
         let stride = chunks.iter().map(|c| c.tiling.plan.parts).max().unwrap_or(1);
         let covering = pieces.iter().map(|p| p.3).max().unwrap_or(0) as u32 + 1;

@@ -103,8 +103,9 @@ fn both_reduction_strategies_match_the_reference() {
         let what = format!("{reduction:?}");
         batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what); // planar, vec4
         batch_norm_case(&[3, 5, 17, 19], Layout::Nchw, &mut rng, &what); // planar, scalar
-                                                                         // 2.9 M rows of one channel: per invocation would leave 90,112
-                                                                         // partials for the merge, past lavapipe's 65,535 iterations per loop.
+        batch_norm_case(&[4, 2, 100, 100], Layout::Nchw, &mut rng, &what); // planar, several slices a channel
+                                                                           // 2.9 M rows of one channel: per invocation would leave 90,112
+                                                                           // partials for the merge, past lavapipe's 65,535 iterations per loop.
         batch_norm_case(&[8, 1, 600, 600], Layout::Nhwc, &mut rng, &what);
         family_cases(&mut rng, &what);
     }

@@ -1,0 +1,39 @@
+// Runs (Shape::Runs in src/reduce.rs): a channel's outer * inner values,
+// in (o, i) order, cut into `slices` slices of `slice_len`; workgroup
+// (x, c) takes slices x, x + nwg.x, ... of channel c. In a slice, each group
+// of eight invocations (one SIMD batch on lavapipe, which runs batches one
+// after another and streams best when each reads consecutive memory) walks
+// its own contiguous span of `width` values (a multiple of eight), lane l of
+// the group values l, l + 8, ...
+// Appended to the shaders that walk runs (the elementwise passes and the
+// reductions); needs their `p: Params` uniform, and inner >= 8.
+
+// Invocation t's place in a slice: value j of the channel, at (o, i), and
+// the end of its span.
+struct Run {
+    j: u32,
+    end: u32,
+    o: u32,
+    i: u32,
+}
+
+fn run_start(s: u32, t: u32) -> Run {
+    let slice_start = s * p.slice_len;
+    let first = slice_start + (t / 8u) * p.width;
+    let end = min(min(first + p.width, slice_start + p.slice_len), p.outer * p.inner);
+    let j = first + t % 8u;
+    let o = j / p.inner;
+    return Run(j, end, o, j - o * p.inner);
+}
+
+// The next value of the span: inner >= 8, so i wraps at most once.
+fn run_next(r: Run) -> Run {
+    var n = r;
+    n.j += 8u;
+    n.i += 8u;
+    if (n.i >= p.inner) {
+        n.i -= p.inner;
+        n.o += 1u;
+    }
+    return n;
+}
