@@ -10,7 +10,7 @@
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
 // Needs common.wgsl and a prelude (alias V, fn gather4) in front of it,
-// and runs.wgsl (appended).
+// and walks.wgsl (appended).
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -91,7 +91,7 @@ fn dx_at(e: u32, k: Coef, gk: Coef) {
 }
 
 // Runs (long inner runs): workgroup (x, c) walks slices x, x + nwg.x, ...
-// of channel c (see runs.wgsl).
+// of channel c (see walks.wgsl).
 @compute @workgroup_size(256)
 fn apply_runs(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -123,8 +123,8 @@ fn apply_interleaved(
         return;
     }
     let k = chan_coef(col / p.inner);
-    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
-    for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
+    let rows = group_rows(wg.y, g, groups);
+    for (var r = rows.x; r < rows.y; r++) {
         apply_at(r * cols + col, k);
     }
 }
@@ -161,8 +161,8 @@ fn dx_interleaved(
     let c = col / p.inner;
     let k = chan_coef(c);
     let gk = grad_coef(c);
-    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
-    for (var r = wg.y * p.slice_len + g; r < row_end; r += groups) {
+    let rows = group_rows(wg.y, g, groups);
+    for (var r = rows.x; r < rows.y; r++) {
         dx_at(r * cols + col, k, gk);
     }
 }

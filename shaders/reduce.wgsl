@@ -187,7 +187,7 @@ fn reduce_planar_lanes(
 }
 
 // Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,
-// x + nwg.x, ... of channel c (runs.wgsl) and each invocation writes its
+// x + nwg.x, ... of channel c (walks.wgsl) and each invocation writes its
 // partial over all of them to slot x * WG + t, as reduce_planar_lanes.
 @compute @workgroup_size(256)
 fn reduce_runs_lanes(
@@ -230,20 +230,19 @@ fn column_of(wg: vec3<u32>, t: u32) -> Column {
     return Column(groups, g, col, g < groups && col < p.channels * p.inner);
 }
 
-// Invocation t's share: its column, rows g, g + groups, ... of the
+// Invocation t's share: its column, row group g's rows (group_rows) of the
 // workgroup's slice.
 fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
     let at = column_of(wg, t);
     let cols = p.channels * p.inner;
-    let row_start = wg.y * p.slice_len;
-    let row_end = min(row_start + p.slice_len, p.outer);
     let base = wg.z * p.batch_stride;
     var acc = vec4<f32>(0.0);
     if (at.owned) {
         let c = at.col / p.inner;
         let i = at.col - c * p.inner;
         let k = channel_coefficients(wg.z, c);
-        for (var r = row_start + at.g; r < row_end; r += at.groups) {
+        let rows = group_rows(wg.y, at.g, at.groups);
+        for (var r = rows.x; r < rows.y; r++) {
             acc = accumulate(acc, base + r * cols + at.col, r, c, i, k);
         }
     }

@@ -208,7 +208,7 @@ fn reduce4_planar_lanes(
 }
 
 // Runs (Shape::Runs, CPU adapters): workgroup (x, c) walks slices x, x +
-// nwg.x, ... of channel c (runs.wgsl) and each invocation writes
+// nwg.x, ... of channel c (walks.wgsl) and each invocation writes
 // its partial over all of them to slot x * WG + t, as reduce4_planar_lanes.
 @compute @workgroup_size(256)
 fn reduce4_runs_lanes(
@@ -249,16 +249,16 @@ fn column_of(wg: vec3<u32>, t: u32) -> Column {
     return Column(groups, g, col, g < groups && col < p.channels * p.inner);
 }
 
-// Invocation t's share: its column, rows g, g + groups, ... of the slice.
+// Invocation t's share: its column, row group g's rows (group_rows) of the slice.
 fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
     let at = column_of(wg, t);
     let cols = p.channels * p.inner;
-    let row_end = min((wg.y + 1u) * p.slice_len, p.outer);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (at.owned) {
         let k = coef(at.col / p.inner);
         let base = wg.z * p.batch_stride;
-        for (var r = wg.y * p.slice_len + at.g; r < row_end; r += at.groups) {
+        let rows = group_rows(wg.y, at.g, at.groups);
+        for (var r = rows.x; r < rows.y; r++) {
             acc = add_lanes(acc, base + r * cols + at.col, k);
         }
     }

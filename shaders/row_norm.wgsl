@@ -12,7 +12,7 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl in front of it, merge.wgsl and runs.wgsl (appended).
+// Needs common.wgsl in front of it, merge.wgsl and walks.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -234,7 +234,7 @@ fn dx_at(e: u32, w: Weights, k: Entry) {
 }
 
 // Runs (ReducePlan::elementwise_only, inner >= 256): workgroup (x, c) walks
-// slices x, x + nwg.x, ... of channel c (runs.wgsl); the stat row is
+// slices x, x + nwg.x, ... of channel c (walks.wgsl); the stat row is
 // reloaded when the walk reaches the next outer index.
 
 // o / row_div, without a division when row_div is 1 (channels-second groups).
@@ -283,19 +283,16 @@ fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
 }
 
 // Where invocation t walks an interleaved view: column `col` (channel
-// col / inner), rows first, first + step, ... below `end`; `q` = first /
-// row_div and its remainder, stepped as dq, dr per step without division.
+// col / inner), rows [first, end) (group_rows in walks.wgsl); `q` = row /
+// row_div and its remainder, stepped with the row without division.
 struct Walk {
     owned: bool,
     col: u32,
     c: u32,
     first: u32,
     end: u32,
-    step: u32,
     q: u32,
     rem: u32,
-    dq: u32,
-    dr: u32,
 }
 
 fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
@@ -303,28 +300,15 @@ fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
     let groups = 256u / p.width;
     let g = t / p.width;
     let col = wg.x * p.width + (t - g * p.width);
-    let first = wg.y * p.slice_len + g;
-    let q = first / p.row_div;
-    let dq = groups / p.row_div;
-    return Walk(
-        g < groups && col < cols,
-        col,
-        col / p.inner,
-        first,
-        min((wg.y + 1u) * p.slice_len, p.outer),
-        groups,
-        q,
-        first - q * p.row_div,
-        dq,
-        groups - dq * p.row_div,
-    );
+    let rows = group_rows(wg.y, g, groups);
+    let q = rows.x / p.row_div;
+    return Walk(g < groups && col < cols, col, col / p.inner, rows.x, rows.y, q, rows.x - q * p.row_div);
 }
 
-// The walk one step on: q and its remainder follow the row, at most one carry.
+// The walk one row on.
 fn advance(a: Walk) -> Walk {
     var b = a;
-    b.q += a.dq;
-    b.rem += a.dr;
+    b.rem += 1u;
     if (b.rem >= p.row_div) {
         b.rem -= p.row_div;
         b.q += 1u;
@@ -347,7 +331,7 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
     var s = splat(vec4<f32>(0.0));
     var loaded = ~0u;
     if (lanes_split()) {
-        for (var r = a.first; r < a.end; r += a.step) {
+        for (var r = a.first; r < a.end; r++) {
             if (a.q != loaded) {
                 let b = a.q * p.groups;
                 s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
@@ -357,7 +341,7 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
             a = advance(a);
         }
     } else {
-        for (var r = a.first; r < a.end; r += a.step) {
+        for (var r = a.first; r < a.end; r++) {
             if (a.q != loaded) {
                 s = splat(rows[a.q * p.groups + g.x]);
                 loaded = a.q;
@@ -379,7 +363,7 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
     var s = splat(vec4<f32>(0.0));
     var loaded = ~0u;
     if (lanes_split()) {
-        for (var r = a.first; r < a.end; r += a.step) {
+        for (var r = a.first; r < a.end; r++) {
             if (a.q != loaded) {
                 let b = a.q * p.groups;
                 s = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
@@ -389,7 +373,7 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
             a = advance(a);
         }
     } else {
-        for (var r = a.first; r < a.end; r += a.step) {
+        for (var r = a.first; r < a.end; r++) {
             if (a.q != loaded) {
                 s = splat(rows_dx[a.q * p.groups + g.x]);
                 loaded = a.q;

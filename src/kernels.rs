@@ -76,14 +76,14 @@ impl Shader {
             Shader::BatchNorm | Shader::RowNorm { .. } => include_str!("../shaders/merge.wgsl"),
             _ => "",
         };
-        // The elementwise runs' walk.
-        let runs = match self {
+        // How invocations walk a view (runs, interleaved row ranges).
+        let walks = match self {
             Shader::Elementwise { .. } | Shader::RowNorm { .. } | Shader::Reduce { .. } | Shader::ReduceVec4 { .. } => {
-                include_str!("../shaders/runs.wgsl")
+                include_str!("../shaders/walks.wgsl")
             }
             _ => "",
         };
-        format!("{enable}{}\n{prelude}{}\n{merge}\n{runs}", include_str!("../shaders/common.wgsl"), body)
+        format!("{enable}{}\n{prelude}{}\n{merge}\n{walks}", include_str!("../shaders/common.wgsl"), body)
     }
 }
 
