@@ -6,8 +6,8 @@
 // backward sums, 4 and 5 behind a fused ReLU / add + ReLU), so the merge
 // kernels take either.
 //
-// Accumulators are per lane: four Welford streams that share their count, so
-// one division serves four values. Lanes are channels (channels-last,
+// Accumulators are per lane: four streams of shifted sums (statistics) or
+// sums that share their count. Lanes are channels (channels-last,
 // FLAG_LANES_ARE_CHANNELS): each invocation writes four partials. Lanes of
 // one channel (inner % 4 == 0): the four streams are folded into one
 // partial with Chan's formula when it is written.
@@ -24,7 +24,8 @@ const WG: u32 = 256u;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> z: array<S>;
 
-// Per-lane accumulators: statistics (n, mean, M2) or sums (s1, s2, s3); `n`
+// Per-lane accumulators: statistics (n, sum d, sum d^2, pivot) while
+// accumulating, (n, mean, M2, 0) after `finish`, or sums (s1, s2, s3); `n`
 // is shared by the lanes (every row adds one value to each).
 struct Acc {
     n: f32,
@@ -81,7 +82,7 @@ fn masked_gradient(idx: u32, v: vec4<f32>, k: Coef) -> vec4<f32> {
     return select(vec4<f32>(0.0), g, fma(v - k.mean, k.scale, k.beta) + residual > vec4<f32>(0.0));
 }
 
-// Per-lane Welford or per-lane sums.
+// Per-lane statistics or per-lane sums.
 fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
     let v = vec4<f32>(x[p.x_off + idx]);
     if (MODE != 0u) {
@@ -89,10 +90,23 @@ fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
         let d = v - k.mean;
         return Acc(acc.n, acc.a + g, acc.b + g * d, acc.c + d);
     }
-    let n = acc.n + 1.0;
-    let d = v - acc.a;
-    let mean = acc.a + d * (1.0 / n);
-    return Acc(n, mean, acc.b + d * (v - mean), vec4<f32>(0.0));
+    // Shifted sums per lane, (n, sum d, sum d^2, pivot) with d = v - pivot
+    // and the pivot the lane's first value, as reduce.wgsl's MODE 0: no
+    // division per value (Welford's took a sixth of the pass on lavapipe).
+    // `finish` turns them into (n, mean, M2).
+    let pivot = select(acc.c, v, acc.n == 0.0);
+    let d = v - pivot;
+    return Acc(acc.n + 1.0, acc.a + d, acc.b + d * d, pivot);
+}
+
+// An invocation's accumulator in the form `combine` and the partials take:
+// MODE 0's shifted sums as per-lane (n, mean, M2); the sums as they are.
+fn finish(acc: Acc) -> Acc {
+    if (MODE != 0u || acc.n == 0.0) {
+        return acc;
+    }
+    let shift = acc.a / acc.n;
+    return Acc(acc.n, acc.c + shift, max(acc.b - acc.a * shift, vec4<f32>(0.0)), vec4<f32>(0.0));
 }
 
 // Chan's formula per lane (statistics) or sums.
@@ -167,7 +181,7 @@ fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> Acc {
             o += 1u;
         }
     }
-    return acc;
+    return finish(acc);
 }
 
 @compute @workgroup_size(256)
@@ -225,7 +239,7 @@ fn reduce4_runs_lanes(
                 acc = add_lanes(acc, base + (r.o * p.channels + c) * p.inner + r.i, k);
             }
         }
-        partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x * WG + t] = folded_partial(acc);
+        partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x * WG + t] = folded_partial(finish(acc));
     }
 }
 
@@ -262,7 +276,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
             acc = add_lanes(acc, base + r * cols + at.col, k);
         }
     }
-    return acc;
+    return finish(acc);
 }
 
 // Stores column `col`'s accumulator of slice `s`: four partials (one per
@@ -332,7 +346,7 @@ fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
             acc = add_lanes(acc, base + i, k);
         }
     }
-    return acc;
+    return finish(acc);
 }
 
 @compute @workgroup_size(256)

@@ -630,8 +630,8 @@ impl Core {
         let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
         for part in &parts {
             let g = &part.geo;
-            let rows = ReducePlan::new(g.stat)?.batched(g.batch, g.batch_stride)?.with(reduction);
-            let mut columns = ReducePlan::new(g.weights)?.with(reduction);
+            let rows = ReducePlan::reduction(g.stat, reduction)?.batched(g.batch, g.batch_stride)?;
+            let mut columns = ReducePlan::reduction(g.weights, reduction)?;
             // Every part's column partials meet in one merge loop: keep it
             // within MAX_MERGE_PARTS (see src/reduce.rs) with the tree's fewer.
             if columns.parts * slots > MAX_MERGE_PARTS {

@@ -35,7 +35,7 @@ impl StatPlan {
         // channels-second groups with spatial size % 4 == 0): its view in vec4 units.
         if aligned && stat.inner.is_multiple_of(4) {
             let view = ChannelView { inner: stat.inner / 4, ..stat };
-            let plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?.with(reduction);
+            let plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
             return Ok(StatPlan { plan, view, vec4: true, lanes: false, f16, merge_parts: plan.parts, rows });
         }
         // Channels-last groups, [hw][groups][cpg] per sample: the per-channel
@@ -45,17 +45,16 @@ impl StatPlan {
         let channels = stat.channels * stat.inner;
         if aligned && geo.batched && channels.is_multiple_of(4) {
             let view = ChannelView { outer: stat.outer, channels: channels / 4, inner: 1 };
-            let tree = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
-            let mut plan = tree.with(reduction);
+            let mut plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
             if plan.parts as usize * stat.inner > MAX_MERGE_PARTS as usize {
-                plan = tree;
+                plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
             }
             if plan.shape == Shape::Interleaved {
                 let merge_parts = plan.parts * stat.inner as u32;
                 return Ok(StatPlan { plan, view, vec4: true, lanes: true, f16, merge_parts, rows });
             }
         }
-        let plan = ReducePlan::new(stat)?.batched(geo.batch, geo.batch_stride)?.with(reduction);
+        let plan = ReducePlan::reduction(stat, reduction)?.batched(geo.batch, geo.batch_stride)?;
         Ok(StatPlan { plan, view: stat, vec4: false, lanes: false, f16, merge_parts: plan.parts, rows })
     }
 

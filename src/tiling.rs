@@ -23,8 +23,9 @@ pub(crate) struct Tiling {
     pub view: ChannelView,
     /// The reduction's plan (planar or interleaved).
     pub plan: ReducePlan,
-    /// The elementwise passes' plan: runs over long inner runs, else the
-    /// reduction's interleaved plan.
+    /// The elementwise passes' plan: runs over long inner runs, else
+    /// interleaved (sliced for its own sake: the partials' layout does not
+    /// depend on it).
     pub apply: ReducePlan,
 }
 
@@ -38,12 +39,11 @@ impl Tiling {
                     return Ok((runs, runs));
                 }
             }
-            let plan = ReducePlan::elementwise(v)?.with(reduction);
-            let apply = match plan.shape {
-                Shape::Planar => ReducePlan::elementwise_only(v, reduction)?,
-                _ => plan,
-            };
-            Ok((plan, apply))
+            let shared = ReducePlan::elementwise(v)?;
+            Ok(match shared.shape {
+                Shape::Planar => (shared.with(reduction), ReducePlan::elementwise_only(v, reduction)?),
+                _ => (ReducePlan::interleaved_reduction(v, reduction)?, shared),
+            })
         })
     }
 
