@@ -51,7 +51,10 @@ struct Params {
     // The family's part of a sample too large for one binding (a run of
     // groups): its first weight (channel).
     weight_base: u32,
-    pad1: u32,
+    // With FLAG_LANES_ARE_CHANNELS: the tensor's channels; lane l of view
+    // column c holds channel (4c + l) % lane_channels (channels-last rows
+    // regrouped in runs of lcm(channels, 4) values when channels % 4 != 0).
+    lane_channels: u32,
 }
 
 const FLAG_AFFINE: u32 = 1u;
@@ -63,7 +66,7 @@ const FLAG_CHECK_FINITE: u32 = 16u;
 const FLAG_BIAS: u32 = 32u;
 // Family: RMSNorm (no centring: normalize by sqrt(mean(x^2) + eps)).
 const FLAG_RMS: u32 = 64u;
-// Elementwise vec4 passes over channels-last data: a vec4 holds four channels.
+// vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
 const FLAG_LANES_ARE_CHANNELS: u32 = 128u;
 
 // The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and

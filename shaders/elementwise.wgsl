@@ -5,8 +5,9 @@
 // and S, the type in memory: V, or vec4<f16> for half-precision tensors.
 //
 // The view in Params is in units of V. When V is vec4 over a channels-last
-// tensor (inner == 1, FLAG_LANES_ARE_CHANNELS), a V holds four channels and
-// view channel c is channels 4c .. 4c+3; otherwise a V lies inside one channel.
+// tensor (inner == 1, FLAG_LANES_ARE_CHANNELS), a V holds four channels, view
+// column c's lane l channel lane_channel(c, l) (walks.wgsl); otherwise a V
+// lies inside one channel.
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
 // Needs common.wgsl and a prelude (alias V, fn gather4) in front of it,
@@ -42,16 +43,16 @@ fn splat(k: vec4<f32>) -> Coef {
 
 fn chan_coef(c: u32) -> Coef {
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base + 4u * c;
-        return gather4(chan[b], chan[b + 1u], chan[b + 2u], chan[b + 3u]);
+        let b = p.chan_base;
+        return gather4(chan[b + lane_channel(c, 0u)], chan[b + lane_channel(c, 1u)], chan[b + lane_channel(c, 2u)], chan[b + lane_channel(c, 3u)]);
     }
     return splat(chan[p.chan_base + c]);
 }
 
 fn grad_coef(c: u32) -> Coef {
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base + 4u * c;
-        return gather4(grad[b], grad[b + 1u], grad[b + 2u], grad[b + 3u]);
+        let b = p.chan_base;
+        return gather4(grad[b + lane_channel(c, 0u)], grad[b + lane_channel(c, 1u)], grad[b + lane_channel(c, 2u)], grad[b + lane_channel(c, 3u)]);
     }
     return splat(grad[p.chan_base + c]);
 }

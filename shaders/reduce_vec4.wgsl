@@ -51,22 +51,22 @@ fn coef(c: u32) -> Coef {
         return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base + 4u * c;
-        let k0 = chan[b];
-        let k1 = chan[b + 1u];
-        let k2 = chan[b + 2u];
-        let k3 = chan[b + 3u];
+        let b = p.chan_base;
+        let k0 = chan[b + lane_channel(c, 0u)];
+        let k1 = chan[b + lane_channel(c, 1u)];
+        let k2 = chan[b + lane_channel(c, 2u)];
+        let k3 = chan[b + lane_channel(c, 3u)];
         return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
     }
     let k = chan[p.chan_base + c];
     return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
 }
 
-// The first partial channel of view z: views hold `channels` channels, four
-// times as many when lanes are channels.
+// The first partial channel of view z: views hold `channels` channels, or
+// lane_channels when lanes are channels.
 fn view_first(z: u32) -> u32 {
     let lanes = (p.flags & FLAG_LANES_ARE_CHANNELS) != 0u;
-    return p.chan_base + z * select(p.channels, 4u * p.channels, lanes);
+    return p.chan_base + z * select(p.channels, p.lane_channels, lanes);
 }
 
 // The upstream gradient behind the fused ReLU's mask, as reduce.wgsl computes it.
@@ -245,8 +245,9 @@ fn reduce4_runs_lanes(
 
 // Interleaved: an invocation owns one vec4 column and walks its rows. With
 // FLAG_LANES_ARE_CHANNELS the column is four channels and gets four partials
-// (channel 4 * col + l, at (4 * col + l) * slices + s); otherwise its four
-// values share one channel and it gets one partial, at col * slices + s.
+// (channel lane_channel(col, l), at lane_stream(col, l) * slices + s);
+// otherwise its four values share one channel and it gets one partial, at
+// col * slices + s.
 // Where invocation t sits in an interleaved workgroup: row group `g` of
 // `groups`, and column `col` of the view; `owned` when both exist.
 struct Column {
@@ -286,8 +287,11 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
 fn store_column(z: u32, col: u32, s: u32, per: u32, k: u32, acc: Acc) {
     let first = view_first(z);
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
+        // A channel's streams (lanes of several columns) each own a run of
+        // slices * per slots.
         for (var l = 0u; l < 4u; l++) {
-            partials[(first + 4u * col + l) * p.parts + p.part_base + s * per + k] = partial_of(acc, l);
+            let slot = (lane_stream(col, l) * p.slices + s) * per + k;
+            partials[(first + lane_channel(col, l)) * p.parts + p.part_base + slot] = partial_of(acc, l);
         }
     } else {
         let c = col / p.inner;

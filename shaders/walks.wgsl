@@ -48,3 +48,13 @@ fn group_rows(s: u32, g: u32, groups: u32) -> vec2<u32> {
     let first = s * p.slice_len + g * per;
     return vec2<u32>(first, min(min(first + per, (s + 1u) * p.slice_len), p.outer));
 }
+
+// The channels of view column c's four lanes, and which of its channel's
+// streams each is (0 when the channels are a multiple of four).
+fn lane_channel(c: u32, l: u32) -> u32 {
+    return (4u * c + l) % p.lane_channels;
+}
+
+fn lane_stream(c: u32, l: u32) -> u32 {
+    return (4u * c + l) / p.lane_channels;
+}

@@ -195,7 +195,9 @@ pub(crate) struct ChannelParams {
     pub part_base: u32,
     /// The family's part of one sample (a run of groups): its first weight.
     pub weight_base: u32,
-    pub pad1: u32,
+    /// With FLAG_LANES_ARE_CHANNELS: the tensor's channels; lane l of view
+    /// column c holds channel (4c + l) % lane_channels.
+    pub lane_channels: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;

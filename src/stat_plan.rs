@@ -76,6 +76,7 @@ impl StatPlan {
         self.plan.fill(&mut p);
         if self.lanes {
             p.flags |= FLAG_LANES_ARE_CHANNELS;
+            p.lane_channels = 4 * self.view.channels as u32;
         }
         p
     }

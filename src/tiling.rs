@@ -5,7 +5,7 @@
 use crate::context::Reduction;
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
@@ -20,6 +20,8 @@ pub(crate) struct Tiling {
     /// Tensors hold f16; statistics and arithmetic stay f32.
     pub f16: bool,
     pub lanes_are_channels: bool,
+    /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
+    pub lane_channels: u32,
     pub view: ChannelView,
     /// The reduction's plan (planar or interleaved).
     pub plan: ReducePlan,
@@ -33,7 +35,8 @@ impl Tiling {
     /// BatchNorm's tiling; `offsets` are the element offsets of every view
     /// the passes bind.
     pub fn new(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
-        Self::with_plans(view, offsets, f16, |v| {
+        let (vec4, lanes, v) = Self::view_of(view, offsets, true);
+        let plans = |reduction| -> Result<(ReducePlan, ReducePlan)> {
             if reduction == Reduction::PerInvocation {
                 if let Some(runs) = ReducePlan::runs_reduction(v)? {
                     return Ok((runs, runs));
@@ -44,34 +47,55 @@ impl Tiling {
                 Shape::Planar => (shared.with(reduction), ReducePlan::elementwise_only(v, reduction)?),
                 _ => (ReducePlan::interleaved_reduction(v, reduction)?, shared),
             })
-        })
+        };
+        let (mut plan, apply) = plans(reduction)?;
+        // Cycling lanes: every channel has `streams` lane columns, each a run
+        // of the plan's partials; a merge loop takes at most MAX_MERGE_PARTS.
+        let streams = if lanes { lane_streams(view.channels) } else { 1 };
+        if plan.parts * streams > MAX_MERGE_PARTS {
+            plan = plans(Reduction::Tree)?.0;
+        }
+        plan.parts *= streams;
+        Ok(Tiling { vec4, f16, lanes_are_channels: lanes, lane_channels: view.channels as u32, view: v, plan, apply })
     }
 
     /// The tiling of elementwise passes alone (the family's: no reduction
-    /// shares their view).
+    /// shares their view, and lanes are four consecutive channels).
     pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
-        Self::with_plans(view, offsets, f16, |v| {
-            let apply = ReducePlan::elementwise_only(v, reduction)?;
-            Ok((apply, apply))
+        let (vec4, lanes, v) = Self::view_of(view, offsets, false);
+        let apply = ReducePlan::elementwise_only(v, reduction)?;
+        Ok(Tiling {
+            vec4,
+            f16,
+            lanes_are_channels: lanes,
+            lane_channels: view.channels as u32,
+            view: v,
+            plan: apply,
+            apply,
         })
     }
 
-    fn with_plans(
-        view: ChannelView,
-        offsets: &[u32],
-        f16: bool,
-        plans: impl FnOnce(ChannelView) -> Result<(ReducePlan, ReducePlan)>,
-    ) -> Result<Tiling> {
+    /// The view in units of the value type: vec4 when every view starts at
+    /// a multiple of four values and four values share a channel, or lie
+    /// across channels-last channels. With `cycle`, channels-last rows
+    /// whose channels are not a multiple of four are regrouped in rows of
+    /// lcm(channels, 4) values, lane l of column c channel (4c + l) %
+    /// channels, when the rows divide evenly.
+    fn view_of(view: ChannelView, offsets: &[u32], cycle: bool) -> (bool, bool, ChannelView) {
         let aligned = offsets.iter().all(|o| o % 4 == 0);
-        let (vec4, lanes_are_channels, v) = if aligned && view.inner.is_multiple_of(4) {
-            (true, false, ChannelView { inner: view.inner / 4, ..view })
-        } else if aligned && view.inner == 1 && view.channels.is_multiple_of(4) {
-            (true, true, ChannelView { channels: view.channels / 4, ..view })
-        } else {
-            (false, false, view)
-        };
-        let (plan, apply) = plans(v)?;
-        Ok(Tiling { vec4, f16, lanes_are_channels, view: v, plan, apply })
+        let c = view.channels;
+        if aligned && view.inner.is_multiple_of(4) {
+            return (true, false, ChannelView { inner: view.inner / 4, ..view });
+        }
+        if aligned && view.inner == 1 && c.is_multiple_of(4) {
+            return (true, true, ChannelView { channels: c / 4, ..view });
+        }
+        let per_row = lane_streams(c) as usize; // rows of `view` per regrouped row
+        if cycle && aligned && view.inner == 1 && c > 0 && view.outer.is_multiple_of(per_row) {
+            let cols = c * per_row / 4;
+            return (true, true, ChannelView { outer: view.outer / per_row, channels: cols, inner: 1 });
+        }
+        (false, false, view)
     }
 
     /// `base` (the op's scalar parameters) rewritten for the reduction.
@@ -101,6 +125,7 @@ impl Tiling {
         plan.fill(&mut p);
         if self.lanes_are_channels {
             p.flags |= FLAG_LANES_ARE_CHANNELS;
+            p.lane_channels = self.lane_channels;
         }
         p
     }
@@ -145,6 +170,21 @@ impl Tiling {
         } else {
             reduce::kernel(&self.plan, mode, self.f16)
         }
+    }
+}
+
+/// Lane columns per channel when channels-last rows are regrouped in runs
+/// of lcm(channels, 4) values: lcm / channels.
+fn lane_streams(channels: usize) -> u32 {
+    let g = gcd(channels, 4);
+    (4 / g) as u32
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

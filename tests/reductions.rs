@@ -1,7 +1,8 @@
 //! Both reduction strategies, `Reduction::Tree` (GPUs) and
 //! `Reduction::PerInvocation` (CPU adapters), on shapes whose reductions are
 //! planar (long channel runs or rows, where the strategies differ), against
-//! the f64 reference: BatchNorm in vec4 and scalar tilings, GroupNorm and
+//! the f64 reference: BatchNorm in vec4 and scalar tilings (channels-last
+//! with channels not a multiple of four among them), GroupNorm and
 //! LayerNorm, and a channel long enough that per-invocation partials would
 //! outnumber what one merge loop may take.
 
@@ -107,6 +108,12 @@ fn both_reduction_strategies_match_the_reference() {
                                                                            // 2.9 M rows of one channel: per invocation would leave 90,112
                                                                            // partials for the merge, past lavapipe's 65,535 iterations per loop.
         batch_norm_case(&[8, 1, 600, 600], Layout::Nhwc, &mut rng, &what);
+        // Channels-last with channels not a multiple of four: rows regrouped
+        // in runs of lcm(C, 4) values (3 and 6 channels), or scalar when the
+        // rows do not divide evenly (5 channels, 18 rows).
+        batch_norm_case(&[2, 3, 8, 10], Layout::Nhwc, &mut rng, &what);
+        batch_norm_case(&[3, 6, 5, 4], Layout::Nhwc, &mut rng, &what);
+        batch_norm_case(&[2, 5, 3, 3], Layout::Nhwc, &mut rng, &what);
         family_cases(&mut rng, &what);
     }
     ctx.set_reduction(default);
