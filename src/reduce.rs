@@ -25,6 +25,8 @@ const MIN_PER_INVOCATION: usize = 32;
 const MIN_PER_INVOCATION_ELEMENTWISE: usize = 16;
 /// Workgroups runs plans and interleaved reductions aim for on CPU adapters.
 const CPU_WORKGROUPS: usize = 64;
+/// Lanes per row of a rows reduction on CPU adapters (one SIMD batch of lavapipe).
+const CPU_ROW_LANES: u32 = 8;
 /// Fewest rows an invocation of an interleaved reduction walks on CPU adapters.
 const CPU_MIN_ROWS: usize = 256;
 const MAX_GRID: usize = 65535;
@@ -95,25 +97,30 @@ impl ReducePlan {
             // Short rows: about MIN_PER_INVOCATION values per lane, a power of
             // two of lanes, up to a whole workgroup per row.
             let lanes = view.inner.div_ceil(MIN_PER_INVOCATION).next_power_of_two().clamp(1, WG);
-            let blocks = view.channels.div_ceil(WG / lanes);
-            let grid = (blocks.min(MAX_GRID), blocks.div_ceil(MAX_GRID));
-            if grid.1 > MAX_GRID {
-                return Err(Error::Unsupported(format!("{} rows exceed one dispatch's reach", view.channels)));
-            }
-            return Ok(ReducePlan {
-                shape: Shape::Rows,
-                slices: 1,
-                slice_len: view.inner as u32,
-                width: lanes as u32,
-                tree: (lanes / 2) as u32,
-                parts: 1,
-                grid: (grid.0 as u32, grid.1 as u32),
-                batch: 1,
-                batch_stride: 0,
-                per_invocation: false,
-            });
+            return Self::rows(view, lanes);
         }
         Self::interleaved(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS)
+    }
+
+    /// `lanes` (a power of two) per row, WG / lanes rows per workgroup.
+    fn rows(view: ChannelView, lanes: usize) -> Result<ReducePlan> {
+        let blocks = view.channels.div_ceil(WG / lanes);
+        let grid = (blocks.min(MAX_GRID), blocks.div_ceil(MAX_GRID));
+        if grid.1 > MAX_GRID {
+            return Err(Error::Unsupported(format!("{} rows exceed one dispatch's reach", view.channels)));
+        }
+        Ok(ReducePlan {
+            shape: Shape::Rows,
+            slices: 1,
+            slice_len: view.inner as u32,
+            width: lanes as u32,
+            tree: (lanes / 2) as u32,
+            parts: 1,
+            grid: (grid.0 as u32, grid.1 as u32),
+            batch: 1,
+            batch_stride: 0,
+            per_invocation: false,
+        })
     }
 
     /// Workgroup (slice, channel) over channels of long contiguous runs.
@@ -198,10 +205,15 @@ impl ReducePlan {
     /// The plan of a reduction over `view` with `reduction`'s partials.
     pub fn reduction(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         let plan = Self::new(view)?;
-        if plan.shape == Shape::Interleaved {
-            return Self::interleaved_reduction(view, reduction);
+        match (plan.shape, reduction) {
+            (Shape::Interleaved, _) => Self::interleaved_reduction(view, reduction),
+            // CPU adapters: a row's lanes one SIMD batch of eight, which then
+            // reads the row in consecutive 128-byte steps.
+            (Shape::Rows, Reduction::PerInvocation) if plan.width > CPU_ROW_LANES => {
+                Ok(Self::rows(view, CPU_ROW_LANES as usize)?.with(reduction))
+            }
+            _ => Ok(plan.with(reduction)),
         }
-        Ok(plan.with(reduction))
     }
 
     /// An interleaved reduction's plan with `reduction`'s partials. On CPU
