@@ -628,13 +628,16 @@ impl Core {
         let parts = self.parts(&geo, &[(x, "x"), (dy, "dy"), (dx, "dx")])?;
         let mut plans = Vec::with_capacity(parts.len());
         let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
+        let max_binding = self.ctx.device().limits().max_storage_buffer_binding_size;
         for part in &parts {
             let g = &part.geo;
             let rows = ReducePlan::reduction(g.stat, reduction)?.batched(g.batch, g.batch_stride)?;
             let mut columns = ReducePlan::reduction(g.weights, reduction)?;
-            // Every part's column partials meet in one merge loop: keep it
-            // within MAX_MERGE_PARTS (see src/reduce.rs) with the tree's fewer.
-            if columns.parts * slots > MAX_MERGE_PARTS {
+            // Every part's column partials meet in one merge loop and one
+            // binding: keep them within MAX_MERGE_PARTS (see src/reduce.rs)
+            // and the binding limit with the tree's fewer.
+            let column_bytes = columns.partial_bytes(geo.weights.channels) * u64::from(slots);
+            if columns.parts * slots > MAX_MERGE_PARTS || column_bytes > max_binding {
                 columns = ReducePlan::new(g.weights)?;
             }
             plans.push((rows, columns));

@@ -207,6 +207,10 @@ impl ReducePlan {
         let plan = Self::new(view)?;
         match (plan.shape, reduction) {
             (Shape::Interleaved, _) => Self::interleaved_reduction(view, reduction),
+            (Shape::Planar, Reduction::PerInvocation) => match Self::runs_reduction(view)? {
+                Some(runs) => Ok(runs),
+                None => Ok(plan.with(reduction)),
+            },
             // CPU adapters: a row's lanes one SIMD batch of eight, which then
             // reads the row in consecutive 128-byte steps.
             (Shape::Rows, Reduction::PerInvocation) if plan.width > CPU_ROW_LANES => {
