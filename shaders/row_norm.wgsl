@@ -283,16 +283,13 @@ fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
 }
 
 // Where invocation t walks an interleaved view: column `col` (channel
-// col / inner), rows [first, end) (group_rows in walks.wgsl); `q` = row /
-// row_div and its remainder, stepped with the row without division.
+// col / inner), rows [first, end) (group_rows in walks.wgsl).
 struct Walk {
     owned: bool,
     col: u32,
     c: u32,
     first: u32,
     end: u32,
-    q: u32,
-    rem: u32,
 }
 
 fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
@@ -301,85 +298,83 @@ fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
     let g = t / p.width;
     let col = wg.x * p.width + (t - g * p.width);
     let rows = group_rows(wg.y, g, groups);
-    let q = rows.x / p.row_div;
-    return Walk(g < groups && col < cols, col, col / p.inner, rows.x, rows.y, q, rows.x - q * p.row_div);
+    return Walk(g < groups && col < cols, col, col / p.inner, rows.x, rows.y);
 }
 
-// The walk one row on.
-fn advance(a: Walk) -> Walk {
-    var b = a;
-    b.rem += 1u;
-    if (b.rem >= p.row_div) {
-        b.rem -= p.row_div;
-        b.q += 1u;
-    }
-    return b;
-}
-
-// Interleaved walks reload the stat entry only when q moves on (every row
-// for LayerNorm, every spatial row block for channels-last GroupNorm): one
+// Interleaved walks go by segments of rows that share one stat quotient
+// q = row / row_div (a row for LayerNorm, a sample's spatial rows for
+// channels-last GroupNorm), loading the stat entries once per segment: one
 // load, or four when the lanes span groups. The choice is made outside the
-// loop: inside it, the unused branch costs as much as the used one.
+// loops: inside them, the unused branch costs as much as the used one.
 fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
-    var a = walk_of(wg, t);
+    let a = walk_of(wg, t);
     if (!a.owned) {
         return;
     }
     let cols = p.channels * p.inner;
     let w = weights_of(a.c);
     let g = lane_groups(a.c);
-    var s = splat(vec4<f32>(0.0));
-    var loaded = ~0u;
+    var r = a.first;
+    var q = r / p.row_div;
     if (lanes_split()) {
-        for (var r = a.first; r < a.end; r++) {
-            if (a.q != loaded) {
-                let b = a.q * p.groups;
-                s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
-                loaded = a.q;
+        while (r < a.end) {
+            let b = q * p.groups;
+            let s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
+            let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r < stop; r++) {
+                apply_at(r * cols + a.col, w, s);
             }
-            apply_at(r * cols + a.col, w, s);
-            a = advance(a);
+            q += 1u;
+        }
+    } else if (p.row_div == 1u) {
+        // A row per statistic (LayerNorm): one load a row, no segments.
+        for (; r < a.end; r++) {
+            apply_at(r * cols + a.col, w, splat(rows[r * p.groups + g.x]));
         }
     } else {
-        for (var r = a.first; r < a.end; r++) {
-            if (a.q != loaded) {
-                s = splat(rows[a.q * p.groups + g.x]);
-                loaded = a.q;
+        while (r < a.end) {
+            let s = splat(rows[q * p.groups + g.x]);
+            let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r < stop; r++) {
+                apply_at(r * cols + a.col, w, s);
             }
-            apply_at(r * cols + a.col, w, s);
-            a = advance(a);
+            q += 1u;
         }
     }
 }
 
 fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
-    var a = walk_of(wg, t);
+    let a = walk_of(wg, t);
     if (!a.owned) {
         return;
     }
     let cols = p.channels * p.inner;
     let w = Weights(gammas_of(a.c), V(0.0));
     let g = lane_groups(a.c);
-    var s = splat(vec4<f32>(0.0));
-    var loaded = ~0u;
+    var r = a.first;
+    var q = r / p.row_div;
     if (lanes_split()) {
-        for (var r = a.first; r < a.end; r++) {
-            if (a.q != loaded) {
-                let b = a.q * p.groups;
-                s = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
-                loaded = a.q;
+        while (r < a.end) {
+            let b = q * p.groups;
+            let k = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
+            let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r < stop; r++) {
+                dx_at(r * cols + a.col, w, k);
             }
-            dx_at(r * cols + a.col, w, s);
-            a = advance(a);
+            q += 1u;
+        }
+    } else if (p.row_div == 1u) {
+        for (; r < a.end; r++) {
+            dx_at(r * cols + a.col, w, splat(rows_dx[r * p.groups + g.x]));
         }
     } else {
-        for (var r = a.first; r < a.end; r++) {
-            if (a.q != loaded) {
-                s = splat(rows_dx[a.q * p.groups + g.x]);
-                loaded = a.q;
+        while (r < a.end) {
+            let k = splat(rows_dx[q * p.groups + g.x]);
+            let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r < stop; r++) {
+                dx_at(r * cols + a.col, w, k);
             }
-            dx_at(r * cols + a.col, w, s);
-            a = advance(a);
+            q += 1u;
         }
     }
 }
