@@ -158,7 +158,9 @@ fn merge_columns(
 //
 // They run on V (prelude): f32, or vec4<f32> where the view is in units of
 // four values (src/tiling.rs): four values of one weight, or, with
-// FLAG_LANES_ARE_CHANNELS (inner == 1), four consecutive weights 4c .. 4c+3,
+// FLAG_LANES_ARE_CHANNELS (inner == 1), four weights lane_channel(c, l)
+// (walks.wgsl: 4c + l, or cycling through channels-last channels that are
+// not a multiple of four, view rows then spanning several tensor rows),
 // which may fall in different groups. lanes4 builds a V from four scalars.
 
 // Gamma and beta of view channel c, over the lanes of V. The dx passes
@@ -170,16 +172,15 @@ struct Weights {
 
 fn gammas_of(c: u32) -> V {
     if (has(FLAG_LANES_ARE_CHANNELS)) {
-        let w = 4u * c;
-        return lanes4(gamma(w), gamma(w + 1u), gamma(w + 2u), gamma(w + 3u));
+        return lanes4(gamma(lane_channel(c, 0u)), gamma(lane_channel(c, 1u)), gamma(lane_channel(c, 2u)), gamma(lane_channel(c, 3u)));
     }
     return V(gamma(c));
 }
 
 fn weights_of(c: u32) -> Weights {
     if (has(FLAG_LANES_ARE_CHANNELS)) {
-        let w = 4u * c;
-        return Weights(gammas_of(c), lanes4(beta(w), beta(w + 1u), beta(w + 2u), beta(w + 3u)));
+        let b = lanes4(beta(lane_channel(c, 0u)), beta(lane_channel(c, 1u)), beta(lane_channel(c, 2u)), beta(lane_channel(c, 3u)));
+        return Weights(gammas_of(c), b);
     }
     return Weights(V(gamma(c)), V(beta(c)));
 }
@@ -204,11 +205,6 @@ fn spread(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Entry {
 // lane takes, is paid per SIMD batch: the walks below find stat rows by
 // stepping, and load one entry per step (four where lanes span groups).
 
-// The first weight of view channel c (four of them with lanes).
-fn first_weight(c: u32) -> u32 {
-    return select(c, 4u * c, has(FLAG_LANES_ARE_CHANNELS));
-}
-
 // Four weights fall in different groups when groups are not multiples of four.
 fn lanes_split() -> bool {
     return has(FLAG_LANES_ARE_CHANNELS) && p.cpg % 4u != 0u;
@@ -216,11 +212,11 @@ fn lanes_split() -> bool {
 
 // The groups of view channel c's lanes (all equal without a split).
 fn lane_groups(c: u32) -> vec4<u32> {
-    let w = first_weight(c);
-    if (lanes_split()) {
-        return vec4<u32>(w, w + 1u, w + 2u, w + 3u) / p.cpg;
+    if (!has(FLAG_LANES_ARE_CHANNELS)) {
+        return vec4<u32>(c / p.cpg);
     }
-    return vec4<u32>(w / p.cpg);
+    let w = vec4<u32>(lane_channel(c, 0u), lane_channel(c, 1u), lane_channel(c, 2u), lane_channel(c, 3u));
+    return w / p.cpg;
 }
 
 // y = (x - centre) * rstd * gamma + beta; s = rows' (centre, rstd, ...).

@@ -500,8 +500,15 @@ impl Core {
         apply_params.weight_base = weight_base;
         apply_params.x_off = xw.elem_offset;
         apply_params.y_off = yw.elem_offset;
-        let tile = Tiling::elementwise_only(geo.weights, &[xw.elem_offset, yw.elem_offset], f16, self.ctx.reduction())?;
-        let apply_params = tile.apply_params(&apply_params);
+        let tile = Tiling::elementwise_only(
+            geo.weights,
+            &[xw.elem_offset, yw.elem_offset],
+            f16,
+            self.ctx.reduction(),
+            geo.row_div,
+        )?;
+        let mut apply_params = tile.apply_params(&apply_params);
+        apply_params.row_div /= tile.rows_per_view_row() as u32;
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -724,8 +731,10 @@ impl Core {
             &[xw.elem_offset, dyw.elem_offset, dxw.elem_offset],
             f16,
             self.ctx.reduction(),
+            geo.row_div,
         )?;
-        let dx_params = tile.apply_params(&col_params);
+        let mut dx_params = tile.apply_params(&col_params);
+        dx_params.row_div /= tile.rows_per_view_row() as u32;
         // Column partials go to the part's weights, `parts` per weight.
         col_params.parts = columns.parts;
         col_params.part_base = columns.part_base;

@@ -8,6 +8,7 @@ use crate::family::Geometry;
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::tiling::lane_streams;
 use crate::Result;
 
 pub(crate) struct StatPlan {
@@ -17,6 +18,8 @@ pub(crate) struct StatPlan {
     pub vec4: bool,
     /// vec4 lanes are four channels (channels-last groups).
     pub lanes: bool,
+    /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
+    lane_channels: u32,
     pub f16: bool,
     /// Partials per stat row: the reduction's per channel, times the
     /// channels of a group when lanes are channels.
@@ -36,26 +39,50 @@ impl StatPlan {
         if aligned && stat.inner.is_multiple_of(4) {
             let view = ChannelView { inner: stat.inner / 4, ..stat };
             let plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
-            return Ok(StatPlan { plan, view, vec4: true, lanes: false, f16, merge_parts: plan.parts, rows });
+            return Ok(StatPlan {
+                plan,
+                view,
+                vec4: true,
+                lanes: false,
+                lane_channels: 0,
+                f16,
+                merge_parts: plan.parts,
+                rows,
+            });
         }
         // Channels-last groups, [hw][groups][cpg] per sample: the per-channel
-        // view [hw][C / 4][1] with lanes of four channels. Channel k's
-        // partials are a run of `parts` at k * parts, so group g's are the
-        // run of cpg * parts at g * cpg * parts.
+        // view with lanes of four channels, [hw][C / 4][1], or with C not a
+        // multiple of four, `streams` rows regrouped in runs of lcm(C, 4)
+        // values (walks.wgsl's lane_channel) when they divide the sample's
+        // rows. Channel k's partials are a run of `parts` (its streams' runs
+        // one after another) at k * parts, so group g's are the run of
+        // cpg * parts at g * cpg * parts.
         let channels = stat.channels * stat.inner;
-        if aligned && geo.batched && channels.is_multiple_of(4) {
-            let view = ChannelView { outer: stat.outer, channels: channels / 4, inner: 1 };
+        let streams = lane_streams(channels) as usize;
+        if aligned && geo.batched && channels > 0 && stat.outer.is_multiple_of(streams) {
+            let view = ChannelView { outer: stat.outer / streams, channels: channels * streams / 4, inner: 1 };
             let mut plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
-            if plan.parts as usize * stat.inner > MAX_MERGE_PARTS as usize {
+            if plan.parts as usize * streams * stat.inner > MAX_MERGE_PARTS as usize {
                 plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
             }
             if plan.shape == Shape::Interleaved {
+                plan.parts *= streams as u32;
                 let merge_parts = plan.parts * stat.inner as u32;
-                return Ok(StatPlan { plan, view, vec4: true, lanes: true, f16, merge_parts, rows });
+                let lane_channels = channels as u32;
+                return Ok(StatPlan { plan, view, vec4: true, lanes: true, lane_channels, f16, merge_parts, rows });
             }
         }
         let plan = ReducePlan::reduction(stat, reduction)?.batched(geo.batch, geo.batch_stride)?;
-        Ok(StatPlan { plan, view: stat, vec4: false, lanes: false, f16, merge_parts: plan.parts, rows })
+        Ok(StatPlan {
+            plan,
+            view: stat,
+            vec4: false,
+            lanes: false,
+            lane_channels: 0,
+            f16,
+            merge_parts: plan.parts,
+            rows,
+        })
     }
 
     /// Bytes of the partials this plan writes.
@@ -76,7 +103,7 @@ impl StatPlan {
         self.plan.fill(&mut p);
         if self.lanes {
             p.flags |= FLAG_LANES_ARE_CHANNELS;
-            p.lane_channels = 4 * self.view.channels as u32;
+            p.lane_channels = self.lane_channels;
         }
         p
     }

@@ -60,9 +60,18 @@ impl Tiling {
     }
 
     /// The tiling of elementwise passes alone (the family's: no reduction
-    /// shares their view, and lanes are four consecutive channels).
-    pub fn elementwise_only(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
-        let (vec4, lanes, v) = Self::view_of(view, offsets, false);
+    /// shares their view). Channels-last rows regroup when their channels are
+    /// not a multiple of four only if `row_div` (tensor rows per statistic
+    /// quotient) divides into the regrouped rows.
+    pub fn elementwise_only(
+        view: ChannelView,
+        offsets: &[u32],
+        f16: bool,
+        reduction: Reduction,
+        row_div: usize,
+    ) -> Result<Tiling> {
+        let cycle = row_div.is_multiple_of(lane_streams(view.channels) as usize);
+        let (vec4, lanes, v) = Self::view_of(view, offsets, cycle);
         let apply = ReducePlan::elementwise_only(v, reduction)?;
         Ok(Tiling {
             vec4,
@@ -96,6 +105,16 @@ impl Tiling {
             return (true, true, ChannelView { outer: view.outer / per_row, channels: cols, inner: 1 });
         }
         (false, false, view)
+    }
+
+    /// Tensor rows per row of the view: more than one where channels-last
+    /// rows are regrouped in runs of lcm(channels, 4) values.
+    pub fn rows_per_view_row(&self) -> usize {
+        if self.lanes_are_channels {
+            lane_streams(self.lane_channels as usize) as usize
+        } else {
+            1
+        }
     }
 
     /// `base` (the op's scalar parameters) rewritten for the reduction.
@@ -175,7 +194,7 @@ impl Tiling {
 
 /// Lane columns per channel when channels-last rows are regrouped in runs
 /// of lcm(channels, 4) values: lcm / channels.
-fn lane_streams(channels: usize) -> u32 {
+pub(crate) fn lane_streams(channels: usize) -> u32 {
     let g = gcd(channels, 4);
     (4 / g) as u32
 }

@@ -208,6 +208,13 @@ fn group_norm_four_values_at_a_time() {
         group_norm_case(&mut rng, &[2, 12, 5], 3, layout, 0.0, true);
         group_norm_case(&mut rng, &[1, 4, 32, 40], 2, layout, -20.0, true);
         group_norm_case(&mut rng, &[3, 16, 6], 16, layout, 0.0, false);
+        // Channels not a multiple of four: channels-last rows regrouped in
+        // runs of lcm(C, 4) values where the spatial rows divide (6 channels
+        // in 20 and 6 rows, 3 channels in 16), else scalar (15 rows).
+        group_norm_case(&mut rng, &[2, 6, 4, 5], 3, layout, 1.0, true);
+        group_norm_case(&mut rng, &[3, 6, 2, 3], 2, layout, 0.0, true);
+        group_norm_case(&mut rng, &[2, 3, 4, 4], 3, layout, -2.0, true);
+        group_norm_case(&mut rng, &[2, 3, 5, 3], 3, layout, 0.0, true);
     }
 }
 
@@ -295,6 +302,7 @@ fn instance_norm_tracks_running_statistics() {
     instance_norm_case(&mut rng, &[2, 2, 300], Layout::Nhwc, Some(1.0));
     instance_norm_case(&mut rng, &[2, 8, 3, 5], Layout::Nhwc, Some(0.2));
     instance_norm_case(&mut rng, &[2, 4, 3, 8], Layout::Nchw, Some(0.2));
+    instance_norm_case(&mut rng, &[2, 3, 8, 2], Layout::Nhwc, Some(0.2));
 }
 
 #[test]

@@ -195,7 +195,9 @@ fn f16_family_matches_the_reference() {
         );
     }
     for layout in [Layout::Nchw, Layout::Nhwc] {
-        for (shape, groups) in [(&[2usize, 6, 5, 7][..], 3), (&[3, 4, 9][..], 4), (&[2, 8, 4, 4][..], 2)] {
+        for (shape, groups) in
+            [(&[2usize, 6, 5, 7][..], 3), (&[3, 4, 9][..], 4), (&[2, 8, 4, 4][..], 2), (&[2, 3, 4, 4][..], 3)]
+        {
             let c = shape[1];
             let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
             let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
