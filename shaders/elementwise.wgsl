@@ -1,5 +1,6 @@
 // BatchNorm's elementwise passes, tiled so that channel lookups are per
-// workgroup (runs) or per invocation (interleaved), never per element: y = (x - mean) * scale + beta with the fused activation, and
+// workgroup (runs) or per invocation (interleaved), never per element:
+// y = (x - mean) * scale + beta with the fused activation, and
 // dx = A * g + B * (x - mean) + C. Compiled twice, with a prelude that makes
 // V f32 or vec4<f32> (four values per load and store where alignment allows),
 // and S, the type in memory: V, or vec4<f16> for half-precision tensors.

@@ -151,10 +151,11 @@ fn merge_columns(
 }
 
 // The elementwise passes walk the per-weight view with the tilings of
-// ReducePlan::elementwise_only (src/reduce.rs): runs, a workgroup per row
-// chunk over long inner runs, or interleaved, one column per invocation down
-// its rows. The weight and the stat row are looked up per workgroup, per
-// invocation or when the row changes, never with divisions per element.
+// ReducePlan::elementwise_only (src/reduce.rs): runs over long inner runs
+// (each weight channel's values in slices, walked in contiguous spans), or
+// interleaved, one column per invocation down its rows. The weight and the
+// stat row are looked up per workgroup, per invocation or when the row
+// changes, never with divisions per element.
 //
 // They run on V (prelude): f32, or vec4<f32> where the view is in units of
 // four values (src/tiling.rs): four values of one weight, or, with
@@ -201,9 +202,10 @@ fn spread(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Entry {
     return Entry(lanes4(k0.x, k1.x, k2.x, k3.x), lanes4(k0.y, k1.y, k2.y, k3.y), lanes4(k0.z, k1.z, k2.z, k3.z), lanes4(k0.w, k1.w, k2.w, k3.w));
 }
 
-// On lavapipe every division and every load, even one behind an `if` no
-// lane takes, is paid per SIMD batch: the walks below find stat rows by
-// stepping, and load one entry per step (four where lanes span groups).
+// On lavapipe every division and every load is paid lane by lane per SIMD
+// batch, a load behind an `if` whenever a lane of the batch takes it: the
+// walks below find stat rows by stepping, and load their entries when the
+// row changes (four where lanes span groups).
 
 // Four weights fall in different groups when groups are not multiples of four.
 fn lanes_split() -> bool {

@@ -168,7 +168,7 @@ impl ReducePlan {
     /// values cut into `slices` slices of `slice_len`, workgroup (x, c)
     /// walking slices x, x + grid.x, ... of channel c, and each group of
     /// eight invocations a contiguous span of `width` values of the slice
-    /// (see shaders/runs.wgsl).
+    /// (see shaders/walks.wgsl).
     pub fn elementwise_only(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         if view.inner < WG {
             return Self::interleaved(view, MIN_PER_INVOCATION_ELEMENTWISE, TARGET_WORKGROUPS);
