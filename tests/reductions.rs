@@ -2,9 +2,10 @@
 //! `Reduction::PerInvocation` (CPU adapters), on shapes whose reductions are
 //! planar (long channel runs or rows, where the strategies differ), against
 //! the f64 reference: BatchNorm in vec4 and scalar tilings (channels-last
-//! with channels not a multiple of four among them), GroupNorm and
-//! LayerNorm, and a channel long enough that per-invocation partials would
-//! outnumber what one merge loop may take.
+//! with channels not a multiple of four among them), GroupNorm (both
+//! layouts, 3 channels regrouped among them) and LayerNorm, and a channel
+//! long enough that per-invocation partials would outnumber what one merge
+//! loop may take.
 
 mod common;
 
@@ -49,30 +50,33 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
 fn family_cases(rng: &mut Rng, what: &str) {
     // GroupNorm rows of 3,200 values, and channels of 16,640 (more than one
     // chunk of an elementwise pass on GPUs); LayerNorm rows of 20,000.
-    group_norm_case(rng, what, &[2, 4, 40, 40]);
-    group_norm_case(rng, what, &[1, 2, 128, 130]);
+    group_norm_case(rng, what, &[2, 4, 40, 40], 2, Layout::Nchw);
+    group_norm_case(rng, what, &[1, 2, 128, 130], 2, Layout::Nchw);
+    // Channels-last: lanes of four channels (8), and 3 channels regrouped
+    // in runs of twelve values, whose lane streams each write partials.
+    group_norm_case(rng, what, &[2, 8, 30, 40], 4, Layout::Nhwc);
+    group_norm_case(rng, what, &[2, 3, 32, 40], 3, Layout::Nhwc);
     layer_norm_case(rng, what);
 }
 
-fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize]) {
+fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize], groups: usize, layout: Layout) {
     let ctx = ctx();
     let len: usize = shape.iter().product();
     let c = shape[1];
     let (x, dy) = (rng.normal_vec(len, -1.0, 1.5), rng.normal_vec(len, 0.0, 1.0));
     let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
-    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, c)).unwrap();
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
     gn.write_weight(&w).unwrap();
     gn.write_bias(&b).unwrap();
-    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, Layout::Nchw).unwrap();
+    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, layout).unwrap();
     let (xt, dyt, y, dx) = (t(&x, shape), t(&dy, shape), t(&vec![0.0; len], shape), t(&vec![0.0; len], shape));
     gn.forward_sync(&xt.view(), &y.view()).unwrap();
     gn.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
-    let args =
-        GroupNormArgs { shape, layout: Layout::Nchw, num_groups: 2, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+    let args = GroupNormArgs { shape, layout, num_groups: groups, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let (f, g) = (reference::group_norm_forward(&args, &x), reference::group_norm_backward(&args, &x, &dy));
-    assert_close(&format!("{what} gn {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
-    assert_close(&format!("{what} gn {shape:?} dx"), &dx.read(ctx).unwrap(), &g.dx);
-    assert_close(&format!("{what} gn {shape:?} dweight"), &gn.read_grads().unwrap().0, &g.dweight);
+    assert_close(&format!("{what} gn {shape:?} {layout:?} y"), &y.read(ctx).unwrap(), &f.y);
+    assert_close(&format!("{what} gn {shape:?} {layout:?} dx"), &dx.read(ctx).unwrap(), &g.dx);
+    assert_close(&format!("{what} gn {shape:?} {layout:?} dweight"), &gn.read_grads().unwrap().0, &g.dweight);
 }
 
 fn layer_norm_case(rng: &mut Rng, what: &str) {
