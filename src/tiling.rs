@@ -25,9 +25,9 @@ pub(crate) struct Tiling {
     pub view: ChannelView,
     /// The reduction's plan (planar or interleaved).
     pub plan: ReducePlan,
-    /// The elementwise passes' plan: runs over long inner runs, else
-    /// interleaved (sliced for its own sake: the partials' layout does not
-    /// depend on it).
+    /// The elementwise passes' plan (ReducePlan::elementwise_only, as the
+    /// family's): runs over long inner runs, else interleaved with 16 values
+    /// per invocation. The partials' layout does not depend on it.
     pub apply: ReducePlan,
 }
 
@@ -43,10 +43,11 @@ impl Tiling {
                 }
             }
             let shared = ReducePlan::elementwise(v)?;
-            Ok(match shared.shape {
-                Shape::Planar => (shared.with(reduction), ReducePlan::elementwise_only(v, reduction)?),
-                _ => (ReducePlan::interleaved_reduction(v, reduction)?, shared),
-            })
+            let plan = match shared.shape {
+                Shape::Planar => shared.with(reduction),
+                _ => ReducePlan::interleaved_reduction(v, reduction)?,
+            };
+            Ok((plan, ReducePlan::elementwise_only(v, reduction)?))
         };
         let (mut plan, apply) = plans(reduction)?;
         // Cycling lanes: every channel has `streams` lane columns, each a run
