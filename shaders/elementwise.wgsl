@@ -117,17 +117,15 @@ fn apply_interleaved(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
-    if (g >= groups || col >= cols) {
+    let at = column_of(wg, t);
+    if (!at.owned) {
         return;
     }
-    let k = chan_coef(col / p.inner);
-    let rows = group_rows(wg.y, g, groups);
+    let cols = p.channels * p.inner;
+    let k = chan_coef(at.col / p.inner);
+    let rows = group_rows(wg.y, at.g, at.groups);
     for (var r = rows.x; r < rows.y; r++) {
-        apply_at(r * cols + col, k);
+        apply_at(r * cols + at.col, k);
     }
 }
 
@@ -153,18 +151,16 @@ fn dx_interleaved(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let cols = p.channels * p.inner;
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
-    if (g >= groups || col >= cols) {
+    let at = column_of(wg, t);
+    if (!at.owned) {
         return;
     }
-    let c = col / p.inner;
+    let cols = p.channels * p.inner;
+    let c = at.col / p.inner;
     let k = chan_coef(c);
     let gk = grad_coef(c);
-    let rows = group_rows(wg.y, g, groups);
+    let rows = group_rows(wg.y, at.g, at.groups);
     for (var r = rows.x; r < rows.y; r++) {
-        dx_at(r * cols + col, k, gk);
+        dx_at(r * cols + at.col, k, gk);
     }
 }

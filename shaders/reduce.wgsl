@@ -214,21 +214,7 @@ fn reduce_runs_lanes(
 // [s * slice_len, (s+1) * slice_len), WG / width rows at a time.
 // The partial of column k and slice s goes to k * slices + s, so the partials
 // of channel c are the contiguous run [c * inner * slices, (c+1) * inner * slices).
-// Where invocation t sits in an interleaved workgroup: row group `g` of
-// `groups`, and column `col` of the view; `owned` when both exist.
-struct Column {
-    groups: u32,
-    g: u32,
-    col: u32,
-    owned: bool,
-}
-
-fn column_of(wg: vec3<u32>, t: u32) -> Column {
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + t % p.width;
-    return Column(groups, g, col, g < groups && col < p.channels * p.inner);
-}
+// Where invocation t sits: column_of in walks.wgsl.
 
 // Invocation t's share: its column, row group g's rows (group_rows) of the
 // workgroup's slice.
@@ -290,12 +276,8 @@ fn reduce_interleaved_lanes(
 // Rows: outer == 1 and inner < WG, i.e. many short contiguous channels (the
 // family's short rows). `width` lanes (a power of two) reduce one channel, so
 // a workgroup takes WG / width channels at once; one partial per channel.
-// Workgroup (x, y) is block y * num_workgroups.x + x.
-// Invocation t's channel and its share of it.
-fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * (WG / p.width) + t / p.width;
-}
-
+// Workgroup (x, y) is block y * num_workgroups.x + x. Invocation t's share
+// of its channel (rows_channel in walks.wgsl):
 fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> vec4<f32> {
     let lanes = p.width;
     let c = rows_channel(wg, nwg, t);

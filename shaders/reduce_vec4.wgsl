@@ -248,21 +248,7 @@ fn reduce4_runs_lanes(
 // (channel lane_channel(col, l), at lane_stream(col, l) * slices + s);
 // otherwise its four values share one channel and it gets one partial, at
 // col * slices + s.
-// Where invocation t sits in an interleaved workgroup: row group `g` of
-// `groups`, and column `col` of the view; `owned` when both exist.
-struct Column {
-    groups: u32,
-    g: u32,
-    col: u32,
-    owned: bool,
-}
-
-fn column_of(wg: vec3<u32>, t: u32) -> Column {
-    let groups = WG / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + t % p.width;
-    return Column(groups, g, col, g < groups && col < p.channels * p.inner);
-}
+// Where invocation t sits: column_of in walks.wgsl.
 
 // Invocation t's share: its column, row group g's rows (group_rows) of the slice.
 fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
@@ -335,11 +321,8 @@ fn reduce4_interleaved_lanes(
 
 // Rows: outer == 1, many short contiguous channels (the family's rows), as
 // reduce_rows in reduce.wgsl: `width` lanes per channel, WG / width channels
-// per workgroup, workgroup (x, y) is block y * num_workgroups.x + x.
-fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * (WG / p.width) + t / p.width;
-}
-
+// per workgroup, workgroup (x, y) is block y * num_workgroups.x + x
+// (rows_channel in walks.wgsl).
 fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
     let c = rows_channel(wg, nwg, t);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));

@@ -291,12 +291,9 @@ struct Walk {
 }
 
 fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
-    let cols = p.channels * p.inner;
-    let groups = 256u / p.width;
-    let g = t / p.width;
-    let col = wg.x * p.width + (t - g * p.width);
-    let rows = group_rows(wg.y, g, groups);
-    return Walk(g < groups && col < cols, col, col / p.inner, rows.x, rows.y);
+    let at = column_of(wg, t);
+    let rows = group_rows(wg.y, at.g, at.groups);
+    return Walk(at.owned, at.col, at.col / p.inner, rows.x, rows.y);
 }
 
 // Interleaved walks go by segments of rows that share one stat quotient

@@ -38,6 +38,30 @@ fn run_next(r: Run) -> Run {
     return n;
 }
 
+// Interleaved workgroups (of 256 invocations): where invocation t sits, row
+// group `g` of `groups` = 256 / width and column `col` of the view, `width`
+// columns per workgroup; `owned` when both exist.
+struct Column {
+    groups: u32,
+    g: u32,
+    col: u32,
+    owned: bool,
+}
+
+fn column_of(wg: vec3<u32>, t: u32) -> Column {
+    let groups = 256u / p.width;
+    let g = t / p.width;
+    let col = wg.x * p.width + (t - g * p.width);
+    return Column(groups, g, col, g < groups && col < p.channels * p.inner);
+}
+
+// Rows plans: `width` lanes per channel, 256 / width channels per
+// workgroup, workgroup (x, y) block y * num_workgroups.x + x; invocation t's
+// channel.
+fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * (256u / p.width) + t / p.width;
+}
+
 // Interleaved walks: row group g of `groups` in workgroup row slice s takes
 // a contiguous range of the slice's rows, [x, y): a SIMD batch then streams
 // down neighbouring rows, where rows g, g + groups, ... jumped `groups`

@@ -145,9 +145,10 @@ impl ReducePlan {
         }
     }
 
-    /// The plan of an elementwise pass over `view`: the planar or
-    /// interleaved tiling, so that every workgroup (planar) or invocation
+    /// BatchNorm's reduction tiling over `view`: planar over long inner runs,
+    /// else interleaved, so that every workgroup (planar) or invocation
     /// (interleaved) stays on one channel and looks its coefficients up once.
+    /// Its elementwise passes take [`ReducePlan::elementwise_only`].
     pub fn elementwise(view: ChannelView) -> Result<ReducePlan> {
         if view.inner >= WG {
             Ok(Self::planar(view, MIN_PER_INVOCATION))

@@ -23,7 +23,8 @@ pub(crate) struct Tiling {
     /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
     pub lane_channels: u32,
     pub view: ChannelView,
-    /// The reduction's plan (planar or interleaved).
+    /// The reduction's plan (runs or interleaved on CPU adapters, planar or
+    /// interleaved on GPUs).
     pub plan: ReducePlan,
     /// The elementwise passes' plan (ReducePlan::elementwise_only, as the
     /// family's): runs over long inner runs, else interleaved with 16 values
