@@ -5,15 +5,19 @@
 //! with channels not a multiple of four among them), GroupNorm (both
 //! layouts, 3 channels regrouped among them) and LayerNorm, and a channel
 //! long enough that per-invocation partials would outnumber what one merge
-//! loop may take.
+//! loop may take. Under the tree, contiguous stat rows of up to 8192 values
+//! take the family's one-pass forward (src/resident.rs): rows of 4 to 8192
+//! values (1 to 256 lanes, 1 to 8 vec4s a lane), weights per value, per
+//! channel and per value across channels, InstanceNorm's running update,
+//! f16, and rows just past the limit, which take two passes.
 
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, GroupNormArgs, LayerNormArgs};
+use wgpu_norm::reference::{self, BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Layout,
-    Reduction, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
+    InstanceNormState, LayerNorm, LayerNormConfig, Layout, Reduction, RmsNorm, RmsNormConfig, Tensor,
 };
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
@@ -57,6 +61,99 @@ fn family_cases(rng: &mut Rng, what: &str) {
     group_norm_case(rng, what, &[2, 8, 30, 40], 4, Layout::Nhwc);
     group_norm_case(rng, what, &[2, 3, 32, 40], 3, Layout::Nhwc);
     layer_norm_case(rng, what);
+    one_pass_cases(rng, what);
+}
+
+/// Shapes the one-pass forward takes under the tree (and two passes
+/// otherwise): see the file's header.
+fn one_pass_cases(rng: &mut Rng, what: &str) {
+    for (rows, d) in [(5, 4), (37, 56), (19, 512), (3, 2052), (2, 8192), (2, 8196)] {
+        affine_rows_case(rng, what, rows, d, false, false);
+        affine_rows_case(rng, what, rows, d, true, false);
+    }
+    affine_rows_case(rng, what, 6, 40, false, true);
+    // Spatial sizes 16 (four values share a weight) and 9 (they may not),
+    // groups of 8192 and 8448 values.
+    group_norm_case(rng, what, &[2, 6, 4, 4], 3, Layout::Nchw);
+    group_norm_case(rng, what, &[2, 8, 3, 3], 2, Layout::Nchw);
+    group_norm_case(rng, what, &[2, 4, 64, 64], 2, Layout::Nchw);
+    group_norm_case(rng, what, &[1, 4, 64, 66], 2, Layout::Nchw);
+    instance_norm_case(rng, what, &[3, 5, 8, 8]);
+}
+
+/// LayerNorm (or RMSNorm with `rms`) over rows of `d` with random weights
+/// (and biases), f32 or f16 tensors.
+fn affine_rows_case(rng: &mut Rng, what: &str, rows: usize, d: usize, rms: bool, f16: bool) {
+    let ctx = ctx();
+    let shape = [rows, d];
+    let len = rows * d;
+    let round = |v: Vec<f32>| if f16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v };
+    let x = round(rng.normal_vec(len, 1.5, 2.0));
+    let (w, b) = (rng.normal_vec(d, 1.0, 0.3), rng.normal_vec(d, 0.0, 0.3));
+    let t = |v: &[f32]| match f16 {
+        true => Tensor::from_slice_f16(ctx, v, &shape, Layout::Nchw).unwrap(),
+        false => Tensor::from_slice(ctx, v, &shape, Layout::Nchw).unwrap(),
+    };
+    let (xt, y) = (t(&x), t(&vec![0.0; len]));
+    let want = if rms {
+        let norm = RmsNorm::new(ctx, RmsNormConfig::new(&[d])).unwrap();
+        norm.write_weight(&w).unwrap();
+        norm.forward_sync(&xt.view(), &y.view()).unwrap();
+        let args = RmsNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), eps: None };
+        reference::rms_norm_forward(&args, &x).y
+    } else {
+        let norm = LayerNorm::new(ctx, LayerNormConfig::new(&[d])).unwrap();
+        norm.write_weight(&w).unwrap();
+        norm.write_bias(&b).unwrap();
+        norm.forward_sync(&xt.view(), &y.view()).unwrap();
+        let args = LayerNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+        reference::layer_norm_forward(&args, &x).y
+    };
+    let got = y.read(ctx).unwrap();
+    let what = format!("{what} {} {shape:?} f16 {f16} y", if rms { "rms" } else { "ln" });
+    if f16 {
+        // y rounds to f16 on the way out (half.rs's tolerance).
+        let err = common::normalized_error(&got, &want);
+        assert!(err <= 2e-3, "{what}: normalized error {err:.3e}");
+    } else {
+        assert_close(&what, &got, &want);
+    }
+}
+
+/// InstanceNorm in training mode with running statistics (updated after
+/// the one-pass forward from the rows it saved).
+fn instance_norm_case(rng: &mut Rng, what: &str, shape: &[usize]) {
+    let ctx = ctx();
+    let (len, c) = (shape.iter().product(), shape[1]);
+    let config = InstanceNormConfig::new(c).affine(true).track_running_stats(true).momentum(Some(0.3));
+    let norm = InstanceNorm::new(ctx, config).unwrap();
+    let state = InstanceNormState {
+        weight: rng.normal_vec(c, 1.0, 0.5),
+        bias: rng.normal_vec(c, 0.0, 0.5),
+        running_mean: rng.normal_vec(c, 0.0, 1.0),
+        running_var: rng.normal_vec(c, 2.0, 0.3),
+    };
+    norm.write_state(&state).unwrap();
+    let x = rng.normal_vec(len, 3.0, 1.5);
+    let xt = Tensor::from_slice(ctx, &x, shape, Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &vec![0.0; len], shape, Layout::Nchw).unwrap();
+    norm.forward_sync(&xt.view(), &y.view(), true).unwrap();
+    let args = InstanceNormArgs {
+        shape,
+        layout: Layout::Nchw,
+        weight: Some(&state.weight),
+        bias: Some(&state.bias),
+        running_mean: Some(&state.running_mean),
+        running_var: Some(&state.running_var),
+        use_input_stats: true,
+        momentum: 0.3,
+        eps: 1e-5,
+    };
+    let f = reference::instance_norm_forward(&args, &x);
+    let after = norm.read_state().unwrap();
+    assert_close(&format!("{what} in {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
+    assert_close(&format!("{what} in {shape:?} running_mean"), &after.running_mean, &f.running_mean.unwrap());
+    assert_close(&format!("{what} in {shape:?} running_var"), &after.running_var, &f.running_var.unwrap());
 }
 
 fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize], groups: usize, layout: Layout) {
