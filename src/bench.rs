@@ -559,8 +559,11 @@ impl Clock {
     /// Runs each of `records` `warmup` times, then `iters` timed rounds in
     /// which each runs once in turn (interleaved, so that load from other
     /// processes falls on all of them alike). Each run is its own
-    /// submission, waited for. Returns the times in milliseconds, one vector
-    /// per recorder, and the wall-clock times around submit-and-wait.
+    /// submission, waited for. A recorder whose last warm-up took over
+    /// [`SLOW_RUN_MS`] runs in the first [`SLOW_ITERS`] rounds only (the
+    /// naive baseline takes up to a second a run on a GPU). Returns the
+    /// times in milliseconds, one vector per recorder, and the wall-clock
+    /// times around submit-and-wait.
     fn measure(
         &self,
         ctx: &Context,
@@ -568,16 +571,25 @@ impl Clock {
         iters: usize,
         records: &mut [Recorder<'_>],
     ) -> Result<(Times, Times)> {
+        let k = records.len();
+        let mut slow = vec![false; k];
         for _ in 0..warmup {
-            for record in records.iter_mut() {
+            for (j, record) in records.iter_mut().enumerate() {
+                let start = Instant::now();
                 ctx.run(&mut **record)?;
+                slow[j] = start.elapsed().as_secs_f64() * 1e3 > SLOW_RUN_MS;
             }
         }
-        let k = records.len();
         let mut wall = vec![Vec::with_capacity(iters); k];
+        // The recorder of each pair of timestamps, in the order written.
+        let mut owners = Vec::with_capacity(iters * k);
         for i in 0..iters {
             for (j, record) in records.iter_mut().enumerate() {
-                let slot = 2 * (i * k + j) as u32;
+                if slow[j] && i >= SLOW_ITERS {
+                    continue;
+                }
+                let slot = 2 * owners.len() as u32;
+                owners.push(j);
                 let commands = ctx.scoped(|| {
                     let mut encoder = ctx
                         .device()
@@ -600,19 +612,24 @@ impl Clock {
         let Some((set, buffer)) = &self.queries else {
             return Ok((wall.clone(), wall));
         };
-        let count = 2 * iters * k;
+        let count = 2 * owners.len();
         ctx.run(|encoder| {
             encoder.resolve_query_set(set, 0..count as u32, buffer, 0);
             Ok(())
         })?;
         let stamps: Vec<u64> = ctx.read(buffer, 0, count)?;
         let mut out = vec![Vec::with_capacity(iters); k];
-        for (n, pair) in stamps.chunks(2).enumerate() {
-            out[n % k].push(pair[1].wrapping_sub(pair[0]) as f64 * self.period_ns * 1e-6);
+        for (pair, &j) in stamps.chunks(2).zip(&owners) {
+            out[j].push(pair[1].wrapping_sub(pair[0]) as f64 * self.period_ns * 1e-6);
         }
         Ok((out, wall))
     }
 }
+
+/// A run slower than this (ms, the last warm-up's wall clock) is timed in
+/// only [`SLOW_ITERS`] rounds.
+const SLOW_RUN_MS: f64 = 100.0;
+const SLOW_ITERS: usize = 3;
 
 /// Milliseconds, one vector per thing timed.
 type Times = Vec<Vec<f64>>;
@@ -1321,13 +1338,15 @@ pub fn parse_reduction(s: &str) -> Result<Reduction> {
 /// The human-readable table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "adapter: {} ({}), timer: {}, reduction: {}, median of {} runs after {} warm-up\n",
+        "adapter: {} ({}), timer: {}, reduction: {}, median of {} runs after {} warm-up ({} of runs over {} ms)\n",
         report.adapter,
         report.backend,
         report.timer.name(),
         reduction_name(report.reduction),
         report.iters,
-        report.warmup
+        report.warmup,
+        SLOW_ITERS.min(report.iters),
+        SLOW_RUN_MS
     );
     let verify = report.results.iter().any(|r| r.max_error.is_some());
     out += &format!(
