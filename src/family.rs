@@ -7,10 +7,8 @@
 //!
 //! Forward records: partial statistics (reduce MODE 0), `merge_rows` (mean,
 //! rstd per row; InstanceNorm may then update its running statistics), then
-//! `apply`; on GPUs, contiguous stat rows of up to 8192 values take one pass
-//! instead (src/resident.rs). Backward: row sums (MODE 2), `merge_row_grads`
-//! (dx coefficients), column sums (MODE 3), `merge_columns` (dweight, dbias),
-//! then `backward_dx`.
+//! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
+//! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
 //!
 //! A tensor above one storage binding runs in parts (runs of whole samples,
 //! or of whole groups of one channels-second sample), each with its own
@@ -26,7 +24,6 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
-use crate::resident::ResidentPlan;
 use crate::stat_plan::StatPlan;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::tiling::Tiling;
@@ -494,11 +491,6 @@ impl Core {
     ) -> Result<()> {
         let Piece { geo, weight_base, x: xw, rows, partials, f16 } = *piece;
         let geo = &geo;
-        if let Source::Input { update_running } = source {
-            if let Some(plan) = ResidentPlan::new(geo, xw.elem_offset, yw.elem_offset, self.ctx.reduction()) {
-                return self.forward_resident(encoder, piece, &plan, yw, opt, update_running);
-            }
-        }
         let mut stat_params = self.params(geo.stat, geo, opt);
         stat_params.x_off = xw.elem_offset;
         stat_params.weight_base = weight_base;
@@ -581,50 +573,6 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &apply, &group, tile.apply.grid);
-            Ok(())
-        })
-    }
-
-    /// One part's forward in one pass (see [`ResidentPlan`]): statistics
-    /// into `piece.rows` and y into `yw`.
-    fn forward_resident(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        piece: &Piece,
-        plan: &ResidentPlan,
-        yw: &Window,
-        opt: &Options,
-        update_running: bool,
-    ) -> Result<()> {
-        let Piece { geo, weight_base, x: xw, rows, f16, .. } = *piece;
-        let mut params = self.params(geo.stat, &geo, opt);
-        params.weight_base = weight_base;
-        params.x_off = xw.elem_offset;
-        params.y_off = yw.elem_offset;
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let params = uniform(device, &params)?;
-            let kernel = self.ctx.kernels().get(plan.kernel(f16))?;
-            let group = bind(
-                device,
-                &kernel,
-                &[
-                    (0, params.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
-                    (3, self.bias.as_entire_binding()),
-                    (6, rows.as_entire_binding()),
-                    (8, xw.resource()),
-                    (9, yw.resource()),
-                ],
-            );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("norm forward (one pass)"),
-                timestamp_writes: None,
-            });
-            dispatch(&mut pass, &kernel, &group, plan.grid);
-            if update_running {
-                self.record_running(&mut pass, "update_running", &params, rows, self.weight_workgroups())?;
-            }
             Ok(())
         })
     }

@@ -24,9 +24,6 @@ pub(crate) enum Shader {
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
     /// values at a time (of f16 in memory with `f16`).
     Elementwise { vec4: bool, f16: bool },
-    /// The family's one-pass forward over rows held in registers, `k`
-    /// vec4s per lane (of f16 in memory with `f16`).
-    Resident { f16: bool, k: u32 },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
 }
@@ -39,7 +36,6 @@ impl Shader {
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
-            Shader::Resident { .. } => include_str!("../shaders/row_resident.wgsl"),
             Shader::Bench => include_str!("../shaders/bench.wgsl"),
         };
         // The compile-time differences between variants: the value type, how
@@ -50,7 +46,6 @@ impl Shader {
                 | Shader::ReduceVec4 { f16: true }
                 | Shader::Reduce { f16: true }
                 | Shader::RowNorm { f16: true, .. }
-                | Shader::Resident { f16: true, .. }
         );
         let memory = if f16 { "vec4<f16>" } else { "vec4<f32>" };
         let scalar = if f16 { "f16" } else { "f32" };
@@ -72,7 +67,6 @@ impl Shader {
             }
             Shader::ReduceVec4 { .. } => format!("alias S = {memory};\n"),
             Shader::Reduce { .. } => format!("alias S = {scalar};\n"),
-            Shader::Resident { k, .. } => format!("alias S = {memory};\nconst K: u32 = {k}u;\n"),
             _ => String::new(),
         };
         // An `enable` directive must come before everything else.

@@ -5,11 +5,9 @@
 //! with channels not a multiple of four among them), GroupNorm (both
 //! layouts, 3 channels regrouped among them) and LayerNorm, and a channel
 //! long enough that per-invocation partials would outnumber what one merge
-//! loop may take. Under the tree, contiguous stat rows of up to 8192 values
-//! take the family's one-pass forward (src/resident.rs): rows of 4 to 8192
-//! values (1 to 256 lanes, 1 to 8 vec4s a lane), weights per value, per
-//! channel and per value across channels, InstanceNorm's running update,
-//! f16, and rows just past the limit, which take two passes.
+//! loop may take. Then the family's forward on rows of 4 to 8196 values,
+//! weights per value, per channel and split across a vec4 (spatial size 9),
+//! InstanceNorm's running update and f16 rows.
 
 mod common;
 
@@ -61,12 +59,12 @@ fn family_cases(rng: &mut Rng, what: &str) {
     group_norm_case(rng, what, &[2, 8, 30, 40], 4, Layout::Nhwc);
     group_norm_case(rng, what, &[2, 3, 32, 40], 3, Layout::Nhwc);
     layer_norm_case(rng, what);
-    one_pass_cases(rng, what);
+    contiguous_row_cases(rng, what);
 }
 
-/// Shapes the one-pass forward takes under the tree (and two passes
-/// otherwise): see the file's header.
-fn one_pass_cases(rng: &mut Rng, what: &str) {
+/// The family's forward over short and long contiguous rows: see the
+/// file's header.
+fn contiguous_row_cases(rng: &mut Rng, what: &str) {
     for (rows, d) in [(5, 4), (37, 56), (19, 512), (3, 2052), (2, 8192), (2, 8196)] {
         affine_rows_case(rng, what, rows, d, false, false);
         affine_rows_case(rng, what, rows, d, true, false);
@@ -120,8 +118,7 @@ fn affine_rows_case(rng: &mut Rng, what: &str, rows: usize, d: usize, rms: bool,
     }
 }
 
-/// InstanceNorm in training mode with running statistics (updated after
-/// the one-pass forward from the rows it saved).
+/// InstanceNorm in training mode with running statistics.
 fn instance_norm_case(rng: &mut Rng, what: &str, shape: &[usize]) {
     let ctx = ctx();
     let (len, c) = (shape.iter().product(), shape[1]);
