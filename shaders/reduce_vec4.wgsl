@@ -259,11 +259,46 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
         let k = coef(at.col / p.inner);
         let base = wg.z * p.batch_stride;
         let rows = group_rows(wg.y, at.g, at.groups);
+        if (MODE == 0u) {
+            return finish(column_stats(base + at.col, rows, cols));
+        }
         for (var r = rows.x; r < rows.y; r++) {
             acc = add_lanes(acc, base + r * cols + at.col, k);
         }
     }
     return finish(acc);
+}
+
+// MODE 0 down rows [rows.x, rows.y) of one column (`first` its row-0
+// element, rows `cols` apart): add_lanes's shifted sums with the pivot, the
+// column's first value, loaded before the loop, and two rows a step in two
+// accumulators (sums about one pivot add).
+fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
+    if (rows.x >= rows.y) {
+        return Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+    var idx = p.x_off + first + rows.x * cols;
+    let pivot = vec4<f32>(x[idx]);
+    var a0 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var r = rows.x;
+    for (; r + 1u < rows.y; r += 2u) {
+        let d0 = vec4<f32>(x[idx]) - pivot;
+        let d1 = vec4<f32>(x[idx + cols]) - pivot;
+        a0 += d0;
+        b0 += d0 * d0;
+        a1 += d1;
+        b1 += d1 * d1;
+        idx += 2u * cols;
+    }
+    if (r < rows.y) {
+        let d = vec4<f32>(x[idx]) - pivot;
+        a0 += d;
+        b0 += d * d;
+    }
+    return Acc(f32(rows.y - rows.x), a0 + a1, b0 + b1, pivot);
 }
 
 // Stores column `col`'s accumulator of slice `s`: four partials (one per
