@@ -37,6 +37,7 @@ impl Tiling {
     /// the passes bind.
     pub fn new(view: ChannelView, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<Tiling> {
         let (vec4, lanes, v) = Self::view_of(view, offsets, true);
+        let value_bytes = value_bytes(vec4, f16);
         let plans = |reduction| -> Result<(ReducePlan, ReducePlan)> {
             if reduction == Reduction::PerInvocation {
                 if let Some(runs) = ReducePlan::runs_reduction(v)? {
@@ -48,7 +49,7 @@ impl Tiling {
                 Shape::Planar => shared.with(reduction),
                 _ => ReducePlan::interleaved_reduction(v, reduction)?,
             };
-            Ok((plan, ReducePlan::elementwise_only(v, reduction)?))
+            Ok((plan, ReducePlan::elementwise_only(v, reduction, value_bytes)?))
         };
         let (mut plan, apply) = plans(reduction)?;
         // Cycling lanes: every channel has `streams` lane columns, each a run
@@ -74,7 +75,7 @@ impl Tiling {
     ) -> Result<Tiling> {
         let cycle = row_div.is_multiple_of(lane_streams(view.channels) as usize);
         let (vec4, lanes, v) = Self::view_of(view, offsets, cycle);
-        let apply = ReducePlan::elementwise_only(v, reduction)?;
+        let apply = ReducePlan::elementwise_only(v, reduction, value_bytes(vec4, f16))?;
         Ok(Tiling {
             vec4,
             f16,
@@ -192,6 +193,11 @@ impl Tiling {
             reduce::kernel(&self.plan, mode, self.f16)
         }
     }
+}
+
+/// Bytes of one value of a view in memory: a vec4 or a scalar, of f32 or f16.
+fn value_bytes(vec4: bool, f16: bool) -> usize {
+    (if vec4 { 4 } else { 1 }) * (if f16 { 2 } else { 4 })
 }
 
 /// Lane columns per channel when channels-last rows are regrouped in runs
