@@ -33,6 +33,12 @@
 // Needs common.wgsl and a prelude (alias S) in front of it.
 
 override MODE: u32 = 0u;
+// MODE 2 and 3 over LayerNorm's and RMSNorm's geometry (groups == 1,
+// wdiv == 1, row_div == 1): gamma of value i is weight i and the stat row of
+// (o, c, i) is o, with no division per value (each is eight scalar
+// divisions per SIMD batch on lavapipe). An override, because a branch on
+// the uniform inside the loop costs both sides there.
+override TRAILING: bool = false;
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,6 +60,9 @@ var<workgroup> shared_acc: array<vec4<f32>, WG>;
 fn gamma_at(c: u32, i: u32) -> f32 {
     if ((p.flags & FLAG_AFFINE) == 0u) {
         return 1.0;
+    }
+    if (TRAILING) {
+        return weight[p.weight_base + i];
     }
     return weight[p.weight_base + (c % p.groups) * p.cpg + i / p.wdiv];
 }
@@ -79,7 +88,11 @@ fn accumulate(acc: vec4<f32>, idx: u32, o: u32, c: u32, i: u32, k: vec4<f32>) ->
         return acc + vec4<f32>(g, g * d, d, 0.0);
     }
     if (MODE == 3u) {
-        let s = chan[(o / p.row_div) * p.groups + c / p.cpg];
+        var row = o;
+        if (!TRAILING) {
+            row = (o / p.row_div) * p.groups + c / p.cpg;
+        }
+        let s = chan[row];
         let g = f32(dy[p.dy_off + idx]);
         return acc + vec4<f32>(g * ((v - s.x - s.z) * s.y), g, 0.0, 0.0);
     }

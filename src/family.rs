@@ -753,7 +753,8 @@ impl Core {
             if source == Source::Running {
                 self.record_running(&mut pass, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
             }
-            let reduce = reduce::pipeline(&self.ctx, row_plan, ReduceMode::WeightedGradSums, f16)?;
+            let trailing = geo.groups == 1 && geo.wdiv == 1 && geo.row_div == 1;
+            let reduce = reduce::pipeline(&self.ctx, row_plan, ReduceMode::WeightedGradSums, f16, trailing)?;
             reduce::record(
                 device,
                 &mut pass,
@@ -781,7 +782,7 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
-            let reduce = reduce::pipeline(&self.ctx, col_plan, ReduceMode::ColumnGrads, f16)?;
+            let reduce = reduce::pipeline(&self.ctx, col_plan, ReduceMode::ColumnGrads, f16, trailing)?;
             reduce::record(
                 device,
                 &mut pass,

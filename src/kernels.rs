@@ -94,15 +94,26 @@ pub(crate) struct KernelKey {
     pub entry: &'static str,
     /// Value of the shader's `MODE` override, for shaders that have one.
     pub mode: Option<u32>,
+    /// reduce.wgsl's `TRAILING` override (see [`KernelKey::trailing`]).
+    pub trailing: bool,
 }
 
 impl KernelKey {
     pub const fn new(shader: Shader, entry: &'static str) -> KernelKey {
-        KernelKey { shader, entry, mode: None }
+        KernelKey { shader, entry, mode: None, trailing: false }
     }
 
     pub const fn with_mode(shader: Shader, entry: &'static str, mode: u32) -> KernelKey {
-        KernelKey { shader, entry, mode: Some(mode) }
+        KernelKey { shader, entry, mode: Some(mode), trailing: false }
+    }
+
+    /// The same reduce.wgsl kernel for LayerNorm's and RMSNorm's geometry
+    /// (one group, a weight per value): its weight and stat-row lookups
+    /// take no division. An override, because on lavapipe a branch inside
+    /// the loop costs both sides.
+    pub const fn trailing(mut self, trailing: bool) -> KernelKey {
+        self.trailing = trailing;
+        self
     }
 }
 
@@ -138,7 +149,10 @@ impl KernelCache {
                 })
             })
             .clone();
-        let constants: Vec<(&str, f64)> = key.mode.map(|m| ("MODE", m as f64)).into_iter().collect();
+        let mut constants: Vec<(&str, f64)> = key.mode.map(|m| ("MODE", m as f64)).into_iter().collect();
+        if key.trailing {
+            constants.push(("TRAILING", 1.0));
+        }
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(key.entry),
             layout: None,

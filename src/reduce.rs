@@ -391,13 +391,16 @@ pub(crate) struct ReduceBindings<'a> {
 
 /// Compiles (once) the reduction pipeline for `plan` and `mode`, over f16
 /// tensors with `f16`.
+/// The reduction pipeline of `plan` in `mode`; `trailing` selects the
+/// division-free lookups of LayerNorm's geometry (see [`KernelKey::trailing`]).
 pub(crate) fn pipeline(
     ctx: &crate::Context,
     plan: &ReducePlan,
     mode: ReduceMode,
     f16: bool,
+    trailing: bool,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    ctx.kernels().get(kernel(plan, mode, f16))
+    ctx.kernels().get(kernel(plan, mode, f16).trailing(trailing))
 }
 
 /// The reduce.wgsl kernel for `plan` and `mode`.
