@@ -7,10 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::family::{instance_norm_case, layer_norm_case, read, rms_norm_case, upload, zeros};
 use common::{assert_close, ctx, Rng, TOLERANCE};
 use wgpu_norm::check::{check_file, Outcome};
 use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
+use wgpu_norm::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs};
 use wgpu_norm::{
     Error, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig,
     Layout, RmsNorm, RmsNormConfig, Tensor, TensorView,
@@ -40,57 +41,6 @@ fn every_family_golden_case_passes_on_the_gpu() {
     assert!(checked >= 8, "only {checked} family cases passed");
 }
 
-fn upload(data: &[f32], shape: &[usize], layout: Layout) -> Tensor {
-    Tensor::from_slice(ctx(), data, shape, layout).unwrap()
-}
-
-fn zeros(shape: &[usize], layout: Layout) -> Tensor {
-    Tensor::zeros(ctx(), shape, layout).unwrap()
-}
-
-fn read(t: &Tensor) -> Vec<f32> {
-    t.read(ctx()).unwrap()
-}
-
-fn layer_norm_case(rng: &mut Rng, shape: &[usize], k: usize, offset: f32, affine: bool, bias: bool) {
-    let what = format!("layer_norm {shape:?} over {k} dims, offset {offset}, affine {affine}, bias {bias}");
-    let norm = &shape[shape.len() - k..];
-    let len: usize = shape.iter().product();
-    let cols: usize = norm.iter().product();
-    let x = rng.normal_vec(len, offset, 1.5);
-    let dy = rng.normal_vec(len, 0.0, 1.0);
-    let w = rng.normal_vec(cols, 1.0, 0.5);
-    let b = rng.normal_vec(cols, 0.0, 0.5);
-    let ln = LayerNorm::new(ctx(), LayerNormConfig::new(norm).elementwise_affine(affine).bias(bias)).unwrap();
-    ln.write_weight(&w).unwrap();
-    ln.write_bias(&b).unwrap();
-    let (xt, yt, dyt, dxt) = (
-        upload(&x, shape, Layout::Nchw),
-        zeros(shape, Layout::Nchw),
-        upload(&dy, shape, Layout::Nchw),
-        zeros(shape, Layout::Nchw),
-    );
-    ln.forward_sync(&xt.view(), &yt.view()).unwrap();
-    ln.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
-    let args = LayerNormArgs {
-        shape,
-        normalized_shape: norm,
-        weight: affine.then_some(&w[..]),
-        bias: (affine && bias).then_some(&b[..]),
-        eps: 1e-5,
-    };
-    let f = reference::layer_norm_forward(&args, &x);
-    let g = reference::layer_norm_backward(&args, &x, &dy);
-    let (mean, rstd) = ln.read_saved().unwrap();
-    let (dw, db) = ln.read_grads().unwrap();
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: mean"), &mean, &f.mean);
-    assert_close(&format!("{what}: rstd"), &rstd, &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-    assert_close(&format!("{what}: dbias"), &db, &g.dbias);
-}
-
 #[test]
 fn layer_norm_short_rows() {
     let mut rng = Rng(11);
@@ -111,33 +61,6 @@ fn layer_norm_long_rows_and_large_offsets() {
     layer_norm_case(&mut rng, &[2, 4, 300], 1, 1e4, true, true);
     layer_norm_case(&mut rng, &[1, 40, 50], 2, -3e3, true, true);
     layer_norm_case(&mut rng, &[700], 1, 1e4, true, true);
-}
-
-fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>, affine: bool) {
-    let what = format!("rms_norm {shape:?} over {k} dims, eps {eps:?}, affine {affine}");
-    let norm = &shape[shape.len() - k..];
-    let len: usize = shape.iter().product();
-    let cols: usize = norm.iter().product();
-    let x = rng.normal_vec(len, 0.5, 2.0);
-    let dy = rng.normal_vec(len, 0.0, 1.0);
-    let w = rng.normal_vec(cols, 1.0, 0.5);
-    let rn = RmsNorm::new(ctx(), RmsNormConfig::new(norm).eps(eps).elementwise_affine(affine)).unwrap();
-    rn.write_weight(&w).unwrap();
-    let (xt, yt, dyt, dxt) = (
-        upload(&x, shape, Layout::Nchw),
-        zeros(shape, Layout::Nchw),
-        upload(&dy, shape, Layout::Nchw),
-        zeros(shape, Layout::Nchw),
-    );
-    rn.forward_sync(&xt.view(), &yt.view()).unwrap();
-    rn.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
-    let args = RmsNormArgs { shape, normalized_shape: norm, weight: affine.then_some(&w[..]), eps: eps.map(f64::from) };
-    let f = reference::rms_norm_forward(&args, &x);
-    let g = reference::rms_norm_backward(&args, &x, &dy);
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: rstd"), &rn.read_saved().unwrap(), &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &rn.read_grad_weight().unwrap(), &g.dweight);
 }
 
 #[test]
@@ -244,52 +167,6 @@ fn layer_norm_on_views_at_offsets() {
         let all: Vec<f32> = ctx.read(&yb, 0, 128).unwrap();
         assert_close(&format!("x at {x_at}, y at {y_at}"), &all[y_at..y_at + 96], &want.y);
         assert!(all[..y_at].iter().chain(&all[y_at + 96..]).all(|&v| v == 0.0), "wrote outside the view");
-    }
-}
-
-fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, momentum: Option<f32>) {
-    let what = format!("instance_norm {shape:?} {layout:?} momentum {momentum:?}");
-    let len: usize = shape.iter().product();
-    let c = shape[1];
-    let config = InstanceNormConfig::new(c).affine(true).track_running_stats(true).momentum(momentum);
-    let inorm = InstanceNorm::new(ctx(), config).unwrap();
-    let state = InstanceNormState {
-        weight: rng.normal_vec(c, 1.0, 0.5),
-        bias: rng.normal_vec(c, 0.0, 0.5),
-        running_mean: rng.normal_vec(c, 0.0, 1.0),
-        running_var: rng.normal_vec(c, 2.0, 0.3),
-    };
-    inorm.write_state(&state).unwrap();
-    let x = rng.normal_vec(len, 3.0, 1.5);
-    let dy = rng.normal_vec(len, 0.0, 1.0);
-    let (xt, dyt) = (upload(&x, shape, layout), upload(&dy, shape, layout));
-    for training in [true, false] {
-        let before = inorm.read_state().unwrap();
-        let (yt, dxt) = (zeros(shape, layout), zeros(shape, layout));
-        inorm.forward_sync(&xt.view(), &yt.view(), training).unwrap();
-        inorm.backward_sync(&xt.view(), &dyt.view(), &dxt.view(), training).unwrap();
-        let args = InstanceNormArgs {
-            shape,
-            layout,
-            weight: Some(&before.weight),
-            bias: Some(&before.bias),
-            running_mean: Some(&before.running_mean),
-            running_var: Some(&before.running_var),
-            use_input_stats: training,
-            momentum: f64::from(momentum.unwrap_or(0.0)),
-            eps: 1e-5,
-        };
-        let f = reference::instance_norm_forward(&args, &x);
-        let g = reference::instance_norm_backward(&args, &x, &dy);
-        let after = inorm.read_state().unwrap();
-        let (dw, db) = inorm.read_grads().unwrap();
-        let what = format!("{what} training {training}");
-        assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-        assert_close(&format!("{what}: running_mean"), &after.running_mean, &f.running_mean.unwrap());
-        assert_close(&format!("{what}: running_var"), &after.running_var, &f.running_var.unwrap());
-        assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-        assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-        assert_close(&format!("{what}: dbias"), &db, &g.dbias);
     }
 }
 

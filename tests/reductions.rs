@@ -5,17 +5,19 @@
 //! with channels not a multiple of four among them), GroupNorm (both
 //! layouts, 3 channels regrouped among them) and LayerNorm, and a channel
 //! long enough that per-invocation partials would outnumber what one merge
-//! loop may take. Then the family's forward on rows of 4 to 8196 values,
-//! weights per value, per channel and split across a vec4 (spatial size 9),
-//! InstanceNorm's running update and f16 rows.
+//! loop may take. Then the family on contiguous rows of 4 to 20,000 values
+//! (tests/family.rs's LayerNorm, RMSNorm and InstanceNorm cases, shared
+//! through common::family), GroupNorm weights per channel and split across a
+//! vec4 (spatial size 9), and f16 LayerNorm rows.
 
 mod common;
 
+use common::family::{instance_norm_case, layer_norm_case, rms_norm_case};
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
+use wgpu_norm::reference::{self, BatchNormArgs, GroupNormArgs, LayerNormArgs};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
-    InstanceNormState, LayerNorm, LayerNormConfig, Layout, Reduction, RmsNorm, RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Layout,
+    Reduction, Tensor,
 };
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
@@ -50,6 +52,9 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
 }
 
 fn family_cases(rng: &mut Rng, what: &str) {
+    // The shared cases (common::family) name their shape, not the strategy:
+    // shown on failure.
+    eprintln!("family cases under {what}");
     // GroupNorm rows of 3,200 values, and channels of 16,640 (more than one
     // chunk of an elementwise pass on GPUs); LayerNorm rows of 20,000.
     group_norm_case(rng, what, &[2, 4, 40, 40], 2, Layout::Nchw);
@@ -58,99 +63,46 @@ fn family_cases(rng: &mut Rng, what: &str) {
     // in runs of twelve values, whose lane streams each write partials.
     group_norm_case(rng, what, &[2, 8, 30, 40], 4, Layout::Nhwc);
     group_norm_case(rng, what, &[2, 3, 32, 40], 3, Layout::Nhwc);
-    layer_norm_case(rng, what);
+    layer_norm_case(rng, &[3, 20_000], 1, 2.0, true, true);
     contiguous_row_cases(rng, what);
 }
 
-/// The family's forward over short and long contiguous rows: see the
-/// file's header.
+/// The family over short and long contiguous rows (see the file's header),
+/// with tests/family.rs's cases.
 fn contiguous_row_cases(rng: &mut Rng, what: &str) {
     for (rows, d) in [(5, 4), (37, 56), (19, 512), (3, 2052), (2, 8192), (2, 8196)] {
-        affine_rows_case(rng, what, rows, d, false, false);
-        affine_rows_case(rng, what, rows, d, true, false);
+        layer_norm_case(rng, &[rows, d], 1, 1.5, true, true);
+        rms_norm_case(rng, &[rows, d], 1, None, true);
     }
-    affine_rows_case(rng, what, 6, 40, false, true);
+    f16_layer_norm_case(rng, what, 6, 40);
     // Spatial sizes 16 (four values share a weight) and 9 (they may not),
     // groups of 8192 and 8448 values.
     group_norm_case(rng, what, &[2, 6, 4, 4], 3, Layout::Nchw);
     group_norm_case(rng, what, &[2, 8, 3, 3], 2, Layout::Nchw);
     group_norm_case(rng, what, &[2, 4, 64, 64], 2, Layout::Nchw);
     group_norm_case(rng, what, &[1, 4, 64, 66], 2, Layout::Nchw);
-    instance_norm_case(rng, what, &[3, 5, 8, 8]);
+    instance_norm_case(rng, &[3, 5, 8, 8], Layout::Nchw, Some(0.3));
 }
 
-/// LayerNorm (or RMSNorm with `rms`) over rows of `d` with random weights
-/// (and biases), f32 or f16 tensors.
-fn affine_rows_case(rng: &mut Rng, what: &str, rows: usize, d: usize, rms: bool, f16: bool) {
+/// LayerNorm's forward over `rows` rows of `d` f16 values, with random
+/// weights and biases.
+fn f16_layer_norm_case(rng: &mut Rng, what: &str, rows: usize, d: usize) {
     let ctx = ctx();
     let shape = [rows, d];
     let len = rows * d;
-    let round = |v: Vec<f32>| if f16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v };
-    let x = round(rng.normal_vec(len, 1.5, 2.0));
+    let x: Vec<f32> = rng.normal_vec(len, 1.5, 2.0).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
     let (w, b) = (rng.normal_vec(d, 1.0, 0.3), rng.normal_vec(d, 0.0, 0.3));
-    let t = |v: &[f32]| match f16 {
-        true => Tensor::from_slice_f16(ctx, v, &shape, Layout::Nchw).unwrap(),
-        false => Tensor::from_slice(ctx, v, &shape, Layout::Nchw).unwrap(),
-    };
+    let t = |v: &[f32]| Tensor::from_slice_f16(ctx, v, &shape, Layout::Nchw).unwrap();
     let (xt, y) = (t(&x), t(&vec![0.0; len]));
-    let want = if rms {
-        let norm = RmsNorm::new(ctx, RmsNormConfig::new(&[d])).unwrap();
-        norm.write_weight(&w).unwrap();
-        norm.forward_sync(&xt.view(), &y.view()).unwrap();
-        let args = RmsNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), eps: None };
-        reference::rms_norm_forward(&args, &x).y
-    } else {
-        let norm = LayerNorm::new(ctx, LayerNormConfig::new(&[d])).unwrap();
-        norm.write_weight(&w).unwrap();
-        norm.write_bias(&b).unwrap();
-        norm.forward_sync(&xt.view(), &y.view()).unwrap();
-        let args = LayerNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
-        reference::layer_norm_forward(&args, &x).y
-    };
-    let got = y.read(ctx).unwrap();
-    let what = format!("{what} {} {shape:?} f16 {f16} y", if rms { "rms" } else { "ln" });
-    if f16 {
-        // y rounds to f16 on the way out (half.rs's tolerance).
-        let err = common::normalized_error(&got, &want);
-        assert!(err <= 2e-3, "{what}: normalized error {err:.3e}");
-    } else {
-        assert_close(&what, &got, &want);
-    }
-}
-
-/// InstanceNorm in training mode with running statistics.
-fn instance_norm_case(rng: &mut Rng, what: &str, shape: &[usize]) {
-    let ctx = ctx();
-    let (len, c) = (shape.iter().product(), shape[1]);
-    let config = InstanceNormConfig::new(c).affine(true).track_running_stats(true).momentum(Some(0.3));
-    let norm = InstanceNorm::new(ctx, config).unwrap();
-    let state = InstanceNormState {
-        weight: rng.normal_vec(c, 1.0, 0.5),
-        bias: rng.normal_vec(c, 0.0, 0.5),
-        running_mean: rng.normal_vec(c, 0.0, 1.0),
-        running_var: rng.normal_vec(c, 2.0, 0.3),
-    };
-    norm.write_state(&state).unwrap();
-    let x = rng.normal_vec(len, 3.0, 1.5);
-    let xt = Tensor::from_slice(ctx, &x, shape, Layout::Nchw).unwrap();
-    let y = Tensor::from_slice(ctx, &vec![0.0; len], shape, Layout::Nchw).unwrap();
-    norm.forward_sync(&xt.view(), &y.view(), true).unwrap();
-    let args = InstanceNormArgs {
-        shape,
-        layout: Layout::Nchw,
-        weight: Some(&state.weight),
-        bias: Some(&state.bias),
-        running_mean: Some(&state.running_mean),
-        running_var: Some(&state.running_var),
-        use_input_stats: true,
-        momentum: 0.3,
-        eps: 1e-5,
-    };
-    let f = reference::instance_norm_forward(&args, &x);
-    let after = norm.read_state().unwrap();
-    assert_close(&format!("{what} in {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
-    assert_close(&format!("{what} in {shape:?} running_mean"), &after.running_mean, &f.running_mean.unwrap());
-    assert_close(&format!("{what} in {shape:?} running_var"), &after.running_var, &f.running_var.unwrap());
+    let norm = LayerNorm::new(ctx, LayerNormConfig::new(&[d])).unwrap();
+    norm.write_weight(&w).unwrap();
+    norm.write_bias(&b).unwrap();
+    norm.forward_sync(&xt.view(), &y.view()).unwrap();
+    let args = LayerNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+    let want = reference::layer_norm_forward(&args, &x).y;
+    // y rounds to f16 on the way out (half.rs's tolerance).
+    let err = common::normalized_error(&y.read(ctx).unwrap(), &want);
+    assert!(err <= 2e-3, "{what} f16 ln {shape:?} y: normalized error {err:.3e}");
 }
 
 fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize], groups: usize, layout: Layout) {
@@ -171,23 +123,6 @@ fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize], groups: usize, la
     assert_close(&format!("{what} gn {shape:?} {layout:?} y"), &y.read(ctx).unwrap(), &f.y);
     assert_close(&format!("{what} gn {shape:?} {layout:?} dx"), &dx.read(ctx).unwrap(), &g.dx);
     assert_close(&format!("{what} gn {shape:?} {layout:?} dweight"), &gn.read_grads().unwrap().0, &g.dweight);
-}
-
-fn layer_norm_case(rng: &mut Rng, what: &str) {
-    let ctx = ctx();
-    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, Layout::Nchw).unwrap();
-    let shape = [3usize, 20_000];
-    let x = rng.normal_vec(60_000, 2.0, 1.0);
-    let dy = rng.normal_vec(60_000, 0.0, 1.0);
-    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[20_000])).unwrap();
-    let (xt, dyt, y, dx) =
-        (t(&x, &shape), t(&dy, &shape), t(&vec![0.0; 60_000], &shape), t(&vec![0.0; 60_000], &shape));
-    ln.forward_sync(&xt.view(), &y.view()).unwrap();
-    ln.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
-    let args = LayerNormArgs { shape: &shape, normalized_shape: &[20_000], weight: None, bias: None, eps: 1e-5 };
-    let (f, g) = (reference::layer_norm_forward(&args, &x), reference::layer_norm_backward(&args, &x, &dy));
-    assert_close(&format!("{what} ln y"), &y.read(ctx).unwrap(), &f.y);
-    assert_close(&format!("{what} ln dx"), &dx.read(ctx).unwrap(), &g.dx);
 }
 
 #[test]

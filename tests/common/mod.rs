@@ -3,6 +3,8 @@
 //! tolerance rule every comparison uses.
 #![allow(dead_code)]
 
+pub mod family;
+
 use std::sync::OnceLock;
 
 use wgpu_norm::Context;
