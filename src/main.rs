@@ -12,6 +12,33 @@ use wgpu_norm::check::{self, CaseReport, Outcome};
 use wgpu_norm::golden::collect_case_files;
 use wgpu_norm::Context;
 
+/// `print!` that ends the program quietly when stdout is a closed pipe
+/// (`wgpu-norm info | head -n 2`), as Unix tools do, instead of panicking
+/// like `print!`; any other write error ends it with a message.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        out!("{}\n", format_args!($($arg)*))
+    };
+}
+
+fn write_stdout(text: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("wgpu-norm: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "wgpu-norm", version, about = "Batch normalization and its family on any GPU through wgpu")]
 struct Cli {
@@ -124,16 +151,16 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
             "features": features,
             "limits": limits,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!("adapter:     {}", a.name);
-        println!("backend:     {}", a.backend.to_str());
-        println!("device type: {:?}", a.device_type);
-        println!("driver:      {} ({})", a.driver, a.driver_info);
-        println!("features:    {}", if features.is_empty() { "none".to_string() } else { features.join(", ") });
-        println!("limits:");
+        outln!("adapter:     {}", a.name);
+        outln!("backend:     {}", a.backend.to_str());
+        outln!("device type: {:?}", a.device_type);
+        outln!("driver:      {} ({})", a.driver, a.driver_info);
+        outln!("features:    {}", if features.is_empty() { "none".to_string() } else { features.join(", ") });
+        outln!("limits:");
         for (k, v) in limits {
-            println!("  {k:<40} {v}");
+            outln!("  {k:<40} {v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -158,9 +185,9 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
     let report = bench::run(&ctx, &config, &mut progress_bar)?;
     eprint!("\r{:79}\r", "");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&bench::to_json(&report)).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&bench::to_json(&report)).unwrap_or_default());
     } else {
-        print!("{}", bench::table(&report));
+        out!("{}", bench::table(&report));
     }
     for s in &report.skipped {
         if args.json {
@@ -177,7 +204,7 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         if !args.json {
-            println!("verified: worst error {worst:.3e} <= {:.0e}", bench::VERIFY_TOLERANCE);
+            outln!("verified: worst error {worst:.3e} <= {:.0e}", bench::VERIFY_TOLERANCE);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -228,25 +255,25 @@ fn run_check(paths: &[PathBuf], tol: f64, as_json: bool) -> wgpu_norm::Result<Ex
             "failed": failed,
             "skipped": skipped,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if skipped > 0 {
-        println!("{passed} passed, {failed} failed, {skipped} skipped");
+        outln!("{passed} passed, {failed} failed, {skipped} skipped");
     } else {
-        println!("{passed} passed, {failed} failed");
+        outln!("{passed} passed, {failed} failed");
     }
     Ok(if failed > 0 || reports.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn print_line(r: &CaseReport) {
     match &r.outcome {
-        Outcome::Pass { worst } => println!("PASS {} {worst:.3e}", r.name),
+        Outcome::Pass { worst } => outln!("PASS {} {worst:.3e}", r.name),
         Outcome::Fail { tensor, error, message } => {
-            println!("FAIL {} {tensor} {error:.3e}", r.name);
+            outln!("FAIL {} {tensor} {error:.3e}", r.name);
             if let Some(m) = message {
                 eprintln!("  {}: {m}", r.name);
             }
         }
-        Outcome::Skipped { reason } => println!("SKIP {} {}: {reason}", r.name, r.op),
+        Outcome::Skipped { reason } => outln!("SKIP {} {}: {reason}", r.name, r.op),
     }
 }
 

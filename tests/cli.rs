@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::Rng;
 use safetensors::tensor::TensorView as StView;
@@ -105,6 +105,24 @@ fn info_names_the_adapter() {
     for key in ["adapter:", "backend:", "driver:", "features:", "max_storage_buffer_binding_size"] {
         assert!(text.contains(key), "info lacks {key}: {text}");
     }
+}
+
+/// `wgpu-norm info | head -n 1`: a reader that closes the pipe early must
+/// end the program quietly, not with a panic (CI once failed on exactly this).
+#[test]
+fn info_into_a_closed_pipe_exits_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-norm"))
+        .arg("info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("could not run wgpu-norm");
+    // Closed before the adapter is even open, so the first write meets it.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}, stderr:\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
