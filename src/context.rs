@@ -48,9 +48,11 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Features this crate uses when the adapter offers them.
+/// Features this crate uses when the adapter offers them: timestamps for
+/// the bench, f16 tensors, and subgroups for the one-pass LayerNorm and
+/// RMSNorm forward over longer rows (src/resident.rs).
 fn wanted_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP
 }
 
 impl Context {
@@ -63,8 +65,8 @@ impl Context {
     /// `WGPU_BACKEND` limits the backends, `WGPU_ADAPTER_NAME` picks by a
     /// substring of the name, `WGPU_POWER_PREF` (`low`/`high`) the preference;
     /// when no hardware adapter exists, a CPU adapter such as lavapipe is used.
-    /// The device gets the adapter's own limits, and timestamp queries and
-    /// f16 shaders when offered.
+    /// The device gets the adapter's own limits, and timestamp queries, f16
+    /// shaders and subgroups when offered.
     pub async fn new_async() -> Result<Context> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pick_adapter(&instance).await?;

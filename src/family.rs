@@ -7,7 +7,8 @@
 //!
 //! Forward records: partial statistics (reduce MODE 0), `merge_rows` (mean,
 //! rstd per row; InstanceNorm may then update its running statistics), then
-//! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
+//! `apply`; on CPU adapters, LayerNorm's and RMSNorm's rows of up to 512
+//! values take one pass instead (src/resident.rs). Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
 //! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
 //!
 //! A tensor above one storage binding runs in parts (runs of whole samples,
@@ -24,6 +25,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
+use crate::resident::Resident;
 use crate::stat_plan::StatPlan;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::tiling::Tiling;
@@ -494,6 +496,16 @@ impl Core {
         let mut stat_params = self.params(geo.stat, geo, opt);
         stat_params.x_off = xw.elem_offset;
         stat_params.weight_base = weight_base;
+        // LayerNorm's and RMSNorm's rows, where they fit: one pass.
+        if let Source::Input { update_running: false } = source {
+            if *geo == Geometry::trailing(geo.rows(), geo.row_len()) {
+                if let Some(resident) = Resident::choose(&self.ctx, geo.row_len(), &[xw.elem_offset, yw.elem_offset]) {
+                    let mut params = stat_params;
+                    params.y_off = yw.elem_offset;
+                    return self.forward_resident(encoder, resident, &params, piece, yw);
+                }
+            }
+        }
         let reduce_params = plan.params(&stat_params);
         stat_params.parts = plan.merge_parts;
         let mut apply_params = self.params(geo.weights, geo, opt);
@@ -573,6 +585,44 @@ impl Core {
                 ],
             );
             dispatch(&mut pass, &apply, &group, tile.apply.grid);
+            Ok(())
+        })
+    }
+
+    /// One part's forward in one pass (src/resident.rs): y and the saved
+    /// rows from a single read of x.
+    fn forward_resident(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        resident: Resident,
+        params: &ChannelParams,
+        piece: &Piece,
+        yw: &Window,
+    ) -> Result<()> {
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernel = self
+                .ctx
+                .kernels()
+                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, "forward_resident"))?;
+            let params_buf = uniform(device, params)?;
+            let group = bind(
+                device,
+                &kernel,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (2, self.weight.as_entire_binding()),
+                    (3, self.bias.as_entire_binding()),
+                    (6, piece.rows.as_entire_binding()),
+                    (8, piece.x.resource()),
+                    (9, yw.resource()),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("norm forward, one pass"),
+                timestamp_writes: None,
+            });
+            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows()), 1));
             Ok(())
         })
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::resident::Resident;
 use crate::Result;
 
 /// A WGSL source file of `shaders/`, compiled with `common.wgsl` in front.
@@ -26,10 +27,14 @@ pub(crate) enum Shader {
     Elementwise { vec4: bool, f16: bool },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
+    /// LayerNorm's and RMSNorm's one-pass forward for one row length
+    /// (generated: src/resident.rs), over f16 tensors with `f16`.
+    Resident { plan: Resident, f16: bool },
 }
 
 impl Shader {
     fn source(self) -> String {
+        let generated;
         let body = match self {
             Shader::Reduce { .. } => include_str!("../shaders/reduce.wgsl"),
             Shader::ReduceVec4 { .. } => include_str!("../shaders/reduce_vec4.wgsl"),
@@ -37,6 +42,10 @@ impl Shader {
             Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
             Shader::Bench => include_str!("../shaders/bench.wgsl"),
+            Shader::Resident { plan, .. } => {
+                generated = plan.source();
+                &generated
+            }
         };
         // The compile-time differences between variants: the value type, how
         // four channels' entries spread over it, and the type in memory (`S`).
@@ -46,6 +55,7 @@ impl Shader {
                 | Shader::ReduceVec4 { f16: true }
                 | Shader::Reduce { f16: true }
                 | Shader::RowNorm { f16: true, .. }
+                | Shader::Resident { f16: true, .. }
         );
         let memory = if f16 { "vec4<f16>" } else { "vec4<f32>" };
         let scalar = if f16 { "f16" } else { "f32" };
@@ -65,7 +75,7 @@ impl Shader {
             Shader::RowNorm { vec4: false, .. } => {
                 format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n")
             }
-            Shader::ReduceVec4 { .. } => format!("alias S = {memory};\n"),
+            Shader::ReduceVec4 { .. } | Shader::Resident { .. } => format!("alias S = {memory};\n"),
             Shader::Reduce { .. } => format!("alias S = {scalar};\n"),
             _ => String::new(),
         };

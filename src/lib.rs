@@ -45,6 +45,7 @@ mod mpi_exchange;
 pub mod partial_stats;
 mod reduce;
 pub mod reference;
+mod resident;
 mod stat_plan;
 mod state;
 pub mod sync_batch_norm;

@@ -63,6 +63,22 @@ fn layer_norm_long_rows_and_large_offsets() {
     layer_norm_case(&mut rng, &[700], 1, 1e4, true, true);
 }
 
+/// Rows around the one-pass forward's limits on CPU adapters (src/resident.rs):
+/// one invocation per row up to 128 values, a subgroup per row up to 512
+/// (its last vec4 masked in some lanes at 132 and 260), the two passes past
+/// that; more rows than one sweep of the grid; means of 1e4 (std 1.5).
+#[test]
+fn layer_norm_rows_around_the_one_pass_limits() {
+    let mut rng = Rng(14);
+    for d in [4, 128, 132, 260, 512, 516] {
+        layer_norm_case(&mut rng, &[3, d], 1, 1e4, true, true);
+        rms_norm_case(&mut rng, &[5, d], 1, None, d != 132);
+    }
+    layer_norm_case(&mut rng, &[9000, 4], 1, 0.0, false, true);
+    layer_norm_case(&mut rng, &[2, 550, 132], 1, -20.0, true, false);
+    rms_norm_case(&mut rng, &[1100, 260], 1, Some(1e-6), true);
+}
+
 #[test]
 fn rms_norm_short_and_long_rows() {
     let mut rng = Rng(13);
@@ -143,8 +159,9 @@ fn group_norm_four_values_at_a_time() {
 
 #[test]
 fn layer_norm_on_views_at_offsets() {
-    // x and y at offsets that allow four values per load (8 values in) and
-    // that do not (7 and 3): the same results, nothing written outside y.
+    // x and y at offsets that allow four values per load (8, 12 and 4 values
+    // in) and that do not (7 and 3): the same results, nothing written
+    // outside y.
     let ctx = ctx();
     let mut rng = Rng(23);
     let shape = [6usize, 16];
@@ -156,7 +173,7 @@ fn layer_norm_on_views_at_offsets() {
     ln.write_bias(&b).unwrap();
     let args = LayerNormArgs { shape: &shape, normalized_shape: &[16], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let want = reference::layer_norm_forward(&args, &x);
-    for (x_at, y_at) in [(8usize, 8usize), (7, 8), (8, 3)] {
+    for (x_at, y_at) in [(8usize, 8usize), (12, 4), (7, 8), (8, 3)] {
         let mut arena = vec![0.0f32; x_at];
         arena.extend_from_slice(&x);
         let xb = ctx.upload("arena", &arena).unwrap();

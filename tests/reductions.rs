@@ -75,6 +75,7 @@ fn contiguous_row_cases(rng: &mut Rng, what: &str) {
         rms_norm_case(rng, &[rows, d], 1, None, true);
     }
     f16_layer_norm_case(rng, what, 6, 40);
+    f16_layer_norm_case(rng, what, 5, 260);
     // Spatial sizes 16 (four values share a weight) and 9 (they may not),
     // groups of 8192 and 8448 values.
     group_norm_case(rng, what, &[2, 6, 4, 4], 3, Layout::Nchw);
