@@ -248,15 +248,16 @@ fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = weights_of(c);
         let cg = c / p.cpg;
-        var st = splat(vec4<f32>(0.0));
-        var loaded = ~0u;
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                if (r.o != loaded) {
-                    st = splat(rows[quotient(r.o) * p.groups + cg]);
-                    loaded = r.o;
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let st = splat(rows[quotient(r.o) * p.groups + cg]);
+                let stop = segment_stop(r);
+                var e = (r.o * p.channels + c) * p.inner + r.i;
+                for (var j = r.j; j < stop; j += 8u) {
+                    apply_at(e, w, st);
+                    e += 8u;
                 }
-                apply_at((r.o * p.channels + c) * p.inner + r.i, w, st);
+                r = next_segment(r, stop);
             }
         }
     }
@@ -266,15 +267,16 @@ fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let w = Weights(gammas_of(c), V(0.0));
         let cg = c / p.cpg;
-        var k = splat(vec4<f32>(0.0));
-        var loaded = ~0u;
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                if (r.o != loaded) {
-                    k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
-                    loaded = r.o;
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
+                let stop = segment_stop(r);
+                var e = (r.o * p.channels + c) * p.inner + r.i;
+                for (var j = r.j; j < stop; j += 8u) {
+                    dx_at(e, w, k);
+                    e += 8u;
                 }
-                dx_at((r.o * p.channels + c) * p.inner + r.i, w, k);
+                r = next_segment(r, stop);
             }
         }
     }

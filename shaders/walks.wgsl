@@ -38,6 +38,25 @@ fn run_next(r: Run) -> Run {
     return n;
 }
 
+// Walking by segments (the values of one outer index), so that the inner
+// loop has no wrap test: the end of run r's current segment, and the run
+// moved past it.
+fn segment_stop(r: Run) -> u32 {
+    return min(r.end, r.j - r.i + p.inner);
+}
+
+fn next_segment(r: Run, stop: u32) -> Run {
+    let steps = 8u * ((stop - r.j + 7u) / 8u);
+    var n = r;
+    n.j += steps;
+    n.i += steps;
+    if (n.i >= p.inner) {
+        n.i -= p.inner;
+        n.o += 1u;
+    }
+    return n;
+}
+
 // Interleaved workgroups (of 256 invocations): where invocation t sits, row
 // group `g` of `groups` = 256 / width and column `col` of the view, `width`
 // columns per workgroup; `owned` when both exist.
