@@ -25,7 +25,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
-use crate::resident::Resident;
+use crate::resident::{Pass, Resident};
 use crate::stat_plan::StatPlan;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::tiling::Tiling;
@@ -497,14 +497,10 @@ impl Core {
         stat_params.x_off = xw.elem_offset;
         stat_params.weight_base = weight_base;
         // LayerNorm's and RMSNorm's rows, where they fit: one pass.
-        if let Source::Input { update_running: false } = source {
-            if *geo == Geometry::trailing(geo.rows(), geo.row_len()) {
-                if let Some(resident) = Resident::choose(&self.ctx, geo.row_len(), &[xw.elem_offset, yw.elem_offset]) {
-                    let mut params = stat_params;
-                    params.y_off = yw.elem_offset;
-                    return self.forward_resident(encoder, resident, &params, piece, yw);
-                }
-            }
+        if let Some(resident) = self.resident(geo, source, &[xw.elem_offset, yw.elem_offset]) {
+            let mut params = stat_params;
+            params.y_off = yw.elem_offset;
+            return self.forward_resident(encoder, resident, &params, piece, yw);
         }
         let reduce_params = plan.params(&stat_params);
         stat_params.parts = plan.merge_parts;
@@ -589,6 +585,18 @@ impl Core {
         })
     }
 
+    /// The one-pass plan (src/resident.rs) for `geo` on input statistics,
+    /// with views at element offsets `offsets`: LayerNorm's and RMSNorm's
+    /// rows on CPU adapters, where they fit.
+    fn resident(&self, geo: &Geometry, source: Source, offsets: &[u32]) -> Option<Resident> {
+        let trailing = *geo == Geometry::trailing(geo.rows(), geo.row_len());
+        let input = source == Source::Input { update_running: false };
+        if !(trailing && input) {
+            return None;
+        }
+        Resident::choose(&self.ctx, geo.row_len(), offsets)
+    }
+
     /// One part's forward in one pass (src/resident.rs): y and the saved
     /// rows from a single read of x.
     fn forward_resident(
@@ -604,7 +612,7 @@ impl Core {
             let kernel = self
                 .ctx
                 .kernels()
-                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, "forward_resident"))?;
+                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, Pass::Forward.entry()))?;
             let params_buf = uniform(device, params)?;
             let group = bind(
                 device,
@@ -622,7 +630,7 @@ impl Core {
                 label: Some("norm forward, one pass"),
                 timestamp_writes: None,
             });
-            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows()), 1));
+            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows(), Pass::Forward), 1));
             Ok(())
         })
     }
@@ -686,41 +694,60 @@ impl Core {
         let mut plans = Vec::with_capacity(parts.len());
         let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
         let max_binding = self.ctx.device().limits().max_storage_buffer_binding_size;
-        for part in &parts {
+        // The one-pass backward, where every part takes it (its column
+        // partials are laid out its own way) and they fit the merge's loop
+        // and one binding.
+        let mut resident: Vec<Option<Resident>> = parts
+            .iter()
+            .map(|part| {
+                let offsets: Vec<u32> = part.windows.iter().map(|w| w.elem_offset).collect();
+                self.resident(&part.geo, source, &offsets).filter(|r| {
+                    let total = r.slots(part.geo.rows()) * slots;
+                    total <= MAX_MERGE_PARTS && u64::from(total) * geo.weights.channels as u64 * 16 <= max_binding
+                })
+            })
+            .collect();
+        if resident.iter().any(Option::is_none) {
+            resident.fill(None);
+        }
+        for (part, resident) in parts.iter().zip(&resident) {
             let g = &part.geo;
             let rows = ReducePlan::reduction(g.stat, reduction)?.batched(g.batch, g.batch_stride)?;
             let mut columns = ReducePlan::reduction(g.weights, reduction)?;
+            if let Some(r) = resident {
+                columns.parts = r.slots(g.rows());
+            }
             // Every part's column partials meet in one merge loop and one
             // binding: keep them within MAX_MERGE_PARTS (see src/reduce.rs)
             // and the binding limit with the tree's fewer.
             let column_bytes = columns.partial_bytes(geo.weights.channels) * u64::from(slots);
-            if columns.parts * slots > MAX_MERGE_PARTS || column_bytes > max_binding {
+            if resident.is_none() && (columns.parts * slots > MAX_MERGE_PARTS || column_bytes > max_binding) {
                 columns = ReducePlan::new(g.weights)?;
             }
-            plans.push((rows, columns));
+            plans.push((rows, columns, *resident));
         }
-        let row_bytes = plans.iter().zip(&parts).map(|((r, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
-        let col_bytes = plans.iter().map(|(_, c)| c.partial_bytes(geo.weights.channels)).max();
+        let row_bytes = plans.iter().zip(&parts).map(|((r, _, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
+        let col_bytes = plans.iter().map(|(_, c, _)| c.partial_bytes(geo.weights.channels)).max();
         let (rows, rows_dx, partials) = self.scratch(&geo, row_bytes.max(col_bytes).unwrap_or(16))?;
         if let [part] = &parts[..] {
-            let (row_plan, col_plan) = &plans[0];
+            let (row_plan, col_plan, resident) = &plans[0];
             let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
             let piece = part.piece(&rows, &partials, f16);
-            let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
+            let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx, resident: *resident };
             self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
         } else {
             // Every part's column partials in one run per column, merged once.
-            let stride = plans.iter().map(|(_, c)| c.parts).max().unwrap_or(1);
+            let stride = plans.iter().map(|(_, c, _)| c.parts).max().unwrap_or(1);
             let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
             let total = stride * slots;
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
             let column_bytes = u64::from(total) * geo.weights.channels as u64 * 16;
             let (part_rows, column_partials) = self.part_scratch(most, column_bytes)?;
-            if plans.iter().any(|(_, c)| c.parts != stride) {
+            if plans.iter().any(|(_, c, _)| c.parts != stride) {
                 // Slots a smaller part leaves unwritten must sum as zero.
                 encoder.clear_buffer(&column_partials, 0, None);
             }
-            for (part, (row_plan, col_plan)) in parts.iter().zip(&plans) {
+            for (part, (row_plan, col_plan, resident)) in parts.iter().zip(&plans) {
                 if source != Source::Running {
                     let at = part.first_row as u64 * 16;
                     encoder.copy_buffer_to_buffer(&rows, at, &part_rows, 0, part.geo.rows() as u64 * 16);
@@ -728,7 +755,8 @@ impl Core {
                 let columns =
                     Columns { partials: &column_partials, parts: total, part_base: part.slot * stride, merge: false };
                 let piece = part.piece(&part_rows, &partials, f16);
-                let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx };
+                let part_dx =
+                    PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx, resident: *resident };
                 self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
             }
             let mut params = self.params(geo.weights, &geo, &opt);
@@ -736,7 +764,7 @@ impl Core {
             self.ctx.scoped(|| {
                 let params = uniform(self.ctx.device(), &params)?;
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                self.record_merge_columns(&mut pass, &params, &column_partials)
+                self.record_merge_columns(&mut pass, &params, &column_partials, resident[0])
             })?;
         }
         if source == Source::Running {
@@ -761,7 +789,7 @@ impl Core {
         columns: &Columns,
     ) -> Result<()> {
         let Piece { geo, weight_base, x: xw, rows, partials, f16 } = *piece;
-        let PartDx { dy: dyw, dx: dxw, rows_dx } = *out;
+        let PartDx { dy: dyw, dx: dxw, rows_dx, resident } = *out;
         let geo = &geo;
         let mut row_params = self.params(geo.stat, geo, opt);
         row_params.weight_base = weight_base;
@@ -789,6 +817,14 @@ impl Core {
         col_params.parts = columns.parts;
         col_params.part_base = columns.part_base;
         col_params.chan_base = weight_base;
+        if let Some(resident) = resident {
+            let mut params = row_params;
+            params.dx_off = dxw.elem_offset;
+            params.parts = columns.parts;
+            params.part_base = columns.part_base;
+            params.chan_base = weight_base;
+            return self.backward_resident(encoder, resident, &params, &col_params, piece, out, columns);
+        }
 
         let device = self.ctx.device();
         self.ctx.scoped(|| {
@@ -849,7 +885,7 @@ impl Core {
                 },
             );
             if columns.merge {
-                self.record_merge_columns(&mut pass, &col_buf, columns.partials)?;
+                self.record_merge_columns(&mut pass, &col_buf, columns.partials, None)?;
             }
             let dx_kernel = kernels.get(tile_kernel(&tile, "dx"))?;
             let group = bind(
@@ -869,15 +905,68 @@ impl Core {
         })
     }
 
-    /// dweight and dbias from the column partials (`params.parts` per column).
+    /// One part's backward in one pass (src/resident.rs): dx and the column
+    /// partials from a single read of x and dy, then dweight and dbias when
+    /// `columns` says so.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_resident(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        resident: Resident,
+        params: &ChannelParams,
+        col_params: &ChannelParams,
+        piece: &Piece,
+        out: &PartDx,
+        columns: &Columns,
+    ) -> Result<()> {
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernel = self
+                .ctx
+                .kernels()
+                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, Pass::Backward.entry()))?;
+            let params_buf = uniform(device, params)?;
+            let col_buf = uniform(device, col_params)?;
+            let group = bind(
+                device,
+                &kernel,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (1, columns.partials.as_entire_binding()),
+                    (2, self.weight.as_entire_binding()),
+                    (3, self.bias.as_entire_binding()),
+                    (6, piece.rows.as_entire_binding()),
+                    (8, piece.x.resource()),
+                    (10, out.dy.resource()),
+                    (11, out.dx.resource()),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("norm backward, one pass"),
+                timestamp_writes: None,
+            });
+            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows(), Pass::Backward), 1));
+            if columns.merge {
+                self.record_merge_columns(&mut pass, &col_buf, columns.partials, Some(resident))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// dweight and dbias from the column partials (`params.parts` per
+    /// column), laid out by the one-pass backward with `resident`.
     fn record_merge_columns(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         params: &wgpu::Buffer,
         partials: &wgpu::Buffer,
+        resident: Option<Resident>,
     ) -> Result<()> {
-        let merge =
-            self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_columns"))?;
+        let key = match resident {
+            Some(plan) => KernelKey::new(Shader::Resident { plan, f16: false }, Pass::MergeColumns.entry()),
+            None => KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_columns"),
+        };
+        let merge = self.ctx.kernels().get(key)?;
         let group = bind(
             self.ctx.device(),
             &merge,
@@ -931,6 +1020,9 @@ struct PartDx<'p, 'a> {
     dy: &'p Window<'a>,
     dx: &'p Window<'a>,
     rows_dx: &'p wgpu::Buffer,
+    /// The one-pass plan, where the part takes it (its column partials are
+    /// sized for it).
+    resident: Option<Resident>,
 }
 
 /// Where a part's column partials go: `parts` per column, this part's from

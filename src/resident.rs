@@ -1,9 +1,13 @@
-//! LayerNorm's and RMSNorm's forward in one pass on CPU adapters, for rows
-//! short enough to stay in registers: each row is read once, its exact
-//! statistics taken over the registers, and y written from them. Two
-//! accesses per value, where statistics-then-apply take three plus a stat
-//! load per value (lavapipe, LayerNorm: 8192x512 11.2 -> 6.3 ms, rows of 56
-//! 15.3 -> 9.0 ms; PERF_NOTES.md, fourth session).
+//! LayerNorm's and RMSNorm's forward and backward in one pass on CPU
+//! adapters, for rows short enough to stay in registers. The forward reads
+//! each row once, takes its exact statistics over the registers and writes
+//! y from them: two accesses per value, where statistics-then-apply take
+//! three plus a stat load per value (lavapipe, LayerNorm: 8192x512 11.2 ->
+//! 6.3 ms, rows of 56 15.3 -> 9.0 ms). The backward reads x and dy once,
+//! writes dx, and sums each lane's columns of dweight and dbias over its
+//! rows into one partial per lane, which a small merge adds up: three
+//! accesses per value where the row sums, column sums and dx passes took
+//! seven (8192x512 38 -> 10 ms). PERF_NOTES.md, fourth session.
 //!
 //! The kernel is generated per row length, with every per-value step
 //! written out: lavapipe keeps named values in registers (or spills them
@@ -19,11 +23,9 @@
 //!   row (`subgroupAdd`), lane l holding vec4s l, l + lanes, ...; on
 //!   devices with the `SUBGROUP` feature and one fixed subgroup size.
 //!
-//! Writes the same saved rows as the two passes' `merge_rows`
-//! (row_norm.wgsl), `(centre, rstd, 0, var)`, so the backward cannot tell
-//! which forward ran.
-
-use std::fmt::Write;
+//! The forward writes the same saved rows as the two passes' `merge_rows`
+//! (row_norm.wgsl), `(centre, rstd, 0, var)`, and the backward takes
+//! either's.
 
 use crate::context::{Context, Reduction};
 
@@ -44,6 +46,13 @@ const WG: usize = 64;
 /// 8192x512 on lavapipe: 32 workgroups 7.7 ms, 64 6.4, 128 6.3, 256 7.1,
 /// one row per subgroup 10.4).
 const WORKGROUPS: usize = 128;
+
+/// The backward with one invocation per row writes a column partial per
+/// invocation of the row's whole width: fewer, longer walks (LayerNorm
+/// 32768x128 backward on lavapipe: 128 workgroups 15.1 ms, 32 11.6, 16
+/// 10.6, 8 9.6; rows of 56 unchanged at 19-21 ms). A subgroup per row
+/// showed no trend between 16 and 128.
+const ONE_LANE_BACKWARD_WORKGROUPS: usize = 16;
 
 /// How a row spreads over invocations: `lanes` invocations (1, or the
 /// subgroup size) each holding `vectors` vec4s of it.
@@ -81,103 +90,255 @@ impl Resident {
     }
 
     /// Workgroups for `rows` rows.
-    pub fn workgroups(&self, rows: usize) -> u32 {
+    pub fn workgroups(&self, rows: usize, pass: Pass) -> u32 {
         let rows_per_workgroup = WG / self.lanes as usize;
-        rows.div_ceil(rows_per_workgroup).clamp(1, WORKGROUPS) as u32
+        let most = match pass {
+            Pass::Backward if self.lanes == 1 => ONE_LANE_BACKWARD_WORKGROUPS,
+            _ => WORKGROUPS,
+        };
+        rows.div_ceil(rows_per_workgroup).clamp(1, most) as u32
     }
 
-    /// The kernel's WGSL: `forward_resident`, after common.wgsl and the
-    /// prelude (`S`, the vec4 type in memory).
+    /// Column partial slots of the backward over `rows` rows: one per
+    /// invocation, or per subgroup (each lane its own columns).
+    pub fn slots(&self, rows: usize) -> u32 {
+        self.workgroups(rows, Pass::Backward) * (WG as u32 / self.lanes)
+    }
+
+    /// The WGSL of the three kernels (the [`Pass`]es' entry points),
+    /// after common.wgsl and the prelude (`S`, the vec4 type in memory).
     pub fn source(&self) -> String {
-        let (v, lanes) = (self.vectors as usize, self.lanes as usize);
-        let mut s = String::new();
-        let mut line = |text: String| {
-            let _ = writeln!(s, "{text}");
+        let mut g = Gen { s: String::from(HEADER), v: self.vectors as usize, lanes: self.lanes as usize };
+        g.open(Pass::Forward.entry(), Pass::Forward);
+        g.forward();
+        g.line("}\n");
+        g.open(Pass::Backward.entry(), Pass::Backward);
+        g.backward();
+        g.line("}\n");
+        g.line(MERGE);
+        g.s
+    }
+}
+
+/// The kernels of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Pass {
+    /// y and the saved rows from x.
+    Forward,
+    /// dx and column partials of dweight and dbias from x, dy and the saved
+    /// rows (whose delta it fills in, as merge_row_grads).
+    Backward,
+    /// dweight and dbias from the backward's column partials.
+    MergeColumns,
+}
+
+impl Pass {
+    pub fn entry(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward_resident",
+            Pass::Backward => "backward_resident",
+            Pass::MergeColumns => "merge_columns_resident",
+        }
+    }
+}
+
+/// Writes a kernel out: lane l's vec4 k is vec4 l + k * lanes of the row,
+/// each a named value; with a subgroup, the last may fall past the row's
+/// end in some lanes (`live`), and reads as zero there.
+struct Gen {
+    s: String,
+    v: usize,
+    lanes: usize,
+}
+
+impl Gen {
+    fn line(&mut self, text: &str) {
+        self.s.push_str(text);
+        self.s.push('\n');
+    }
+
+    fn subgroup(&self) -> bool {
+        self.lanes > 1
+    }
+
+    fn masked(&self, k: usize) -> bool {
+        self.subgroup() && k == self.v - 1
+    }
+
+    /// `expr` (with `#` for k) summed over the lane's vec4s, the last one
+    /// zero where it is not live.
+    fn sum(&self, expr: &str) -> String {
+        let terms: Vec<String> = (0..self.v)
+            .map(|k| {
+                let e = expr.replace('#', &k.to_string());
+                if self.masked(k) {
+                    format!("select(vec4<f32>(0.0), {e}, live)")
+                } else {
+                    format!("({e})")
+                }
+            })
+            .collect();
+        terms.join(" + ")
+    }
+
+    /// The same for a scalar `expr`.
+    fn sum_scalar(&self, expr: &str) -> String {
+        let terms: Vec<String> = (0..self.v)
+            .map(|k| {
+                let e = expr.replace('#', &k.to_string());
+                if self.masked(k) {
+                    format!("select(0.0, {e}, live)")
+                } else {
+                    e
+                }
+            })
+            .collect();
+        terms.join(" + ")
+    }
+
+    /// `e` summed over the row: over the subgroup, or the lane's own.
+    fn total(&self, e: &str) -> String {
+        if self.subgroup() {
+            format!("subgroupAdd({e})")
+        } else {
+            format!("({e})")
+        }
+    }
+
+    /// `let {name}k = array[base + offset]` for every k, as f32.
+    fn load(&mut self, name: &str, array: &str, base: &str) {
+        for k in 0..self.v {
+            let at = format!("{array}[{base} + {}u]", k * self.lanes);
+            if self.masked(k) {
+                self.line(&format!("        var {name}{k} = vec4<f32>(0.0);"));
+                self.line(&format!("        if (live) {{ {name}{k} = vec4<f32>({at}); }}"));
+            } else {
+                self.line(&format!("        let {name}{k} = vec4<f32>({at});"));
+            }
+        }
+    }
+
+    /// `array[base + offset] = S(expr)` for every k (`#` for k).
+    fn store(&mut self, array: &str, base: &str, expr: &str) {
+        for k in 0..self.v {
+            let store = format!("{array}[{base} + {}u] = S({});", k * self.lanes, expr.replace('#', &k.to_string()));
+            if self.masked(k) {
+                self.line(&format!("        if (live) {{ {store} }}"));
+            } else {
+                self.line(&format!("        {store}"));
+            }
+        }
+    }
+
+    /// The entry point's signature and the lane's weights.
+    fn open(&mut self, entry: &str, pass: Pass) {
+        let ids = if self.subgroup() {
+            "@builtin(subgroup_id) sid: u32,\n    @builtin(num_subgroups) nsub: u32,\n    \
+             @builtin(subgroup_invocation_id) lane: u32,"
+        } else {
+            "@builtin(local_invocation_index) t: u32,"
         };
-        line(String::from(HEADER));
-        let subgroup = lanes > 1;
-        if subgroup {
-            line(format!(
-                "@compute @workgroup_size({WG})\nfn forward_resident(\n    @builtin(workgroup_id) wg: vec3<u32>,\n    \
-                 @builtin(num_workgroups) nwg: vec3<u32>,\n    @builtin(subgroup_id) sid: u32,\n    \
-                 @builtin(num_subgroups) nsub: u32,\n    @builtin(subgroup_invocation_id) lane: u32,\n) {{"
-            ));
+        self.line(&format!(
+            "@compute @workgroup_size({WG})\nfn {entry}(\n    @builtin(workgroup_id) wg: vec3<u32>,\n    \
+             @builtin(num_workgroups) nwg: vec3<u32>,\n    {ids}\n) {{"
+        ));
+        if !self.subgroup() {
+            self.line("    let lane = 0u;");
+        }
+        self.line("    let n4 = p.inner / 4u;");
+        // The backward needs gamma only.
+        let weights = if pass == Pass::Forward { "weights4" } else { "gamma4" };
+        for k in 0..self.v {
+            self.line(&format!("    let w{k} = {weights}(lane + {}u);", k * self.lanes));
+        }
+        if self.subgroup() {
+            self.line(&format!("    let live = lane + {}u < n4;", (self.v - 1) * self.lanes));
+        }
+    }
+
+    /// The head of the grid-stride loop over rows (`r`, its first vec4 `at`).
+    fn rows_loop(&mut self) {
+        if self.subgroup() {
+            self.line("    for (var r = wg.x * nsub + sid; r < p.rows; r += nwg.x * nsub) {");
         } else {
-            line(format!(
-                "@compute @workgroup_size({WG})\nfn forward_resident(\n    @builtin(workgroup_id) wg: vec3<u32>,\n    \
-                 @builtin(num_workgroups) nwg: vec3<u32>,\n    @builtin(local_invocation_index) t: u32,\n) {{"
-            ));
-            line("    let lane = 0u;".into());
+            self.line(&format!("    for (var r = wg.x * {WG}u + t; r < p.rows; r += nwg.x * {WG}u) {{"));
         }
-        line("    let n4 = p.inner / 4u;".into());
-        // Vec4 k of a lane is vec4 lane + k * lanes of the row; only the last
-        // can fall past the row's end, and then only with a subgroup.
-        let last = v - 1;
-        let masked = subgroup;
-        for k in 0..v {
-            line(format!("    let w{k} = weights4(lane + {}u);", k * lanes));
-        }
-        if masked {
-            line(format!("    let live = lane + {}u < n4;", last * lanes));
-        }
-        if subgroup {
-            line("    for (var r = wg.x * nsub + sid; r < p.rows; r += nwg.x * nsub) {".into());
+        self.line("        let at = r * n4 + lane;");
+    }
+
+    /// The row's statistics, exact over the registers: the mean from sums
+    /// shifted by the row's first value (no cancellation when |mean| >>
+    /// std), then the sum of squared deviations from it; y from them.
+    fn forward(&mut self) {
+        self.rows_loop();
+        self.load("v", "x", "p.x_off / 4u + at");
+        let first = if self.subgroup() { "subgroupBroadcastFirst(v0.x)" } else { "v0.x" };
+        self.line(&format!("        let pivot = {first};"));
+        let shifted = format!("dot({}, vec4<f32>(1.0))", self.sum("v# - pivot"));
+        self.line(&format!("        let mean = pivot + {} / f32(p.inner);", self.total(&shifted)));
+        let squares = self.sum_scalar("sq(v# - mean)");
+        self.line(&format!("        let stats = finish(mean, {} / f32(p.inner));", self.total(&squares)));
+        self.store("y", "p.y_off / 4u + at", "fma((v# - stats.x) * stats.y, w#[0], w#[1])");
+        self.line(if self.subgroup() {
+            "        if (lane == 0u) { rows[r] = stats; }"
         } else {
-            line(format!("    for (var r = wg.x * {WG}u + t; r < p.rows; r += nwg.x * {WG}u) {{"));
+            "        rows[r] = stats;"
+        });
+        self.line("    }");
+    }
+
+    /// dx from the row's sums (sum g, sum g d, sum d) with g = dy * gamma and
+    /// d = x - centre, as merge_row_grads and row_norm.wgsl's dx pass; each
+    /// lane sums dy * xhat and dy over its columns through all its rows,
+    /// then writes them to its slot of the column partials.
+    fn backward(&mut self) {
+        for k in 0..self.v {
+            self.line(&format!("    var dw{k} = vec4<f32>(0.0);"));
+            self.line(&format!("    var db{k} = vec4<f32>(0.0);"));
         }
-        line("        let at = p.x_off / 4u + r * n4 + lane;".into());
-        for k in 0..v {
-            if masked && k == last {
-                line(format!("        var v{k} = vec4<f32>(0.0);"));
-                line(format!("        if (live) {{ v{k} = vec4<f32>(x[at + {}u]); }}", k * lanes));
-            } else {
-                line(format!("        let v{k} = vec4<f32>(x[at + {}u]);", k * lanes));
+        self.rows_loop();
+        self.line("        let st = rows[r];");
+        self.load("v", "x", "p.x_off / 4u + at");
+        self.load("e", "dy", "p.dy_off / 4u + at");
+        for k in 0..self.v {
+            self.line(&format!("        let g{k} = e{k} * w{k};"));
+            self.line(&format!("        let d{k} = v{k} - st.x;"));
+        }
+        let sums = format!(
+            "vec4<f32>(dot({}, vec4<f32>(1.0)), {}, dot({}, vec4<f32>(1.0)), 0.0)",
+            self.sum("g#"),
+            self.sum_scalar("dot(g#, d#)"),
+            self.sum("d#"),
+        );
+        self.line(&format!("        let k = dx_coefficients({}, st.y);", self.total(&sums)));
+        self.store("dx", "p.dx_off / 4u + at", "fma(vec4<f32>(st.y), g#, fma(vec4<f32>(k.x), d#, vec4<f32>(k.y)))");
+        for k in 0..self.v {
+            self.line(&format!("        dw{k} += e{k} * (d{k} - k.z) * st.y;"));
+            self.line(&format!("        db{k} += e{k};"));
+        }
+        let save = "rows[r] = vec4<f32>(st.x, st.y, k.z, st.w);";
+        self.line(&if self.subgroup() {
+            format!("        if (lane == 0u) {{ {save} }}")
+        } else {
+            format!("        {save}")
+        });
+        self.line("    }");
+        // Slot-major (each slot's columns contiguous): written column-major,
+        // a lane's writes fell on a page each, and took half the kernel's
+        // time (LayerNorm 8192x512: 17.1 -> 8.4 ms without them).
+        let slot = if self.subgroup() { "wg.x * nsub + sid" } else { &format!("wg.x * {WG}u + t") };
+        self.line(&format!("    let first = (p.part_base + {slot}) * p.inner + 4u * lane;"));
+        for k in 0..self.v {
+            for (c, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                let write =
+                    format!("partials[first + {}u] = vec2<f32>(dw{k}.{comp}, db{k}.{comp});", 4 * k * self.lanes + c);
+                if self.masked(k) {
+                    self.line(&format!("    if (live) {{ {write} }}"));
+                } else {
+                    self.line(&format!("    {write}"));
+                }
             }
         }
-        // The mean from sums shifted by the row's first value (no
-        // cancellation when |mean| >> std), then the exact sum of squared
-        // deviations from it.
-        let first = if subgroup { "subgroupBroadcastFirst(v0.x)" } else { "v0.x" };
-        line(format!("        let pivot = {first};"));
-        let shifted: Vec<String> = (0..v)
-            .map(|k| {
-                if masked && k == last {
-                    format!("select(vec4<f32>(0.0), v{k} - pivot, live)")
-                } else {
-                    format!("(v{k} - pivot)")
-                }
-            })
-            .collect();
-        line(format!("        let shifted = dot({}, vec4<f32>(1.0));", shifted.join(" + ")));
-        let total = |e: &str| if subgroup { format!("subgroupAdd({e})") } else { e.to_string() };
-        line(format!("        let mean = pivot + {} / f32(p.inner);", total("shifted")));
-        let squares: Vec<String> = (0..v)
-            .map(|k| {
-                if masked && k == last {
-                    format!("sq(select(vec4<f32>(0.0), v{k} - mean, live))")
-                } else {
-                    format!("sq(v{k} - mean)")
-                }
-            })
-            .collect();
-        line(format!("        let squares = {};", squares.join(" + ")));
-        line(format!("        let stats = finish(mean, {} / f32(p.inner));", total("squares")));
-        line("        let out = p.y_off / 4u + r * n4 + lane;".into());
-        for k in 0..v {
-            let store = format!("y[out + {}u] = S(fma((v{k} - stats.x) * stats.y, w{k}[0], w{k}[1]));", k * lanes);
-            if masked && k == last {
-                line(format!("        if (live) {{ {store} }}"));
-            } else {
-                line(format!("        {store}"));
-            }
-        }
-        if subgroup {
-            line("        if (lane == 0u) { rows[r] = stats; }".into());
-        } else {
-            line("        rows[r] = stats;".into());
-        }
-        line("    }\n}".into());
-        s
     }
 }
 
@@ -190,13 +351,50 @@ fn fixed_subgroup_size(ctx: &Context) -> Option<usize> {
         .then_some(info.subgroup_max_size as usize)
 }
 
+/// dweight and dbias of weight c from the backward's `parts` slots (p.channels
+/// columns), in two levels of sums as merge.wgsl's merge_partials.
+const MERGE: &str = "
+@compute @workgroup_size(64)
+fn merge_columns_resident(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = id.x; c < p.channels; c += nwg.x * 64u) {
+        let block = max(u32(sqrt(f32(p.parts))), 1u);
+        var total = vec2<f32>(0.0);
+        var part = vec2<f32>(0.0);
+        var filled = 0u;
+        // One loop (lavapipe ends any loop after 65,535 iterations).
+        for (var s = 0u; s < p.parts; s++) {
+            part += partials[s * p.channels + c];
+            filled += 1u;
+            if (filled == block) {
+                total += part;
+                part = vec2<f32>(0.0);
+                filled = 0u;
+            }
+        }
+        total += part;
+        dweight[p.weight_base + c] = total.x;
+        dbias[p.weight_base + c] = total.y;
+    }
+}
+";
+
 const HEADER: &str = "
 @group(0) @binding(0) var<uniform> p: Params;
+// The backward's column partials: (dweight, dbias) of column c from slot
+// s at s * columns + c.
+@group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> x: array<S>;
 @group(0) @binding(9) var<storage, read_write> y: array<S>;
+@group(0) @binding(10) var<storage, read> dy: array<S>;
+@group(0) @binding(11) var<storage, read_write> dx: array<S>;
+@group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
@@ -217,6 +415,10 @@ fn weights4(j: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(g, b);
 }
 
+fn gamma4(j: u32) -> vec4<f32> {
+    return weights4(j)[0];
+}
+
 fn sq(d: vec4<f32>) -> f32 {
     return dot(d, d);
 }
@@ -229,6 +431,21 @@ fn finish(mean: f32, var_biased: f32) -> vec4<f32> {
         return vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
     }
     return vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
+}
+
+// (B, C, delta) of dx = rstd * g + B * d + C from the row's sums (sum g,
+// sum g d, sum d), d = x - centre and delta the f32 rounding of the mean,
+// as merge_row_grads:
+//   LayerNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//   RMSNorm:   dx = rstd * (g - xhat * mean(g * xhat))
+fn dx_coefficients(sums: vec4<f32>, rstd: f32) -> vec3<f32> {
+    let inv_m = 1.0 / f32(p.inner);
+    if (has(FLAG_RMS)) {
+        return vec3<f32>(-rstd * rstd * rstd * sums.y * inv_m, 0.0, 0.0);
+    }
+    let delta = sums.z * inv_m;
+    let b = -rstd * rstd * rstd * (sums.y - delta * sums.x) * inv_m;
+    return vec3<f32>(b, -rstd * sums.x * inv_m - b * delta, delta);
 }
 ";
 
@@ -257,10 +474,13 @@ mod tests {
     #[test]
     fn workgroups_cover_the_rows_up_to_the_cap() {
         let one = Resident { lanes: 1, vectors: 14 };
-        assert_eq!(one.workgroups(1), 1);
-        assert_eq!(one.workgroups(65), 2);
-        assert_eq!(one.workgroups(1 << 20), WORKGROUPS as u32);
+        assert_eq!(one.workgroups(1, Pass::Forward), 1);
+        assert_eq!(one.workgroups(65, Pass::Forward), 2);
+        assert_eq!(one.workgroups(1 << 20, Pass::Forward), WORKGROUPS as u32);
+        assert_eq!(one.workgroups(1 << 20, Pass::Backward), ONE_LANE_BACKWARD_WORKGROUPS as u32);
+        assert_eq!(one.slots(1 << 20), 64 * ONE_LANE_BACKWARD_WORKGROUPS as u32);
         let eight = Resident { lanes: 8, vectors: 16 };
-        assert_eq!(eight.workgroups(9), 2);
+        assert_eq!(eight.workgroups(9, Pass::Forward), 2);
+        assert_eq!(eight.slots(1 << 20), 8 * WORKGROUPS as u32);
     }
 }
