@@ -103,8 +103,22 @@ fn apply_runs(
     for (var c = wg.y; c < p.channels; c += nwg.y) {
         let k = chan_coef(c);
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                apply_at((r.o * p.channels + c) * p.inner + r.i, k);
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let stop = segment_stop(r);
+                var e = (r.o * p.channels + c) * p.inner + r.i;
+                var j = r.j;
+                for (; j + 24u < stop; j += 32u) {
+                    apply_at(e, k);
+                    apply_at(e + 8u, k);
+                    apply_at(e + 16u, k);
+                    apply_at(e + 24u, k);
+                    e += 32u;
+                }
+                for (; j < stop; j += 8u) {
+                    apply_at(e, k);
+                    e += 8u;
+                }
+                r = next_segment(r, stop);
             }
         }
     }
@@ -124,7 +138,15 @@ fn apply_interleaved(
     let cols = p.channels * p.inner;
     let k = chan_coef(at.col / p.inner);
     let rows = group_rows(wg.y, at.g, at.groups);
-    for (var r = rows.x; r < rows.y; r++) {
+    var r = rows.x;
+    for (; r + 4u <= rows.y; r += 4u) {
+        let e = r * cols + at.col;
+        apply_at(e, k);
+        apply_at(e + cols, k);
+        apply_at(e + 2u * cols, k);
+        apply_at(e + 3u * cols, k);
+    }
+    for (; r < rows.y; r++) {
         apply_at(r * cols + at.col, k);
     }
 }
@@ -139,8 +161,22 @@ fn dx_runs(
         let k = chan_coef(c);
         let gk = grad_coef(c);
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                dx_at((r.o * p.channels + c) * p.inner + r.i, k, gk);
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let stop = segment_stop(r);
+                var e = (r.o * p.channels + c) * p.inner + r.i;
+                var j = r.j;
+                for (; j + 24u < stop; j += 32u) {
+                    dx_at(e, k, gk);
+                    dx_at(e + 8u, k, gk);
+                    dx_at(e + 16u, k, gk);
+                    dx_at(e + 24u, k, gk);
+                    e += 32u;
+                }
+                for (; j < stop; j += 8u) {
+                    dx_at(e, k, gk);
+                    e += 8u;
+                }
+                r = next_segment(r, stop);
             }
         }
     }
@@ -160,7 +196,15 @@ fn dx_interleaved(
     let k = chan_coef(c);
     let gk = grad_coef(c);
     let rows = group_rows(wg.y, at.g, at.groups);
-    for (var r = rows.x; r < rows.y; r++) {
+    var r = rows.x;
+    for (; r + 4u <= rows.y; r += 4u) {
+        let e = r * cols + at.col;
+        dx_at(e, k, gk);
+        dx_at(e + cols, k, gk);
+        dx_at(e + 2u * cols, k, gk);
+        dx_at(e + 3u * cols, k, gk);
+    }
+    for (; r < rows.y; r++) {
         dx_at(r * cols + at.col, k, gk);
     }
 }

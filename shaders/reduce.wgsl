@@ -213,8 +213,21 @@ fn reduce_runs_lanes(
         let k = channel_coefficients(wg.z, c);
         var acc = vec4<f32>(0.0);
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                acc = accumulate(acc, base + (r.o * p.channels + c) * p.inner + r.i, r.o, c, r.i, k);
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let stop = segment_stop(r);
+                let e = base + (r.o * p.channels + c) * p.inner;
+                var i = r.i;
+                let last = r.i + stop - r.j;
+                for (; i + 24u < last; i += 32u) {
+                    acc = accumulate(acc, e + i, r.o, c, i, k);
+                    acc = accumulate(acc, e + i + 8u, r.o, c, i + 8u, k);
+                    acc = accumulate(acc, e + i + 16u, r.o, c, i + 16u, k);
+                    acc = accumulate(acc, e + i + 24u, r.o, c, i + 24u, k);
+                }
+                for (; i < last; i += 8u) {
+                    acc = accumulate(acc, e + i, r.o, c, i, k);
+                }
+                r = next_segment(r, stop);
             }
         }
         partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + wg.x * WG + t] = finish(acc);
@@ -241,7 +254,15 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
         let i = at.col - c * p.inner;
         let k = channel_coefficients(wg.z, c);
         let rows = group_rows(wg.y, at.g, at.groups);
-        for (var r = rows.x; r < rows.y; r++) {
+        var r = rows.x;
+        for (; r + 4u <= rows.y; r += 4u) {
+            let e = base + r * cols + at.col;
+            acc = accumulate(acc, e, r, c, i, k);
+            acc = accumulate(acc, e + cols, r + 1u, c, i, k);
+            acc = accumulate(acc, e + 2u * cols, r + 2u, c, i, k);
+            acc = accumulate(acc, e + 3u * cols, r + 3u, c, i, k);
+        }
+        for (; r < rows.y; r++) {
             acc = accumulate(acc, base + r * cols + at.col, r, c, i, k);
         }
     }

@@ -235,8 +235,22 @@ fn reduce4_runs_lanes(
         let k = coef(c);
         var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; r = run_next(r)) {
-                acc = add_lanes(acc, base + (r.o * p.channels + c) * p.inner + r.i, k);
+            for (var r = run_start(s, t); r.j < r.end; ) {
+                let stop = segment_stop(r);
+                var e = base + (r.o * p.channels + c) * p.inner + r.i;
+                var j = r.j;
+                for (; j + 24u < stop; j += 32u) {
+                    acc = add_lanes(acc, e, k);
+                    acc = add_lanes(acc, e + 8u, k);
+                    acc = add_lanes(acc, e + 16u, k);
+                    acc = add_lanes(acc, e + 24u, k);
+                    e += 32u;
+                }
+                for (; j < stop; j += 8u) {
+                    acc = add_lanes(acc, e, k);
+                    e += 8u;
+                }
+                r = next_segment(r, stop);
             }
         }
         partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x * WG + t] = folded_partial(finish(acc));
@@ -262,7 +276,15 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
         if (MODE == 0u) {
             return finish(column_stats(base + at.col, rows, cols));
         }
-        for (var r = rows.x; r < rows.y; r++) {
+        var r = rows.x;
+        for (; r + 4u <= rows.y; r += 4u) {
+            let e = base + r * cols + at.col;
+            acc = add_lanes(acc, e, k);
+            acc = add_lanes(acc, e + cols, k);
+            acc = add_lanes(acc, e + 2u * cols, k);
+            acc = add_lanes(acc, e + 3u * cols, k);
+        }
+        for (; r < rows.y; r++) {
             acc = add_lanes(acc, base + r * cols + at.col, k);
         }
     }
@@ -271,7 +293,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
 
 // MODE 0 down rows [rows.x, rows.y) of one column (`first` its row-0
 // element, rows `cols` apart): add_lanes's shifted sums with the pivot, the
-// column's first value, loaded before the loop, and two rows a step in two
+// column's first value, loaded before the loop, and four rows a step in two
 // accumulators (sums about one pivot add).
 fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
     if (rows.x >= rows.y) {
@@ -284,19 +306,22 @@ fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
     var a1 = vec4<f32>(0.0);
     var b1 = vec4<f32>(0.0);
     var r = rows.x;
-    for (; r + 1u < rows.y; r += 2u) {
+    for (; r + 4u <= rows.y; r += 4u) {
         let d0 = vec4<f32>(x[idx]) - pivot;
         let d1 = vec4<f32>(x[idx + cols]) - pivot;
-        a0 += d0;
-        b0 += d0 * d0;
-        a1 += d1;
-        b1 += d1 * d1;
-        idx += 2u * cols;
+        let d2 = vec4<f32>(x[idx + 2u * cols]) - pivot;
+        let d3 = vec4<f32>(x[idx + 3u * cols]) - pivot;
+        a0 += d0 + d2;
+        b0 += d0 * d0 + d2 * d2;
+        a1 += d1 + d3;
+        b1 += d1 * d1 + d3 * d3;
+        idx += 4u * cols;
     }
-    if (r < rows.y) {
+    for (; r < rows.y; r++) {
         let d = vec4<f32>(x[idx]) - pivot;
         a0 += d;
         b0 += d * d;
+        idx += cols;
     }
     return Acc(f32(rows.y - rows.x), a0 + a1, b0 + b1, pivot);
 }

@@ -253,7 +253,15 @@ fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
                 let st = splat(rows[quotient(r.o) * p.groups + cg]);
                 let stop = segment_stop(r);
                 var e = (r.o * p.channels + c) * p.inner + r.i;
-                for (var j = r.j; j < stop; j += 8u) {
+                var j = r.j;
+                for (; j + 24u < stop; j += 32u) {
+                    apply_at(e, w, st);
+                    apply_at(e + 8u, w, st);
+                    apply_at(e + 16u, w, st);
+                    apply_at(e + 24u, w, st);
+                    e += 32u;
+                }
+                for (; j < stop; j += 8u) {
                     apply_at(e, w, st);
                     e += 8u;
                 }
@@ -272,7 +280,15 @@ fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
                 let k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
                 let stop = segment_stop(r);
                 var e = (r.o * p.channels + c) * p.inner + r.i;
-                for (var j = r.j; j < stop; j += 8u) {
+                var j = r.j;
+                for (; j + 24u < stop; j += 32u) {
+                    dx_at(e, w, k);
+                    dx_at(e + 8u, w, k);
+                    dx_at(e + 16u, w, k);
+                    dx_at(e + 24u, w, k);
+                    e += 32u;
+                }
+                for (; j < stop; j += 8u) {
                     dx_at(e, w, k);
                     e += 8u;
                 }
@@ -318,6 +334,13 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
             let b = q * p.groups;
             let s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
             let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r + 4u <= stop; r += 4u) {
+                let e = r * cols + a.col;
+                apply_at(e, w, s);
+                apply_at(e + cols, w, s);
+                apply_at(e + 2u * cols, w, s);
+                apply_at(e + 3u * cols, w, s);
+            }
             for (; r < stop; r++) {
                 apply_at(r * cols + a.col, w, s);
             }
@@ -332,6 +355,13 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
         while (r < a.end) {
             let s = splat(rows[q * p.groups + g.x]);
             let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r + 4u <= stop; r += 4u) {
+                let e = r * cols + a.col;
+                apply_at(e, w, s);
+                apply_at(e + cols, w, s);
+                apply_at(e + 2u * cols, w, s);
+                apply_at(e + 3u * cols, w, s);
+            }
             for (; r < stop; r++) {
                 apply_at(r * cols + a.col, w, s);
             }
@@ -355,6 +385,13 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
             let b = q * p.groups;
             let k = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
             let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r + 4u <= stop; r += 4u) {
+                let e = r * cols + a.col;
+                dx_at(e, w, k);
+                dx_at(e + cols, w, k);
+                dx_at(e + 2u * cols, w, k);
+                dx_at(e + 3u * cols, w, k);
+            }
             for (; r < stop; r++) {
                 dx_at(r * cols + a.col, w, k);
             }
@@ -368,6 +405,13 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
         while (r < a.end) {
             let k = splat(rows_dx[q * p.groups + g.x]);
             let stop = min(a.end, (q + 1u) * p.row_div);
+            for (; r + 4u <= stop; r += 4u) {
+                let e = r * cols + a.col;
+                dx_at(e, w, k);
+                dx_at(e + cols, w, k);
+                dx_at(e + 2u * cols, w, k);
+                dx_at(e + 3u * cols, w, k);
+            }
             for (; r < stop; r++) {
                 dx_at(r * cols + a.col, w, k);
             }

@@ -82,6 +82,8 @@ fn contiguous_row_cases(rng: &mut Rng, what: &str) {
     group_norm_case(rng, what, &[2, 8, 3, 3], 2, Layout::Nchw);
     group_norm_case(rng, what, &[2, 4, 64, 64], 2, Layout::Nchw);
     group_norm_case(rng, what, &[1, 4, 64, 66], 2, Layout::Nchw);
+    group_norm_case(rng, what, &[3, 4, 4, 263], 2, Layout::Nchw);
+    group_norm_case(rng, what, &[3, 4, 5, 211], 2, Layout::Nchw);
     instance_norm_case(rng, &[3, 5, 8, 8], Layout::Nchw, Some(0.3));
 }
 
@@ -148,6 +150,13 @@ fn both_reduction_strategies_match_the_reference() {
         batch_norm_case(&[2, 3, 8, 10], Layout::Nhwc, &mut rng, &what);
         batch_norm_case(&[3, 6, 5, 4], Layout::Nhwc, &mut rng, &what);
         batch_norm_case(&[2, 5, 3, 3], Layout::Nhwc, &mut rng, &what);
+        // Runs whose spans end at every remainder of the four-step walks
+        // (263 vec4s, 1,055 scalars a plane; about seven values a lane in
+        // the first; 29 and 31 rows a column).
+        batch_norm_case(&[4, 1, 448, 263], Layout::Nchw, &mut rng, &what);
+        batch_norm_case(&[3, 2, 4, 263], Layout::Nchw, &mut rng, &what);
+        batch_norm_case(&[3, 2, 5, 211], Layout::Nchw, &mut rng, &what);
+        batch_norm_case(&[1, 8, 29, 31], Layout::Nhwc, &mut rng, &what);
         family_cases(&mut rng, &what);
     }
     ctx.set_reduction(default);
