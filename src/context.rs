@@ -50,7 +50,7 @@ impl std::fmt::Debug for Context {
 
 /// Features this crate uses when the adapter offers them: timestamps for
 /// the bench, f16 tensors, and subgroups for the one-pass LayerNorm and
-/// RMSNorm forward over longer rows (src/resident.rs).
+/// RMSNorm over longer rows (src/resident.rs).
 fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP
 }

@@ -7,9 +7,10 @@
 //!
 //! Forward records: partial statistics (reduce MODE 0), `merge_rows` (mean,
 //! rstd per row; InstanceNorm may then update its running statistics), then
-//! `apply`; on CPU adapters, LayerNorm's and RMSNorm's rows of up to 512
-//! values take one pass instead (src/resident.rs). Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
+//! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
 //! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
+//! On CPU adapters, LayerNorm's and RMSNorm's rows of up to 512 values take
+//! one pass each way instead (src/resident.rs).
 //!
 //! A tensor above one storage binding runs in parts (runs of whole samples,
 //! or of whole groups of one channels-second sample), each with its own

@@ -27,8 +27,8 @@ pub(crate) enum Shader {
     Elementwise { vec4: bool, f16: bool },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
-    /// LayerNorm's and RMSNorm's one-pass forward for one row length
-    /// (generated: src/resident.rs), over f16 tensors with `f16`.
+    /// LayerNorm's and RMSNorm's one-pass forward and backward for one row
+    /// length (generated: src/resident.rs), over f16 tensors with `f16`.
     Resident { plan: Resident, f16: bool },
 }
 
