@@ -92,6 +92,41 @@ fn dx_at(e: u32, k: Coef, gk: Coef) {
     dx[p.dx_off + e] = S(gk.a * g + gk.b * (v - gk.c) + gk.d);
 }
 
+// Values first, first + stride, ... (n of them), four a loop iteration: on
+// lavapipe an iteration's bookkeeping costs about as much as a load
+// (PERF_NOTES.md, fourth session).
+fn apply_strided(first: u32, n: u32, stride: u32, k: Coef) {
+    var e = first;
+    var m = 0u;
+    for (; m + 4u <= n; m += 4u) {
+        apply_at(e, k);
+        apply_at(e + stride, k);
+        apply_at(e + 2u * stride, k);
+        apply_at(e + 3u * stride, k);
+        e += 4u * stride;
+    }
+    for (; m < n; m++) {
+        apply_at(e, k);
+        e += stride;
+    }
+}
+
+fn dx_strided(first: u32, n: u32, stride: u32, k: Coef, gk: Coef) {
+    var e = first;
+    var m = 0u;
+    for (; m + 4u <= n; m += 4u) {
+        dx_at(e, k, gk);
+        dx_at(e + stride, k, gk);
+        dx_at(e + 2u * stride, k, gk);
+        dx_at(e + 3u * stride, k, gk);
+        e += 4u * stride;
+    }
+    for (; m < n; m++) {
+        dx_at(e, k, gk);
+        e += stride;
+    }
+}
+
 // Runs (long inner runs): workgroup (x, c) walks slices x, x + nwg.x, ...
 // of channel c (see walks.wgsl).
 @compute @workgroup_size(256)
@@ -105,19 +140,7 @@ fn apply_runs(
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let stop = segment_stop(r);
-                var e = (r.o * p.channels + c) * p.inner + r.i;
-                var j = r.j;
-                for (; j + 24u < stop; j += 32u) {
-                    apply_at(e, k);
-                    apply_at(e + 8u, k);
-                    apply_at(e + 16u, k);
-                    apply_at(e + 24u, k);
-                    e += 32u;
-                }
-                for (; j < stop; j += 8u) {
-                    apply_at(e, k);
-                    e += 8u;
-                }
+                apply_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k);
                 r = next_segment(r, stop);
             }
         }
@@ -138,17 +161,7 @@ fn apply_interleaved(
     let cols = p.channels * p.inner;
     let k = chan_coef(at.col / p.inner);
     let rows = group_rows(wg.y, at.g, at.groups);
-    var r = rows.x;
-    for (; r + 4u <= rows.y; r += 4u) {
-        let e = r * cols + at.col;
-        apply_at(e, k);
-        apply_at(e + cols, k);
-        apply_at(e + 2u * cols, k);
-        apply_at(e + 3u * cols, k);
-    }
-    for (; r < rows.y; r++) {
-        apply_at(r * cols + at.col, k);
-    }
+    apply_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, k);
 }
 
 @compute @workgroup_size(256)
@@ -163,19 +176,7 @@ fn dx_runs(
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let stop = segment_stop(r);
-                var e = (r.o * p.channels + c) * p.inner + r.i;
-                var j = r.j;
-                for (; j + 24u < stop; j += 32u) {
-                    dx_at(e, k, gk);
-                    dx_at(e + 8u, k, gk);
-                    dx_at(e + 16u, k, gk);
-                    dx_at(e + 24u, k, gk);
-                    e += 32u;
-                }
-                for (; j < stop; j += 8u) {
-                    dx_at(e, k, gk);
-                    e += 8u;
-                }
+                dx_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k, gk);
                 r = next_segment(r, stop);
             }
         }
@@ -196,15 +197,5 @@ fn dx_interleaved(
     let k = chan_coef(c);
     let gk = grad_coef(c);
     let rows = group_rows(wg.y, at.g, at.groups);
-    var r = rows.x;
-    for (; r + 4u <= rows.y; r += 4u) {
-        let e = r * cols + at.col;
-        dx_at(e, k, gk);
-        dx_at(e + cols, k, gk);
-        dx_at(e + 2u * cols, k, gk);
-        dx_at(e + 3u * cols, k, gk);
-    }
-    for (; r < rows.y; r++) {
-        dx_at(r * cols + at.col, k, gk);
-    }
+    dx_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, k, gk);
 }

@@ -99,6 +99,27 @@ fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
     return Acc(acc.n + 1.0, acc.a + d, acc.b + d * d, pivot);
 }
 
+// add_lanes over values first, first + stride, ... (n of them), four a loop
+// iteration: on lavapipe an iteration's bookkeeping costs about as much as
+// a load (PERF_NOTES.md, fourth session).
+fn add_strided(acc: Acc, first: u32, n: u32, stride: u32, k: Coef) -> Acc {
+    var a = acc;
+    var e = first;
+    var m = 0u;
+    for (; m + 4u <= n; m += 4u) {
+        a = add_lanes(a, e, k);
+        a = add_lanes(a, e + stride, k);
+        a = add_lanes(a, e + 2u * stride, k);
+        a = add_lanes(a, e + 3u * stride, k);
+        e += 4u * stride;
+    }
+    for (; m < n; m++) {
+        a = add_lanes(a, e, k);
+        e += stride;
+    }
+    return a;
+}
+
 // An invocation's accumulator in the form `combine` and the partials take:
 // MODE 0's shifted sums as per-lane (n, mean, M2); the sums as they are.
 fn finish(acc: Acc) -> Acc {
@@ -237,19 +258,8 @@ fn reduce4_runs_lanes(
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let stop = segment_stop(r);
-                var e = base + (r.o * p.channels + c) * p.inner + r.i;
-                var j = r.j;
-                for (; j + 24u < stop; j += 32u) {
-                    acc = add_lanes(acc, e, k);
-                    acc = add_lanes(acc, e + 8u, k);
-                    acc = add_lanes(acc, e + 16u, k);
-                    acc = add_lanes(acc, e + 24u, k);
-                    e += 32u;
-                }
-                for (; j < stop; j += 8u) {
-                    acc = add_lanes(acc, e, k);
-                    e += 8u;
-                }
+                let first = base + (r.o * p.channels + c) * p.inner + r.i;
+                acc = add_strided(acc, first, segment_values(r, stop), 8u, k);
                 r = next_segment(r, stop);
             }
         }
@@ -276,17 +286,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
         if (MODE == 0u) {
             return finish(column_stats(base + at.col, rows, cols));
         }
-        var r = rows.x;
-        for (; r + 4u <= rows.y; r += 4u) {
-            let e = base + r * cols + at.col;
-            acc = add_lanes(acc, e, k);
-            acc = add_lanes(acc, e + cols, k);
-            acc = add_lanes(acc, e + 2u * cols, k);
-            acc = add_lanes(acc, e + 3u * cols, k);
-        }
-        for (; r < rows.y; r++) {
-            acc = add_lanes(acc, base + r * cols + at.col, k);
-        }
+        acc = add_strided(acc, base + rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, k);
     }
     return finish(acc);
 }

@@ -231,6 +231,41 @@ fn dx_at(e: u32, w: Weights, k: Entry) {
     dx[p.dx_off + e] = S(k.a * V(dy[p.dy_off + e]) * w.g + k.b * (V(x[p.x_off + e]) - k.d) + k.c);
 }
 
+// Values first, first + stride, ... (n of them), four a loop iteration: on
+// lavapipe an iteration's bookkeeping costs about as much as a load
+// (PERF_NOTES.md, fourth session).
+fn apply_strided(first: u32, n: u32, stride: u32, w: Weights, s: Entry) {
+    var e = first;
+    var m = 0u;
+    for (; m + 4u <= n; m += 4u) {
+        apply_at(e, w, s);
+        apply_at(e + stride, w, s);
+        apply_at(e + 2u * stride, w, s);
+        apply_at(e + 3u * stride, w, s);
+        e += 4u * stride;
+    }
+    for (; m < n; m++) {
+        apply_at(e, w, s);
+        e += stride;
+    }
+}
+
+fn dx_strided(first: u32, n: u32, stride: u32, w: Weights, k: Entry) {
+    var e = first;
+    var m = 0u;
+    for (; m + 4u <= n; m += 4u) {
+        dx_at(e, w, k);
+        dx_at(e + stride, w, k);
+        dx_at(e + 2u * stride, w, k);
+        dx_at(e + 3u * stride, w, k);
+        e += 4u * stride;
+    }
+    for (; m < n; m++) {
+        dx_at(e, w, k);
+        e += stride;
+    }
+}
+
 // Runs (ReducePlan::elementwise_only, inner >= 256): workgroup (x, c) walks
 // slices x, x + nwg.x, ... of channel c (walks.wgsl); the stat row is
 // reloaded when the walk reaches the next outer index.
@@ -252,19 +287,7 @@ fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let st = splat(rows[quotient(r.o) * p.groups + cg]);
                 let stop = segment_stop(r);
-                var e = (r.o * p.channels + c) * p.inner + r.i;
-                var j = r.j;
-                for (; j + 24u < stop; j += 32u) {
-                    apply_at(e, w, st);
-                    apply_at(e + 8u, w, st);
-                    apply_at(e + 16u, w, st);
-                    apply_at(e + 24u, w, st);
-                    e += 32u;
-                }
-                for (; j < stop; j += 8u) {
-                    apply_at(e, w, st);
-                    e += 8u;
-                }
+                apply_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, w, st);
                 r = next_segment(r, stop);
             }
         }
@@ -279,19 +302,7 @@ fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
                 let stop = segment_stop(r);
-                var e = (r.o * p.channels + c) * p.inner + r.i;
-                var j = r.j;
-                for (; j + 24u < stop; j += 32u) {
-                    dx_at(e, w, k);
-                    dx_at(e + 8u, w, k);
-                    dx_at(e + 16u, w, k);
-                    dx_at(e + 24u, w, k);
-                    e += 32u;
-                }
-                for (; j < stop; j += 8u) {
-                    dx_at(e, w, k);
-                    e += 8u;
-                }
+                dx_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, w, k);
                 r = next_segment(r, stop);
             }
         }
@@ -334,16 +345,8 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
             let b = q * p.groups;
             let s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
             let stop = min(a.end, (q + 1u) * p.row_div);
-            for (; r + 4u <= stop; r += 4u) {
-                let e = r * cols + a.col;
-                apply_at(e, w, s);
-                apply_at(e + cols, w, s);
-                apply_at(e + 2u * cols, w, s);
-                apply_at(e + 3u * cols, w, s);
-            }
-            for (; r < stop; r++) {
-                apply_at(r * cols + a.col, w, s);
-            }
+            apply_strided(r * cols + a.col, stop - r, cols, w, s);
+            r = stop;
             q += 1u;
         }
     } else if (p.row_div == 1u) {
@@ -355,16 +358,8 @@ fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
         while (r < a.end) {
             let s = splat(rows[q * p.groups + g.x]);
             let stop = min(a.end, (q + 1u) * p.row_div);
-            for (; r + 4u <= stop; r += 4u) {
-                let e = r * cols + a.col;
-                apply_at(e, w, s);
-                apply_at(e + cols, w, s);
-                apply_at(e + 2u * cols, w, s);
-                apply_at(e + 3u * cols, w, s);
-            }
-            for (; r < stop; r++) {
-                apply_at(r * cols + a.col, w, s);
-            }
+            apply_strided(r * cols + a.col, stop - r, cols, w, s);
+            r = stop;
             q += 1u;
         }
     }
@@ -385,16 +380,8 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
             let b = q * p.groups;
             let k = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
             let stop = min(a.end, (q + 1u) * p.row_div);
-            for (; r + 4u <= stop; r += 4u) {
-                let e = r * cols + a.col;
-                dx_at(e, w, k);
-                dx_at(e + cols, w, k);
-                dx_at(e + 2u * cols, w, k);
-                dx_at(e + 3u * cols, w, k);
-            }
-            for (; r < stop; r++) {
-                dx_at(r * cols + a.col, w, k);
-            }
+            dx_strided(r * cols + a.col, stop - r, cols, w, k);
+            r = stop;
             q += 1u;
         }
     } else if (p.row_div == 1u) {
@@ -405,16 +392,8 @@ fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
         while (r < a.end) {
             let k = splat(rows_dx[q * p.groups + g.x]);
             let stop = min(a.end, (q + 1u) * p.row_div);
-            for (; r + 4u <= stop; r += 4u) {
-                let e = r * cols + a.col;
-                dx_at(e, w, k);
-                dx_at(e + cols, w, k);
-                dx_at(e + 2u * cols, w, k);
-                dx_at(e + 3u * cols, w, k);
-            }
-            for (; r < stop; r++) {
-                dx_at(r * cols + a.col, w, k);
-            }
+            dx_strided(r * cols + a.col, stop - r, cols, w, k);
+            r = stop;
             q += 1u;
         }
     }

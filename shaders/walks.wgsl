@@ -45,8 +45,13 @@ fn segment_stop(r: Run) -> u32 {
     return min(r.end, r.j - r.i + p.inner);
 }
 
+// The run's values before `stop`, eight apart.
+fn segment_values(r: Run, stop: u32) -> u32 {
+    return (stop - r.j + 7u) / 8u;
+}
+
 fn next_segment(r: Run, stop: u32) -> Run {
-    let steps = 8u * ((stop - r.j + 7u) / 8u);
+    let steps = 8u * segment_values(r, stop);
     var n = r;
     n.j += steps;
     n.i += steps;
