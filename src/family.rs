@@ -608,32 +608,41 @@ impl Core {
         piece: &Piece,
         yw: &Window,
     ) -> Result<()> {
-        let device = self.ctx.device();
         self.ctx.scoped(|| {
-            let kernel = self
-                .ctx
-                .kernels()
-                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, Pass::Forward.entry()))?;
-            let params_buf = uniform(device, params)?;
-            let group = bind(
-                device,
-                &kernel,
-                &[
-                    (0, params_buf.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
-                    (3, self.bias.as_entire_binding()),
-                    (6, piece.rows.as_entire_binding()),
-                    (8, piece.x.resource()),
-                    (9, yw.resource()),
-                ],
-            );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("norm forward, one pass"),
                 timestamp_writes: None,
             });
-            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows(), Pass::Forward), 1));
-            Ok(())
+            self.record_resident(&mut pass, resident, Pass::Forward, params, piece, &[(9, yw.resource())])
         })
+    }
+
+    /// Records `kernel` of the one-pass plan over `piece`'s rows: its
+    /// parameters, the weights, the saved rows and x bound, and `views`.
+    fn record_resident(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        resident: Resident,
+        kernel: Pass,
+        params: &ChannelParams,
+        piece: &Piece,
+        views: &[(u32, wgpu::BindingResource<'_>)],
+    ) -> Result<()> {
+        let device = self.ctx.device();
+        let key = KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, kernel.entry());
+        let pipeline = self.ctx.kernels().get(key)?;
+        let params = uniform(device, params)?;
+        let mut entries = vec![
+            (0, params.as_entire_binding()),
+            (2, self.weight.as_entire_binding()),
+            (3, self.bias.as_entire_binding()),
+            (6, piece.rows.as_entire_binding()),
+            (8, piece.x.resource()),
+        ];
+        entries.extend_from_slice(views);
+        let group = bind(device, &pipeline, &entries);
+        dispatch(pass, &pipeline, &group, (resident.workgroups(piece.geo.rows(), kernel), 1));
+        Ok(())
     }
 
     fn record_running(
@@ -920,33 +929,14 @@ impl Core {
         out: &PartDx,
         columns: &Columns,
     ) -> Result<()> {
-        let device = self.ctx.device();
         self.ctx.scoped(|| {
-            let kernel = self
-                .ctx
-                .kernels()
-                .get(KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, Pass::Backward.entry()))?;
-            let params_buf = uniform(device, params)?;
-            let col_buf = uniform(device, col_params)?;
-            let group = bind(
-                device,
-                &kernel,
-                &[
-                    (0, params_buf.as_entire_binding()),
-                    (1, columns.partials.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
-                    (3, self.bias.as_entire_binding()),
-                    (6, piece.rows.as_entire_binding()),
-                    (8, piece.x.resource()),
-                    (10, out.dy.resource()),
-                    (11, out.dx.resource()),
-                ],
-            );
+            let col_buf = uniform(self.ctx.device(), col_params)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("norm backward, one pass"),
                 timestamp_writes: None,
             });
-            dispatch(&mut pass, &kernel, &group, (resident.workgroups(piece.geo.rows(), Pass::Backward), 1));
+            let views = [(1, columns.partials.as_entire_binding()), (10, out.dy.resource()), (11, out.dx.resource())];
+            self.record_resident(&mut pass, resident, Pass::Backward, params, piece, &views)?;
             if columns.merge {
                 self.record_merge_columns(&mut pass, &col_buf, columns.partials, Some(resident))?;
             }
