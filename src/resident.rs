@@ -166,30 +166,15 @@ impl Gen {
     }
 
     /// `expr` (with `#` for k) summed over the lane's vec4s, the last one
-    /// zero where it is not live.
-    fn sum(&self, expr: &str) -> String {
+    /// `zero` (of expr's type) where it is not live.
+    fn sum(&self, expr: &str, zero: &str) -> String {
         let terms: Vec<String> = (0..self.v)
             .map(|k| {
                 let e = expr.replace('#', &k.to_string());
                 if self.masked(k) {
-                    format!("select(vec4<f32>(0.0), {e}, live)")
+                    format!("select({zero}, {e}, live)")
                 } else {
                     format!("({e})")
-                }
-            })
-            .collect();
-        terms.join(" + ")
-    }
-
-    /// The same for a scalar `expr`.
-    fn sum_scalar(&self, expr: &str) -> String {
-        let terms: Vec<String> = (0..self.v)
-            .map(|k| {
-                let e = expr.replace('#', &k.to_string());
-                if self.masked(k) {
-                    format!("select(0.0, {e}, live)")
-                } else {
-                    e
                 }
             })
             .collect();
@@ -274,9 +259,9 @@ impl Gen {
         self.load("v", "x", "p.x_off / 4u + at");
         let first = if self.subgroup() { "subgroupBroadcastFirst(v0.x)" } else { "v0.x" };
         self.line(&format!("        let pivot = {first};"));
-        let shifted = format!("dot({}, vec4<f32>(1.0))", self.sum("v# - pivot"));
+        let shifted = format!("dot({}, vec4<f32>(1.0))", self.sum("v# - pivot", "vec4<f32>(0.0)"));
         self.line(&format!("        let mean = pivot + {} / f32(p.inner);", self.total(&shifted)));
-        let squares = self.sum_scalar("sq(v# - mean)");
+        let squares = self.sum("sq(v# - mean)", "0.0");
         self.line(&format!("        let stats = finish(mean, {} / f32(p.inner));", self.total(&squares)));
         self.store("y", "p.y_off / 4u + at", "fma((v# - stats.x) * stats.y, w#[0], w#[1])");
         self.line(if self.subgroup() {
@@ -306,9 +291,9 @@ impl Gen {
         }
         let sums = format!(
             "vec4<f32>(dot({}, vec4<f32>(1.0)), {}, dot({}, vec4<f32>(1.0)), 0.0)",
-            self.sum("g#"),
-            self.sum_scalar("dot(g#, d#)"),
-            self.sum("d#"),
+            self.sum("g#", "vec4<f32>(0.0)"),
+            self.sum("dot(g#, d#)", "0.0"),
+            self.sum("d#", "vec4<f32>(0.0)"),
         );
         self.line(&format!("        let k = dx_coefficients({}, st.y);", self.total(&sums)));
         self.store("dx", "p.dx_off / 4u + at", "fma(vec4<f32>(st.y), g#, fma(vec4<f32>(k.x), d#, vec4<f32>(k.y)))");
