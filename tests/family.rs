@@ -7,11 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::family::{instance_norm_case, layer_norm_case, read, rms_norm_case, upload, zeros};
+use common::family::{group_norm_case, instance_norm_case, layer_norm_case, read, rms_norm_case, upload, zeros};
 use common::{assert_close, ctx, Rng, TOLERANCE};
 use wgpu_norm::check::{check_file, Outcome};
 use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs};
+use wgpu_norm::reference::{self, InstanceNormArgs, LayerNormArgs};
 use wgpu_norm::{
     Error, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig,
     Layout, RmsNorm, RmsNormConfig, Tensor, TensorView,
@@ -86,41 +86,6 @@ fn rms_norm_short_and_long_rows() {
     rms_norm_case(&mut rng, &[5, 33], 1, Some(1e-6), false);
     rms_norm_case(&mut rng, &[2, 20000], 1, None, true);
     rms_norm_case(&mut rng, &[3, 6, 70], 2, Some(1e-5), true);
-}
-
-fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: Layout, offset: f32, affine: bool) {
-    let what = format!("group_norm {shape:?} {layout:?}, {groups} groups, offset {offset}, affine {affine}");
-    let len: usize = shape.iter().product();
-    let c = shape[1];
-    let x = rng.normal_vec(len, offset, 1.5);
-    let dy = rng.normal_vec(len, 0.0, 1.0);
-    let w = rng.normal_vec(c, 1.0, 0.5);
-    let b = rng.normal_vec(c, 0.0, 0.5);
-    let gn = GroupNorm::new(ctx(), GroupNormConfig::new(groups, c).affine(affine)).unwrap();
-    gn.write_weight(&w).unwrap();
-    gn.write_bias(&b).unwrap();
-    let (xt, yt, dyt, dxt) =
-        (upload(&x, shape, layout), zeros(shape, layout), upload(&dy, shape, layout), zeros(shape, layout));
-    gn.forward_sync(&xt.view(), &yt.view()).unwrap();
-    gn.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
-    let args = GroupNormArgs {
-        shape,
-        layout,
-        num_groups: groups,
-        weight: affine.then_some(&w[..]),
-        bias: affine.then_some(&b[..]),
-        eps: 1e-5,
-    };
-    let f = reference::group_norm_forward(&args, &x);
-    let g = reference::group_norm_backward(&args, &x, &dy);
-    let (mean, rstd) = gn.read_saved().unwrap();
-    let (dw, db) = gn.read_grads().unwrap();
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: mean"), &mean, &f.mean);
-    assert_close(&format!("{what}: rstd"), &rstd, &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-    assert_close(&format!("{what}: dbias"), &db, &g.dbias);
 }
 
 #[test]

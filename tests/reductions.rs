@@ -12,13 +12,10 @@
 
 mod common;
 
-use common::family::{instance_norm_case, layer_norm_case, rms_norm_case};
+use common::family::{group_norm_case, instance_norm_case, layer_norm_case, rms_norm_case};
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, GroupNormArgs, LayerNormArgs};
-use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Layout,
-    Reduction, Tensor,
-};
+use wgpu_norm::reference::{self, BatchNormArgs, LayerNormArgs};
+use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, LayerNorm, LayerNormConfig, Layout, Reduction, Tensor};
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();
@@ -57,12 +54,12 @@ fn family_cases(rng: &mut Rng, what: &str) {
     eprintln!("family cases under {what}");
     // GroupNorm rows of 3,200 values, and channels of 16,640 (more than one
     // chunk of an elementwise pass on GPUs); LayerNorm rows of 20,000.
-    group_norm_case(rng, what, &[2, 4, 40, 40], 2, Layout::Nchw);
-    group_norm_case(rng, what, &[1, 2, 128, 130], 2, Layout::Nchw);
+    group_norm_case(rng, &[2, 4, 40, 40], 2, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[1, 2, 128, 130], 2, Layout::Nchw, -1.0, true);
     // Channels-last: lanes of four channels (8), and 3 channels regrouped
     // in runs of twelve values, whose lane streams each write partials.
-    group_norm_case(rng, what, &[2, 8, 30, 40], 4, Layout::Nhwc);
-    group_norm_case(rng, what, &[2, 3, 32, 40], 3, Layout::Nhwc);
+    group_norm_case(rng, &[2, 8, 30, 40], 4, Layout::Nhwc, -1.0, true);
+    group_norm_case(rng, &[2, 3, 32, 40], 3, Layout::Nhwc, -1.0, true);
     layer_norm_case(rng, &[3, 20_000], 1, 2.0, true, true);
     contiguous_row_cases(rng, what);
 }
@@ -78,12 +75,12 @@ fn contiguous_row_cases(rng: &mut Rng, what: &str) {
     f16_layer_norm_case(rng, what, 5, 260);
     // Spatial sizes 16 (four values share a weight) and 9 (they may not),
     // groups of 8192 and 8448 values.
-    group_norm_case(rng, what, &[2, 6, 4, 4], 3, Layout::Nchw);
-    group_norm_case(rng, what, &[2, 8, 3, 3], 2, Layout::Nchw);
-    group_norm_case(rng, what, &[2, 4, 64, 64], 2, Layout::Nchw);
-    group_norm_case(rng, what, &[1, 4, 64, 66], 2, Layout::Nchw);
-    group_norm_case(rng, what, &[3, 4, 4, 263], 2, Layout::Nchw);
-    group_norm_case(rng, what, &[3, 4, 5, 211], 2, Layout::Nchw);
+    group_norm_case(rng, &[2, 6, 4, 4], 3, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[2, 8, 3, 3], 2, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[2, 4, 64, 64], 2, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[1, 4, 64, 66], 2, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[3, 4, 4, 263], 2, Layout::Nchw, -1.0, true);
+    group_norm_case(rng, &[3, 4, 5, 211], 2, Layout::Nchw, -1.0, true);
     instance_norm_case(rng, &[3, 5, 8, 8], Layout::Nchw, Some(0.3));
 }
 
@@ -106,26 +103,6 @@ fn f16_layer_norm_case(rng: &mut Rng, what: &str, rows: usize, d: usize) {
     // y rounds to f16 on the way out (half.rs's tolerance).
     let err = common::normalized_error(&y.read(ctx).unwrap(), &want);
     assert!(err <= 2e-3, "{what} f16 ln {shape:?} y: normalized error {err:.3e}");
-}
-
-fn group_norm_case(rng: &mut Rng, what: &str, shape: &[usize], groups: usize, layout: Layout) {
-    let ctx = ctx();
-    let len: usize = shape.iter().product();
-    let c = shape[1];
-    let (x, dy) = (rng.normal_vec(len, -1.0, 1.5), rng.normal_vec(len, 0.0, 1.0));
-    let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
-    let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
-    gn.write_weight(&w).unwrap();
-    gn.write_bias(&b).unwrap();
-    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s, layout).unwrap();
-    let (xt, dyt, y, dx) = (t(&x, shape), t(&dy, shape), t(&vec![0.0; len], shape), t(&vec![0.0; len], shape));
-    gn.forward_sync(&xt.view(), &y.view()).unwrap();
-    gn.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
-    let args = GroupNormArgs { shape, layout, num_groups: groups, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
-    let (f, g) = (reference::group_norm_forward(&args, &x), reference::group_norm_backward(&args, &x, &dy));
-    assert_close(&format!("{what} gn {shape:?} {layout:?} y"), &y.read(ctx).unwrap(), &f.y);
-    assert_close(&format!("{what} gn {shape:?} {layout:?} dx"), &dx.read(ctx).unwrap(), &g.dx);
-    assert_close(&format!("{what} gn {shape:?} {layout:?} dweight"), &gn.read_grads().unwrap().0, &g.dweight);
 }
 
 #[test]

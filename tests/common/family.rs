@@ -2,10 +2,10 @@
 //! tests/family.rs (default reduction) and tests/reductions.rs (both
 //! strategies).
 
-use wgpu_norm::reference::{self, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
+use wgpu_norm::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
 use wgpu_norm::{
-    InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig,
-    Tensor,
+    GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig,
+    Layout, RmsNorm, RmsNormConfig, Tensor,
 };
 
 use super::{assert_close, ctx, Rng};
@@ -86,6 +86,41 @@ pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>,
     assert_close(&format!("{what}: rstd"), &rn.read_saved().unwrap(), &f.rstd);
     assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
     assert_close(&format!("{what}: dweight"), &rn.read_grad_weight().unwrap(), &g.dweight);
+}
+
+pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: Layout, offset: f32, affine: bool) {
+    let what = format!("group_norm {shape:?} {layout:?}, {groups} groups, offset {offset}, affine {affine}");
+    let len: usize = shape.iter().product();
+    let c = shape[1];
+    let x = rng.normal_vec(len, offset, 1.5);
+    let dy = rng.normal_vec(len, 0.0, 1.0);
+    let w = rng.normal_vec(c, 1.0, 0.5);
+    let b = rng.normal_vec(c, 0.0, 0.5);
+    let gn = GroupNorm::new(ctx(), GroupNormConfig::new(groups, c).affine(affine)).unwrap();
+    gn.write_weight(&w).unwrap();
+    gn.write_bias(&b).unwrap();
+    let (xt, yt, dyt, dxt) =
+        (upload(&x, shape, layout), zeros(shape, layout), upload(&dy, shape, layout), zeros(shape, layout));
+    gn.forward_sync(&xt.view(), &yt.view()).unwrap();
+    gn.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
+    let args = GroupNormArgs {
+        shape,
+        layout,
+        num_groups: groups,
+        weight: affine.then_some(&w[..]),
+        bias: affine.then_some(&b[..]),
+        eps: 1e-5,
+    };
+    let f = reference::group_norm_forward(&args, &x);
+    let g = reference::group_norm_backward(&args, &x, &dy);
+    let (mean, rstd) = gn.read_saved().unwrap();
+    let (dw, db) = gn.read_grads().unwrap();
+    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
+    assert_close(&format!("{what}: mean"), &mean, &f.mean);
+    assert_close(&format!("{what}: rstd"), &rstd, &f.rstd);
+    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
+    assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
+    assert_close(&format!("{what}: dbias"), &db, &g.dbias);
 }
 
 pub fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, momentum: Option<f32>) {
