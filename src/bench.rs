@@ -12,8 +12,9 @@
 //!   (PyTorch's defaults: no affine, no running statistics) run in both
 //!   layouts and need rank >= 3: a rank-2 shape skips them with a note.
 //!
-//! - Times are medians over `iters` runs after `warmup` runs, each run its own
-//!   submission. With `TIMESTAMP_QUERY` the GPU's own clock is read: an empty
+//! - Times are medians over `iters` runs after `warmup` runs (and, but for
+//!   `--quick`, at least [`MIN_WARMUP_MS`] of them, for GPU clocks), each
+//!   run its own submission. With `TIMESTAMP_QUERY` the GPU's own clock is read: an empty
 //!   compute pass writes a timestamp before the op's passes and another one
 //!   after them. Without it, wall clock around submit-and-wait.
 //! - Bandwidth counts the bytes an op must move at the least: each input read
@@ -299,6 +300,9 @@ pub struct BenchConfig {
     pub iters: usize,
     /// Untimed runs before them.
     pub warmup: usize,
+    /// ...and at least this long (ms) of them, when `warmup` > 0 (see
+    /// [`MIN_WARMUP_MS`]).
+    pub min_warmup_ms: f64,
     /// Check each op against the f64 reference before timing it.
     pub verify: bool,
 }
@@ -312,16 +316,18 @@ impl BenchConfig {
             layouts: vec![Layout::Nchw, Layout::Nhwc],
             iters: 7,
             warmup: 2,
+            min_warmup_ms: MIN_WARMUP_MS,
             verify: false,
         }
     }
 
-    /// A small run for smoke tests.
+    /// A small run for smoke tests (no warm-up by time).
     pub fn quick() -> BenchConfig {
         BenchConfig {
             shapes: parse_shapes(QUICK_SHAPES).expect("quick shapes parse"),
             iters: 3,
             warmup: 1,
+            min_warmup_ms: 0.0,
             ..BenchConfig::default_run()
         }
     }
@@ -466,11 +472,18 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
                     clock.measure(
                         ctx,
                         config.warmup,
+                        config.min_warmup_ms,
                         iters,
                         &mut [&mut |e| work.record(e), &mut |e| copy.record(e), &mut |e| work.record_naive(e)],
                     )?
                 } else {
-                    clock.measure(ctx, config.warmup, iters, &mut [&mut |e| work.record(e), &mut |e| copy.record(e)])?
+                    clock.measure(
+                        ctx,
+                        config.warmup,
+                        config.min_warmup_ms,
+                        iters,
+                        &mut [&mut |e| work.record(e), &mut |e| copy.record(e)],
+                    )?
                 };
                 let (times, copy_ms, naive_ms) = (&times[0], median(&times[1]), times.get(2).map(|t| median(t)));
                 let median_ms = median(times);
@@ -556,7 +569,8 @@ impl Clock {
         Ok(Clock { queries, period_ns: f64::from(ctx.queue().get_timestamp_period()) })
     }
 
-    /// Runs each of `records` `warmup` times, then `iters` timed rounds in
+    /// Runs each of `records` `warmup` times (more while the warm-up is
+    /// shorter than `min_warmup_ms`), then `iters` timed rounds in
     /// which each runs once in turn (interleaved, so that load from other
     /// processes falls on all of them alike). Each run is its own
     /// submission, waited for. A recorder whose last warm-up took over
@@ -568,17 +582,21 @@ impl Clock {
         &self,
         ctx: &Context,
         warmup: usize,
+        min_warmup_ms: f64,
         iters: usize,
         records: &mut [Recorder<'_>],
     ) -> Result<(Times, Times)> {
         let k = records.len();
         let mut slow = vec![false; k];
-        for _ in 0..warmup {
+        let warming = Instant::now();
+        let mut round = 0;
+        while keep_warming(round, warmup, warming.elapsed().as_secs_f64() * 1e3, min_warmup_ms) {
             for (j, record) in records.iter_mut().enumerate() {
                 let start = Instant::now();
                 ctx.run(&mut **record)?;
                 slow[j] = start.elapsed().as_secs_f64() * 1e3 > SLOW_RUN_MS;
             }
+            round += 1;
         }
         let mut wall = vec![Vec::with_capacity(iters); k];
         // The recorder of each pair of timestamps, in the order written.
@@ -624,6 +642,20 @@ impl Clock {
         }
         Ok((out, wall))
     }
+}
+
+/// The default run's warm-up goes on past `--warmup` rounds (up to
+/// [`MAX_WARMUP_ROUNDS`]) until it has run this long (ms): a GPU left idle while `--verify` ran the
+/// f64 reference on the CPU comes back at low clocks, and two warm-up runs
+/// of tens of microseconds did not bring it up. On an H100 and an H200,
+/// `bn_forward_train` 8192x512 read 0.22–0.26 ms right after verification
+/// (its copy and naive baseline 2–3x slow too) and 0.065 ms without it.
+const MIN_WARMUP_MS: f64 = 200.0;
+const MAX_WARMUP_ROUNDS: usize = 1000;
+
+/// Whether warm-up round `round` (from 0) should run, `elapsed_ms` into it.
+fn keep_warming(round: usize, warmup: usize, elapsed_ms: f64, min_ms: f64) -> bool {
+    round < warmup || (warmup > 0 && round < MAX_WARMUP_ROUNDS && elapsed_ms < min_ms)
 }
 
 /// A run slower than this (ms, the last warm-up's wall clock) is timed in
@@ -1512,6 +1544,19 @@ pub fn to_json(report: &Report) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warm_up_runs_its_rounds_then_until_its_time() {
+        // The rounds asked for, however long they take.
+        assert!(keep_warming(1, 2, 1e6, 200.0));
+        assert!(!keep_warming(2, 2, 1e6, 200.0));
+        // Then more while short of the time, up to the cap.
+        assert!(keep_warming(2, 2, 10.0, 200.0));
+        assert!(!keep_warming(MAX_WARMUP_ROUNDS, 2, 10.0, 200.0));
+        // No time floor without one, nor when no warm-up was asked for.
+        assert!(!keep_warming(2, 2, 10.0, 0.0));
+        assert!(!keep_warming(0, 0, 0.0, 200.0));
+    }
 
     #[test]
     fn group_counts() {
