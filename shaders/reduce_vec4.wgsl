@@ -1,6 +1,6 @@
 // Partial reductions four values at a time (vec4 loads): BatchNorm's, for
 // views where the elementwise passes also run in vec4 (see elementwise.wgsl),
-// and the family's statistics. The view in Params is in vec4 units. Same
+// and the family's statistics and GroupNorm's/InstanceNorm's backward sums. The view in Params is in vec4 units. Same
 // tilings (planar, interleaved, rows; grid z over a batch of views, as
 // reduce.wgsl), partial layout and modes as reduce.wgsl (0 statistics, 1
 // backward sums, 4 and 5 behind a fused ReLU / add + ReLU), so the merge
@@ -46,19 +46,21 @@ struct Coef {
     beta: vec4<f32>,
 }
 
-fn coef(c: u32) -> Coef {
+// Channel c of view z (view z's channels follow view z - 1's, as their
+// partials do: GroupNorm's backward reduces each sample's instances).
+fn coef(z: u32, c: u32) -> Coef {
     if (MODE == 0u) {
         return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
+    let b = view_first(z);
     if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base;
         let k0 = chan[b + lane_channel(c, 0u)];
         let k1 = chan[b + lane_channel(c, 1u)];
         let k2 = chan[b + lane_channel(c, 2u)];
         let k3 = chan[b + lane_channel(c, 3u)];
         return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
     }
-    let k = chan[p.chan_base + c];
+    let k = chan[b + c];
     return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
 }
 
@@ -187,7 +189,7 @@ fn folded_partial(acc: Acc) -> vec4<f32> {
 // Invocation t's share of workgroup wg's slice of channel c.
 fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> Acc {
     let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
-    let k = coef(c);
+    let k = coef(wg.z, c);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     let base = wg.z * p.batch_stride;
     var j = wg.x * p.slice_len + t;
@@ -253,7 +255,7 @@ fn reduce4_runs_lanes(
 ) {
     let base = wg.z * p.batch_stride;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = coef(c);
+        let k = coef(wg.z, c);
         var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
@@ -280,7 +282,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
     let cols = p.channels * p.inner;
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (at.owned) {
-        let k = coef(at.col / p.inner);
+        let k = coef(wg.z, at.col / p.inner);
         let base = wg.z * p.batch_stride;
         let rows = group_rows(wg.y, at.g, at.groups);
         if (MODE == 0u) {
@@ -387,7 +389,7 @@ fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
     let c = rows_channel(wg, nwg, t);
     var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (c < p.channels) {
-        let k = coef(c);
+        let k = coef(wg.z, c);
         let base = wg.z * p.batch_stride + c * p.inner;
         for (var i = t % p.width; i < p.inner; i += p.width) {
             acc = add_lanes(acc, base + i, k);

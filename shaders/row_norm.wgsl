@@ -3,7 +3,8 @@
 // statistic spans (a "stat row": a trailing block for LayerNorm/RMSNorm, an
 // (n, group) for GroupNorm, an (n, channel) for InstanceNorm). Their
 // reductions are reduce.wgsl's (MODE 0 statistics, MODE 2 row sums, MODE 3
-// column sums); what is left is one invocation per row or per weight, and
+// column sums, or MODE 1 sums per instance: see instance_centres) or
+// reduce_vec4.wgsl's; what is left is one invocation per row or per weight, and
 // two elementwise passes over the per-weight view [outer][channels][inner],
 // where element (o, c, i) uses weight c and stat row
 // (o / row_div) * groups + c / cpg.
@@ -30,6 +31,9 @@
 @group(0) @binding(11) var<storage, read_write> dx: array<S>;
 @group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
+// GroupNorm's and InstanceNorm's backward: one entry per (n, c) instance,
+// first its centre, then its sums (see instance_centres).
+@group(0) @binding(14) var<storage, read_write> instances: array<vec4<f32>>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
@@ -114,26 +118,103 @@ fn merge_row_grads(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
-        let sums = merge_partials(r * p.parts, p.parts, false);
-        let s = rows[r];
-        let rstd = s.y;
-        let inv_m = 1.0 / p.count;
-        var delta = 0.0;
-        var b = 0.0;
-        var c = 0.0;
-        if (has(FLAG_BATCH_STATS)) {
-            if (has(FLAG_RMS)) {
-                b = -rstd * rstd * rstd * sums.y * inv_m;
-            } else {
-                // The centre is the mean rounded to f32; the exact one is centre + delta.
-                delta = sums.z * inv_m;
-                let sum_gx = sums.y - delta * sums.x;
-                b = -rstd * rstd * rstd * sum_gx * inv_m;
-                c = -rstd * sums.x * inv_m - b * delta;
-            }
+        row_grads(r, merge_partials(r * p.parts, p.parts, false));
+    }
+}
+
+// Row r's dx coefficients from its sums (sum g, sum g * (x - centre),
+// sum (x - centre)).
+fn row_grads(r: u32, sums: vec4<f32>) {
+    let s = rows[r];
+    let rstd = s.y;
+    let inv_m = 1.0 / p.count;
+    var delta = 0.0;
+    var b = 0.0;
+    var c = 0.0;
+    if (has(FLAG_BATCH_STATS)) {
+        if (has(FLAG_RMS)) {
+            b = -rstd * rstd * rstd * sums.y * inv_m;
+        } else {
+            // The centre is the mean rounded to f32; the exact one is centre + delta.
+            delta = sums.z * inv_m;
+            let sum_gx = sums.y - delta * sums.x;
+            b = -rstd * rstd * rstd * sum_gx * inv_m;
+            c = -rstd * sums.x * inv_m - b * delta;
         }
-        rows[r] = vec4<f32>(s.x, rstd, delta, s.w);
-        rows_dx[r] = vec4<f32>(rstd, b, c, s.x);
+    }
+    rows[r] = vec4<f32>(s.x, rstd, delta, s.w);
+    rows_dx[r] = vec4<f32>(rstd, b, c, s.x);
+}
+
+// GroupNorm's and InstanceNorm's backward from one reduction instead of
+// two: per (n, c) instance i (stat row i / cpg), A = sum dy, B = sum dy *
+// (x - centre) and D = sum (x - centre) over its values (reduce MODE 1 with
+// `instances` as the centres). Then row r's sums are the sums over its
+// channels of (gamma_c A, gamma_c B, D), and weight c's dbias is the sum over
+// samples of A and its dweight of rstd * (B - delta * A): x and dy are read
+// twice in all (here and in dx), where row sums and column sums read them
+// twice each.
+@compute @workgroup_size(64)
+fn instance_centres(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var i = id.x; i < p.rows * p.cpg; i += nwg.x * 64u) {
+        instances[i] = vec4<f32>(rows[i / p.cpg].x, 0.0, 0.0, 0.0);
+    }
+}
+
+// Instance i's partials (p.parts of them) merged into its sums.
+@compute @workgroup_size(64)
+fn merge_instances(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var i = id.x; i < p.rows * p.cpg; i += nwg.x * 64u) {
+        instances[i] = merge_partials(i * p.parts, p.parts, false);
+    }
+}
+
+// Row r's dx coefficients from its channels' instance sums.
+@compute @workgroup_size(64)
+fn group_row_grads(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let channels = p.groups * p.cpg;
+    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+        var sums = vec4<f32>(0.0);
+        for (var k = 0u; k < p.cpg; k++) {
+            let i = r * p.cpg + k;
+            let s = instances[i];
+            let w = gamma(i % channels);
+            sums += vec4<f32>(w * s.x, w * s.y, s.z, 0.0);
+        }
+        row_grads(r, sums);
+    }
+}
+
+// dweight and dbias of weight c from its instances, after group_row_grads
+// (rows[r] = (centre, rstd, delta, var)).
+@compute @workgroup_size(64)
+fn instance_columns(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let channels = p.groups * p.cpg;
+    let samples = p.rows / p.groups;
+    for (var c = id.x; c < channels; c += nwg.x * 64u) {
+        var dw = 0.0;
+        var db = 0.0;
+        for (var n = 0u; n < samples; n++) {
+            let i = n * channels + c;
+            let s = instances[i];
+            let row = rows[i / p.cpg];
+            dw += row.y * (s.y - row.z * s.x);
+            db += s.x;
+        }
+        dweight[c] = dw;
+        dbias[c] = db;
     }
 }
 

@@ -9,8 +9,10 @@
 //! rstd per row; InstanceNorm may then update its running statistics), then
 //! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
 //! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
-//! On CPU adapters, LayerNorm's and RMSNorm's rows of up to 512 values take
-//! one pass each way instead (src/resident.rs).
+//! GroupNorm and InstanceNorm in one part take one reduction per (n, c)
+//! instance (MODE 1) for both sums instead (`record_instance_grads`). On CPU
+//! adapters, LayerNorm's and RMSNorm's rows of up to 512 values take one
+//! pass each way (src/resident.rs).
 //!
 //! A tensor above one storage binding runs in parts (runs of whole samples,
 //! or of whole groups of one channels-second sample), each with its own
@@ -159,6 +161,26 @@ impl Geometry {
         g.samples = n;
         g
     }
+
+    /// Whether weights index whole channels of a grouped tensor (GroupNorm,
+    /// InstanceNorm), not positions of a trailing block (LayerNorm, RMSNorm).
+    pub fn is_grouped(&self) -> bool {
+        !(self.groups == 1 && self.wdiv == 1 && self.row_div == 1)
+    }
+
+    /// The same tensor with one stat row per (n, c) instance, in the order of
+    /// the rows: instance i lies in row i / cpg (InstanceNorm's geometry).
+    pub fn instances(&self) -> Geometry {
+        let mut g = *self;
+        g.stat = ChannelView {
+            outer: self.stat.outer,
+            channels: self.stat.channels * self.cpg,
+            inner: self.stat.inner / self.cpg,
+        };
+        g.groups = self.groups * self.cpg;
+        g.cpg = 1;
+        g
+    }
 }
 
 /// What distinguishes the ops beyond their geometry.
@@ -195,6 +217,8 @@ struct Scratch {
     rows: Option<wgpu::Buffer>,
     rows_dx: Option<wgpu::Buffer>,
     partials: Option<wgpu::Buffer>,
+    /// GroupNorm's and InstanceNorm's backward: one entry per instance.
+    instances: Option<wgpu::Buffer>,
     /// Tensors above one binding: one part's rows, and the column partials
     /// of every part.
     part_rows: Option<wgpu::Buffer>,
@@ -398,6 +422,12 @@ impl Core {
         ))
     }
 
+    /// One vec4 per instance (GroupNorm's and InstanceNorm's backward).
+    fn instance_scratch(&self, instances: usize) -> Result<wgpu::Buffer> {
+        let mut s = lock(&self.scratch);
+        grow(&self.ctx, &mut s.instances, instances as u64 * 16, "norm instance sums")
+    }
+
     /// The scratch of a cut op: one part's rows and every part's column partials.
     fn part_scratch(&self, part_rows: usize, column_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
         let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
@@ -441,7 +471,7 @@ impl Core {
         let parts = self.parts(&geo, &[(x, "x"), (y, "y")])?;
         let plans = parts
             .iter()
-            .map(|p| StatPlan::new(&p.geo, p.windows[0].elem_offset, f16, reduction))
+            .map(|p| StatPlan::new(&p.geo, &[p.windows[0].elem_offset], f16, reduction))
             .collect::<Result<Vec<_>>>()?;
         let bytes = plans.iter().map(StatPlan::partial_bytes).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
@@ -531,7 +561,7 @@ impl Core {
             });
             match source {
                 Source::Input { update_running } => {
-                    let reduce = kernels.get(plan.kernel())?;
+                    let reduce = kernels.get(plan.kernel(ReduceMode::Stats))?;
                     let group = reduce::bind_group(
                         device,
                         &reduce,
@@ -736,14 +766,35 @@ impl Core {
             }
             plans.push((rows, columns, *resident));
         }
+        // GroupNorm's and InstanceNorm's sums per instance, where the op is
+        // one part (a cut op's column partials meet across parts).
+        let instances = match &parts[..] {
+            [part] if resident[0].is_none() && part.geo.is_grouped() => {
+                let offsets = [part.windows[0].elem_offset, part.windows[1].elem_offset];
+                Some(StatPlan::new(&part.geo.instances(), &offsets, f16, reduction)?)
+            }
+            _ => None,
+        };
         let row_bytes = plans.iter().zip(&parts).map(|((r, _, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
         let col_bytes = plans.iter().map(|(_, c, _)| c.partial_bytes(geo.weights.channels)).max();
-        let (rows, rows_dx, partials) = self.scratch(&geo, row_bytes.max(col_bytes).unwrap_or(16))?;
+        let instance_bytes = instances.as_ref().map(StatPlan::partial_bytes);
+        let (rows, rows_dx, partials) =
+            self.scratch(&geo, row_bytes.max(col_bytes).max(instance_bytes).unwrap_or(16))?;
         if let [part] = &parts[..] {
             let (row_plan, col_plan, resident) = &plans[0];
             let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
             let piece = part.piece(&rows, &partials, f16);
-            let part_dx = PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx, resident: *resident };
+            let instances = match &instances {
+                Some(plan) => Some((plan, self.instance_scratch(part.geo.instances().rows())?)),
+                None => None,
+            };
+            let part_dx = PartDx {
+                dy: &part.windows[1],
+                dx: &part.windows[2],
+                rows_dx: &rows_dx,
+                resident: *resident,
+                instances: instances.as_ref().map(|(plan, buffer)| (*plan, buffer)),
+            };
             self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
         } else {
             // Every part's column partials in one run per column, merged once.
@@ -765,8 +816,13 @@ impl Core {
                 let columns =
                     Columns { partials: &column_partials, parts: total, part_base: part.slot * stride, merge: false };
                 let piece = part.piece(&part_rows, &partials, f16);
-                let part_dx =
-                    PartDx { dy: &part.windows[1], dx: &part.windows[2], rows_dx: &rows_dx, resident: *resident };
+                let part_dx = PartDx {
+                    dy: &part.windows[1],
+                    dx: &part.windows[2],
+                    rows_dx: &rows_dx,
+                    resident: *resident,
+                    instances: None,
+                };
                 self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
             }
             let mut params = self.params(geo.weights, &geo, &opt);
@@ -798,8 +854,8 @@ impl Core {
         source: Source,
         columns: &Columns,
     ) -> Result<()> {
-        let Piece { geo, weight_base, x: xw, rows, partials, f16 } = *piece;
-        let PartDx { dy: dyw, dx: dxw, rows_dx, resident } = *out;
+        let Piece { geo, weight_base, x: xw, rows, f16, .. } = *piece;
+        let PartDx { dy: dyw, dx: dxw, rows_dx, resident, .. } = *out;
         let geo = &geo;
         let mut row_params = self.params(geo.stat, geo, opt);
         row_params.weight_base = weight_base;
@@ -849,53 +905,11 @@ impl Core {
             if source == Source::Running {
                 self.record_running(&mut pass, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
             }
-            let trailing = geo.groups == 1 && geo.wdiv == 1 && geo.row_div == 1;
-            let reduce = reduce::pipeline(&self.ctx, row_plan, ReduceMode::WeightedGradSums, f16, trailing)?;
-            reduce::record(
-                device,
-                &mut pass,
-                &reduce,
-                row_plan,
-                ReduceBindings {
-                    params: row_buf.as_entire_binding(),
-                    x: xw.resource(),
-                    dy: dyw.resource(),
-                    chan: rows.as_entire_binding(),
-                    partials: partials.as_entire_binding(),
-                    weight: Some(self.weight.as_entire_binding()),
-                    z: None,
-                },
-            );
-            let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_row_grads"))?;
-            let group = bind(
-                device,
-                &merge,
-                &[
-                    (0, row_buf.as_entire_binding()),
-                    (1, partials.as_entire_binding()),
-                    (6, rows.as_entire_binding()),
-                    (7, rows_dx.as_entire_binding()),
-                ],
-            );
-            dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
-            let reduce = reduce::pipeline(&self.ctx, col_plan, ReduceMode::ColumnGrads, f16, trailing)?;
-            reduce::record(
-                device,
-                &mut pass,
-                &reduce,
-                col_plan,
-                ReduceBindings {
-                    params: col_buf.as_entire_binding(),
-                    x: xw.resource(),
-                    dy: dyw.resource(),
-                    chan: rows.as_entire_binding(),
-                    partials: columns.partials.as_entire_binding(),
-                    weight: None,
-                    z: None,
-                },
-            );
-            if columns.merge {
-                self.record_merge_columns(&mut pass, &col_buf, columns.partials, None)?;
+            if let Some(instances) = out.instances {
+                self.record_instance_grads(&mut pass, instances, &row_params, piece, out, opt)?;
+            } else {
+                let row = (&row_buf, row_plan);
+                self.record_row_and_column_grads(&mut pass, piece, out, row, (&col_buf, col_plan), columns)?;
             }
             let dx_kernel = kernels.get(tile_kernel(&tile, "dx"))?;
             let group = bind(
@@ -913,6 +927,161 @@ impl Core {
             dispatch(&mut pass, &dx_kernel, &group, tile.apply.grid);
             Ok(())
         })
+    }
+
+    /// The backward's row sums (reduce MODE 2) into dx coefficients, and its
+    /// column partials (MODE 3), merged into dweight and dbias when `columns`
+    /// says so.
+    fn record_row_and_column_grads(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        piece: &Piece,
+        out: &PartDx,
+        (row_buf, row_plan): (&wgpu::Buffer, &ReducePlan),
+        (col_buf, col_plan): (&wgpu::Buffer, &ReducePlan),
+        columns: &Columns,
+    ) -> Result<()> {
+        let Piece { geo, x: xw, rows, partials, f16, .. } = *piece;
+        let PartDx { dy: dyw, rows_dx, .. } = *out;
+        let device = self.ctx.device();
+        let kernels = self.ctx.kernels();
+        let trailing = !geo.is_grouped();
+        let reduce = reduce::pipeline(&self.ctx, row_plan, ReduceMode::WeightedGradSums, f16, trailing)?;
+        reduce::record(
+            device,
+            pass,
+            &reduce,
+            row_plan,
+            ReduceBindings {
+                params: row_buf.as_entire_binding(),
+                x: xw.resource(),
+                dy: dyw.resource(),
+                chan: rows.as_entire_binding(),
+                partials: partials.as_entire_binding(),
+                weight: Some(self.weight.as_entire_binding()),
+                z: None,
+            },
+        );
+        let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_row_grads"))?;
+        let group = bind(
+            device,
+            &merge,
+            &[
+                (0, row_buf.as_entire_binding()),
+                (1, partials.as_entire_binding()),
+                (6, rows.as_entire_binding()),
+                (7, rows_dx.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &merge, &group, Self::row_workgroups(&geo));
+        let reduce = reduce::pipeline(&self.ctx, col_plan, ReduceMode::ColumnGrads, f16, trailing)?;
+        reduce::record(
+            device,
+            pass,
+            &reduce,
+            col_plan,
+            ReduceBindings {
+                params: col_buf.as_entire_binding(),
+                x: xw.resource(),
+                dy: dyw.resource(),
+                chan: rows.as_entire_binding(),
+                partials: columns.partials.as_entire_binding(),
+                weight: None,
+                z: None,
+            },
+        );
+        if columns.merge {
+            self.record_merge_columns(pass, col_buf, columns.partials, None)?;
+        }
+        Ok(())
+    }
+
+    /// GroupNorm's and InstanceNorm's row sums and column sums from one
+    /// reduction of (x, dy) per (n, c) instance (see instance_centres in
+    /// shaders/row_norm.wgsl): dx coefficients into `rows_dx`, dweight and
+    /// dbias. `row_params` are the stat rows' parameters.
+    fn record_instance_grads(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        (plan, instances): (&StatPlan, &wgpu::Buffer),
+        row_params: &ChannelParams,
+        piece: &Piece,
+        out: &PartDx,
+        opt: &Options,
+    ) -> Result<()> {
+        let Piece { geo, weight_base, x: xw, rows, partials, .. } = *piece;
+        let PartDx { dy: dyw, rows_dx, .. } = *out;
+        let device = self.ctx.device();
+        let kernels = self.ctx.kernels();
+        let inst = geo.instances();
+        let mut base = self.params(inst.stat, &inst, opt);
+        base.x_off = xw.elem_offset;
+        base.dy_off = dyw.elem_offset;
+        base.weight_base = weight_base;
+        let reduce_buf = uniform(device, &plan.params(&base))?;
+        let mut params = *row_params;
+        params.parts = plan.merge_parts;
+        let params = uniform(device, &params)?;
+        let per_instance = (inst.rows().div_ceil(64).min(65535) as u32, 1);
+        let row_norm = |entry| kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, entry));
+
+        let centres = row_norm("instance_centres")?;
+        let group = bind(
+            device,
+            &centres,
+            &[(0, params.as_entire_binding()), (6, rows.as_entire_binding()), (14, instances.as_entire_binding())],
+        );
+        dispatch(pass, &centres, &group, per_instance);
+        let reduce = kernels.get(plan.kernel(ReduceMode::GradSums))?;
+        let group = reduce::bind_group(
+            device,
+            &reduce,
+            ReduceBindings {
+                params: reduce_buf.as_entire_binding(),
+                x: xw.resource(),
+                dy: dyw.resource(),
+                chan: instances.as_entire_binding(),
+                partials: partials.as_entire_binding(),
+                weight: None,
+                z: None,
+            },
+            plan.vec4,
+        );
+        dispatch3(pass, &reduce, &group, (plan.plan.grid.0, plan.plan.grid.1, plan.plan.batch));
+        let merge = row_norm("merge_instances")?;
+        let group = bind(
+            device,
+            &merge,
+            &[(0, params.as_entire_binding()), (1, partials.as_entire_binding()), (14, instances.as_entire_binding())],
+        );
+        dispatch(pass, &merge, &group, per_instance);
+        let row_grads = row_norm("group_row_grads")?;
+        let group = bind(
+            device,
+            &row_grads,
+            &[
+                (0, params.as_entire_binding()),
+                (2, self.weight.as_entire_binding()),
+                (6, rows.as_entire_binding()),
+                (7, rows_dx.as_entire_binding()),
+                (14, instances.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &row_grads, &group, Self::row_workgroups(&geo));
+        let columns = row_norm("instance_columns")?;
+        let group = bind(
+            device,
+            &columns,
+            &[
+                (0, params.as_entire_binding()),
+                (6, rows.as_entire_binding()),
+                (12, self.grad_weight.as_entire_binding()),
+                (13, self.grad_bias.as_entire_binding()),
+                (14, instances.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &columns, &group, self.weight_workgroups());
+        Ok(())
     }
 
     /// One part's backward in one pass (src/resident.rs): dx and the column
@@ -1014,6 +1183,9 @@ struct PartDx<'p, 'a> {
     /// The one-pass plan, where the part takes it (its column partials are
     /// sized for it).
     resident: Option<Resident>,
+    /// GroupNorm's and InstanceNorm's reduction per instance and its
+    /// per-instance scratch, where the part is the whole op.
+    instances: Option<(&'p StatPlan, &'p wgpu::Buffer)>,
 }
 
 /// Where a part's column partials go: `parts` per column, this part's from

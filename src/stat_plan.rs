@@ -1,7 +1,9 @@
-//! How the family's forward statistics reduce one part of a tensor: with
-//! reduce_vec4.wgsl, four values per load, wherever the values allow it, else
-//! with reduce.wgsl over the stat view. Either way the partials of stat row r
-//! are one run of `merge_parts` from `r * merge_parts`, as `merge_rows` reads them.
+//! How the family's reductions over stat rows walk one part of a tensor (the
+//! forward's statistics; GroupNorm's and InstanceNorm's backward sums per
+//! instance): with reduce_vec4.wgsl, four values per load, wherever the
+//! values allow it, else with reduce.wgsl over the stat view. Either way the
+//! partials of stat row r are one run of `merge_parts` from
+//! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
 
 use crate::context::Reduction;
 use crate::family::Geometry;
@@ -29,11 +31,12 @@ pub(crate) struct StatPlan {
 }
 
 impl StatPlan {
-    /// The plan for `geo` with x starting `x_off` values into its binding.
-    pub fn new(geo: &Geometry, x_off: u32, f16: bool, reduction: Reduction) -> Result<StatPlan> {
+    /// The plan for `geo` with the tensors it reads (x, and dy for sums)
+    /// starting `offsets` values into their bindings.
+    pub fn new(geo: &Geometry, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<StatPlan> {
         let stat = geo.stat;
         let rows = stat.channels;
-        let aligned = x_off.is_multiple_of(4) && geo.batch_stride.is_multiple_of(4);
+        let aligned = offsets.iter().all(|o| o.is_multiple_of(4)) && geo.batch_stride.is_multiple_of(4);
         // A stat row's values come in runs of four (LayerNorm rows,
         // channels-second groups with spatial size % 4 == 0): its view in vec4 units.
         if aligned && stat.inner.is_multiple_of(4) {
@@ -98,6 +101,7 @@ impl StatPlan {
             channels: self.view.channels as u32,
             inner: self.view.inner as u32,
             x_off: base.x_off / units,
+            dy_off: base.dy_off / units,
             ..*base
         };
         self.plan.fill(&mut p);
@@ -108,12 +112,12 @@ impl StatPlan {
         p
     }
 
-    /// The statistics kernel.
-    pub fn kernel(&self) -> KernelKey {
+    /// The reduction kernel: `Stats`, or `GradSums` (centres in `chan`).
+    pub fn kernel(&self, mode: ReduceMode) -> KernelKey {
         if self.vec4 {
-            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), ReduceMode::Stats as u32)
+            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), mode as u32)
         } else {
-            reduce::kernel(&self.plan, ReduceMode::Stats, self.f16)
+            reduce::kernel(&self.plan, mode, self.f16)
         }
     }
 }
