@@ -767,11 +767,14 @@ impl Core {
             plans.push((rows, columns, *resident));
         }
         // GroupNorm's and InstanceNorm's sums per instance, where the op is
-        // one part (a cut op's column partials meet across parts).
+        // one part (a cut op's column partials meet across parts) and the
+        // partials, at least one per instance, fit one binding (so does
+        // the per-instance scratch).
         let instances = match &parts[..] {
             [part] if resident[0].is_none() && part.geo.is_grouped() => {
                 let offsets = [part.windows[0].elem_offset, part.windows[1].elem_offset];
-                Some(StatPlan::new(&part.geo.instances(), &offsets, f16, reduction)?)
+                let plan = StatPlan::new(&part.geo.instances(), &offsets, f16, reduction)?;
+                (plan.partial_bytes() <= max_binding).then_some(plan)
             }
             _ => None,
         };

@@ -299,6 +299,31 @@ fn family_cut_into_runs_of_samples_or_groups() {
 }
 
 #[test]
+fn group_norm_whose_instance_partials_outgrow_a_binding() {
+    // 512 KiB of input in one part, but 131,072 (n, c) instances of one
+    // value: their partials need more than the 1 MiB binding, so the
+    // backward keeps the separate row and column reductions.
+    let ctx = small_binding_ctx();
+    let (shape, layout) = (&[2048usize, 64, 1][..], Layout::Nchw);
+    let len: usize = shape.iter().product();
+    let (x, dy) = (wave(len, 0.7, 1.5), wave(len, 1.9, 0.0));
+    let (w, b) = (wave(64, 0.4, 1.0), wave(64, 0.8, 0.0));
+    let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
+    let (xt, dyt, y, dx) = (t(&x), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 64)).unwrap();
+    gn.write_weight(&w).unwrap();
+    gn.write_bias(&b).unwrap();
+    gn.forward_sync(&xt.view(), &y.view()).unwrap();
+    gn.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
+    let (dw, db) = gn.read_grads().unwrap();
+    let args = GroupNormArgs { shape, layout, num_groups: 2, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
+    let g = reference::group_norm_backward(&args, &x, &dy);
+    assert_close("dx", &dx.read(ctx).unwrap(), &g.dx);
+    assert_close("dweight", &dw, &g.dweight);
+    assert_close("dbias", &db, &g.dbias);
+}
+
+#[test]
 fn family_samples_that_cannot_be_cut_are_unsupported() {
     let ctx = small_binding_ctx();
     // A LayerNorm row, and a channels-last GroupNorm sample, above the limit.
