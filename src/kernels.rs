@@ -25,6 +25,10 @@ pub(crate) enum Shader {
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
     /// values at a time (of f16 in memory with `f16`).
     Elementwise { vec4: bool, f16: bool },
+    /// BatchNorm's elementwise passes over vec4 values walked by teams of
+    /// eight invocations along wide channels-last rows, `per_lane` columns
+    /// a lane (generated: src/row_teams.rs), of f16 in memory with `f16`.
+    ElementwiseRows { per_lane: u8, f16: bool },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
     /// LayerNorm's and RMSNorm's one-pass forward and backward for one row
@@ -41,6 +45,14 @@ impl Shader {
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
+            Shader::ElementwiseRows { per_lane, .. } => {
+                generated = format!(
+                    "{}{}",
+                    include_str!("../shaders/elementwise.wgsl"),
+                    crate::row_teams::source(per_lane.into())
+                );
+                &generated
+            }
             Shader::Bench => include_str!("../shaders/bench.wgsl"),
             Shader::Resident { plan, .. } => {
                 generated = plan.source();
@@ -52,6 +64,7 @@ impl Shader {
         let f16 = matches!(
             self,
             Shader::Elementwise { f16: true, .. }
+                | Shader::ElementwiseRows { f16: true, .. }
                 | Shader::ReduceVec4 { f16: true }
                 | Shader::Reduce { f16: true }
                 | Shader::RowNorm { f16: true, .. }
@@ -62,7 +75,7 @@ impl Shader {
         let gather4 = "fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n";
         let lanes4 = "fn lanes4(a: f32, b: f32, c: f32, d: f32) -> V {\n";
         let prelude = match self {
-            Shader::Elementwise { vec4: true, .. } => format!(
+            Shader::Elementwise { vec4: true, .. } | Shader::ElementwiseRows { .. } => format!(
                 "alias V = vec4<f32>;\nalias S = {memory};\n{gather4}    return Coef(V(k0.x, k1.x, k2.x, k3.x), \
                  V(k0.y, k1.y, k2.y, k3.y), V(k0.z, k1.z, k2.z, k3.z), V(k0.w, k1.w, k2.w, k3.w));\n}}\n"
             ),
@@ -88,7 +101,11 @@ impl Shader {
         };
         // How invocations walk a view (runs, interleaved row ranges).
         let walks = match self {
-            Shader::Elementwise { .. } | Shader::RowNorm { .. } | Shader::Reduce { .. } | Shader::ReduceVec4 { .. } => {
+            Shader::Elementwise { .. }
+            | Shader::ElementwiseRows { .. }
+            | Shader::RowNorm { .. }
+            | Shader::Reduce { .. }
+            | Shader::ReduceVec4 { .. } => {
                 include_str!("../shaders/walks.wgsl")
             }
             _ => "",

@@ -46,6 +46,7 @@ pub mod partial_stats;
 mod reduce;
 pub mod reference;
 mod resident;
+mod row_teams;
 mod stat_plan;
 mod state;
 pub mod sync_batch_norm;

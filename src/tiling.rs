@@ -6,6 +6,7 @@ use crate::context::Reduction;
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::row_teams;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
@@ -30,6 +31,10 @@ pub(crate) struct Tiling {
     /// family's): runs over long inner runs, else interleaved with 16 values
     /// per invocation. The partials' layout does not depend on it.
     pub apply: ReducePlan,
+    /// Wide channels-last rows on CPU adapters: the elementwise passes walk
+    /// them in teams of eight invocations, this many columns a lane
+    /// (src/row_teams.rs), `apply.slice_len` rows a team.
+    pub teams: Option<u8>,
 }
 
 impl Tiling {
@@ -51,7 +56,16 @@ impl Tiling {
             };
             Ok((plan, ReducePlan::elementwise_only(v, reduction, value_bytes)?))
         };
-        let (mut plan, apply) = plans(reduction)?;
+        let (mut plan, mut apply) = plans(reduction)?;
+        let teams = match reduction {
+            Reduction::PerInvocation if lanes => row_teams::per_lane(v, value_bytes),
+            _ => None,
+        };
+        if teams.is_some() {
+            let (per_team, workgroups) = row_teams::grid(v.outer, v.channels * value_bytes);
+            apply.slice_len = per_team as u32;
+            apply.grid = (workgroups, 1);
+        }
         // Cycling lanes: every channel has `streams` lane columns, each a run
         // of the plan's partials; a merge loop takes at most MAX_MERGE_PARTS.
         let streams = if lanes { lane_streams(view.channels) } else { 1 };
@@ -59,7 +73,16 @@ impl Tiling {
             plan = plans(Reduction::Tree)?.0;
         }
         plan.parts *= streams;
-        Ok(Tiling { vec4, f16, lanes_are_channels: lanes, lane_channels: view.channels as u32, view: v, plan, apply })
+        Ok(Tiling {
+            vec4,
+            f16,
+            lanes_are_channels: lanes,
+            lane_channels: view.channels as u32,
+            view: v,
+            plan,
+            apply,
+            teams: teams.map(|t| t as u8),
+        })
     }
 
     /// The tiling of elementwise passes alone (the family's: no reduction
@@ -84,6 +107,7 @@ impl Tiling {
             view: v,
             plan: apply,
             apply,
+            teams: None,
         })
     }
 
@@ -156,6 +180,9 @@ impl Tiling {
     /// elementwise.wgsl or row_norm.wgsl.
     pub fn entry(&self, op: &str) -> &'static str {
         let runs = self.apply.shape == Shape::Runs;
+        if self.teams.is_some() {
+            return if op == "apply" { "apply_rows" } else { "dx_rows" };
+        }
         match (op, runs) {
             ("apply", true) => "apply_runs",
             ("apply", false) => "apply_interleaved",
@@ -166,7 +193,11 @@ impl Tiling {
 
     /// BatchNorm's pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
     pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
-        KernelKey::with_mode(Shader::Elementwise { vec4: self.vec4, f16: self.f16 }, self.entry(op), mode)
+        let shader = match self.teams {
+            Some(per_lane) => Shader::ElementwiseRows { per_lane, f16: self.f16 },
+            None => Shader::Elementwise { vec4: self.vec4, f16: self.f16 },
+        };
+        KernelKey::with_mode(shader, self.entry(op), mode)
     }
 
     /// The bind group of this tiling's reduction pipeline (from

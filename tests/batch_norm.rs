@@ -225,6 +225,21 @@ fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
 }
 
 #[test]
+fn wide_channels_last_rows_walked_in_teams() {
+    // Channels-last rows of 1 KiB and more with channels a multiple of 32:
+    // CPU adapters walk them whole, eight invocations a row (src/row_teams.rs).
+    // 256, 288 and 512 channels (8, 9 and 16 columns a lane); rows that
+    // leave the last team short; rank 2 and 4.
+    let mut rng = Rng(23);
+    let shapes: &[&[usize]] = &[&[37, 512], &[3, 256, 5, 7], &[2, 288, 3, 1], &[700, 256]];
+    for shape in shapes {
+        for training in [true, false] {
+            run_case("teams", shape, Layout::Nhwc, BatchNormConfig::new(shape[1]), training, &mut rng);
+        }
+    }
+}
+
+#[test]
 fn views_at_offsets_inside_larger_buffers() {
     // An application's arena: x and y at unaligned (but 4-byte) offsets.
     let ctx = ctx();
@@ -243,4 +258,20 @@ fn views_at_offsets_inside_larger_buffers() {
     let want = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x, None);
     assert_close("offset y", &all[67..97], &want.y);
     assert!(all[..67].iter().chain(&all[97..]).all(|&v| v == 0.0), "wrote outside the view");
+
+    // Views at vec4 offsets over rows walked in teams (256 channels).
+    let shape = [5usize, 256];
+    let x = rng.normal_vec(1280, -2.0, 3.0);
+    let mut arena = vec![0.0f32; 8];
+    arena.extend_from_slice(&x);
+    let xb = ctx.upload("arena", &arena).unwrap();
+    let yb = ctx.zeros("out arena", 4 * 1300).unwrap();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(256)).unwrap();
+    let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(4 * 8);
+    let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * 12);
+    bn.forward_sync(&xv, &yv, true).unwrap();
+    let all: Vec<f32> = ctx.read(&yb, 0, 1300).unwrap();
+    let want = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x, None);
+    assert_close("offset teams y", &all[12..1292], &want.y);
+    assert!(all[..12].iter().chain(&all[1292..]).all(|&v| v == 0.0), "wrote outside the view");
 }

@@ -94,6 +94,8 @@ fn f16_tensors_with_f32_statistics_match_the_reference() {
         (&[3, 8, 300][..], Layout::Nchw),
         (&[5, 8, 7, 3][..], Layout::Nhwc),
         (&[64, 12][..], Layout::Nchw),
+        // f16 rows of 1 KiB: walked in teams on CPU adapters.
+        (&[6, 512][..], Layout::Nhwc),
         // No runs of four values per channel: the scalar kernels, with views
         // that end mid-word.
         (&[4, 3, 5][..], Layout::Nhwc),
