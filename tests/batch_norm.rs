@@ -226,12 +226,12 @@ fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
 
 #[test]
 fn wide_channels_last_rows_walked_in_teams() {
-    // Channels-last rows of 1 KiB and more with channels a multiple of 32:
-    // CPU adapters walk them whole, eight invocations a row (src/row_teams.rs).
-    // 256, 288 and 512 channels (8, 9 and 16 columns a lane); rows that
-    // leave the last team short; rank 2 and 4.
+    // Channels-last rows of 256 bytes and more with channels a multiple of
+    // 32: CPU adapters walk them whole, eight invocations a row
+    // (src/row_teams.rs). 64, 256, 288 and 512 channels (2, 8, 9 and 16
+    // columns a lane); rows that leave the last team short; rank 2 and 4.
     let mut rng = Rng(23);
-    let shapes: &[&[usize]] = &[&[37, 512], &[3, 256, 5, 7], &[2, 288, 3, 1], &[700, 256]];
+    let shapes: &[&[usize]] = &[&[37, 512], &[3, 256, 5, 7], &[2, 288, 3, 1], &[700, 256], &[3, 64, 5, 9]];
     for shape in shapes {
         for training in [true, false] {
             run_case("teams", shape, Layout::Nhwc, BatchNormConfig::new(shape[1]), training, &mut rng);
