@@ -1,7 +1,7 @@
 // Partial reductions four values at a time (vec4 loads): BatchNorm's, for
 // views where the elementwise passes also run in vec4 (see elementwise.wgsl),
-// and the family's statistics and GroupNorm's/InstanceNorm's backward sums. The view in Params is in vec4 units. Same
-// tilings (planar, interleaved, rows; grid z over a batch of views, as
+// the family's statistics, and GroupNorm's and InstanceNorm's backward sums
+// per instance. The view in Params is in vec4 units. Same tilings (planar, interleaved, rows; grid z over a batch of views, as
 // reduce.wgsl), partial layout and modes as reduce.wgsl (0 statistics, 1
 // backward sums, 4 and 5 behind a fused ReLU / add + ReLU), so the merge
 // kernels take either.

@@ -31,9 +31,9 @@ pub(crate) struct Tiling {
     /// family's): runs over long inner runs, else interleaved with 16 values
     /// per invocation. The partials' layout does not depend on it.
     pub apply: ReducePlan,
-    /// Wide channels-last rows on CPU adapters: the elementwise passes walk
-    /// them in teams of eight invocations, this many columns a lane
-    /// (src/row_teams.rs), `apply.slice_len` rows a team.
+    /// Channels-last rows of 256 bytes and more on CPU adapters: the
+    /// elementwise passes walk them in teams of eight invocations, this many
+    /// columns a lane (src/row_teams.rs), `apply.slice_len` rows a team.
     pub teams: Option<u8>,
 }
 
