@@ -133,6 +133,7 @@ fn cut_into_whole_rows() {
     run(&[64, 4, 1100], Layout::Nchw); // planar, vec4
     run(&[1200, 4, 7, 9], Layout::Nchw); // interleaved, inner 63 (scalar)
     run(&[9, 8, 64, 64], Layout::Nhwc); // channels-last, vec4 lanes are channels
+    run(&[5, 256, 16, 16], Layout::Nhwc); // channels-last rows walked in teams (CPU adapters)
     run(&[1300, 3, 70], Layout::Nhwc); // channels-last, scalar
 }
 
