@@ -8,7 +8,8 @@
 // Needs common.wgsl in front of it and merge.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
+// read_write for merge_blocks_*, which merge in place.
+@group(0) @binding(1) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
@@ -46,6 +47,39 @@ fn non_negative(v: f32) -> f32 {
     return select(v, 0.0, v < 0.0);
 }
 
+// Channel c's partials merged into one: those at c * parts + k * block,
+// where merge_blocks_* left each block's merge in its first slot (every
+// partial, block 1, when they did not run).
+fn merge_channel(c: u32, welford: bool) -> vec4<f32> {
+    let block = max(p.merge_block, 1u);
+    return merge_strided(c * p.parts, (p.parts + block - 1u) / block, block, welford);
+}
+
+// Blocks of `merge_block` partials, each merged into its first slot, one
+// invocation a block: on a GPU one invocation per channel merging hundreds
+// of partials in a chain is a long serial latency (8x3x512x512
+// channels-last leaves 768 a channel).
+fn merge_blocks(i: u32, welford: bool) {
+    let blocks = (p.parts + p.merge_block - 1u) / p.merge_block;
+    if (i >= p.channels * blocks) {
+        return;
+    }
+    let c = i / blocks;
+    let first = (i - c * blocks) * p.merge_block;
+    let at = c * p.parts + first;
+    partials[at] = merge_partials(at, min(p.merge_block, p.parts - first), welford);
+}
+
+@compute @workgroup_size(64)
+fn merge_blocks_stats(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    merge_blocks(id.y * nwg.x * 64u + id.x, true);
+}
+
+@compute @workgroup_size(64)
+fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    merge_blocks(id.y * nwg.x * 64u + id.x, false);
+}
+
 // Training statistics: merge the partials of channel c and write its
 // coefficients; when asked, compute the new running statistics (PyTorch
 // rules: normalize with the biased variance, track the unbiased one) into
@@ -56,7 +90,7 @@ fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    let acc = merge_partials(c * p.parts, p.parts, true);
+    let acc = merge_channel(c, true);
     let n = acc.x;
     let mean = acc.y;
     let var_biased = non_negative(acc.z / n);
@@ -86,7 +120,7 @@ fn gather_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    local_out[c] = merge_partials(c * p.parts, p.parts, true);
+    local_out[c] = merge_channel(c, true);
 }
 
 // The same for the backward's sums (sum dy, sum dy * (x - mean), sum (x - mean)).
@@ -96,7 +130,7 @@ fn gather_sums(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    local_out[c] = merge_partials(c * p.parts, p.parts, false);
+    local_out[c] = merge_channel(c, false);
 }
 
 var<workgroup> all_finite: atomic<u32>;
@@ -161,7 +195,7 @@ fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    let sums = merge_partials(c * p.parts, p.parts, false);
+    let sums = merge_channel(c, false);
     let stats = chan[c];
     let mean = stats.x;
     let invstd = stats.y;

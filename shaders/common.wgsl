@@ -55,6 +55,9 @@ struct Params {
     // column c holds channel (4c + l) % lane_channels (channels-last rows
     // regrouped in runs of lcm(channels, 4) values when channels % 4 != 0).
     lane_channels: u32,
+    // BatchNorm's merges: 0 or 1, or the block of partials merge_blocks_*
+    // merged into each block's first slot (see batch_norm.wgsl).
+    merge_block: u32,
 }
 
 const FLAG_AFFINE: u32 = 1u;

@@ -15,6 +15,11 @@ fn merge_two(a: vec4<f32>, b: vec4<f32>, welford: bool) -> vec4<f32> {
 // about sqrt(count) partials, then the blocks), so rounding grows with
 // 2 sqrt(count) steps instead of count.
 fn merge_partials(first: u32, count: u32, welford: bool) -> vec4<f32> {
+    return merge_strided(first, count, 1u, welford);
+}
+
+// The same over partials first, first + stride, ... (count of them).
+fn merge_strided(first: u32, count: u32, stride: u32, welford: bool) -> vec4<f32> {
     let block = max(u32(sqrt(f32(count))), 1u);
     var total = vec4<f32>(0.0);
     var part = vec4<f32>(0.0);
@@ -22,7 +27,7 @@ fn merge_partials(first: u32, count: u32, welford: bool) -> vec4<f32> {
     // One loop over at most MAX_MERGE_PARTS (src/reduce.rs): lavapipe ends
     // any loop after 65,535 iterations, silently.
     for (var k = 0u; k < count; k++) {
-        part = merge_two(part, partials[first + k], welford);
+        part = merge_two(part, partials[first + k * stride], welford);
         filled += 1u;
         if (filled == block) {
             total = merge_two(total, part, welford);

@@ -204,7 +204,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl (112 bytes).
+/// Mirror of `struct Params` in shaders/common.wgsl (116 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -239,6 +239,9 @@ pub(crate) struct ChannelParams {
     /// With FLAG_LANES_ARE_CHANNELS: the tensor's channels; lane l of view
     /// column c holds channel (4c + l) % lane_channels.
     pub lane_channels: u32,
+    /// BatchNorm's merges: 0 or 1, or the block of partials a
+    /// `merge_blocks_*` dispatch merged into each block's first slot.
+    pub merge_block: u32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;
