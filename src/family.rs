@@ -23,8 +23,7 @@ use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
-    FLAG_BIAS, FLAG_RMS,
+    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
@@ -561,10 +560,10 @@ impl Core {
             });
             match source {
                 Source::Input { update_running } => {
-                    let reduce = kernels.get(plan.kernel(ReduceMode::Stats))?;
-                    let group = reduce::bind_group(
-                        device,
-                        &reduce,
+                    plan.record(
+                        &self.ctx,
+                        &mut pass,
+                        ReduceMode::Stats,
                         ReduceBindings {
                             params: reduce_buf.as_entire_binding(),
                             x: xw.resource(),
@@ -574,9 +573,7 @@ impl Core {
                             weight: None,
                             z: None,
                         },
-                        plan.vec4,
-                    );
-                    dispatch3(&mut pass, &reduce, &group, (plan.plan.grid.0, plan.plan.grid.1, plan.plan.batch));
+                    )?;
                     let merge =
                         kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_rows"))?;
                     let group = bind(
@@ -778,11 +775,17 @@ impl Core {
             }
             _ => None,
         };
-        let row_bytes = plans.iter().zip(&parts).map(|((r, _, _), p)| r.partial_bytes(p.geo.stat.channels)).max();
-        let col_bytes = plans.iter().map(|(_, c, _)| c.partial_bytes(geo.weights.channels)).max();
-        let instance_bytes = instances.as_ref().map(StatPlan::partial_bytes);
-        let (rows, rows_dx, partials) =
-            self.scratch(&geo, row_bytes.max(col_bytes).max(instance_bytes).unwrap_or(16))?;
+        // The partials scratch holds the per-instance partials, or the row and
+        // the column partials, whichever the backward takes.
+        let partial_bytes = match &instances {
+            Some(plan) => plan.partial_bytes(),
+            None => {
+                let rows = plans.iter().zip(&parts).map(|((r, _, _), p)| r.partial_bytes(p.geo.stat.channels));
+                let columns = plans.iter().map(|(_, c, _)| c.partial_bytes(geo.weights.channels));
+                rows.chain(columns).max().unwrap_or(16)
+            }
+        };
+        let (rows, rows_dx, partials) = self.scratch(&geo, partial_bytes)?;
         if let [part] = &parts[..] {
             let (row_plan, col_plan, resident) = &plans[0];
             let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
@@ -1035,10 +1038,10 @@ impl Core {
             &[(0, params.as_entire_binding()), (6, rows.as_entire_binding()), (14, instances.as_entire_binding())],
         );
         dispatch(pass, &centres, &group, per_instance);
-        let reduce = kernels.get(plan.kernel(ReduceMode::GradSums))?;
-        let group = reduce::bind_group(
-            device,
-            &reduce,
+        plan.record(
+            &self.ctx,
+            pass,
+            ReduceMode::GradSums,
             ReduceBindings {
                 params: reduce_buf.as_entire_binding(),
                 x: xw.resource(),
@@ -1048,9 +1051,7 @@ impl Core {
                 weight: None,
                 z: None,
             },
-            plan.vec4,
-        );
-        dispatch3(pass, &reduce, &group, (plan.plan.grid.0, plan.plan.grid.1, plan.plan.batch));
+        )?;
         let merge = row_norm("merge_instances")?;
         let group = bind(
             device,

@@ -5,11 +5,11 @@
 //! partials of stat row r are one run of `merge_parts` from
 //! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
 
-use crate::context::Reduction;
+use crate::context::{Context, Reduction};
 use crate::family::Geometry;
-use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::kernels::{dispatch3, ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
-use crate::reduce::{self, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::tiling::lane_streams;
 use crate::Result;
 
@@ -112,8 +112,22 @@ impl StatPlan {
         p
     }
 
+    /// Records the reduction in `mode` over `bindings` into `pass`.
+    pub fn record(
+        &self,
+        ctx: &Context,
+        pass: &mut wgpu::ComputePass<'_>,
+        mode: ReduceMode,
+        bindings: ReduceBindings<'_>,
+    ) -> Result<()> {
+        let kernel = ctx.kernels().get(self.kernel(mode))?;
+        let group = reduce::bind_group(ctx.device(), &kernel, bindings, self.vec4);
+        dispatch3(pass, &kernel, &group, (self.plan.grid.0, self.plan.grid.1, self.plan.batch));
+        Ok(())
+    }
+
     /// The reduction kernel: `Stats`, or `GradSums` (centres in `chan`).
-    pub fn kernel(&self, mode: ReduceMode) -> KernelKey {
+    fn kernel(&self, mode: ReduceMode) -> KernelKey {
         if self.vec4 {
             KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), mode as u32)
         } else {
