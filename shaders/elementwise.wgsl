@@ -3,7 +3,9 @@
 // y = (x - mean) * scale + beta with the fused activation, and
 // dx = A * g + B * (x - mean) + C. Compiled twice, with a prelude that makes
 // V f32 or vec4<f32> (four values per load and store where alignment allows),
-// and S, the type in memory: V, or vec4<f16> for half-precision tensors.
+// and S, the type in memory: V, vec4<f16> for half-precision tensors, or two
+// 64-bit words holding a vec4 of f32 (CPU adapters: src/kernels.rs), read
+// and written through from_memory and to_memory.
 //
 // The view in Params is in units of V. When V is vec4 over a channels-last
 // tensor (inner == 1, FLAG_LANES_ARE_CHANNELS), a V holds four channels, view
@@ -11,7 +13,8 @@
 // lies inside one channel.
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
-// Needs common.wgsl and a prelude (alias V, fn gather4) in front of it,
+// Needs common.wgsl and a prelude (alias V, alias S, fn gather4, fn
+// from_memory, fn to_memory) in front of it,
 // and walks.wgsl (appended).
 
 override MODE: u32 = 0u;
@@ -60,7 +63,7 @@ fn grad_coef(c: u32) -> Coef {
 
 fn residual(e: u32) -> V {
     if (MODE == 2u) {
-        return V(z[p.z_off + e]);
+        return from_memory(z[p.z_off + e]);
     }
     return V(0.0);
 }
@@ -71,25 +74,27 @@ fn pre_activation(v: V, k: Coef, e: u32) -> V {
 }
 
 fn apply_at(e: u32, k: Coef) {
-    let pre = pre_activation(V(x[p.x_off + e]), k, e);
+    let pre = pre_activation(from_memory(x[p.x_off + e]), k, e);
     if (MODE == 0u) {
-        y[p.y_off + e] = S(pre);
+        y[p.y_off + e] = to_memory(pre);
     } else {
-        // ReLU that keeps NaN, as torch.relu does.
-        y[p.y_off + e] = S(select(pre, V(0.0), pre <= V(0.0)));
+        // ReLU that keeps NaN, as torch.relu does. The zero comes from the
+        // uniform: against a literal zero, lavapipe's compiled store of the
+        // 64-bit words ran 1.5x slower (PERF_NOTES.md, sixth session).
+        y[p.y_off + e] = to_memory(select(pre, V(p.relu_zero), pre <= V(0.0)));
     }
 }
 
 fn dx_at(e: u32, k: Coef, gk: Coef) {
-    let v = V(x[p.x_off + e]);
-    var g = V(dy[p.dy_off + e]);
+    let v = from_memory(x[p.x_off + e]);
+    var g = from_memory(dy[p.dy_off + e]);
     if (MODE != 0u) {
         g = select(V(0.0), g, pre_activation(v, k, e) > V(0.0));
         if (MODE == 2u) {
-            dz[p.dz_off + e] = S(g);
+            dz[p.dz_off + e] = to_memory(g);
         }
     }
-    dx[p.dx_off + e] = S(gk.a * g + gk.b * (v - gk.c) + gk.d);
+    dx[p.dx_off + e] = to_memory(gk.a * g + gk.b * (v - gk.c) + gk.d);
 }
 
 // Values first, first + stride, ... (n of them), four a loop iteration: on

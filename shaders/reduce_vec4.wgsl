@@ -11,8 +11,10 @@
 // FLAG_LANES_ARE_CHANNELS): each invocation writes four partials. Lanes of
 // one channel (inner % 4 == 0): the four streams are folded into one
 // partial with Chan's formula when it is written.
-// Values sit in memory as S (vec4<f32>, or vec4<f16> for half precision);
-// every sum is f32. Needs common.wgsl and a prelude (alias S) in front of it.
+// Values sit in memory as S (vec4<f32>, two 64-bit words holding four f32
+// on CPU adapters, or vec4<f16> for half precision), read through
+// from_memory; every sum is f32. Needs common.wgsl and a prelude (alias S,
+// fn from_memory; src/kernels.rs) in front of it.
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -73,20 +75,20 @@ fn view_first(z: u32) -> u32 {
 
 // The upstream gradient behind the fused ReLU's mask, as reduce.wgsl computes it.
 fn masked_gradient(idx: u32, v: vec4<f32>, k: Coef) -> vec4<f32> {
-    let g = vec4<f32>(dy[p.dy_off + idx]);
+    let g = from_memory(dy[p.dy_off + idx]);
     if (MODE < 4u) {
         return g;
     }
     var residual = vec4<f32>(0.0);
     if (MODE == 5u) {
-        residual = vec4<f32>(z[p.z_off + idx]);
+        residual = from_memory(z[p.z_off + idx]);
     }
     return select(vec4<f32>(0.0), g, fma(v - k.mean, k.scale, k.beta) + residual > vec4<f32>(0.0));
 }
 
 // Per-lane statistics or per-lane sums.
 fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
-    let v = vec4<f32>(x[p.x_off + idx]);
+    let v = from_memory(x[p.x_off + idx]);
     if (MODE != 0u) {
         let g = masked_gradient(idx, v, k);
         let d = v - k.mean;
@@ -302,17 +304,17 @@ fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
         return Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
     var idx = p.x_off + first + rows.x * cols;
-    let pivot = vec4<f32>(x[idx]);
+    let pivot = from_memory(x[idx]);
     var a0 = vec4<f32>(0.0);
     var b0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var b1 = vec4<f32>(0.0);
     var r = rows.x;
     for (; r + 4u <= rows.y; r += 4u) {
-        let d0 = vec4<f32>(x[idx]) - pivot;
-        let d1 = vec4<f32>(x[idx + cols]) - pivot;
-        let d2 = vec4<f32>(x[idx + 2u * cols]) - pivot;
-        let d3 = vec4<f32>(x[idx + 3u * cols]) - pivot;
+        let d0 = from_memory(x[idx]) - pivot;
+        let d1 = from_memory(x[idx + cols]) - pivot;
+        let d2 = from_memory(x[idx + 2u * cols]) - pivot;
+        let d3 = from_memory(x[idx + 3u * cols]) - pivot;
         a0 += d0 + d2;
         b0 += d0 * d0 + d2 * d2;
         a1 += d1 + d3;
@@ -320,7 +322,7 @@ fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
         idx += 4u * cols;
     }
     for (; r < rows.y; r++) {
-        let d = vec4<f32>(x[idx]) - pivot;
+        let d = from_memory(x[idx]) - pivot;
         a0 += d;
         b0 += d * d;
         idx += cols;

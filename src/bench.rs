@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
 use crate::check::normalized_error;
-use crate::context::{Context, Reduction};
+use crate::context::{Access, Context, Reduction};
 use crate::group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
 use crate::kernels::{bind, KernelKey, Shader};
 use crate::layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
@@ -399,6 +399,9 @@ pub struct Report {
     pub timer: Timer,
     /// The reduction strategy the ops ran with.
     pub reduction: Reduction,
+    /// How the ops' vec4 kernels moved f32 tensors (the copy ceiling's
+    /// kernel always moves vec4s of f32).
+    pub access: Access,
     pub iters: usize,
     pub warmup: usize,
     pub results: Vec<BenchResult>,
@@ -437,6 +440,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
         backend: info.backend.to_str().to_string(),
         timer,
         reduction: ctx.reduction(),
+        access: ctx.access(),
         iters,
         warmup: config.warmup,
         results: Vec::new(),
@@ -1367,14 +1371,32 @@ pub fn parse_reduction(s: &str) -> Result<Reduction> {
     }
 }
 
+/// The name `--access` takes and the output shows.
+pub fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Floats => "floats",
+        Access::Words64 => "words64",
+    }
+}
+
+/// Parses `--access`: `floats` or `words64`.
+pub fn parse_access(s: &str) -> Result<Access> {
+    match s {
+        "floats" => Ok(Access::Floats),
+        "words64" => Ok(Access::Words64),
+        _ => Err(Error::Parameter(format!("--access {s}: expected floats or words64"))),
+    }
+}
+
 /// The human-readable table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "adapter: {} ({}), timer: {}, reduction: {}, median of {} runs after {} warm-up ({} of runs over {} ms)\n",
+        "adapter: {} ({}), timer: {}, reduction: {}, access: {}, median of {} runs after {} warm-up ({} of runs over {} ms)\n",
         report.adapter,
         report.backend,
         report.timer.name(),
         reduction_name(report.reduction),
+        access_name(report.access),
         report.iters,
         report.warmup,
         SLOW_ITERS.min(report.iters),
@@ -1530,6 +1552,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         "backend": report.backend,
         "timer": report.timer.name(),
         "reduction": reduction_name(report.reduction),
+        "access": access_name(report.access),
         "iters": report.iters,
         "warmup": report.warmup,
         "results": results,

@@ -39,6 +39,19 @@ pub enum Reduction {
     PerInvocation = 1,
 }
 
+/// How the vec4 kernels move f32 tensors through memory. Both give the
+/// same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Four f32 values a vec4: what GPUs run best.
+    Floats,
+    /// Two 64-bit words a vec4 (needs `SHADER_INT64`): what CPU adapters
+    /// run best. lavapipe loads and stores each component of each lane on
+    /// its own, so a vec4 of f32 costs four of those and two words two
+    /// (the BatchNorm training step 6-14% faster there; PERF_NOTES.md).
+    Words64,
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
@@ -49,10 +62,14 @@ impl std::fmt::Debug for Context {
 }
 
 /// Features this crate uses when the adapter offers them: timestamps for
-/// the bench, f16 tensors, and subgroups for the one-pass LayerNorm and
-/// RMSNorm over longer rows (src/resident.rs).
+/// the bench, f16 tensors, subgroups for the one-pass LayerNorm and
+/// RMSNorm over longer rows (src/resident.rs), and 64-bit integers for
+/// [`Access::Words64`].
 fn wanted_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SHADER_INT64
 }
 
 impl Context {
@@ -66,7 +83,7 @@ impl Context {
     /// substring of the name, `WGPU_POWER_PREF` (`low`/`high`) the preference;
     /// when no hardware adapter exists, a CPU adapter such as lavapipe is used.
     /// The device gets the adapter's own limits, and timestamp queries, f16
-    /// shaders and subgroups when offered.
+    /// shaders, subgroups and 64-bit integers when offered.
     pub async fn new_async() -> Result<Context> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pick_adapter(&instance).await?;
@@ -103,13 +120,12 @@ impl Context {
                 lost.store(true, Ordering::SeqCst);
             });
         }
-        let reduction = match info.device_type {
-            wgpu::DeviceType::Cpu => Reduction::PerInvocation,
-            _ => Reduction::Tree,
-        };
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let reduction = if cpu { Reduction::PerInvocation } else { Reduction::Tree };
+        let words = cpu && device.features().contains(wgpu::Features::SHADER_INT64);
         Context {
             inner: Arc::new(Inner {
-                kernels: KernelCache::new(&device),
+                kernels: KernelCache::new(&device, words),
                 device,
                 queue,
                 info,
@@ -134,6 +150,29 @@ impl Context {
     /// (by every clone of this context).
     pub fn set_reduction(&self, reduction: Reduction) {
         self.inner.reduction.store(reduction as u8, Ordering::Relaxed);
+    }
+
+    /// How the vec4 kernels move f32 tensors: chosen from the adapter's
+    /// type and features ([`Access::Words64`] on CPU adapters whose device
+    /// has `SHADER_INT64`, else [`Access::Floats`]).
+    pub fn access(&self) -> Access {
+        if self.inner.kernels.words() {
+            Access::Words64
+        } else {
+            Access::Floats
+        }
+    }
+
+    /// Overrides the access for the ops recorded from now on (by every
+    /// clone of this context). `Err` for [`Access::Words64`] on a device
+    /// without `SHADER_INT64`.
+    pub fn set_access(&self, access: Access) -> Result<()> {
+        let words = access == Access::Words64;
+        if words && !self.device().features().contains(wgpu::Features::SHADER_INT64) {
+            return Err(Error::Unsupported("64-bit word access needs a device with SHADER_INT64".into()));
+        }
+        self.inner.kernels.set_words(words);
+        Ok(())
     }
 
     /// The wgpu device.

@@ -3,6 +3,7 @@
 //! that remove bind-group boilerplate.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::resident::Resident;
@@ -14,8 +15,9 @@ pub(crate) enum Shader {
     /// Partial per-channel reductions (statistics and backward sums), of f16
     /// tensors with `f16`.
     Reduce { f16: bool },
-    /// BatchNorm's partial reductions over vec4 values (of f16 in memory with `f16`).
-    ReduceVec4 { f16: bool },
+    /// BatchNorm's partial reductions over vec4 values (of f16 in memory
+    /// with `f16`, of f32 as two 64-bit words with `words`).
+    ReduceVec4 { f16: bool, words: bool },
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
@@ -23,12 +25,14 @@ pub(crate) enum Shader {
     /// passes four values at a time with `vec4`.
     RowNorm { f16: bool, vec4: bool },
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
-    /// values at a time (of f16 in memory with `f16`).
-    Elementwise { vec4: bool, f16: bool },
+    /// values at a time (of f16 in memory with `f16`, of f32 as two 64-bit
+    /// words with `words`).
+    Elementwise { vec4: bool, f16: bool, words: bool },
     /// BatchNorm's elementwise passes over vec4 values walked by teams of
     /// eight invocations along wide channels-last rows, `per_lane` columns
-    /// a lane (generated: src/row_teams.rs), of f16 in memory with `f16`.
-    ElementwiseRows { per_lane: u8, f16: bool },
+    /// a lane (generated: src/row_teams.rs), of f16 in memory with `f16`,
+    /// of f32 as two 64-bit words with `words`.
+    ElementwiseRows { per_lane: u8, f16: bool, words: bool },
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
     /// LayerNorm's and RMSNorm's one-pass forward and backward for one row
@@ -37,6 +41,21 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
+    /// The same kernel with its f32 vec4 tensors as 64-bit words, where it
+    /// has such tensors ([`crate::Access::Words64`]).
+    fn in_words(self) -> Shader {
+        match self {
+            Shader::Elementwise { vec4: true, f16: false, .. } => {
+                Shader::Elementwise { vec4: true, f16: false, words: true }
+            }
+            Shader::ElementwiseRows { per_lane, f16: false, .. } => {
+                Shader::ElementwiseRows { per_lane, f16: false, words: true }
+            }
+            Shader::ReduceVec4 { f16: false, .. } => Shader::ReduceVec4 { f16: false, words: true },
+            other => other,
+        }
+    }
+
     fn source(self) -> String {
         let generated;
         let body = match self {
@@ -65,12 +84,22 @@ impl Shader {
             self,
             Shader::Elementwise { f16: true, .. }
                 | Shader::ElementwiseRows { f16: true, .. }
-                | Shader::ReduceVec4 { f16: true }
+                | Shader::ReduceVec4 { f16: true, .. }
                 | Shader::Reduce { f16: true }
                 | Shader::RowNorm { f16: true, .. }
                 | Shader::Resident { f16: true, .. }
         );
-        let memory = if f16 { "vec4<f16>" } else { "vec4<f32>" };
+        let words = matches!(
+            self,
+            Shader::Elementwise { words: true, .. }
+                | Shader::ElementwiseRows { words: true, .. }
+                | Shader::ReduceVec4 { words: true, .. }
+        );
+        let memory = match (f16, words) {
+            (true, _) => "vec4<f16>",
+            (false, true) => "vec2<u64>",
+            (false, false) => "vec4<f32>",
+        };
         let scalar = if f16 { "f16" } else { "f32" };
         let gather4 = "fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n";
         let lanes4 = "fn lanes4(a: f32, b: f32, c: f32, d: f32) -> V {\n";
@@ -92,6 +121,22 @@ impl Shader {
             Shader::Reduce { .. } => format!("alias S = {scalar};\n"),
             _ => String::new(),
         };
+        // Values to and from their type in memory (S), for the shaders
+        // that have a `words` variant.
+        let value = match self {
+            Shader::Elementwise { vec4: false, .. } => "f32",
+            _ => "vec4<f32>",
+        };
+        let conversions = match self {
+            Shader::Elementwise { .. } | Shader::ElementwiseRows { .. } | Shader::ReduceVec4 { .. } if words => {
+                WORDS.to_string()
+            }
+            Shader::Elementwise { .. } | Shader::ElementwiseRows { .. } | Shader::ReduceVec4 { .. } => format!(
+                "fn from_memory(s: S) -> {value} {{\n    return {value}(s);\n}}\n\
+                 fn to_memory(v: {value}) -> S {{\n    return S(v);\n}}\n"
+            ),
+            _ => String::new(),
+        };
         // An `enable` directive must come before everything else.
         let enable = if f16 { "enable f16;\n" } else { "" };
         // The merge kernels' shared loop (WGSL resolves declarations in any order).
@@ -110,9 +155,24 @@ impl Shader {
             }
             _ => "",
         };
-        format!("{enable}{}\n{prelude}{}\n{merge}\n{walks}", include_str!("../shaders/common.wgsl"), body)
+        format!("{enable}{}\n{prelude}{conversions}{}\n{merge}\n{walks}", include_str!("../shaders/common.wgsl"), body)
     }
 }
+
+/// f32 vec4s as two 64-bit words (little-endian: a word's low half is the
+/// first float). Bit casts only, so values pass unchanged, NaNs included.
+const WORDS: &str = "\
+fn from_memory(s: vec2<u64>) -> vec4<f32> {
+    return vec4<f32>(
+        bitcast<f32>(u32(s.x & 0xfffffffflu)), bitcast<f32>(u32(s.x >> 32u)),
+        bitcast<f32>(u32(s.y & 0xfffffffflu)), bitcast<f32>(u32(s.y >> 32u)),
+    );
+}
+fn to_memory(v: vec4<f32>) -> vec2<u64> {
+    let b = bitcast<vec4<u32>>(v);
+    return vec2<u64>(u64(b.x) | (u64(b.y) << 32u), u64(b.z) | (u64(b.w) << 32u));
+}
+";
 
 /// One compute pipeline: a shader's entry point with its override constant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,22 +208,37 @@ impl KernelKey {
 /// code, so the cache is bounded.
 pub(crate) struct KernelCache {
     device: wgpu::Device,
+    /// Compile f32 vec4 kernels over 64-bit words ([`crate::Access`]).
+    words: AtomicBool,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
 }
 
 impl KernelCache {
-    pub fn new(device: &wgpu::Device) -> KernelCache {
+    pub fn new(device: &wgpu::Device, words: bool) -> KernelCache {
         KernelCache {
             device: device.clone(),
+            words: AtomicBool::new(words),
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The pipeline for `key`, compiled on first use. Call inside
+    pub fn words(&self) -> bool {
+        self.words.load(Ordering::Relaxed)
+    }
+
+    pub fn set_words(&self, words: bool) {
+        self.words.store(words, Ordering::Relaxed);
+    }
+
+    /// The pipeline for `key`, compiled on first use (over 64-bit words
+    /// where the access says so). Call inside
     /// [`Context::scoped`](crate::Context) so compile errors become `Err`.
-    pub fn get(&self, key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+    pub fn get(&self, mut key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        if self.words() {
+            key.shader = key.shader.in_words();
+        }
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
@@ -204,7 +279,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl (116 bytes).
+/// Mirror of `struct Params` in shaders/common.wgsl (120 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -242,6 +317,8 @@ pub(crate) struct ChannelParams {
     /// BatchNorm's merges: 0 or 1, or the block of partials a
     /// `merge_blocks_*` dispatch merged into each block's first slot.
     pub merge_block: u32,
+    /// Always 0.0 (see `relu_zero` in common.wgsl).
+    pub relu_zero: f32,
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;

@@ -55,7 +55,7 @@ mod tiling;
 mod validate;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
-pub use context::{Context, Reduction};
+pub use context::{Access, Context, Reduction};
 pub use error::{Error, Result};
 pub use exchange::{Exchange, LocalExchange};
 pub use fold::{fold_host, LayerKind};

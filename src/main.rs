@@ -107,6 +107,10 @@ struct BenchArgs {
     /// (default: per-invocation on CPU adapters, tree on GPUs).
     #[arg(long)]
     reduction: Option<String>,
+    /// How vec4 kernels move f32 tensors: floats or words64 (default:
+    /// words64 on CPU adapters with 64-bit integers, floats elsewhere).
+    #[arg(long)]
+    access: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +185,9 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
     let ctx = Context::new()?;
     if let Some(reduction) = &args.reduction {
         ctx.set_reduction(bench::parse_reduction(reduction)?);
+    }
+    if let Some(access) = &args.access {
+        ctx.set_access(bench::parse_access(access)?)?;
     }
     let report = bench::run(&ctx, &config, &mut progress_bar)?;
     eprint!("\r{:79}\r", "");

@@ -129,7 +129,11 @@ impl StatPlan {
     /// The reduction kernel: `Stats`, or `GradSums` (centres in `chan`).
     fn kernel(&self, mode: ReduceMode) -> KernelKey {
         if self.vec4 {
-            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), mode as u32)
+            KernelKey::with_mode(
+                Shader::ReduceVec4 { f16: self.f16, words: false },
+                self.plan.entry_vec4(),
+                mode as u32,
+            )
         } else {
             reduce::kernel(&self.plan, mode, self.f16)
         }

@@ -194,8 +194,8 @@ impl Tiling {
     /// BatchNorm's pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
     pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
         let shader = match self.teams {
-            Some(per_lane) => Shader::ElementwiseRows { per_lane, f16: self.f16 },
-            None => Shader::Elementwise { vec4: self.vec4, f16: self.f16 },
+            Some(per_lane) => Shader::ElementwiseRows { per_lane, f16: self.f16, words: false },
+            None => Shader::Elementwise { vec4: self.vec4, f16: self.f16, words: false },
         };
         KernelKey::with_mode(shader, self.entry(op), mode)
     }
@@ -219,7 +219,11 @@ impl Tiling {
     /// The reduction pipeline for this tiling and `mode`.
     pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
         if self.vec4 {
-            KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16 }, self.plan.entry_vec4(), mode as u32)
+            KernelKey::with_mode(
+                Shader::ReduceVec4 { f16: self.f16, words: false },
+                self.plan.entry_vec4(),
+                mode as u32,
+            )
         } else {
             reduce::kernel(&self.plan, mode, self.f16)
         }

@@ -36,6 +36,8 @@ fn quick_verify_json_follows_the_contract() {
     assert!(timer == "gpu-timestamp" || timer == "wall-clock", "timer {timer}");
     let reduction = v["reduction"].as_str().unwrap();
     assert!(reduction == "tree" || reduction == "per-invocation", "reduction {reduction}");
+    let access = v["access"].as_str().unwrap();
+    assert!(access == "floats" || access == "words64", "access {access}");
     let results = v["results"].as_array().unwrap();
     // The quick shapes are 8x32x28x28 and 2048x256 (default layouts nchw,nhwc).
     let has = |op: &str, layout: &str, rank: usize| {
@@ -267,4 +269,23 @@ fn the_reduction_strategy_can_be_chosen() {
     let out = wgpu_norm(&["bench", "--quick", "--reduction", "sideways"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tree or per-invocation"));
+}
+
+#[test]
+fn the_memory_access_can_be_chosen() {
+    // lavapipe offers 64-bit integers, so both run there.
+    for access in ["floats", "words64"] {
+        let args =
+            ["bench", "--ops", "bn_train_step,bn_forward_eval", "--shapes", "4,8,20,20", "--layouts", "nchw,nhwc"];
+        let out = wgpu_norm(
+            &[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", "--access", access]].concat(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["access"], access);
+        assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
+    }
+    let out = wgpu_norm(&["bench", "--quick", "--access", "bytes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("floats or words64"));
 }

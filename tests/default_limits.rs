@@ -4,14 +4,17 @@
 //! through `Context::from_device`; f16, which needs SHADER_F16, is refused.
 //! Its own binary, with its own device, which runs the reductions as GPUs do
 //! (`Reduction::Tree`) where the other binaries on lavapipe run them per
-//! invocation.
+//! invocation, and moves f32 tensors as floats (`Access::Floats`, as GPUs
+//! do) where they move them as 64-bit words.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wgpu_norm::check::{check_file, Outcome, DEFAULT_TOLERANCE};
 use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Reduction, Tensor};
+use wgpu_norm::{
+    Access, BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Reduction, Tensor,
+};
 
 fn default_ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
@@ -47,6 +50,16 @@ fn every_reference_case_passes_on_a_device_with_default_limits() {
         passed += 1;
     }
     assert!(passed >= 28, "only {passed} cases ran");
+}
+
+#[test]
+fn words_on_a_device_without_shader_int64_are_unsupported() {
+    let ctx = default_ctx();
+    assert!(!ctx.device().features().contains(wgpu::Features::SHADER_INT64));
+    assert_eq!(ctx.access(), Access::Floats);
+    let err = ctx.set_access(Access::Words64).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_INT64")), "{err}");
+    assert_eq!(ctx.access(), Access::Floats);
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::reference::{self, BatchNormArgs, FoldBn, Fused};
-use wgpu_norm::{fold_host, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
+use wgpu_norm::{fold_host, Access, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
 
 fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut Rng) {
     let ctx = ctx();
@@ -75,6 +75,42 @@ fn fused_relu_and_add_relu_match_the_reference() {
             }
         }
     }
+}
+
+#[test]
+fn fused_relu_keeps_nan_and_clamps_infinities() {
+    // As torch.relu: NaN stays NaN, -inf and negatives become 0, +inf stays.
+    // Eval mode with the initial state: y = relu(x / sqrt(1 + eps)).
+    let ctx = ctx();
+    let default = ctx.access();
+    let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
+    let accesses: &[Access] = if int64 { &[Access::Floats, Access::Words64] } else { &[Access::Floats] };
+    let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -2.0, 3.0, -0.0, 0.5, -1e-30];
+    for &access in accesses {
+        ctx.set_access(access).unwrap();
+        // Runs (channels-second) and rows walked in teams (64 channels last).
+        for (shape, layout) in [([2, 8, 4, 4], Layout::Nchw), ([4, 64, 1, 2], Layout::Nhwc)] {
+            let len: usize = shape.iter().product();
+            let x: Vec<f32> = (0..len).map(|i| specials[i % specials.len()]).collect();
+            let bn = BatchNorm::new(ctx, BatchNormConfig::new(shape[1])).unwrap();
+            let (xt, yt) =
+                (Tensor::from_slice(ctx, &x, &shape, layout).unwrap(), Tensor::zeros(ctx, &shape, layout).unwrap());
+            ctx.run(|e| bn.forward_relu(e, &xt.view(), &yt.view(), false)).unwrap();
+            let y = yt.read(ctx).unwrap();
+            let scale = 1.0 / (1.0f32 + 1e-5).sqrt();
+            for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+                let ok = if xi.is_nan() {
+                    yi.is_nan()
+                } else if xi > 0.0 {
+                    yi == xi * scale
+                } else {
+                    yi == 0.0
+                };
+                assert!(ok, "{access:?} {layout:?} x[{i}] = {xi}: y = {yi}");
+            }
+        }
+    }
+    ctx.set_access(default).unwrap();
 }
 
 fn fold_case(kind: LayerKind, shape: &[usize], with_bias: bool, rng: &mut Rng) {

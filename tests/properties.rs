@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::reference::{self, BatchNormArgs, Fused};
-use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Layout, Reduction, Tensor};
+use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Layout, Reduction, Tensor};
 
 /// Seeds of cases that failed once, kept as regressions.
 /// 1592590442: 1000 +- 0.01, beyond f32's reach for the mean (see `case`).
@@ -25,6 +25,11 @@ fn case(seed: u64) {
     // GPUs' workgroup tree, odd ones the CPU adapters' per-invocation walk.
     let reduction = if seed.is_multiple_of(2) { Reduction::Tree } else { Reduction::PerInvocation };
     ctx.set_reduction(reduction);
+    // Both accesses where the device has 64-bit integers, by the seed's
+    // second bit.
+    let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
+    let access = if int64 && (seed / 2).is_multiple_of(2) { Access::Words64 } else { Access::Floats };
+    ctx.set_access(access).unwrap();
     let mut rng = Rng(seed);
     let rank = rng.range(2, 5);
     let mut shape: Vec<usize> = (0..rank).map(|_| rng.range(1, if rank > 3 { 6 } else { 40 })).collect();
@@ -99,7 +104,9 @@ fn case(seed: u64) {
     })
     .unwrap();
     let what = |n: &str| {
-        format!("seed {seed} ({shape:?} {layout:?} {fused:?} training={training} {reduction:?} {config:?}): {n}")
+        format!(
+            "seed {seed} ({shape:?} {layout:?} {fused:?} training={training} {reduction:?} {access:?} {config:?}): {n}"
+        )
     };
     assert_close(&what("y"), &yt.read(ctx).unwrap(), &f.y);
     assert_close(&what("dx"), &dxt.read(ctx).unwrap(), &b.dx);

@@ -8,14 +8,18 @@
 //! loop may take. Then the family on contiguous rows of 4 to 20,000 values
 //! (tests/family.rs's LayerNorm, RMSNorm and InstanceNorm cases, shared
 //! through common::family), GroupNorm weights per channel and split across a
-//! vec4 (spatial size 9), and f16 LayerNorm rows.
+//! vec4 (spatial size 9), and f16 LayerNorm rows. And both accesses,
+//! `Access::Floats` (GPUs) and `Access::Words64` (CPU adapters), through
+//! every kernel that has the two.
 
 mod common;
 
 use common::family::{group_norm_case, instance_norm_case, layer_norm_case, rms_norm_case};
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::reference::{self, BatchNormArgs, LayerNormArgs};
-use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, LayerNorm, LayerNormConfig, Layout, Reduction, Tensor};
+use wgpu_norm::{
+    Access, BatchNorm, BatchNormConfig, BatchNormState, LayerNorm, LayerNormConfig, Layout, Reduction, Tensor,
+};
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();
@@ -137,4 +141,32 @@ fn both_reduction_strategies_match_the_reference() {
         family_cases(&mut rng, &what);
     }
     ctx.set_reduction(default);
+}
+
+#[test]
+fn both_accesses_match_the_reference() {
+    let ctx = ctx();
+    let default = ctx.access();
+    let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
+    assert_eq!(default, if cpu && int64 { Access::Words64 } else { Access::Floats });
+    let accesses: &[Access] = if int64 { &[Access::Floats, Access::Words64] } else { &[Access::Floats] };
+    let mut rng = Rng(78);
+    for &access in accesses {
+        ctx.set_access(access).unwrap();
+        let what = format!("{access:?}");
+        // Runs (planar vec4), and a plane of 263 vec4s (every remainder).
+        batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what);
+        batch_norm_case(&[3, 2, 4, 263], Layout::Nchw, &mut rng, &what);
+        // Channels-last: interleaved lanes of four channels, rows regrouped
+        // in runs of lcm(C, 4), and rows of 256 bytes and 1 KiB in teams.
+        batch_norm_case(&[2, 8, 30, 40], Layout::Nhwc, &mut rng, &what);
+        batch_norm_case(&[3, 6, 5, 4], Layout::Nhwc, &mut rng, &what);
+        batch_norm_case(&[3, 64, 5, 7], Layout::Nhwc, &mut rng, &what);
+        batch_norm_case(&[70, 256], Layout::Nchw, &mut rng, &what);
+        // The family's statistics (reduce_vec4.wgsl), both layouts.
+        group_norm_case(&mut rng, &[2, 4, 40, 40], 2, Layout::Nchw, -1.0, true);
+        group_norm_case(&mut rng, &[2, 8, 30, 40], 4, Layout::Nhwc, -1.0, true);
+    }
+    ctx.set_access(default).unwrap();
 }
