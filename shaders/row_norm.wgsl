@@ -304,12 +304,12 @@ fn lane_groups(c: u32) -> vec4<u32> {
 
 // y = (x - centre) * rstd * gamma + beta; s = rows' (centre, rstd, ...).
 fn apply_at(e: u32, w: Weights, s: Entry) {
-    y[p.y_off + e] = S(fma((V(x[p.x_off + e]) - s.a) * s.b, w.g, w.b));
+    y[p.y_off + e] = to_memory(fma((from_memory(x[p.x_off + e]) - s.a) * s.b, w.g, w.b));
 }
 
 // dx = rstd * dy * gamma + B * (x - centre) + C; k = rows_dx' (rstd, B, C, centre).
 fn dx_at(e: u32, w: Weights, k: Entry) {
-    dx[p.dx_off + e] = S(k.a * V(dy[p.dy_off + e]) * w.g + k.b * (V(x[p.x_off + e]) - k.d) + k.c);
+    dx[p.dx_off + e] = to_memory(k.a * from_memory(dy[p.dy_off + e]) * w.g + k.b * (from_memory(x[p.x_off + e]) - k.d) + k.c);
 }
 
 // Values first, first + stride, ... (n of them), four a loop iteration: on

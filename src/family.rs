@@ -574,8 +574,8 @@ impl Core {
                             z: None,
                         },
                     )?;
-                    let merge =
-                        kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_rows"))?;
+                    let merge = kernels
+                        .get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, "merge_rows"))?;
                     let group = bind(
                         device,
                         &merge,
@@ -656,7 +656,7 @@ impl Core {
         views: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
         let device = self.ctx.device();
-        let key = KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16 }, kernel.entry());
+        let key = KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16, words: false }, kernel.entry());
         let pipeline = self.ctx.kernels().get(key)?;
         let params = uniform(device, params)?;
         let mut entries = vec![
@@ -681,7 +681,8 @@ impl Core {
         grid: (u32, u32),
     ) -> Result<()> {
         let device = self.ctx.device();
-        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, entry))?;
+        let kernel =
+            self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, entry))?;
         let group = bind(
             device,
             &kernel,
@@ -968,7 +969,8 @@ impl Core {
                 z: None,
             },
         );
-        let merge = kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_row_grads"))?;
+        let merge = kernels
+            .get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, "merge_row_grads"))?;
         let group = bind(
             device,
             &merge,
@@ -1029,7 +1031,8 @@ impl Core {
         params.parts = plan.merge_parts;
         let params = uniform(device, &params)?;
         let per_instance = (inst.rows().div_ceil(64).min(65535) as u32, 1);
-        let row_norm = |entry| kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, entry));
+        let row_norm =
+            |entry| kernels.get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, entry));
 
         let centres = row_norm("instance_centres")?;
         let group = bind(
@@ -1127,8 +1130,10 @@ impl Core {
         resident: Option<Resident>,
     ) -> Result<()> {
         let key = match resident {
-            Some(plan) => KernelKey::new(Shader::Resident { plan, f16: false }, Pass::MergeColumns.entry()),
-            None => KernelKey::new(Shader::RowNorm { f16: false, vec4: false }, "merge_columns"),
+            Some(plan) => {
+                KernelKey::new(Shader::Resident { plan, f16: false, words: false }, Pass::MergeColumns.entry())
+            }
+            None => KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, "merge_columns"),
         };
         let merge = self.ctx.kernels().get(key)?;
         let group = bind(
@@ -1203,5 +1208,5 @@ struct Columns<'p> {
 
 /// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
 fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
-    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4 }, tile.entry(op))
+    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4, words: false }, tile.entry(op))
 }

@@ -22,8 +22,9 @@ pub(crate) enum Shader {
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
     /// elementwise kernels, over f16 tensors with `f16`, the elementwise
-    /// passes four values at a time with `vec4`.
-    RowNorm { f16: bool, vec4: bool },
+    /// passes four values at a time with `vec4` (of f32 as two 64-bit words
+    /// with `words`).
+    RowNorm { f16: bool, vec4: bool, words: bool },
     /// BatchNorm's elementwise passes over scalars or, with `vec4`, four
     /// values at a time (of f16 in memory with `f16`, of f32 as two 64-bit
     /// words with `words`).
@@ -36,8 +37,9 @@ pub(crate) enum Shader {
     /// `wgpu-norm bench`'s copy ceiling and naive baseline.
     Bench,
     /// LayerNorm's and RMSNorm's one-pass forward and backward for one row
-    /// length (generated: src/resident.rs), over f16 tensors with `f16`.
-    Resident { plan: Resident, f16: bool },
+    /// length (generated: src/resident.rs), over f16 tensors with `f16`, of
+    /// f32 as two 64-bit words with `words`.
+    Resident { plan: Resident, f16: bool, words: bool },
 }
 
 impl Shader {
@@ -52,6 +54,8 @@ impl Shader {
                 Shader::ElementwiseRows { per_lane, f16: false, words: true }
             }
             Shader::ReduceVec4 { f16: false, .. } => Shader::ReduceVec4 { f16: false, words: true },
+            Shader::RowNorm { f16: false, vec4: true, .. } => Shader::RowNorm { f16: false, vec4: true, words: true },
+            Shader::Resident { plan, f16: false, .. } => Shader::Resident { plan, f16: false, words: true },
             other => other,
         }
     }
@@ -94,6 +98,8 @@ impl Shader {
             Shader::Elementwise { words: true, .. }
                 | Shader::ElementwiseRows { words: true, .. }
                 | Shader::ReduceVec4 { words: true, .. }
+                | Shader::RowNorm { words: true, .. }
+                | Shader::Resident { words: true, .. }
         );
         let memory = match (f16, words) {
             (true, _) => "vec4<f16>",
@@ -124,18 +130,16 @@ impl Shader {
         // Values to and from their type in memory (S), for the shaders
         // that have a `words` variant.
         let value = match self {
-            Shader::Elementwise { vec4: false, .. } => "f32",
+            Shader::Elementwise { vec4: false, .. } | Shader::RowNorm { vec4: false, .. } => "f32",
             _ => "vec4<f32>",
         };
         let conversions = match self {
-            Shader::Elementwise { .. } | Shader::ElementwiseRows { .. } | Shader::ReduceVec4 { .. } if words => {
-                WORDS.to_string()
-            }
-            Shader::Elementwise { .. } | Shader::ElementwiseRows { .. } | Shader::ReduceVec4 { .. } => format!(
+            Shader::Reduce { .. } | Shader::BatchNorm | Shader::Bench => String::new(),
+            _ if words => WORDS.to_string(),
+            _ => format!(
                 "fn from_memory(s: S) -> {value} {{\n    return {value}(s);\n}}\n\
                  fn to_memory(v: {value}) -> S {{\n    return S(v);\n}}\n"
             ),
-            _ => String::new(),
         };
         // An `enable` directive must come before everything else.
         let enable = if f16 { "enable f16;\n" } else { "" };

@@ -196,17 +196,18 @@ impl Gen {
             let at = format!("{array}[{base} + {}u]", k * self.lanes);
             if self.masked(k) {
                 self.line(&format!("        var {name}{k} = vec4<f32>(0.0);"));
-                self.line(&format!("        if (live) {{ {name}{k} = vec4<f32>({at}); }}"));
+                self.line(&format!("        if (live) {{ {name}{k} = from_memory({at}); }}"));
             } else {
-                self.line(&format!("        let {name}{k} = vec4<f32>({at});"));
+                self.line(&format!("        let {name}{k} = from_memory({at});"));
             }
         }
     }
 
-    /// `array[base + offset] = S(expr)` for every k (`#` for k).
+    /// `array[base + offset] = to_memory(expr)` for every k (`#` for k).
     fn store(&mut self, array: &str, base: &str, expr: &str) {
         for k in 0..self.v {
-            let store = format!("{array}[{base} + {}u] = S({});", k * self.lanes, expr.replace('#', &k.to_string()));
+            let store =
+                format!("{array}[{base} + {}u] = to_memory({});", k * self.lanes, expr.replace('#', &k.to_string()));
             if self.masked(k) {
                 self.line(&format!("        if (live) {{ {store} }}"));
             } else {

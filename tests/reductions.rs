@@ -164,9 +164,15 @@ fn both_accesses_match_the_reference() {
         batch_norm_case(&[3, 6, 5, 4], Layout::Nhwc, &mut rng, &what);
         batch_norm_case(&[3, 64, 5, 7], Layout::Nhwc, &mut rng, &what);
         batch_norm_case(&[70, 256], Layout::Nchw, &mut rng, &what);
-        // The family's statistics (reduce_vec4.wgsl), both layouts.
+        // The family: statistics and instance sums (reduce_vec4.wgsl) and
+        // elementwise passes (row_norm.wgsl), both layouts; LayerNorm and
+        // RMSNorm rows held whole (src/resident.rs: an invocation, a
+        // subgroup), and rows too long for that.
         group_norm_case(&mut rng, &[2, 4, 40, 40], 2, Layout::Nchw, -1.0, true);
         group_norm_case(&mut rng, &[2, 8, 30, 40], 4, Layout::Nhwc, -1.0, true);
+        layer_norm_case(&mut rng, &[37, 56], 1, 1.5, true, true);
+        rms_norm_case(&mut rng, &[19, 512], 1, None, true);
+        layer_norm_case(&mut rng, &[3, 2052], 1, 1.5, true, true);
     }
     ctx.set_access(default).unwrap();
 }
