@@ -18,6 +18,11 @@ pub(crate) enum Shader {
     /// BatchNorm's partial reductions over vec4 values (of f16 in memory
     /// with `f16`, of f32 as two 64-bit words with `words`).
     ReduceVec4 { f16: bool, words: bool },
+    /// BatchNorm's partial reductions over channels-last vec4 rows walked
+    /// by teams of eight invocations, `per_lane` columns a lane
+    /// (generated: src/row_teams.rs), of f16 in memory with `f16`, of f32
+    /// as two 64-bit words with `words`.
+    ReduceTeams { per_lane: u8, f16: bool, words: bool },
     /// BatchNorm's per-channel and elementwise kernels.
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
@@ -54,6 +59,9 @@ impl Shader {
                 Shader::ElementwiseRows { per_lane, f16: false, words: true }
             }
             Shader::ReduceVec4 { f16: false, .. } => Shader::ReduceVec4 { f16: false, words: true },
+            Shader::ReduceTeams { per_lane, f16: false, .. } => {
+                Shader::ReduceTeams { per_lane, f16: false, words: true }
+            }
             Shader::RowNorm { f16: false, vec4: true, .. } => Shader::RowNorm { f16: false, vec4: true, words: true },
             Shader::Resident { plan, f16: false, .. } => Shader::Resident { plan, f16: false, words: true },
             other => other,
@@ -65,6 +73,14 @@ impl Shader {
         let body = match self {
             Shader::Reduce { .. } => include_str!("../shaders/reduce.wgsl"),
             Shader::ReduceVec4 { .. } => include_str!("../shaders/reduce_vec4.wgsl"),
+            Shader::ReduceTeams { per_lane, .. } => {
+                generated = format!(
+                    "{}{}",
+                    include_str!("../shaders/reduce_vec4.wgsl"),
+                    crate::row_teams::reduce_source(per_lane.into())
+                );
+                &generated
+            }
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
             Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
@@ -89,6 +105,7 @@ impl Shader {
             Shader::Elementwise { f16: true, .. }
                 | Shader::ElementwiseRows { f16: true, .. }
                 | Shader::ReduceVec4 { f16: true, .. }
+                | Shader::ReduceTeams { f16: true, .. }
                 | Shader::Reduce { f16: true }
                 | Shader::RowNorm { f16: true, .. }
                 | Shader::Resident { f16: true, .. }
@@ -98,6 +115,7 @@ impl Shader {
             Shader::Elementwise { words: true, .. }
                 | Shader::ElementwiseRows { words: true, .. }
                 | Shader::ReduceVec4 { words: true, .. }
+                | Shader::ReduceTeams { words: true, .. }
                 | Shader::RowNorm { words: true, .. }
                 | Shader::Resident { words: true, .. }
         );
@@ -123,7 +141,9 @@ impl Shader {
             Shader::RowNorm { vec4: false, .. } => {
                 format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n")
             }
-            Shader::ReduceVec4 { .. } | Shader::Resident { .. } => format!("alias S = {memory};\n"),
+            Shader::ReduceVec4 { .. } | Shader::ReduceTeams { .. } | Shader::Resident { .. } => {
+                format!("alias S = {memory};\n")
+            }
             Shader::Reduce { .. } => format!("alias S = {scalar};\n"),
             _ => String::new(),
         };
@@ -154,7 +174,8 @@ impl Shader {
             | Shader::ElementwiseRows { .. }
             | Shader::RowNorm { .. }
             | Shader::Reduce { .. }
-            | Shader::ReduceVec4 { .. } => {
+            | Shader::ReduceVec4 { .. }
+            | Shader::ReduceTeams { .. } => {
                 include_str!("../shaders/walks.wgsl")
             }
             _ => "",

@@ -68,6 +68,10 @@ pub(crate) enum Shape {
     /// [`ReducePlan::elementwise_only`]; reductions only per invocation
     /// ([`ReducePlan::runs_reduction`]).
     Runs,
+    /// Channels-last rows walked whole by teams of eight invocations on CPU
+    /// adapters, `slice_len` rows a team (src/row_teams.rs): one partial a
+    /// team and channel. vec4 only (reduce_vec4.wgsl).
+    Teams,
 }
 
 /// How one reduction is cut into workgroups.
@@ -332,13 +336,16 @@ impl ReducePlan {
     /// row groups, interleaved; a row's lanes, rows), up to
     /// [`MAX_MERGE_PARTS`]; a plan that would leave more keeps its tree.
     pub fn with(mut self, reduction: Reduction) -> ReducePlan {
-        if reduction != Reduction::PerInvocation || self.per_invocation || self.shape == Shape::Runs {
+        if reduction != Reduction::PerInvocation
+            || self.per_invocation
+            || matches!(self.shape, Shape::Runs | Shape::Teams)
+        {
             return self;
         }
         let sharing = match self.shape {
             Shape::Planar => WG as u32,
             Shape::Interleaved => WG as u32 / self.width,
-            Shape::Rows | Shape::Runs => self.width,
+            Shape::Rows | Shape::Runs | Shape::Teams => self.width,
         };
         if self.parts * sharing > MAX_MERGE_PARTS {
             return self;
@@ -358,6 +365,7 @@ impl ReducePlan {
             Shape::Interleaved => "reduce4_interleaved",
             Shape::Rows if self.per_invocation => "reduce4_rows_lanes",
             Shape::Rows => "reduce4_rows",
+            Shape::Teams => "reduce4_teams",
         }
     }
 
@@ -370,6 +378,8 @@ impl ReducePlan {
             Shape::Interleaved => "reduce_interleaved",
             Shape::Rows if self.per_invocation => "reduce_rows_lanes",
             Shape::Rows => "reduce_rows",
+            // Teams are planned for vec4 views only: reduce.wgsl has none.
+            Shape::Teams => "reduce4_teams",
         }
     }
 }

@@ -24,8 +24,9 @@ pub(crate) struct Tiling {
     /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
     pub lane_channels: u32,
     pub view: ChannelView,
-    /// The reduction's plan (runs or interleaved on CPU adapters, planar or
-    /// interleaved on GPUs).
+    /// The reduction's plan (runs, interleaved, or channels-last rows of
+    /// 256 bytes walked in teams on CPU adapters; planar or interleaved on
+    /// GPUs).
     pub plan: ReducePlan,
     /// The elementwise passes' plan (ReducePlan::elementwise_only, as the
     /// family's): runs over long inner runs, else interleaved with 16 values
@@ -33,7 +34,8 @@ pub(crate) struct Tiling {
     pub apply: ReducePlan,
     /// Channels-last rows of 256 bytes and more on CPU adapters: the
     /// elementwise passes walk them in teams of eight invocations, this many
-    /// columns a lane (src/row_teams.rs), `apply.slice_len` rows a team.
+    /// columns a lane (src/row_teams.rs), `apply.slice_len` rows a team;
+    /// the reduction too up to row_teams::MAX_REDUCE_PER_LANE columns.
     pub teams: Option<u8>,
 }
 
@@ -61,10 +63,14 @@ impl Tiling {
             Reduction::PerInvocation if lanes => row_teams::per_lane(v, value_bytes),
             _ => None,
         };
-        if teams.is_some() {
-            let (per_team, workgroups) = row_teams::grid(v.outer, v.channels * value_bytes);
+        if let Some(per_lane) = teams {
+            let row_bytes = v.channels * value_bytes;
+            let (per_team, workgroups) = row_teams::grid(v.outer, row_bytes);
             apply.slice_len = per_team as u32;
             apply.grid = (workgroups, 1);
+            if per_lane <= row_teams::MAX_REDUCE_PER_LANE {
+                plan = row_teams::reduce_plan(v.outer, row_bytes);
+            }
         }
         // Cycling lanes: every channel has `streams` lane columns, each a run
         // of the plan's partials; a merge loop takes at most MAX_MERGE_PARTS.
@@ -218,7 +224,10 @@ impl Tiling {
 
     /// The reduction pipeline for this tiling and `mode`.
     pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
-        if self.vec4 {
+        if let (Shape::Teams, Some(per_lane)) = (self.plan.shape, self.teams) {
+            let shader = Shader::ReduceTeams { per_lane, f16: self.f16, words: false };
+            KernelKey::with_mode(shader, self.plan.entry_vec4(), mode as u32)
+        } else if self.vec4 {
             KernelKey::with_mode(
                 Shader::ReduceVec4 { f16: self.f16, words: false },
                 self.plan.entry_vec4(),

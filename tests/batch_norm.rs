@@ -228,10 +228,13 @@ fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
 fn wide_channels_last_rows_walked_in_teams() {
     // Channels-last rows of 256 bytes and more with channels a multiple of
     // 32: CPU adapters walk them whole, eight invocations a row
-    // (src/row_teams.rs). 64, 256, 288 and 512 channels (2, 8, 9 and 16
-    // columns a lane); rows that leave the last team short; rank 2 and 4.
+    // (src/row_teams.rs), and reduce them so too at two columns a lane.
+    // 64, 128, 256, 288 and 512 channels (2, 4, 8, 9 and 16 columns a
+    // lane); rows that leave the last team short, or its last step of
+    // four; rank 2 and 4.
     let mut rng = Rng(23);
-    let shapes: &[&[usize]] = &[&[37, 512], &[3, 256, 5, 7], &[2, 288, 3, 1], &[700, 256], &[3, 64, 5, 9]];
+    let shapes: &[&[usize]] =
+        &[&[37, 512], &[3, 256, 5, 7], &[2, 288, 3, 1], &[700, 256], &[3, 64, 5, 9], &[9, 128], &[1200, 64]];
     for shape in shapes {
         for training in [true, false] {
             run_case("teams", shape, Layout::Nhwc, BatchNormConfig::new(shape[1]), training, &mut rng);

@@ -65,8 +65,9 @@ fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng
 #[test]
 fn fused_relu_and_add_relu_match_the_reference() {
     let mut rng = Rng(31);
-    // [9, 256] channels-last: rows walked in teams on CPU adapters.
-    for shape in [&[4usize, 3, 5, 7][..], &[6, 5], &[2, 4, 300], &[2, 3, 2, 3, 4], &[9, 256]] {
+    // [9, 256] and [11, 64] channels-last: rows walked in teams on CPU
+    // adapters, [11, 64]'s backward sums behind the ReLU's mask too.
+    for shape in [&[4usize, 3, 5, 7][..], &[6, 5], &[2, 4, 300], &[2, 3, 2, 3, 4], &[9, 256], &[11, 64]] {
         for layout in [Layout::Nchw, Layout::Nhwc] {
             for fused in [Fused::Relu, Fused::AddRelu] {
                 for training in [true, false] {
