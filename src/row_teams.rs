@@ -1,7 +1,9 @@
 //! BatchNorm's elementwise passes over channels-last rows of 256 bytes and
-//! more on CPU adapters: each group of eight invocations (one SIMD batch on lavapipe) is
-//! a team that walks whole rows, lane l taking view columns l, l + 8, ...,
-//! with their channel coefficients held in named registers for the walk.
+//! more on CPU adapters, and its reductions over rows of two columns a
+//! lane: each group of eight invocations (one SIMD batch on lavapipe) is a
+//! team that walks whole rows, lane l taking view columns l, l + 8, ...,
+//! with their channel coefficients (and accumulators) held in named
+//! registers for the walk.
 //!
 //! The interleaved walk gives each invocation one column and a run of rows:
 //! a batch then reads 128 bytes of a row and jumps a row ahead. On rows of
