@@ -154,6 +154,8 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
             "driver_info": a.driver_info,
             "features": features,
             "limits": limits,
+            "reduction": bench::reduction_name(ctx.reduction()),
+            "access": bench::access_name(ctx.access()),
         });
         outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -162,6 +164,8 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
         outln!("device type: {:?}", a.device_type);
         outln!("driver:      {} ({})", a.driver, a.driver_info);
         outln!("features:    {}", if features.is_empty() { "none".to_string() } else { features.join(", ") });
+        outln!("reduction:   {}", bench::reduction_name(ctx.reduction()));
+        outln!("access:      {}", bench::access_name(ctx.access()));
         outln!("limits:");
         for (k, v) in limits {
             outln!("  {k:<40} {v}");

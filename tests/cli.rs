@@ -102,7 +102,9 @@ fn info_names_the_adapter() {
     let out = wgpu_norm(&["info"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
-    for key in ["adapter:", "backend:", "driver:", "features:", "max_storage_buffer_binding_size"] {
+    for key in
+        ["adapter:", "backend:", "driver:", "features:", "max_storage_buffer_binding_size", "reduction:", "access:"]
+    {
         assert!(text.contains(key), "info lacks {key}: {text}");
     }
 }
