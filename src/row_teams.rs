@@ -56,12 +56,11 @@ pub(crate) fn grid(rows: usize, row_bytes: usize) -> (usize, u32) {
     (per_team, workgroups as u32)
 }
 
-/// The reduction plan of a channels-last vec4 view walked by teams (`rows`
-/// rows of `row_bytes`, [`per_lane`] columns a lane, at most
-/// [`MAX_REDUCE_PER_LANE`]): the elementwise passes' teams, with enough
-/// rows a team that the partials fit one merge.
-pub(crate) fn reduce_plan(rows: usize, row_bytes: usize) -> ReducePlan {
-    let (per_team, _) = grid(rows, row_bytes);
+/// The reduction plan of a channels-last vec4 view of `rows` rows walked
+/// by teams ([`per_lane`] columns a lane, at most [`MAX_REDUCE_PER_LANE`]):
+/// the elementwise passes' `per_team` rows a team (from [`grid`]), or more
+/// where the partials would not fit one merge.
+pub(crate) fn reduce_plan(rows: usize, per_team: usize) -> ReducePlan {
     let per_team = per_team.max(rows.div_ceil(MAX_MERGE_PARTS as usize)).max(1);
     let teams = rows.div_ceil(per_team).max(1);
     ReducePlan {
@@ -271,7 +270,7 @@ mod tests {
     #[test]
     fn team_reductions_cover_every_row_within_one_merge() {
         for (rows, bytes) in [(100_352, 256), (1, 256), (35, 512), (1 << 26, 256)] {
-            let plan = reduce_plan(rows, bytes);
+            let plan = reduce_plan(rows, grid(rows, bytes).0);
             let teams = plan.slices as usize;
             assert!(teams * plan.slice_len as usize >= rows && (teams - 1) * (plan.slice_len as usize) < rows);
             assert!(plan.parts == plan.slices && plan.parts <= MAX_MERGE_PARTS, "{rows} rows");

@@ -64,12 +64,11 @@ impl Tiling {
             _ => None,
         };
         if let Some(per_lane) = teams {
-            let row_bytes = v.channels * value_bytes;
-            let (per_team, workgroups) = row_teams::grid(v.outer, row_bytes);
+            let (per_team, workgroups) = row_teams::grid(v.outer, v.channels * value_bytes);
             apply.slice_len = per_team as u32;
             apply.grid = (workgroups, 1);
             if per_lane <= row_teams::MAX_REDUCE_PER_LANE {
-                plan = row_teams::reduce_plan(v.outer, row_bytes);
+                plan = row_teams::reduce_plan(v.outer, per_team);
             }
         }
         // Cycling lanes: every channel has `streams` lane columns, each a run
