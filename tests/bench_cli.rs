@@ -254,38 +254,33 @@ fn wall_clock_without_timestamp_queries() {
     }
 }
 
-#[test]
-fn the_reduction_strategy_can_be_chosen() {
-    for reduction in ["tree", "per-invocation"] {
-        let args = ["bench", "--ops", "bn_train_step", "--shapes", "4,8,20,20", "--layouts", "nchw"];
-        let out = wgpu_norm(
-            &[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", "--reduction", reduction]].concat(),
-        );
+/// `bench --{option} V` for each of `values` over `ops` passes --verify and
+/// reports V under `option`; `--{option} {bad}` fails naming `expected`.
+fn option_can_be_chosen(option: &str, values: &[&str], ops: &str, layouts: &str, bad: &str, expected: &str) {
+    let flag = format!("--{option}");
+    for &value in values {
+        let args = ["bench", "--ops", ops, "--shapes", "4,8,20,20", "--layouts", layouts];
+        let out =
+            wgpu_norm(&[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", &flag, value]].concat());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["reduction"], reduction);
+        assert_eq!(v[option], value);
         assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
     }
-    let out = wgpu_norm(&["bench", "--quick", "--reduction", "sideways"]);
+    let out = wgpu_norm(&["bench", "--quick", &flag, bad]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tree or per-invocation"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(expected));
+}
+
+#[test]
+fn the_reduction_strategy_can_be_chosen() {
+    let values = ["tree", "per-invocation"];
+    option_can_be_chosen("reduction", &values, "bn_train_step", "nchw", "sideways", "tree or per-invocation");
 }
 
 #[test]
 fn the_memory_access_can_be_chosen() {
     // lavapipe offers 64-bit integers, so both run there.
-    for access in ["floats", "words64"] {
-        let args =
-            ["bench", "--ops", "bn_train_step,bn_forward_eval", "--shapes", "4,8,20,20", "--layouts", "nchw,nhwc"];
-        let out = wgpu_norm(
-            &[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", "--access", access]].concat(),
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["access"], access);
-        assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
-    }
-    let out = wgpu_norm(&["bench", "--quick", "--access", "bytes"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("floats or words64"));
+    let ops = "bn_train_step,bn_forward_eval";
+    option_can_be_chosen("access", &["floats", "words64"], ops, "nchw,nhwc", "bytes", "floats or words64");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::reference::{self, BatchNormArgs, FoldBn, Fused};
-use wgpu_norm::{fold_host, Access, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
+use wgpu_norm::{fold_host, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
 
 fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut Rng) {
     let ctx = ctx();
@@ -84,10 +84,8 @@ fn fused_relu_keeps_nan_and_clamps_infinities() {
     // Eval mode with the initial state: y = relu(x / sqrt(1 + eps)).
     let ctx = ctx();
     let default = ctx.access();
-    let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
-    let accesses: &[Access] = if int64 { &[Access::Floats, Access::Words64] } else { &[Access::Floats] };
     let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -2.0, 3.0, -0.0, 0.5, -1e-30];
-    for &access in accesses {
+    for &access in common::accesses() {
         ctx.set_access(access).unwrap();
         // Runs (channels-second) and rows walked in teams (64 channels last).
         for (shape, layout) in [([2, 8, 4, 4], Layout::Nchw), ([4, 64, 1, 2], Layout::Nhwc)] {

@@ -150,9 +150,8 @@ fn both_accesses_match_the_reference() {
     let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
     let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
     assert_eq!(default, if cpu && int64 { Access::Words64 } else { Access::Floats });
-    let accesses: &[Access] = if int64 { &[Access::Floats, Access::Words64] } else { &[Access::Floats] };
     let mut rng = Rng(78);
-    for &access in accesses {
+    for &access in common::accesses() {
         ctx.set_access(access).unwrap();
         let what = format!("{access:?}");
         // Runs (planar vec4), and a plane of 263 vec4s (every remainder).

@@ -10,6 +10,14 @@ use wgpu_norm::{
 
 use super::{assert_close, ctx, Rng};
 
+/// Each output (name, GPU result, f64 reference) within the tolerance,
+/// named "`what`: name" on failure.
+fn assert_outputs(what: &str, outputs: &[(&str, &[f32], &[f64])]) {
+    for (name, got, want) in outputs {
+        assert_close(&format!("{what}: {name}"), got, want);
+    }
+}
+
 pub fn upload(data: &[f32], shape: &[usize], layout: Layout) -> Tensor {
     Tensor::from_slice(ctx(), data, shape, layout).unwrap()
 }
@@ -53,12 +61,17 @@ pub fn layer_norm_case(rng: &mut Rng, shape: &[usize], k: usize, offset: f32, af
     let g = reference::layer_norm_backward(&args, &x, &dy);
     let (mean, rstd) = ln.read_saved().unwrap();
     let (dw, db) = ln.read_grads().unwrap();
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: mean"), &mean, &f.mean);
-    assert_close(&format!("{what}: rstd"), &rstd, &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-    assert_close(&format!("{what}: dbias"), &db, &g.dbias);
+    assert_outputs(
+        &what,
+        &[
+            ("y", &read(&yt), &f.y),
+            ("mean", &mean, &f.mean),
+            ("rstd", &rstd, &f.rstd),
+            ("dx", &read(&dxt), &g.dx),
+            ("dweight", &dw, &g.dweight),
+            ("dbias", &db, &g.dbias),
+        ],
+    );
 }
 
 pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>, affine: bool) {
@@ -82,10 +95,15 @@ pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>,
     let args = RmsNormArgs { shape, normalized_shape: norm, weight: affine.then_some(&w[..]), eps: eps.map(f64::from) };
     let f = reference::rms_norm_forward(&args, &x);
     let g = reference::rms_norm_backward(&args, &x, &dy);
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: rstd"), &rn.read_saved().unwrap(), &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &rn.read_grad_weight().unwrap(), &g.dweight);
+    assert_outputs(
+        &what,
+        &[
+            ("y", &read(&yt), &f.y),
+            ("rstd", &rn.read_saved().unwrap(), &f.rstd),
+            ("dx", &read(&dxt), &g.dx),
+            ("dweight", &rn.read_grad_weight().unwrap(), &g.dweight),
+        ],
+    );
 }
 
 pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: Layout, offset: f32, affine: bool) {
@@ -115,12 +133,17 @@ pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: La
     let g = reference::group_norm_backward(&args, &x, &dy);
     let (mean, rstd) = gn.read_saved().unwrap();
     let (dw, db) = gn.read_grads().unwrap();
-    assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-    assert_close(&format!("{what}: mean"), &mean, &f.mean);
-    assert_close(&format!("{what}: rstd"), &rstd, &f.rstd);
-    assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-    assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-    assert_close(&format!("{what}: dbias"), &db, &g.dbias);
+    assert_outputs(
+        &what,
+        &[
+            ("y", &read(&yt), &f.y),
+            ("mean", &mean, &f.mean),
+            ("rstd", &rstd, &f.rstd),
+            ("dx", &read(&dxt), &g.dx),
+            ("dweight", &dw, &g.dweight),
+            ("dbias", &db, &g.dbias),
+        ],
+    );
 }
 
 pub fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, momentum: Option<f32>) {
@@ -160,11 +183,16 @@ pub fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, moment
         let after = inorm.read_state().unwrap();
         let (dw, db) = inorm.read_grads().unwrap();
         let what = format!("{what} training {training}");
-        assert_close(&format!("{what}: y"), &read(&yt), &f.y);
-        assert_close(&format!("{what}: running_mean"), &after.running_mean, &f.running_mean.unwrap());
-        assert_close(&format!("{what}: running_var"), &after.running_var, &f.running_var.unwrap());
-        assert_close(&format!("{what}: dx"), &read(&dxt), &g.dx);
-        assert_close(&format!("{what}: dweight"), &dw, &g.dweight);
-        assert_close(&format!("{what}: dbias"), &db, &g.dbias);
+        assert_outputs(
+            &what,
+            &[
+                ("y", &read(&yt), &f.y),
+                ("running_mean", &after.running_mean, &f.running_mean.unwrap()),
+                ("running_var", &after.running_var, &f.running_var.unwrap()),
+                ("dx", &read(&dxt), &g.dx),
+                ("dweight", &dw, &g.dweight),
+                ("dbias", &db, &g.dbias),
+            ],
+        );
     }
 }

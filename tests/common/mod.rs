@@ -18,6 +18,16 @@ pub fn ctx() -> &'static Context {
 
 pub use wgpu_norm::check::normalized_error;
 
+/// The accesses the test context's device can run: both where it has
+/// 64-bit integers (lavapipe has), else floats only.
+pub fn accesses() -> &'static [wgpu_norm::Access] {
+    if ctx().device().features().contains(wgpu::Features::SHADER_INT64) {
+        &[wgpu_norm::Access::Floats, wgpu_norm::Access::Words64]
+    } else {
+        &[wgpu_norm::Access::Floats]
+    }
+}
+
 /// The f32 GPU result against the f64 reference: the crate's one tolerance,
 /// the same `check` uses by default.
 pub const TOLERANCE: f64 = wgpu_norm::check::DEFAULT_TOLERANCE;
