@@ -398,4 +398,17 @@ pub(crate) fn dispatch3(
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, group, &[]);
     pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+    DISPATCHES.with(|d| d.set(d.get() + 1));
+}
+
+thread_local! {
+    static DISPATCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many compute dispatches wgpu-norm's ops have recorded on this thread
+/// so far. The difference around a call is what that call records: a
+/// measure of the work it hands the GPU (each dispatch costs a GPU some
+/// microseconds however small its grid).
+pub fn recorded_dispatches() -> u64 {
+    DISPATCHES.with(|d| d.get())
 }

@@ -60,6 +60,7 @@ pub use error::{Error, Result};
 pub use exchange::{Exchange, LocalExchange};
 pub use fold::{fold_host, LayerKind};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState};
+pub use kernels::recorded_dispatches;
 pub use layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use layout::{ChannelView, Layout};
 #[cfg(feature = "mpi")]

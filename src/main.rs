@@ -67,20 +67,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time every op over shapes from real networks, next to a plain copy
-    /// over the same bytes (the ceiling) and a naive BatchNorm (the baseline).
-    Bench(BenchArgs),
+    /// Time every op over shapes from real networks, next to the fastest of
+    /// several copy kernels over the same bytes (the ceiling) and a naive
+    /// BatchNorm (the baseline), with each op's host recording cost and
+    /// dispatch count.
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Ops to run, comma-separated (default: every op the crate has).
+    /// Ops to run, comma-separated, or `all` (default: every op but the
+    /// fused eval forwards and fused training steps that --model resnet50 runs).
     #[arg(long)]
     ops: Option<String>,
     /// Shapes in logical order (N, C, spatial...), separated by ';',
     /// e.g. "32,64,56,56;8192,512".
     #[arg(long)]
     shapes: Option<String>,
+    /// Run a network's normalization layers at their real shapes instead of
+    /// --ops over --shapes: `resnet50` (torchvision's 53 BatchNorm layers at
+    /// 224x224, fused where it applies ReLU or adds the residual; a training
+    /// step and an eval forward each) or `transformer` (LayerNorm and RMSNorm
+    /// forward and backward over [tokens, 768 | 1024 | 4096]).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["ops", "shapes"])]
+    model: Option<String>,
+    /// Batch size of --model resnet50 (default 32).
+    #[arg(long, requires = "model")]
+    batch: Option<usize>,
+    /// Tokens of --model transformer (default 8192).
+    #[arg(long, requires = "model")]
+    tokens: Option<usize>,
     /// Memory orders, comma-separated: nchw, nhwc.
     #[arg(long, default_value = "nchw,nhwc")]
     layouts: String,
@@ -181,6 +197,9 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
     }
     if let Some(shapes) = &args.shapes {
         config.shapes = bench::parse_shapes(shapes)?;
+    }
+    if let Some(model) = &args.model {
+        config.model = Some(bench::Model::parse(model, args.batch, args.tokens)?);
     }
     config.layouts = bench::parse_layouts(&args.layouts)?;
     config.iters = args.iters.unwrap_or(config.iters);

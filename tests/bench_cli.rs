@@ -38,6 +38,13 @@ fn quick_verify_json_follows_the_contract() {
     assert!(reduction == "tree" || reduction == "per-invocation", "reduction {reduction}");
     let access = v["access"].as_str().unwrap();
     assert!(access == "floats" || access == "words64", "access {access}");
+    let kernels: Vec<&str> = v["copy_kernels"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert!(kernels.len() >= 8, "grid-stride and spans, vec4 and words, two workgroup sizes: {kernels:?}");
+    let cpu = v["adapter"].as_str().unwrap().contains("llvmpipe");
+    if cpu {
+        let host = v["host_memcpy_gbps"].as_f64().unwrap();
+        assert!(host > 0.0 && host.is_finite());
+    }
     let results = v["results"].as_array().unwrap();
     // The quick shapes are 8x32x28x28 and 2048x256 (default layouts nchw,nhwc).
     let has = |op: &str, layout: &str, rank: usize| {
@@ -95,6 +102,11 @@ fn quick_verify_json_follows_the_contract() {
             _ => 2,
         };
         assert_eq!(r["bytes"].as_u64().unwrap(), tensors * elements * 4, "{op}: bytes");
+        assert!(kernels.contains(&r["copy_kernel"].as_str().unwrap()), "{op}: copy_kernel in {r}");
+        let record_us = r["record_us"].as_f64().unwrap();
+        assert!(record_us > 0.0 && record_us < 1e6, "{op}: record_us {record_us}");
+        let dispatches = r["dispatches"].as_u64().unwrap();
+        assert!((1..=64).contains(&dispatches), "{op}: {dispatches} dispatches");
         let ratio = r["ratio_to_copy"].as_f64().unwrap();
         let expect = r["gbps"].as_f64().unwrap() / r["copy_gbps"].as_f64().unwrap();
         assert!((ratio - expect).abs() <= 1e-9 * expect.max(1.0), "{op}: ratio {ratio} vs {expect}");
@@ -106,6 +118,15 @@ fn quick_verify_json_follows_the_contract() {
         }
     }
     assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
+    // A step records what its forward and backward record.
+    let dispatches = |op: &str, layout: &str| {
+        let r = results.iter().find(|r| r["op"] == op && r["layout"] == layout && r["shape"][0] == 8).unwrap();
+        r["dispatches"].as_u64().unwrap()
+    };
+    for layout in ["nchw", "nhwc"] {
+        let (fwd, bwd) = (dispatches("bn_forward_train", layout), dispatches("bn_backward_train", layout));
+        assert_eq!(dispatches("bn_train_step", layout), fwd + bwd, "{layout}");
+    }
     let svg = std::fs::read_to_string(&plot).expect("--plot wrote the chart");
     let _ = std::fs::remove_file(&plot);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -283,4 +304,116 @@ fn the_memory_access_can_be_chosen() {
     // lavapipe offers 64-bit integers, so both run there.
     let ops = "bn_train_step,bn_forward_eval";
     option_can_be_chosen("access", &["floats", "words64"], ops, "nchw,nhwc", "bytes", "floats or words64");
+}
+
+/// `bench` over `args` with `--json`, which must succeed: the report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = wgpu_norm(&[&["bench", "--json"], args].concat());
+    assert!(out.status.success(), "bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// A model's totals are the sums of its layers' medians: `train` ops for the
+/// step, `eval` ops for inference.
+fn assert_totals(model: &serde_json::Value, results: &[serde_json::Value], train: &[&str], eval: &[&str]) {
+    let sum = |ops: &[&str], key: &str| -> f64 {
+        results.iter().filter(|r| ops.contains(&r["op"].as_str().unwrap())).map(|r| r[key].as_f64().unwrap()).sum()
+    };
+    for (total, ops, key) in [
+        ("train_step_ms", train, "median_ms"),
+        ("eval_ms", eval, "median_ms"),
+        ("train_step_copy_ms", train, "copy_ms"),
+        ("eval_copy_ms", eval, "copy_ms"),
+    ] {
+        let (got, want) = (model[total].as_f64().unwrap(), sum(ops, key));
+        assert!(want > 0.0 && (got - want).abs() <= 1e-9 * want, "{total}: {got} against {want}");
+    }
+    assert_eq!(model["complete"], true);
+}
+
+#[test]
+fn resnet50_preset_runs_its_53_layers_verified() {
+    let v = bench_json(&[
+        "--model",
+        "resnet50",
+        "--batch",
+        "1",
+        "--layouts",
+        "nhwc",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--verify",
+    ]);
+    let model = &v["model"];
+    assert_eq!(
+        (model["name"].as_str(), model["batch"].as_u64(), model["layers"].as_u64()),
+        (Some("resnet50"), Some(1), Some(53))
+    );
+    assert_eq!(model["layout"], "nhwc");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2 * 53, "a training step and an eval forward per layer");
+    let layers: std::collections::BTreeSet<&str> = results.iter().map(|r| r["layer"].as_str().unwrap()).collect();
+    assert_eq!(layers.len(), 53);
+    for name in ["bn1", "layer1.0.downsample.1", "layer3.5.bn2", "layer4.2.bn3"] {
+        assert!(layers.contains(name), "no layer {name}");
+    }
+    let op_of = |layer: &str, eval: bool| {
+        let r = results.iter().find(|r| r["layer"] == layer && r["op"].as_str().unwrap().contains("eval") == eval);
+        r.unwrap()["op"].as_str().unwrap().to_string()
+    };
+    assert_eq!(op_of("layer2.1.bn1", false), "bn_relu_train_step");
+    assert_eq!(op_of("layer2.1.bn3", false), "bn_add_relu_train_step");
+    assert_eq!(op_of("layer2.1.bn3", true), "bn_add_relu_forward_eval");
+    assert_eq!(op_of("layer2.0.downsample.1", true), "bn_forward_eval");
+    let r = results.iter().find(|r| r["layer"] == "layer4.0.bn2" && r["op"] == "bn_relu_train_step").unwrap();
+    assert_eq!(r["shape"], serde_json::json!([1, 512, 7, 7]));
+    // bn_add_relu_train_step moves x, z, y, then x, z, dy, dx, dz.
+    let r = results.iter().find(|r| r["layer"] == "layer4.2.bn3" && r["op"] == "bn_add_relu_train_step").unwrap();
+    assert_eq!(r["bytes"].as_u64().unwrap(), 8 * 2048 * 49 * 4);
+    for r in results {
+        assert!(r["max_error"].as_f64().unwrap() <= 1e-3, "{r}");
+    }
+    let train = ["bn_train_step", "bn_relu_train_step", "bn_add_relu_train_step"];
+    let eval = ["bn_forward_eval", "bn_relu_forward_eval", "bn_add_relu_forward_eval"];
+    assert_totals(model, results, &train, &eval);
+}
+
+#[test]
+fn transformer_preset_runs_layer_norm_and_rms_norm_verified() {
+    let v = bench_json(&["--model", "transformer", "--tokens", "16", "--iters", "1", "--warmup", "0", "--verify"]);
+    let model = &v["model"];
+    assert_eq!(
+        (model["name"].as_str(), model["tokens"].as_u64(), model["layers"].as_u64()),
+        (Some("transformer"), Some(16), Some(6))
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 12, "LayerNorm and RMSNorm, forward and backward, three widths, one layout");
+    for hidden in [768, 1024, 4096] {
+        for op in ["ln_forward", "ln_backward", "rms_forward", "rms_backward"] {
+            let r = results.iter().find(|r| r["op"] == op && r["shape"] == serde_json::json!([16, hidden]));
+            let r = r.unwrap_or_else(|| panic!("no {op} over [16, {hidden}]"));
+            assert!(r["layer"].as_str().unwrap().ends_with(&hidden.to_string()), "{r}");
+            assert!(r["max_error"].as_f64().unwrap() <= 1e-3, "{r}");
+        }
+    }
+    let forward = ["ln_forward", "rms_forward"];
+    assert_totals(model, results, &["ln_forward", "ln_backward", "rms_forward", "rms_backward"], &forward);
+}
+
+#[test]
+fn model_options_are_checked() {
+    for (args, expected) in [
+        (&["--model", "vgg16"][..], "unknown model"),
+        (&["--model", "transformer", "--batch", "4"][..], "--batch is for --model resnet50"),
+        (&["--model", "resnet50", "--batch", "0"][..], "at least 1"),
+        (&["--model", "resnet50", "--shapes", "4,8"][..], "cannot be used with"),
+        (&["--batch", "4"][..], "--model"),
+    ] {
+        let out = wgpu_norm(&[&["bench"], args].concat());
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
