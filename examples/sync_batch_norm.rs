@@ -16,10 +16,10 @@
 use std::process::ExitCode;
 
 use mpi::traits::Communicator;
-use wgpu_norm::check::normalized_error;
 use wgpu_norm::{
     BatchNorm, BatchNormConfig, BatchNormState, Context, Exchange, Layout, MpiExchange, SyncBatchNorm, Tensor,
 };
+use wgpu_norm_reference::normalized_error;
 
 const STEPS: usize = 2;
 const TOLERANCE: f64 = 1e-5;

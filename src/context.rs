@@ -206,8 +206,10 @@ impl Context {
     }
 
     /// Runs `f` under a validation + out-of-memory error scope and turns what
-    /// the scopes catch into `Err`, instead of wgpu's default handler (which panics).
-    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// the scopes catch into `Err(Validation)` or `Err(OutOfMemory)`, instead
+    /// of wgpu's default handler (which panics): for callers that create
+    /// their own wgpu objects on this context's device.
+    pub fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_alive()?;
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

@@ -5,7 +5,6 @@
 use crate::batch_norm::{BatchNorm, BatchNormState};
 use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
-use crate::reference::{self, FoldBn};
 use crate::tensor::{check_range, window, DType, TensorView};
 use crate::validate::check_eps;
 use crate::{Error, Result};
@@ -96,15 +95,15 @@ pub fn fold_host(
         }
     }
     check_eps(eps)?;
-    let bn = FoldBn {
-        running_mean: &bn.running_mean,
-        running_var: &bn.running_var,
-        weight: Some(&bn.weight),
-        bias: Some(&bn.bias),
-        eps: f64::from(eps),
-    };
-    let (w, b) = reference::fold_batch_norm(weight, bias, weight_shape, kind.out_axis(), bn);
-    Ok((w.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect()))
+    // In f64, rounded once: s = gamma / sqrt(var + eps) per output channel.
+    let scale: Vec<f64> =
+        (0..c).map(|o| f64::from(bn.weight[o]) / (f64::from(bn.running_var[o]) + f64::from(eps)).sqrt()).collect();
+    let folded_weight = weight.iter().enumerate().map(|(i, &w)| (f64::from(w) * scale[view.channel_of(i)]) as f32);
+    let folded_bias = (0..c).map(|o| {
+        let b = bias.map_or(0.0, |b| f64::from(b[o]));
+        ((b - f64::from(bn.running_mean[o])) * scale[o] + f64::from(bn.bias[o])) as f32
+    });
+    Ok((folded_weight.collect(), folded_bias.collect()))
 }
 
 impl BatchNorm {

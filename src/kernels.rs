@@ -39,8 +39,6 @@ pub(crate) enum Shader {
     /// a lane (generated: src/row_teams.rs), of f16 in memory with `f16`,
     /// of f32 as two 64-bit words with `words`.
     ElementwiseRows { per_lane: u8, f16: bool, words: bool },
-    /// `wgpu-norm bench`'s copy ceiling and naive baseline.
-    Bench,
     /// LayerNorm's and RMSNorm's one-pass forward and backward for one row
     /// length (generated: src/resident.rs), over f16 tensors with `f16`, of
     /// f32 as two 64-bit words with `words`.
@@ -92,7 +90,6 @@ impl Shader {
                 );
                 &generated
             }
-            Shader::Bench => include_str!("../shaders/bench.wgsl"),
             Shader::Resident { plan, .. } => {
                 generated = plan.source();
                 &generated
@@ -154,7 +151,7 @@ impl Shader {
             _ => "vec4<f32>",
         };
         let conversions = match self {
-            Shader::Reduce { .. } | Shader::BatchNorm | Shader::Bench => String::new(),
+            Shader::Reduce { .. } | Shader::BatchNorm => String::new(),
             _ if words => WORDS.to_string(),
             _ => format!(
                 "fn from_memory(s: S) -> {value} {{\n    return {value}(s);\n}}\n\

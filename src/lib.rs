@@ -8,9 +8,10 @@
 //!   on the same reduction kernels.
 //! - [`SyncBatchNorm`]: BatchNorm over a batch split across devices
 //!   ([`LocalExchange`]) or MPI processes (`MpiExchange`, feature `mpi`).
-//! - [`reference`](mod@reference): every op in f64 on the host, the oracle of the tests;
-//!   [`golden`] and [`check`]: PyTorch's reference cases; [`bench`](mod@bench): the
-//!   benchmark behind `wgpu-norm bench`.
+//!
+//! The f64 reference of every op and the reader of PyTorch's reference cases
+//! are the package `wgpu-norm-reference`; the `wgpu-norm` command (`info`,
+//! `check`, `bench`) is the package `wgpu-norm-cli`.
 //!
 //! Ops validate their arguments, then record into the caller's
 //! `wgpu::CommandEncoder`; nothing comes back to the host unless asked.
@@ -28,14 +29,11 @@
 //! ```
 
 pub mod batch_norm;
-pub mod bench;
-pub mod check;
 pub mod context;
 pub mod error;
 pub mod exchange;
 mod family;
 pub mod fold;
-pub mod golden;
 pub mod group_norm;
 mod kernels;
 pub mod layer_norm;
@@ -44,7 +42,6 @@ pub mod layout;
 mod mpi_exchange;
 pub mod partial_stats;
 mod reduce;
-pub mod reference;
 mod resident;
 mod row_teams;
 mod stat_plan;
@@ -66,6 +63,5 @@ pub use layout::{ChannelView, Layout};
 #[cfg(feature = "mpi")]
 pub use mpi_exchange::MpiExchange;
 pub use partial_stats::{GradSums, PartialStats};
-pub use reference::Fused;
 pub use sync_batch_norm::SyncBatchNorm;
 pub use tensor::{DType, Tensor, TensorView};

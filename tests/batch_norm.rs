@@ -4,8 +4,8 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs};
 use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Layout, Tensor};
+use wgpu_norm_reference::reference::{self, BatchNormArgs};
 
 /// One forward + backward on the GPU and in the reference; compares every output.
 fn run_case(name: &str, shape: &[usize], layout: Layout, config: BatchNormConfig, training: bool, rng: &mut Rng) {

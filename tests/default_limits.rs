@@ -10,11 +10,11 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use wgpu_norm::check::{check_file, Outcome, DEFAULT_TOLERANCE};
-use wgpu_norm::golden::collect_case_files;
 use wgpu_norm::{
     Access, BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Reduction, Tensor,
 };
+use wgpu_norm_reference::check::{check_file, Outcome, DEFAULT_TOLERANCE};
+use wgpu_norm_reference::golden::collect_case_files;
 
 fn default_ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();

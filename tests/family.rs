@@ -9,13 +9,13 @@ use std::path::PathBuf;
 
 use common::family::{group_norm_case, instance_norm_case, layer_norm_case, read, rms_norm_case, upload, zeros};
 use common::{assert_close, ctx, Rng, TOLERANCE};
-use wgpu_norm::check::{check_file, Outcome};
-use wgpu_norm::golden::collect_case_files;
-use wgpu_norm::reference::{self, InstanceNormArgs, LayerNormArgs};
 use wgpu_norm::{
     Error, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig,
     Layout, RmsNorm, RmsNormConfig, Tensor, TensorView,
 };
+use wgpu_norm_reference::check::{check_file, Outcome};
+use wgpu_norm_reference::golden::collect_case_files;
+use wgpu_norm_reference::reference::{self, InstanceNormArgs, LayerNormArgs};
 
 const FAMILY: [&str; 4] = ["layer_norm", "rms_norm", "group_norm", "instance_norm"];
 
@@ -342,7 +342,7 @@ fn case_bytes(
 /// Builds a case whose expected tensors the f64 reference computes, then
 /// checks it on the GPU as `wgpu-norm check` would; returns the compared names.
 fn check_unseen(name: &str, meta: &[(&str, &str)], x_shape: &[usize], inputs: &[(&str, Vec<f32>)]) -> Vec<String> {
-    use wgpu_norm::golden::{reference_outputs, Case};
+    use wgpu_norm_reference::golden::{reference_outputs, Case};
     let path = PathBuf::from(format!("{name}.safetensors"));
     let bare = Case::parse(&path, &case_bytes(meta, x_shape, inputs, &[])).unwrap();
     let want: Vec<(&str, Vec<f64>)> = reference_outputs(&bare)
@@ -351,7 +351,7 @@ fn check_unseen(name: &str, meta: &[(&str, &str)], x_shape: &[usize], inputs: &[
         .map(|(k, v)| (FAMILY_OUTPUTS.iter().copied().find(|n| *n == k).unwrap(), v))
         .collect();
     let case = Case::parse(&path, &case_bytes(meta, x_shape, inputs, &want)).unwrap();
-    let report = wgpu_norm::check::check_case(ctx(), &case, TOLERANCE);
+    let report = wgpu_norm_reference::check::check_case(ctx(), &case, TOLERANCE);
     assert!(matches!(report.outcome, Outcome::Pass { .. }), "{name}: {:?} {:?}", report.outcome, report.errors);
     report.errors.keys().cloned().collect()
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, FoldBn, Fused};
 use wgpu_norm::{fold_host, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
+use wgpu_norm_reference::reference::{self, BatchNormArgs, FoldBn, Fused};
 
 fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut Rng) {
     let ctx = ctx();

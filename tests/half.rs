@@ -6,10 +6,12 @@
 mod common;
 
 use common::{ctx, normalized_error, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
 use wgpu_norm::{
     BatchNorm, BatchNormConfig, BatchNormState, DType, Error, GroupNorm, GroupNormConfig, InstanceNorm,
     InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig, Tensor,
+};
+use wgpu_norm_reference::reference::{
+    self, BatchNormArgs, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
 };
 
 /// f16 keeps 11 significant bits: outputs are within 2^-11 of their

@@ -6,13 +6,14 @@
 
 use std::sync::OnceLock;
 
-use wgpu_norm::reference::{
-    self, BatchNormArgs, FoldBn, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
-};
 use wgpu_norm::{
-    check::normalized_error, BatchNorm, BatchNormConfig, BatchNormState, Context, Error, GroupNorm, GroupNormConfig,
-    InstanceNorm, InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, RmsNorm,
-    RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig,
+    Tensor,
+};
+use wgpu_norm_reference::normalized_error;
+use wgpu_norm_reference::reference::{
+    self, BatchNormArgs, FoldBn, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
 };
 
 const LIMIT: u64 = 1024 * 1024;

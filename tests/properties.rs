@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, Fused};
 use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Layout, Reduction, Tensor};
+use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
 
 /// Seeds of cases that failed once, kept as regressions.
 /// 1592590442: 1000 +- 0.01, beyond f32's reach for the mean (see `case`).

@@ -16,10 +16,10 @@ mod common;
 
 use common::family::{group_norm_case, instance_norm_case, layer_norm_case, rms_norm_case};
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs, LayerNormArgs};
 use wgpu_norm::{
     Access, BatchNorm, BatchNormConfig, BatchNormState, LayerNorm, LayerNormConfig, Layout, Reduction, Tensor,
 };
+use wgpu_norm_reference::reference::{self, BatchNormArgs, LayerNormArgs};
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();

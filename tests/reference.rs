@@ -1,4 +1,4 @@
-//! The CPU reference (`wgpu_norm::reference`) against every golden case in
+//! The CPU reference (`wgpu_norm_reference::reference`) against every golden case in
 //! `tests/golden`, plus checks of the reference where the golden set is
 //! silent (finite-difference gradients, layouts, running stats of
 //! InstanceNorm, conv-transpose folding) and of `golden`'s error paths.
@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use wgpu_norm::golden::{self, Case};
-use wgpu_norm::reference::{self as r, BatchNormArgs, Fused};
 use wgpu_norm::{Error, Layout};
+use wgpu_norm_reference::golden::{self, Case};
+use wgpu_norm_reference::reference::{self as r, BatchNormArgs, Fused};
 
 // ---------------------------------------------------------------------------
 // Golden cases

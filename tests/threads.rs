@@ -4,8 +4,8 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::reference::{self, BatchNormArgs};
 use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, Tensor};
+use wgpu_norm_reference::reference::{self, BatchNormArgs};
 
 fn assert_send_sync<T: Send + Sync>() {}
 

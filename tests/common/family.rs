@@ -2,11 +2,11 @@
 //! tests/family.rs (default reduction) and tests/reductions.rs (both
 //! strategies).
 
-use wgpu_norm::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
 use wgpu_norm::{
     GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState, LayerNorm, LayerNormConfig,
     Layout, RmsNorm, RmsNormConfig, Tensor,
 };
+use wgpu_norm_reference::reference::{self, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs};
 
 use super::{assert_close, ctx, Rng};
 

@@ -16,7 +16,7 @@ pub fn ctx() -> &'static Context {
     CTX.get_or_init(|| Context::new().expect("no wgpu adapter: install mesa-vulkan-drivers (lavapipe)"))
 }
 
-pub use wgpu_norm::check::normalized_error;
+pub use wgpu_norm_reference::normalized_error;
 
 /// The accesses the test context's device can run: both where it has
 /// 64-bit integers (lavapipe has), else floats only.
@@ -30,7 +30,7 @@ pub fn accesses() -> &'static [wgpu_norm::Access] {
 
 /// The f32 GPU result against the f64 reference: the crate's one tolerance,
 /// the same `check` uses by default.
-pub const TOLERANCE: f64 = wgpu_norm::check::DEFAULT_TOLERANCE;
+pub const TOLERANCE: f64 = wgpu_norm_reference::DEFAULT_TOLERANCE;
 
 /// Asserts `got` is within [`TOLERANCE`] of `want`, naming `what` on failure.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {

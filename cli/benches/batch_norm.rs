@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_norm::bench::{all_ops, shape_name, Workload};
 use wgpu_norm::{Context, Layout};
+use wgpu_norm_cli::bench::{all_ops, shape_name, Workload};
 
 /// Modest shapes: a ResNet stage on a small batch, and transformer rows.
 const SHAPES: [&[usize]; 2] = [&[8, 64, 28, 28], &[2048, 512]];

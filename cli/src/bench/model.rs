@@ -4,9 +4,9 @@
 //! and RMSNorm rows, with the totals a training step and an inference pass
 //! spend in them.
 
+use wgpu_norm::{Error, Layout, Result};
+
 use super::{BenchResult, Job, Op};
-use crate::layout::Layout;
-use crate::{Error, Result};
 
 /// A preset network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

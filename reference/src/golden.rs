@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::error::{Error, Result};
-use crate::layout::{ChannelView, Layout};
 use crate::reference::{
     self, BatchNormArgs, FoldBn, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
 };
+use wgpu_norm::{ChannelView, Error, Layout, Result};
 
 /// Tensor names that are inputs of some op; every other tensor of a case is
 /// an expected output.

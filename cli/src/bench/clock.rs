@@ -4,8 +4,7 @@
 use std::time::Instant;
 
 use super::{Timer, MEASURED};
-use crate::context::Context;
-use crate::Result;
+use wgpu_norm::{Context, Result};
 
 /// Times recorded work, with timestamp queries when the device has them.
 pub(super) struct Clock {

@@ -1,15 +1,11 @@
 //! The naive BatchNorm of `wgpu-norm bench`: the baseline, written the
-//! obvious way (one kernel per step, shaders/bench.wgsl).
+//! obvious way (one kernel per step, shaders/naive.wgsl).
+
+use wgpu_norm::{BatchNormState, ChannelView, Context, Result, Tensor};
 
 use super::workload::EPS;
-use crate::batch_norm::BatchNormState;
-use crate::context::Context;
-use crate::kernels::{bind, KernelKey, Shader};
-use crate::layout::ChannelView;
-use crate::tensor::Tensor;
-use crate::Result;
 
-/// Mirror of `struct BenchParams` in shaders/bench.wgsl.
+/// Mirror of `struct BenchParams` in shaders/naive.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct BenchParams {
@@ -27,15 +23,15 @@ struct BenchParams {
 pub(super) struct Naive {
     view: ChannelView,
     chan: wgpu::Buffer,
-    mean: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    var: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    normalize: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    sums: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    dx_train: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    dx_eval: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
+    mean: (wgpu::ComputePipeline, wgpu::BindGroup),
+    var: (wgpu::ComputePipeline, wgpu::BindGroup),
+    normalize: (wgpu::ComputePipeline, wgpu::BindGroup),
+    sums: (wgpu::ComputePipeline, wgpu::BindGroup),
+    dx_train: (wgpu::ComputePipeline, wgpu::BindGroup),
+    dx_eval: (wgpu::ComputePipeline, wgpu::BindGroup),
     /// `y = relu(y)` in place, and `y = relu(y + z)` with z in `dy`.
-    relu: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-    add_relu: (std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
+    relu: (wgpu::ComputePipeline, wgpu::BindGroup),
+    add_relu: (wgpu::ComputePipeline, wgpu::BindGroup),
 }
 
 impl Naive {
@@ -61,66 +57,43 @@ impl Naive {
             mode,
             _pad: 0,
         };
+        let train = ctx.upload("bench naive params", &[params(0)])?;
+        let eval = ctx.upload("bench naive params", &[params(1)])?;
         let naive = ctx.scoped(|| {
             let device = ctx.device();
-            let train = crate::context::create_init(
-                device,
-                "bench naive params",
-                bytemuck::bytes_of(&params(0)),
-                wgpu::BufferUsages::UNIFORM,
-            )?;
-            let eval = crate::context::create_init(
-                device,
-                "bench naive params",
-                bytemuck::bytes_of(&params(1)),
-                wgpu::BufferUsages::UNIFORM,
-            )?;
-            let kernel = |entry: &'static str, params: &wgpu::Buffer, bindings: &[u32]| {
-                let pipeline = ctx.kernels().get(KernelKey::new(Shader::Bench, entry))?;
-                let entries: Vec<(u32, wgpu::BindingResource<'_>)> = bindings
-                    .iter()
-                    .map(|&b| {
-                        let buffer = match b {
-                            0 => params,
-                            1 => &x.buffer,
-                            2 => &dy.buffer,
-                            4 => &chan,
-                            5 => &grad,
-                            _ => unreachable!(),
-                        };
-                        (b, buffer.as_entire_binding())
-                    })
-                    .collect();
-                let group = bind(device, &pipeline, &entries);
-                Result::Ok((pipeline, group))
-            };
-            let with_out = |entry: &'static str, params: &wgpu::Buffer, out: &Tensor, bindings: &[u32]| {
-                let pipeline = ctx.kernels().get(KernelKey::new(Shader::Bench, entry))?;
-                let mut entries: Vec<(u32, wgpu::BindingResource<'_>)> = vec![(3, out.buffer.as_entire_binding())];
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("bench naive"),
+                source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/naive.wgsl").into()),
+            });
+            // The kernel `entry` with the params, its output (binding 3) and
+            // the other bindings it reads or writes.
+            let kernel = |entry: &'static str, params: &wgpu::Buffer, out: Option<&Tensor>, bindings: &[u32]| {
+                let pipeline = super::pipeline(device, &module, entry);
+                let mut entries: Vec<(u32, wgpu::BindingResource<'_>)> =
+                    out.map(|o| (3, o.buffer.as_entire_binding())).into_iter().collect();
                 for &b in bindings {
                     let buffer = match b {
                         0 => params,
                         1 => &x.buffer,
                         2 => &dy.buffer,
                         4 => &chan,
-                        5 => &grad,
-                        _ => unreachable!(),
+                        _ => &grad,
                     };
                     entries.push((b, buffer.as_entire_binding()));
                 }
-                let group = bind(device, &pipeline, &entries);
-                Result::Ok((pipeline, group))
+                let group = super::bind(device, &pipeline, &entries);
+                (pipeline, group)
             };
             Ok(Naive {
                 view,
-                mean: kernel("naive_mean", &train, &[0, 1, 4])?,
-                var: kernel("naive_var", &train, &[0, 1, 4])?,
-                normalize: with_out("naive_normalize", &train, y, &[0, 1, 4])?,
-                sums: kernel("naive_bwd_sums", &train, &[0, 1, 2, 4, 5])?,
-                dx_train: with_out("naive_bwd_dx", &train, dx, &[0, 1, 2, 4, 5])?,
-                dx_eval: with_out("naive_bwd_dx", &eval, dx, &[0, 1, 2, 4, 5])?,
-                relu: with_out("naive_relu", &train, y, &[0])?,
-                add_relu: with_out("naive_add_relu", &train, y, &[0, 2])?,
+                mean: kernel("naive_mean", &train, None, &[0, 1, 4]),
+                var: kernel("naive_var", &train, None, &[0, 1, 4]),
+                normalize: kernel("naive_normalize", &train, Some(y), &[0, 1, 4]),
+                sums: kernel("naive_bwd_sums", &train, None, &[0, 1, 2, 4, 5]),
+                dx_train: kernel("naive_bwd_dx", &train, Some(dx), &[0, 1, 2, 4, 5]),
+                dx_eval: kernel("naive_bwd_dx", &eval, Some(dx), &[0, 1, 2, 4, 5]),
+                relu: kernel("naive_relu", &train, Some(y), &[0]),
+                add_relu: kernel("naive_add_relu", &train, Some(y), &[0, 2]),
                 chan: chan.clone(),
             })
         })?;
@@ -147,12 +120,10 @@ impl Naive {
         (x as u32, groups.div_ceil(x) as u32)
     }
 
-    fn go(
-        pass: &mut wgpu::ComputePass<'_>,
-        k: &(std::sync::Arc<wgpu::ComputePipeline>, wgpu::BindGroup),
-        g: (u32, u32),
-    ) {
-        crate::kernels::dispatch(pass, &k.0, &k.1, g);
+    fn go(pass: &mut wgpu::ComputePass<'_>, k: &(wgpu::ComputePipeline, wgpu::BindGroup), g: (u32, u32)) {
+        pass.set_pipeline(&k.0);
+        pass.set_bind_group(0, &k.1, &[]);
+        pass.dispatch_workgroups(g.0, g.1, 1);
     }
 
     /// Batch mean, then batch variance, into `chan`.

@@ -240,7 +240,7 @@ fn shapes_over_the_binding_limit_are_skipped_with_a_note() {
 /// submit-and-wait.
 #[test]
 fn wall_clock_without_timestamp_queries() {
-    use wgpu_norm::bench::{self, BenchConfig, Op, Timer};
+    use wgpu_norm_cli::bench::{self, BenchConfig, Op, Timer};
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter =
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))

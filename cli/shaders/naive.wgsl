@@ -1,13 +1,11 @@
-// Kernels of `wgpu-norm bench` (src/bench.rs), not of the library:
+// The baseline of `wgpu-norm bench` (cli/src/bench/naive.rs): BatchNorm
+// written the obvious way, one kernel per step: a per-channel mean (one
+// invocation per channel looping over its values), a per-channel variance
+// (same, two-pass), an elementwise normalize, per-channel backward sums, an
+// elementwise dx; for the fused forwards, a separate elementwise relu (or
+// add-and-relu) pass over y.
 //
-// - `copy_vec4`: the bandwidth ceiling, a plain grid-stride vec4 copy;
-// - `naive_*`: the baseline BatchNorm written the obvious way, one kernel per
-//   step: a per-channel mean (one invocation per channel looping over its
-//   values), a per-channel variance (same, two-pass), an elementwise
-//   normalize, per-channel backward sums, an elementwise dx; for the fused
-//   forwards, a separate elementwise relu (or add-and-relu) pass over y.
-//
-// A tensor is seen as [outer][channels][inner], as in common.wgsl.
+// A tensor is seen as [outer][channels][inner].
 
 struct BenchParams {
     outer: u32,
@@ -22,7 +20,7 @@ struct BenchParams {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> bp: BenchParams;
+@group(0) @binding(0) var<storage, read> bp: BenchParams;
 @group(0) @binding(1) var<storage, read> bx: array<f32>;
 // dy; the residual z in naive_add_relu.
 @group(0) @binding(2) var<storage, read> bdy: array<f32>;
@@ -31,18 +29,6 @@ struct BenchParams {
 @group(0) @binding(4) var<storage, read_write> bchan: array<vec4<f32>>;
 // Per channel: (sum dy, sum dy * xhat).
 @group(0) @binding(5) var<storage, read_write> bgrad: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read> csrc: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> cdst: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn copy_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = arrayLength(&cdst);
-    let stride = nwg.x * 256u;
-    for (var i = gid.x; i < n; i += stride) {
-        cdst[i] = csrc[i];
-    }
-}
-
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid.x;
 }

@@ -1,6 +1,7 @@
 //! The `wgpu-norm` command: `info`, and `check` on a case it has never seen,
 //! on a tampered case (it must fail), and on a malformed file.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -10,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use common::Rng;
 use safetensors::tensor::TensorView as StView;
 use safetensors::Dtype;
-use wgpu_norm::reference::{self, BatchNormArgs};
 use wgpu_norm::Layout;
+use wgpu_norm_reference::reference::{self, BatchNormArgs};
 
 fn wgpu_norm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgpu-norm")).args(args).output().expect("could not run wgpu-norm")
@@ -174,7 +175,7 @@ fn check_names_a_malformed_file_and_fails() {
 
 #[test]
 fn check_runs_the_bundled_golden_cases() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
     let out = wgpu_norm(&["check", golden.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");

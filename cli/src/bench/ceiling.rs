@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::context::Context;
-use crate::kernels::bind;
-use crate::{Error, Result};
+use wgpu_norm::{Context, Error, Result};
+
+use super::bind;
 
 /// How the invocations of a copy walk the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,14 +139,7 @@ impl Copy {
                 label: Some("bench copy"),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("bench copy"),
-                layout: None,
-                module: &module,
-                entry_point: Some("copy"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+            let pipeline = super::pipeline(device, &module, "copy");
             let mut groups = Vec::new();
             let mut offset = 0;
             while offset < half {

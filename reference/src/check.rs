@@ -1,23 +1,17 @@
 //! Running reference cases (see [`golden`](crate::golden)) through the GPU
-//! ops and comparing every expected tensor the crate can produce: the engine
-//! behind `wgpu-norm check`, usable from tests and applications too.
+//! ops and comparing every expected tensor the library can produce: the
+//! engine behind `wgpu-norm check`, and the tests' way to run a case.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
-use crate::context::Context;
-use crate::fold::LayerKind;
 use crate::golden::{BatchNormCase, Case, FoldCase, GroupNormCase, LayerNormCase, RmsNormCase};
-use crate::group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, InstanceNormState};
-use crate::layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
-use crate::layout::Layout;
-use crate::reference::Fused;
-use crate::tensor::Tensor;
-use crate::Result;
-
-/// Default tolerance of [`check_case`]: 1e-3 of the expected magnitude.
-pub const DEFAULT_TOLERANCE: f64 = 1e-3;
+use crate::Fused;
+pub use crate::{normalized_error, DEFAULT_TOLERANCE};
+use wgpu_norm::{
+    BatchNorm, BatchNormConfig, BatchNormState, Context, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
+    InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Result, RmsNorm, RmsNormConfig, Tensor,
+};
 
 /// How one case ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,31 +37,6 @@ pub struct CaseReport {
     pub outcome: Outcome,
     /// Normalized error of every compared tensor.
     pub errors: BTreeMap<String, f64>,
-}
-
-/// `max|got - want| / max(1, max|want|)`; NaN where only one side is NaN
-/// counts as infinite, NaN on both sides as equal.
-pub fn normalized_error(got: &[f32], want: &[f64]) -> f64 {
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    let scale = want.iter().fold(1.0f64, |m, w| if w.is_finite() { m.max(w.abs()) } else { m });
-    let worst = got.iter().zip(want).fold(0.0f64, |worst, (&g, &w)| {
-        let g = f64::from(g);
-        let e = if g.is_nan() || w.is_nan() {
-            if g.is_nan() == w.is_nan() {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        } else if g == w {
-            0.0
-        } else {
-            (g - w).abs()
-        };
-        worst.max(e)
-    });
-    worst / scale
 }
 
 /// Loads and runs the case at `path`; an unreadable or malformed file is a
@@ -166,7 +135,7 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
         (Fused::None, _) => bn.forward_sync(&x.view(), &y.view(), training)?,
         (Fused::Relu, _) => ctx.run(|e| bn.forward_relu(e, &x.view(), &y.view(), training))?,
         (Fused::AddRelu, Some(z)) => ctx.run(|e| bn.forward_add_relu(e, &x.view(), &z.view(), &y.view(), training))?,
-        (Fused::AddRelu, None) => return Err(crate::Error::Parameter("add_relu case without z".into())),
+        (Fused::AddRelu, None) => return Err(wgpu_norm::Error::Parameter("add_relu case without z".into())),
     }
     let mut out = BTreeMap::new();
     out.insert("y".to_string(), y.read(ctx)?);
@@ -206,7 +175,7 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
 /// Folds on the GPU: the case's BatchNorm state into its layer's weights.
 fn fold_outputs(ctx: &Context, case: &FoldCase) -> Result<Produced> {
     let kind = LayerKind::parse(&case.layer)
-        .ok_or_else(|| crate::Error::Parameter(format!("unknown layer {:?}", case.layer)))?;
+        .ok_or_else(|| wgpu_norm::Error::Parameter(format!("unknown layer {:?}", case.layer)))?;
     let c = case.shape[case.out_axis];
     let config = BatchNormConfig::new(c).eps(case.eps as f32).affine(case.weight.is_some());
     let bn = BatchNorm::new(ctx, config)?;
@@ -218,11 +187,11 @@ fn fold_outputs(ctx: &Context, case: &FoldCase) -> Result<Produced> {
         running_var: case.running_var.clone(),
         num_batches_tracked: 0,
     })?;
-    let flat = |data: &[f32], shape: &[usize]| Tensor::from_slice(ctx, data, shape, crate::Layout::Nchw);
+    let flat = |data: &[f32], shape: &[usize]| Tensor::from_slice(ctx, data, shape, Layout::Nchw);
     let weight = flat(&case.layer_weight, &case.shape)?;
     let bias = case.layer_bias.as_deref().map(|b| flat(b, &[c])).transpose()?;
-    let folded_weight = Tensor::zeros(ctx, &case.shape, crate::Layout::Nchw)?;
-    let folded_bias = Tensor::zeros(ctx, &[c], crate::Layout::Nchw)?;
+    let folded_weight = Tensor::zeros(ctx, &case.shape, Layout::Nchw)?;
+    let folded_bias = Tensor::zeros(ctx, &[c], Layout::Nchw)?;
     let bias_view = bias.as_ref().map(Tensor::view);
     ctx.run(|e| bn.fold_into(e, kind, &weight.view(), bias_view.as_ref(), &folded_weight.view(), &folded_bias.view()))?;
     let mut out = BTreeMap::new();

@@ -1,5 +1,5 @@
-//! The `wgpu-norm` command: `info`, `check` and `bench` (the engine is
-//! [`wgpu_norm::bench`]).
+//! The `wgpu-norm` command: `info`, `check` and `bench` (their engines are
+//! [`wgpu_norm_reference::check`] and [`wgpu_norm_cli::bench`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use wgpu_norm::bench::{self, BenchConfig};
-use wgpu_norm::check::{self, CaseReport, Outcome};
-use wgpu_norm::golden::collect_case_files;
 use wgpu_norm::Context;
+use wgpu_norm_cli::bench::{self, BenchConfig};
+use wgpu_norm_reference::check::{self, CaseReport, Outcome};
+use wgpu_norm_reference::golden::collect_case_files;
 
 /// `print!` that ends the program quietly when stdout is a closed pipe
 /// (`wgpu-norm info | head -n 2`), as Unix tools do, instead of panicking

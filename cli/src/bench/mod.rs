@@ -32,21 +32,18 @@ mod workload;
 
 use std::time::Instant;
 
-use crate::context::{Access, Context, Reduction};
-use crate::layout::Layout;
-use crate::reference::Fused;
-use crate::{Error, Result};
 use ceiling::Ceiling;
 pub use ceiling::{host_memcpy_gbps, CopyKernel, Walk};
 use clock::Clock;
 pub use model::{Model, ModelSummary};
-#[cfg(feature = "cli")]
 pub use output::to_json;
 pub use output::{access_name, parse_access, parse_reduction, reduction_name, svg, table};
+use wgpu_norm::{Access, Context, Error, Layout, Reduction, Result};
+use wgpu_norm_reference::Fused;
 pub use workload::Workload;
 
 /// Worst normalized error `--verify` accepts.
-pub const VERIFY_TOLERANCE: f64 = crate::check::DEFAULT_TOLERANCE;
+pub const VERIFY_TOLERANCE: f64 = wgpu_norm_reference::DEFAULT_TOLERANCE;
 
 /// An op the benchmark can run today.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -652,11 +649,11 @@ fn record_cost(ctx: &Context, work: &Workload) -> Result<(f64, u64)> {
     for _ in 0..RECORD_RUNS {
         let mut encoder =
             ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench record") });
-        let before = crate::recorded_dispatches();
+        let before = wgpu_norm::recorded_dispatches();
         let start = Instant::now();
         work.record(&mut encoder)?;
         times.push(start.elapsed().as_secs_f64() * 1e6);
-        dispatches = crate::recorded_dispatches() - before;
+        dispatches = wgpu_norm::recorded_dispatches() - before;
         drop(encoder);
     }
     Ok((median(&times), dispatches))
@@ -676,6 +673,35 @@ pub fn median(v: &[f64]) -> f64 {
         _ if n % 2 == 1 => s[n / 2],
         _ => 0.5 * (s[n / 2 - 1] + s[n / 2]),
     }
+}
+
+/// A compute pipeline for `entry` of `module`, its layout from the shader.
+fn pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.
+fn bind(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, wgpu::BindingResource<'_>)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+        .iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding: *binding, resource: resource.clone() })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
 }
 
 /// `32x64x56x56`.

@@ -1,10 +1,10 @@
 //! The output of `wgpu-norm bench`: the table, the SVG chart and the JSON
 //! report (the `--json` contract), and the names its options take.
 
+use wgpu_norm::{Access, Error, Reduction, Result};
+
 use super::clock::{SLOW_ITERS, SLOW_RUN_MS};
 use super::{shape_name, ModelSummary, Report};
-use crate::context::{Access, Reduction};
-use crate::{Error, Result};
 
 /// The name `--reduction` takes and the output shows.
 pub fn reduction_name(reduction: Reduction) -> &'static str {
@@ -211,7 +211,6 @@ pub fn svg(report: &Report) -> String {
 }
 
 /// The machine-readable report (the `--json` contract).
-#[cfg(feature = "cli")]
 pub fn to_json(report: &Report) -> serde_json::Value {
     use serde_json::json;
     let num = |v: f64| if v.is_finite() { json!(v) } else { serde_json::Value::Null };

@@ -1,17 +1,15 @@
 //! An op's workload in `wgpu-norm bench`: its layer, its tensors on the GPU,
 //! how it is recorded, and its verification against the f64 reference.
 
+use wgpu_norm::{
+    BatchNorm, BatchNormConfig, BatchNormState, ChannelView, Context, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, Result, RmsNorm, RmsNormConfig, Tensor,
+};
+use wgpu_norm_reference::normalized_error;
+use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
+
 use super::naive::Naive;
 use super::{group_count, Kind, Op};
-use crate::batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
-use crate::check::normalized_error;
-use crate::context::Context;
-use crate::group_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
-use crate::layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
-use crate::layout::{ChannelView, Layout};
-use crate::reference::{self, BatchNormArgs, Fused};
-use crate::tensor::Tensor;
-use crate::{Error, Result};
 
 pub(super) const EPS: f32 = 1e-5;
 const MOMENTUM: f32 = 0.1;
@@ -94,7 +92,10 @@ impl Workload {
             return Err(Error::Parameter(reason));
         }
         let layout = if op.ignores_layout() { Layout::Nchw } else { layout };
-        let view = crate::tensor::check_shape(shape, layout, shape.get(1).copied().unwrap_or(0))?;
+        if !(2..=5).contains(&shape.len()) {
+            return Err(Error::Parameter(format!("shape {shape:?}: expected 2 to 5 dimensions (N, C, spatial...)")));
+        }
+        let view = ChannelView::of(shape, layout);
         let c = view.channels;
         let mut rng = Rng(seed);
         let offsets = rng.vec(c, -2.0, 2.0);

@@ -16,7 +16,7 @@
 //! single value per channel…) fails an `assert!` and panics with a message
 //! saying what is wrong; it never returns an error.
 
-use crate::layout::{ChannelView, Layout};
+use wgpu_norm::{ChannelView, Layout};
 
 // ---------------------------------------------------------------------------
 // Shared helpers
