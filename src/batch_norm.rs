@@ -97,10 +97,15 @@ impl BatchNormConfig {
 /// BatchNorm's state as host values, with PyTorch's `state_dict` meaning.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNormState {
+    /// Gamma (`weight`), one per channel.
     pub weight: Vec<f32>,
+    /// Beta (`bias`), one per channel.
     pub bias: Vec<f32>,
+    /// `running_mean`, one per channel.
     pub running_mean: Vec<f32>,
+    /// `running_var` (unbiased), one per channel.
     pub running_var: Vec<f32>,
+    /// Training forwards since the statistics were reset.
     pub num_batches_tracked: u64,
 }
 

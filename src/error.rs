@@ -60,7 +60,12 @@ pub enum Error {
     /// A reference-case file (safetensors, see `golden`) is unreadable,
     /// malformed, or lacks a tensor its op needs.
     #[error("{file}: {message}")]
-    Case { file: String, message: String },
+    Case {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A saved layer state (PyTorch `state_dict` names in safetensors) lacks
     /// a tensor, or has one of the wrong shape or dtype; the message names it.
@@ -75,7 +80,9 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

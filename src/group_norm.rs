@@ -240,9 +240,13 @@ impl InstanceNormConfig {
 /// InstanceNorm's state as host values, with PyTorch's `state_dict` meaning.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceNormState {
+    /// Gamma (`weight`), one per channel.
     pub weight: Vec<f32>,
+    /// Beta (`bias`), one per channel.
     pub bias: Vec<f32>,
+    /// `running_mean`, one per channel.
     pub running_mean: Vec<f32>,
+    /// `running_var` (unbiased), one per channel.
     pub running_var: Vec<f32>,
 }
 

@@ -39,8 +39,11 @@ impl Layout {
 /// `inner = 1` in both layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelView {
+    /// How many times the channel axis repeats, outside it.
     pub outer: usize,
+    /// The channel count.
     pub channels: usize,
+    /// Consecutive values of one channel in memory.
     pub inner: usize,
 }
 

@@ -28,6 +28,8 @@
 //! # Ok::<(), wgpu_norm::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod batch_norm;
 pub mod context;
 pub mod error;

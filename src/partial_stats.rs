@@ -12,8 +12,11 @@ use crate::{Error, Result};
 /// values has count 0 and merges as nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PartialStats {
+    /// Values seen, per channel.
     pub count: Vec<f64>,
+    /// Their mean, per channel.
     pub mean: Vec<f64>,
+    /// Their sum of squared deviations from the mean, per channel.
     pub m2: Vec<f64>,
 }
 
@@ -23,6 +26,7 @@ impl PartialStats {
         PartialStats { count: vec![0.0; channels], mean: vec![0.0; channels], m2: vec![0.0; channels] }
     }
 
+    /// The number of channels.
     pub fn channels(&self) -> usize {
         self.count.len()
     }
@@ -130,9 +134,13 @@ impl PartialStats {
 /// `sum(dy)` are dweight and dbias.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradSums {
+    /// Values per channel the sums span (the same for every channel).
     pub count: f64,
+    /// `sum(dy)` per channel.
     pub sum_dy: Vec<f64>,
+    /// `sum(dy * (x - mean))` per channel.
     pub sum_dy_xmu: Vec<f64>,
+    /// `sum(x - mean)` per channel (the f32 rounding of the mean).
     pub sum_xmu: Vec<f64>,
 }
 
@@ -147,6 +155,7 @@ impl GradSums {
         }
     }
 
+    /// The number of channels.
     pub fn channels(&self) -> usize {
         self.sum_dy.len()
     }

@@ -165,6 +165,7 @@ impl<E: Exchange> SyncBatchNorm<E> {
         &self.layer
     }
 
+    /// The exchange this layer's ranks talk through.
     pub fn exchange(&self) -> &E {
         &self.exchange
     }

@@ -8,6 +8,7 @@ use crate::{Error, Result};
 /// The element type of a tensor in a buffer. Statistics are always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum DType {
+    /// Single precision, the default.
     #[default]
     F32,
     /// Half precision (IEEE binary16), on devices with `SHADER_F16`.
@@ -29,10 +30,15 @@ impl DType {
 /// `layout`'s memory order. Ops never copy it through the host.
 #[derive(Clone, Debug)]
 pub struct TensorView<'a> {
+    /// The buffer holding the tensor (with `STORAGE` usage).
     pub buffer: &'a wgpu::Buffer,
+    /// Where the tensor starts in the buffer, in bytes.
     pub offset: u64,
+    /// The logical shape, `(N, C, spatial...)` or what the op names.
     pub shape: Vec<usize>,
+    /// How the shape is laid out in memory.
     pub layout: Layout,
+    /// The element type in memory.
     pub dtype: DType,
 }
 
@@ -197,9 +203,13 @@ pub(crate) fn check_shape_of(
 /// A tensor in a buffer the crate allocated (`STORAGE | COPY_SRC | COPY_DST`).
 #[derive(Debug)]
 pub struct Tensor {
+    /// The buffer, exactly the tensor's size (at least 4 bytes).
     pub buffer: wgpu::Buffer,
+    /// The logical shape.
     pub shape: Vec<usize>,
+    /// How the shape is laid out in memory.
     pub layout: Layout,
+    /// The element type in memory.
     pub dtype: DType,
 }
 
