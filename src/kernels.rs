@@ -409,3 +409,78 @@ thread_local! {
 pub fn recorded_dispatches() -> u64 {
     DISPATCHES.with(|d| d.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resident::MAX_ONE_LANE;
+    use crate::row_teams::{MAX_PER_LANE, MAX_REDUCE_PER_LANE};
+
+    /// The memory types a kernel with `words` variants is built over:
+    /// (f16, words) as the cache builds them (words only for f32).
+    const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
+
+    /// Every shader the cache can build.
+    fn every_variant() -> Vec<Shader> {
+        let mut all = vec![Shader::BatchNorm];
+        for f16 in [false, true] {
+            all.push(Shader::Reduce { f16 });
+            all.push(Shader::RowNorm { f16, vec4: false, words: false });
+            all.push(Shader::Elementwise { vec4: false, f16, words: false });
+        }
+        for (f16, words) in MEMORY {
+            all.push(Shader::ReduceVec4 { f16, words });
+            all.push(Shader::RowNorm { f16, vec4: true, words });
+            all.push(Shader::Elementwise { vec4: true, f16, words });
+            for per_lane in 1..=MAX_REDUCE_PER_LANE as u8 {
+                all.push(Shader::ReduceTeams { per_lane, f16, words });
+            }
+            for per_lane in 1..=MAX_PER_LANE as u8 {
+                all.push(Shader::ElementwiseRows { per_lane, f16, words });
+            }
+            // One invocation a row, or a subgroup of any size up to the workgroup's.
+            let one_lane = (1..=MAX_ONE_LANE as u32).map(|vectors| Resident { lanes: 1, vectors });
+            let subgroups = [4, 8, 16, 32, 64].into_iter().flat_map(|lanes| {
+                (1..=crate::resident::MAX_PER_LANE as u32).map(move |vectors| Resident { lanes, vectors })
+            });
+            for plan in one_lane.chain(subgroups) {
+                all.push(Shader::Resident { plan, f16, words });
+            }
+        }
+        all
+    }
+
+    /// Which kind of shader a variant is: an exhaustive match, so that a new
+    /// kind fails to compile here until `every_variant` covers it.
+    fn kind(shader: Shader) -> usize {
+        match shader {
+            Shader::Reduce { .. } => 0,
+            Shader::ReduceVec4 { .. } => 1,
+            Shader::ReduceTeams { .. } => 2,
+            Shader::BatchNorm => 3,
+            Shader::RowNorm { .. } => 4,
+            Shader::Elementwise { .. } => 5,
+            Shader::ElementwiseRows { .. } => 6,
+            Shader::Resident { .. } => 7,
+        }
+    }
+
+    /// Every variant parses and validates with naga on the host, as on any
+    /// device: a broken variant fails here, not only on the device that
+    /// happens to select it.
+    #[test]
+    fn every_shader_variant_validates() {
+        let all = every_variant();
+        let kinds: std::collections::BTreeSet<usize> = all.iter().map(|&s| kind(s)).collect();
+        assert_eq!(kinds.len(), 8, "every kind of shader is covered");
+        for shader in all {
+            assert_eq!(shader.in_words(), shader.in_words().in_words(), "{shader:?}");
+            let source = shader.source();
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{shader:?} does not parse: {}", e.emit_to_string(&source)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{shader:?} does not validate: {}", e.emit_to_string(&source)));
+        }
+    }
+}
