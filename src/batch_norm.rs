@@ -6,6 +6,7 @@
 //! partial statistics (reduce.wgsl), a per-channel merge (batch_norm.wgsl),
 //! then one elementwise pass. Nothing comes back to the host.
 
+use crate::context::block_on;
 use std::sync::{Arc, Mutex};
 
 use crate::context::{Context, Reduction};
@@ -268,13 +269,18 @@ impl BatchNorm {
 
     /// Reads the state back (blocking).
     pub fn read_state(&self) -> Result<BatchNormState> {
-        let c = self.config.num_features;
-        let counter: Vec<u32> = self.ctx.read(&self.counter, 0, 2)?;
+        block_on(self.read_state_async())
+    }
+
+    /// [`Self::read_state`] without blocking.
+    pub async fn read_state_async(&self) -> Result<BatchNormState> {
+        let (ctx, c) = (&self.ctx, self.config.num_features);
+        let counter: Vec<u32> = ctx.read_async(&self.counter, 0, 2).await?;
         Ok(BatchNormState {
-            weight: self.ctx.read(&self.weight, 0, c)?,
-            bias: self.ctx.read(&self.bias, 0, c)?,
-            running_mean: self.ctx.read(&self.running_mean, 0, c)?,
-            running_var: self.ctx.read(&self.running_var, 0, c)?,
+            weight: ctx.read_async(&self.weight, 0, c).await?,
+            bias: ctx.read_async(&self.bias, 0, c).await?,
+            running_mean: ctx.read_async(&self.running_mean, 0, c).await?,
+            running_var: ctx.read_async(&self.running_var, 0, c).await?,
             num_batches_tracked: u64::from(counter[0]) | (u64::from(counter[1]) << 32),
         })
     }
@@ -304,18 +310,33 @@ impl BatchNorm {
     /// True when the last training forward's batch was rejected because its
     /// statistics were not finite (`check_finite`). Blocking read.
     pub fn last_batch_rejected(&self) -> Result<bool> {
-        Ok(self.ctx.read::<u32>(&self.counter, 8, 1)?[0] == 1)
+        block_on(self.last_batch_rejected_async())
+    }
+
+    /// [`Self::last_batch_rejected`] without blocking.
+    pub async fn last_batch_rejected_async(&self) -> Result<bool> {
+        Ok(self.ctx.read_async::<u32>(&self.counter, 8, 1).await?[0] == 1)
     }
 
     /// Reads dweight and dbias of the last backward (blocking).
     pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        block_on(self.read_grads_async())
+    }
+
+    /// [`Self::read_grads`] without blocking.
+    pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let c = self.config.num_features;
-        Ok((self.ctx.read(&self.grad_weight, 0, c)?, self.ctx.read(&self.grad_bias, 0, c)?))
+        Ok((self.ctx.read_async(&self.grad_weight, 0, c).await?, self.ctx.read_async(&self.grad_bias, 0, c).await?))
     }
 
     /// Reads the saved batch mean and inverse std of the last batch-statistics forward (blocking).
     pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let v: Vec<[f32; 4]> = self.ctx.read(&self.saved, 0, self.config.num_features)?;
+        block_on(self.read_saved_async())
+    }
+
+    /// [`Self::read_saved`] without blocking.
+    pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let v: Vec<[f32; 4]> = self.ctx.read_async(&self.saved, 0, self.config.num_features).await?;
         Ok((v.iter().map(|s| s[0]).collect(), v.iter().map(|s| s[1]).collect()))
     }
 

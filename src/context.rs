@@ -228,15 +228,10 @@ impl Context {
     }
 
     /// Records with `record` into a new encoder, submits it, and waits until
-    /// the GPU is done: the blocking convenience beside every op.
+    /// the GPU is done: the blocking convenience beside every op
+    /// ([`Context::run_async`] does not block).
     pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
-        let commands = self.scoped(|| {
-            let mut encoder =
-                self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-norm run") });
-            record(&mut encoder)?;
-            Ok(encoder.finish())
-        })?;
-        let index = self.scoped(|| Ok(self.queue().submit([commands])))?;
+        let index = self.submit(record)?;
         self.wait(Some(index))
     }
 
@@ -280,13 +275,30 @@ impl Context {
     }
 
     /// Reads `len` values of type `T` from `buffer` starting at `offset`
-    /// bytes (a multiple of 4); the buffer needs `COPY_SRC`. Blocks.
+    /// bytes (a multiple of 4); the buffer needs `COPY_SRC`. Blocks: the
+    /// blocking form of [`Context::read_async`].
     pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>> {
-        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        block_on(self.read_async(buffer, offset, len))
+    }
+
+    /// [`Context::read`] without blocking the thread: the copy is submitted
+    /// and the staging buffer mapped with `map_async`. On native backends
+    /// the future polls the device, without waiting, each time it is polled
+    /// and asks to be polled again until the map completes (it never blocks
+    /// the executor, at the cost of spinning while the GPU works); on the
+    /// web the browser completes the map.
+    pub async fn read_async<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .map(|b| b as u64)
+            .ok_or_else(|| Error::Buffer(format!("cannot read {len} values: the byte count overflows")))?;
         if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::Buffer("reading a buffer needs COPY_SRC usage".into()));
         }
-        if !offset.is_multiple_of(4) || !bytes.is_multiple_of(4) || offset + bytes > buffer.size() {
+        if !offset.is_multiple_of(4)
+            || !bytes.is_multiple_of(4)
+            || offset.checked_add(bytes).is_none_or(|end| end > buffer.size())
+        {
             return Err(Error::Buffer(format!(
                 "cannot read {bytes} bytes at offset {offset} of a {}-byte buffer",
                 buffer.size()
@@ -303,31 +315,78 @@ impl Context {
                 mapped_at_creation: false,
             }))
         })?;
-        self.run(|encoder| {
+        self.submit(|encoder| {
             encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
             Ok(())
         })?;
-        let (sender, receiver) = std::sync::mpsc::channel();
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = sender.send(r);
         });
-        // Another thread's poll may be the one that runs the callback, so
-        // wait on the channel too, not only on the queue.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            self.wait(None)?;
-            match receiver.recv_timeout(std::time::Duration::from_millis(10)) {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => return Err(Error::DeviceLost(format!("map failed: {e}"))),
-                Err(_) if std::time::Instant::now() < deadline => continue,
-                Err(_) => return Err(Error::DeviceLost("a buffer map did not complete within 60 s".into())),
-            }
+        match self.device_done(receiver.receive()).await? {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::DeviceLost(format!("map failed: {e}"))),
+            None => return Err(Error::DeviceLost("a buffer map was dropped".into())),
         }
         let view = staging.get_mapped_range(..).map_err(|e| Error::Validation(format!("map range: {e}")))?;
         let out = bytemuck::cast_slice::<u8, T>(&view).to_vec();
         drop(view);
         staging.unmap();
         Ok(out)
+    }
+
+    /// [`Context::run`] without blocking the thread: records, submits, and
+    /// resolves when the GPU has done the work (see [`Context::read_async`]
+    /// for how the device is polled).
+    pub async fn run_async(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        self.submit(record)?;
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        self.queue().on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        self.device_done(receiver.receive()).await?;
+        self.check_alive()
+    }
+
+    /// Records with `record` into a new encoder and submits it.
+    fn submit(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<wgpu::SubmissionIndex> {
+        let commands = self.scoped(|| {
+            let mut encoder =
+                self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-norm run") });
+            record(&mut encoder)?;
+            Ok(encoder.finish())
+        })?;
+        self.scoped(|| Ok(self.queue().submit([commands])))
+    }
+
+    /// Awaits `done`, a future a GPU callback completes. Under [`block_on`]
+    /// the thread first waits for the queue, and gives up after 60 s; in an
+    /// executor the device is polled without waiting. Another thread's poll
+    /// may run the callback, so `done` is awaited either way.
+    async fn device_done<T>(&self, done: impl std::future::Future<Output = T>) -> Result<T> {
+        let deadline =
+            BLOCKING.with(|b| b.get()).then(|| std::time::Instant::now() + std::time::Duration::from_secs(60));
+        if deadline.is_some() {
+            self.wait(None)?;
+        }
+        let mut done = std::pin::pin!(done);
+        std::future::poll_fn(|cx| {
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = self.device().poll(wgpu::PollType::Poll);
+            match done.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => std::task::Poll::Ready(Ok(v)),
+                std::task::Poll::Pending if deadline.is_some_and(|d| std::time::Instant::now() > d) => {
+                    std::task::Poll::Ready(Err(Error::DeviceLost("the GPU did not answer within 60 s".into())))
+                }
+                std::task::Poll::Pending => {
+                    // Native devices finish work only when polled: come back.
+                    #[cfg(not(target_arch = "wasm32"))]
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// Writes `data` into `buffer` at `offset` bytes through the queue (it
@@ -350,6 +409,21 @@ impl Context {
             Ok(())
         })
     }
+}
+
+thread_local! {
+    /// Set while [`block_on`] runs a future on this thread: reads may then
+    /// wait for the queue instead of polling.
+    static BLOCKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `future` to completion on this thread: the blocking forms of the
+/// crate's async reads are this around them.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let outer = BLOCKING.with(|b| b.replace(true));
+    let out = pollster::block_on(future);
+    BLOCKING.with(|b| b.set(outer));
+    out
 }
 
 /// A buffer of `usage` holding `contents` (a multiple of 4 bytes, not

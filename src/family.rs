@@ -278,9 +278,9 @@ impl Core {
         self.ctx.write(buffer, 0, data)
     }
 
-    /// Reads one of the layer's vectors (blocking).
-    pub fn read_vec(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
-        self.ctx.read(buffer, 0, self.len)
+    /// Reads one of the layer's vectors.
+    pub async fn read_vec(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        self.ctx.read_async(buffer, 0, self.len).await
     }
 
     /// The saved per-row statistics buffer, (centre, rstd, delta, var) per row.
@@ -288,13 +288,13 @@ impl Core {
         lock(&self.scratch).rows.clone()
     }
 
-    /// (mean, rstd) per stat row of the last input-statistics forward (blocking).
-    pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// (mean, rstd) per stat row of the last input-statistics forward.
+    pub async fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let rows = lock(&self.saved_for).as_ref().map(|s| s.2);
         let (Some(rows), Some(buf)) = (rows, self.saved()) else {
             return Err(Error::Parameter("no forward has saved statistics yet".into()));
         };
-        let v: Vec<f32> = self.ctx.read(&buf, 0, rows * 4)?;
+        let v: Vec<f32> = self.ctx.read_async(&buf, 0, rows * 4).await?;
         Ok((v.chunks(4).map(|s| s[0]).collect(), v.chunks(4).map(|s| s[1]).collect()))
     }
 

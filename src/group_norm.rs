@@ -3,6 +3,7 @@
 //! plus optional running statistics), in both layouts. Both are the family
 //! engine (`src/family.rs`) with one stat row per (sample, group).
 
+use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Geometry, Options, Source};
 use crate::tensor::{check_shape, TensorView};
@@ -93,12 +94,22 @@ macro_rules! channel_accessors {
 
         /// Reads (weight, bias) back (blocking).
         pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((self.core.read_vec(&self.core.weight)?, self.core.read_vec(&self.core.bias)?))
+            block_on(self.read_params_async())
+        }
+
+        /// [`Self::read_params`] without blocking.
+        pub async fn read_params_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((self.core.read_vec(&self.core.weight).await?, self.core.read_vec(&self.core.bias).await?))
         }
 
         /// Reads (dweight, dbias) of the last backward (blocking).
         pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((self.core.read_vec(&self.core.grad_weight)?, self.core.read_vec(&self.core.grad_bias)?))
+            block_on(self.read_grads_async())
+        }
+
+        /// [`Self::read_grads`] without blocking.
+        pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((self.core.read_vec(&self.core.grad_weight).await?, self.core.read_vec(&self.core.grad_bias).await?))
         }
 
         /// The statistics saved by the last input-statistics forward:
@@ -110,7 +121,12 @@ macro_rules! channel_accessors {
         /// Reads (mean, rstd) per (sample, group) of the last
         /// input-statistics forward, in (n, g) order (blocking).
         pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            self.core.read_saved()
+            block_on(self.core.read_saved())
+        }
+
+        /// [`Self::read_saved`] without blocking.
+        pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            self.core.read_saved().await
         }
     };
 }
@@ -294,12 +310,17 @@ impl InstanceNorm {
 
     /// Reads the state back (blocking).
     pub fn read_state(&self) -> Result<InstanceNormState> {
+        block_on(self.read_state_async())
+    }
+
+    /// [`Self::read_state`] without blocking.
+    pub async fn read_state_async(&self) -> Result<InstanceNormState> {
         let c = &self.core;
         Ok(InstanceNormState {
-            weight: c.read_vec(&c.weight)?,
-            bias: c.read_vec(&c.bias)?,
-            running_mean: c.read_vec(&c.running_mean)?,
-            running_var: c.read_vec(&c.running_var)?,
+            weight: c.read_vec(&c.weight).await?,
+            bias: c.read_vec(&c.bias).await?,
+            running_mean: c.read_vec(&c.running_mean).await?,
+            running_var: c.read_vec(&c.running_var).await?,
         })
     }
 

@@ -3,6 +3,7 @@
 //! dimensions of a row-major tensor. Both are the family engine
 //! (`src/family.rs`) with one stat row per leading index.
 
+use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Geometry, Options, Source};
 use crate::layout::Layout;
@@ -148,12 +149,22 @@ impl LayerNorm {
 
     /// Reads (weight, bias) back (blocking).
     pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.core.read_vec(&self.core.weight)?, self.core.read_vec(&self.core.bias)?))
+        block_on(self.read_params_async())
+    }
+
+    /// [`Self::read_params`] without blocking.
+    pub async fn read_params_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.core.read_vec(&self.core.weight).await?, self.core.read_vec(&self.core.bias).await?))
     }
 
     /// Reads (dweight, dbias) of the last backward (blocking).
     pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.core.read_vec(&self.core.grad_weight)?, self.core.read_vec(&self.core.grad_bias)?))
+        block_on(self.read_grads_async())
+    }
+
+    /// [`Self::read_grads`] without blocking.
+    pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.core.read_vec(&self.core.grad_weight).await?, self.core.read_vec(&self.core.grad_bias).await?))
     }
 
     /// The per-row statistics saved by the last forward: (mean, rstd, _, _)
@@ -164,7 +175,12 @@ impl LayerNorm {
 
     /// Reads (mean, rstd) per row of the last forward (blocking).
     pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.core.read_saved()
+        block_on(self.core.read_saved())
+    }
+
+    /// [`Self::read_saved`] without blocking.
+    pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.core.read_saved().await
     }
 
     /// Records `y = LayerNorm(x)` and saves each row's mean and rstd.
@@ -275,12 +291,22 @@ impl RmsNorm {
 
     /// Reads the weight back (blocking).
     pub fn read_weight(&self) -> Result<Vec<f32>> {
-        self.core.read_vec(&self.core.weight)
+        block_on(self.read_weight_async())
+    }
+
+    /// [`Self::read_weight`] without blocking.
+    pub async fn read_weight_async(&self) -> Result<Vec<f32>> {
+        self.core.read_vec(&self.core.weight).await
     }
 
     /// Reads dweight of the last backward (blocking).
     pub fn read_grad_weight(&self) -> Result<Vec<f32>> {
-        self.core.read_vec(&self.core.grad_weight)
+        block_on(self.read_grad_weight_async())
+    }
+
+    /// [`Self::read_grad_weight`] without blocking.
+    pub async fn read_grad_weight_async(&self) -> Result<Vec<f32>> {
+        self.core.read_vec(&self.core.grad_weight).await
     }
 
     /// The per-row statistics saved by the last forward: (0, rstd, _, _) per
@@ -291,7 +317,12 @@ impl RmsNorm {
 
     /// Reads rstd = 1 / sqrt(mean(x²) + eps) per row of the last forward (blocking).
     pub fn read_saved(&self) -> Result<Vec<f32>> {
-        Ok(self.core.read_saved()?.1)
+        block_on(self.read_saved_async())
+    }
+
+    /// [`Self::read_saved`] without blocking.
+    pub async fn read_saved_async(&self) -> Result<Vec<f32>> {
+        Ok(self.core.read_saved().await?.1)
     }
 
     /// Records `y = RMSNorm(x)` and saves each row's rstd.

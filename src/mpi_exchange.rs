@@ -24,6 +24,7 @@ pub struct MpiExchange<C: Communicator> {
 }
 
 impl<C: Communicator> MpiExchange<C> {
+    /// An exchange among the processes of `comm`, each one rank.
     pub fn new(comm: C) -> MpiExchange<C> {
         MpiExchange { comm }
     }

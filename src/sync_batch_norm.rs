@@ -16,6 +16,7 @@
 //! `1 + 3 * channels` backward, through the host.
 
 use crate::batch_norm::{BatchNorm, Epilogue, Source, Stats};
+use crate::context::block_on;
 use crate::context::Context;
 use crate::exchange::Exchange;
 use crate::layout::ChannelView;
@@ -28,8 +29,14 @@ impl BatchNorm {
     /// rank's slice x, which may be empty (a zero-sized dimension: count 0).
     /// Blocking: records, submits and reads back `channels * 16` bytes.
     pub fn partial_stats(&self, x: &TensorView) -> Result<PartialStats> {
-        self.context().run(|e| self.record_local(e, x, None, true))?;
-        let values: Vec<[f32; 4]> = self.context().read(self.local_values(false), 0, self.config().num_features)?;
+        block_on(self.partial_stats_async(x))
+    }
+
+    /// [`Self::partial_stats`] without blocking.
+    pub async fn partial_stats_async(&self, x: &TensorView<'_>) -> Result<PartialStats> {
+        let ctx = self.context();
+        ctx.run_async(|e| self.record_local(e, x, None, true)).await?;
+        let values: Vec<[f32; 4]> = ctx.read_async(self.local_values(false), 0, self.config().num_features).await?;
         Ok(PartialStats::from_gpu(&values, per_channel(x)))
     }
 
@@ -71,8 +78,14 @@ impl BatchNorm {
     /// (x, dy), with the statistics saved by the last batch-statistics
     /// forward (training) or the running ones (eval). Blocking.
     pub fn grad_sums(&self, x: &TensorView, dy: &TensorView, training: bool) -> Result<GradSums> {
-        self.context().run(|e| self.record_local(e, x, Some(dy), training))?;
-        let values: Vec<[f32; 4]> = self.context().read(self.local_values(true), 0, self.config().num_features)?;
+        block_on(self.grad_sums_async(x, dy, training))
+    }
+
+    /// [`Self::grad_sums`] without blocking.
+    pub async fn grad_sums_async(&self, x: &TensorView<'_>, dy: &TensorView<'_>, training: bool) -> Result<GradSums> {
+        let ctx = self.context();
+        ctx.run_async(|e| self.record_local(e, x, Some(dy), training)).await?;
+        let values: Vec<[f32; 4]> = ctx.read_async(self.local_values(true), 0, self.config().num_features).await?;
         Ok(GradSums::from_gpu(&values, per_channel(x)))
     }
 

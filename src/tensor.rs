@@ -276,11 +276,16 @@ impl Tensor {
 
     /// Downloads the values as f32 (blocking), whatever the tensor's dtype.
     pub fn read(&self, ctx: &Context) -> Result<Vec<f32>> {
+        crate::context::block_on(self.read_async(ctx))
+    }
+
+    /// [`Self::read`] without blocking.
+    pub async fn read_async(&self, ctx: &Context) -> Result<Vec<f32>> {
         let len: usize = self.shape.iter().product();
         match self.dtype {
-            DType::F32 => ctx.read(&self.buffer, 0, len),
+            DType::F32 => ctx.read_async(&self.buffer, 0, len).await,
             DType::F16 => {
-                let words: Vec<u16> = ctx.read(&self.buffer, 0, len.next_multiple_of(2))?;
+                let words: Vec<u16> = ctx.read_async(&self.buffer, 0, len.next_multiple_of(2)).await?;
                 Ok(words[..len].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect())
             }
         }
