@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release --example async_reads`
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, LayerNorm, LayerNormConfig, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, LayerNorm, LayerNormConfig, Layout, Mode, Tensor};
 
 async fn step(ctx: &Context) -> wgpu_norm::Result<()> {
     let shape = [4, 8, 16, 16];
@@ -18,8 +18,8 @@ async fn step(ctx: &Context) -> wgpu_norm::Result<()> {
 
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(8))?;
     ctx.run_async(|e| {
-        bn.forward_train(e, &x.view(), &y.view())?;
-        bn.backward_train(e, &x.view(), &dy.view(), &dx.view())
+        bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)?;
+        bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)
     })
     .await?;
     let state = bn.read_state_async().await?;

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example own_device`
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, TensorView};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, Layout, Mode, TensorView};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The application's own device and queue (here opened the usual way).
@@ -27,8 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Record forward and backward into the application's encoder, then submit.
     let mut encoder = device.create_command_encoder(&Default::default());
-    bn.forward_train(&mut encoder, &view(&x_buf), &view(&y_buf))?;
-    bn.backward_train(&mut encoder, &view(&x_buf), &view(&dy_buf), &view(&dx_buf))?;
+    bn.forward(&mut encoder, &view(&x_buf), &view(&y_buf), Mode::Training, Epilogue::None)?;
+    bn.backward(&mut encoder, &view(&x_buf), &view(&dy_buf), &view(&dx_buf), Mode::Training, Epilogue::None)?;
     queue.submit([encoder.finish()]);
 
     // Host reads are for the demo only: statistics never left the GPU above.

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release --example residual_block`
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, DType, LayerKind, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, DType, Epilogue, LayerKind, Layout, Mode, Tensor};
 
 /// A 1x1 convolution over NCHW is a matmul per image: y[n,o,p] = sum_k w[o,k] x[n,k,p] + b[o].
 /// `add_relu` is the folded block's tail: y = max(a + b, 0).
@@ -125,9 +125,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..3 {
         ctx.run(|e| {
             record(&ctx, e, &k.conv, dims, &xb, &w1b, Some(&b0), &h1.buffer)?;
-            bn1.forward_relu(e, &h1.view(), &a1.view(), true)?;
+            bn1.forward(e, &h1.view(), &a1.view(), Mode::Training, Epilogue::Relu)?;
             record(&ctx, e, &k.conv, dims, &a1.buffer, &w2b, Some(&b0), &h2.buffer)?;
-            bn2.forward_add_relu(e, &h2.view(), &xv.view(), &out.view(), true)
+            bn2.forward(e, &h2.view(), &out.view(), Mode::Training, Epilogue::AddRelu { z: &xv.view(), dz: None })
         })?;
     }
     // Training backward of the fused tails with an upstream gradient of ones.
@@ -136,9 +136,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let w2t: Vec<f32> = (0..c * c).map(|i| w2[(i % c) * c + i / c]).collect();
     let w2tb = buf("w2 transposed", &w2t)?;
     ctx.run(|e| {
-        bn2.backward_add_relu(e, &h2.view(), &xv.view(), &dy.view(), &dh2.view(), &dz.view(), true)?;
+        bn2.backward(
+            e,
+            &h2.view(),
+            &dy.view(),
+            &dh2.view(),
+            Mode::Training,
+            Epilogue::AddRelu { z: &xv.view(), dz: Some(&dz.view()) },
+        )?;
         record(&ctx, e, &k.conv, dims, &dh2.buffer, &w2tb, Some(&b0), &da1.buffer)?;
-        bn1.backward_relu(e, &h1.view(), &da1.view(), &dh1.view(), true)
+        bn1.backward(e, &h1.view(), &da1.view(), &dh1.view(), Mode::Training, Epilogue::Relu)
     })?;
     let norm = |t: &Tensor| -> wgpu_norm::Result<f32> { Ok(t.read(&ctx)?.iter().map(|v| v * v).sum::<f32>().sqrt()) };
     let (dw2, db2) = bn2.read_grads()?;
@@ -149,9 +156,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Inference, unfolded: eval-mode BatchNorm with the running statistics.
     ctx.run(|e| {
         record(&ctx, e, &k.conv, dims, &xb, &w1b, Some(&b0), &h1.buffer)?;
-        bn1.forward_relu(e, &h1.view(), &a1.view(), false)?;
+        bn1.forward(e, &h1.view(), &a1.view(), Mode::Eval, Epilogue::Relu)?;
         record(&ctx, e, &k.conv, dims, &a1.buffer, &w2b, Some(&b0), &h2.buffer)?;
-        bn2.forward_add_relu(e, &h2.view(), &xv.view(), &out.view(), false)
+        bn2.forward(e, &h2.view(), &out.view(), Mode::Eval, Epilogue::AddRelu { z: &xv.view(), dz: None })
     })?;
     let unfolded = out.read(&ctx)?;
 

@@ -17,7 +17,8 @@ use std::process::ExitCode;
 
 use mpi::traits::Communicator;
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, Exchange, Layout, MpiExchange, SyncBatchNorm, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, Exchange, Layout, Mode, MpiExchange, SyncBatchNorm,
+    Tensor,
 };
 use wgpu_norm_reference::normalized_error;
 
@@ -53,8 +54,8 @@ fn run(exchange: &MpiExchange<impl Communicator>) -> Result<f64, Box<dyn std::er
     let sync = SyncBatchNorm::new(&ctx, config.clone(), exchange)?;
     sync.layer().write_state(&problem.state)?;
     let mine = problem.steps(&ctx, rows.clone(), |x, dy, y, dx| {
-        sync.forward_train(x, y)?;
-        sync.backward_train(x, dy, dx)?;
+        sync.forward(x, y, Mode::Training)?;
+        sync.backward(x, dy, dx, Mode::Training)?;
         sync.layer().read_grads()
     })?;
 
@@ -62,8 +63,8 @@ fn run(exchange: &MpiExchange<impl Communicator>) -> Result<f64, Box<dyn std::er
     let single = BatchNorm::new(&ctx, config)?;
     single.write_state(&problem.state)?;
     let all = problem.steps(&ctx, 0..args.shape[0], |x, dy, y, dx| {
-        single.forward_sync(x, y, true)?;
-        single.backward_sync(x, dy, dx, true)?;
+        single.context().run(|e| single.forward(e, x, y, Mode::Training, Epilogue::None))?;
+        single.context().run(|e| single.backward(e, x, dy, dx, Mode::Training, Epilogue::None))?;
         single.read_grads()
     })?;
 

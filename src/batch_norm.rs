@@ -37,8 +37,8 @@ pub struct BatchNormConfig {
     pub track_running_stats: bool,
     /// Reject a training batch whose statistics are not finite: running
     /// statistics and `num_batches_tracked` stay as they were, and the
-    /// blocking forward returns `Err(NonFinite)` (see
-    /// [`BatchNorm::last_batch_rejected`] for recorded ones). The outputs still
+    /// forward's [`BatchNorm::last_batch_rejected`] is true (SyncBatchNorm's
+    /// forward returns `Err(NonFinite)`). The outputs still
     /// carry the NaN or Inf, as PyTorch's do. Default false (PyTorch's behaviour).
     pub check_finite: bool,
 }
@@ -216,7 +216,8 @@ impl BatchNorm {
         Ok(bn)
     }
 
-    pub(crate) fn context(&self) -> &Context {
+    /// The context the layer records for.
+    pub fn context(&self) -> &Context {
         &self.ctx
     }
 
@@ -340,58 +341,36 @@ impl BatchNorm {
         Ok((v.iter().map(|s| s[0]).collect(), v.iter().map(|s| s[1]).collect()))
     }
 
-    /// Forward in training (`true`) or eval mode; see [`Self::forward_train`]
-    /// and [`Self::forward_eval`].
+    /// The forward, as cuDNN's `bnOps`: `y = epilogue(bn(x))` in one pass.
+    ///
+    /// - [`Mode::Training`] normalizes with this batch's statistics, saves
+    ///   them for the backward and, when tracking, updates the running
+    ///   statistics and `num_batches_tracked`. With `check_finite`, a batch
+    ///   whose statistics are not finite leaves them as they were (see
+    ///   [`Self::last_batch_rejected`]).
+    /// - [`Mode::Eval`] normalizes with the running statistics, or with the
+    ///   batch statistics when the layer tracks none (as PyTorch).
+    ///
+    /// The add-ReLU epilogue takes z (x's shape and layout) and no dz.
     pub fn forward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         x: &TensorView,
         y: &TensorView,
-        training: bool,
+        mode: Mode,
+        epilogue: Epilogue,
     ) -> Result<()> {
-        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::None, Source::Reduce)
+        if let Epilogue::AddRelu { dz: Some(_), .. } = epilogue {
+            return Err(Error::Parameter("dz is written by the add-ReLU backward; the forward takes z alone".into()));
+        }
+        self.record_forward(encoder, x, y, self.stats_for(mode.is_training(), true), epilogue, Source::Reduce)
     }
 
-    /// Training forward: normalizes with this batch's statistics, saves them
-    /// for backward and, when tracking, updates the running statistics and
-    /// `num_batches_tracked`.
-    pub fn forward_train(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.forward(encoder, x, y, true)
-    }
-
-    /// Eval forward: normalizes with the running statistics, or with the
-    /// batch statistics when the layer does not track any (as PyTorch).
-    pub fn forward_eval(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.forward(encoder, x, y, false)
-    }
-
-    /// `y = relu(bn(x))` in one pass, training or eval mode.
-    pub fn forward_relu(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        y: &TensorView,
-        training: bool,
-    ) -> Result<()> {
-        self.record_forward(encoder, x, y, self.stats_for(training, true), Epilogue::Relu, Source::Reduce)
-    }
-
-    /// `y = relu(bn(x) + z)` in one pass (a residual block's tail), training
-    /// or eval mode. `z` has x's shape and layout.
-    pub fn forward_add_relu(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        z: &TensorView,
-        y: &TensorView,
-        training: bool,
-    ) -> Result<()> {
-        let epilogue = Epilogue::AddRelu { z, dz: None };
-        self.record_forward(encoder, x, y, self.stats_for(training, true), epilogue, Source::Reduce)
-    }
-
-    /// Backward of [`Self::forward`] in the same mode: dx into `dx`, dweight
-    /// and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    /// The backward of [`Self::forward`] in the same mode and epilogue: dx
+    /// into `dx`, dweight and dbias into [`Self::grad_weight`] /
+    /// [`Self::grad_bias`]; after add-ReLU also `dz`, the residual's
+    /// gradient (give its view in the epilogue). The ReLU mask is recomputed
+    /// from x, so neither y nor a mask is read.
     ///
     /// Training mode (statistics depend on x) uses the statistics saved by
     /// the last batch-statistics forward, which must have had x's shape and
@@ -403,79 +382,10 @@ impl BatchNorm {
         x: &TensorView,
         dy: &TensorView,
         dx: &TensorView,
-        training: bool,
+        mode: Mode,
+        epilogue: Epilogue,
     ) -> Result<()> {
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::None, Source::Reduce)
-    }
-
-    /// Training backward; see [`Self::backward`].
-    pub fn backward_train(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-    ) -> Result<()> {
-        self.backward(encoder, x, dy, dx, true)
-    }
-
-    /// Eval backward; see [`Self::backward`].
-    pub fn backward_eval(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-    ) -> Result<()> {
-        self.backward(encoder, x, dy, dx, false)
-    }
-
-    /// Backward of [`Self::forward_relu`]: the ReLU mask is recomputed from x,
-    /// so neither y nor a mask is read.
-    pub fn backward_relu(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-        training: bool,
-    ) -> Result<()> {
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), Epilogue::Relu, Source::Reduce)
-    }
-
-    /// Backward of [`Self::forward_add_relu`]: dx, dweight, dbias, and `dz`,
-    /// the gradient of the residual input.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_add_relu(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        z: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-        dz: &TensorView,
-        training: bool,
-    ) -> Result<()> {
-        let epilogue = Epilogue::AddRelu { z, dz: Some(dz) };
-        self.record_backward(encoder, x, dy, dx, self.stats_for(training, false), epilogue, Source::Reduce)
-    }
-
-    /// Blocking [`Self::forward`]: records, submits and waits. With
-    /// `check_finite`, a rejected training batch is `Err(NonFinite)`.
-    pub fn forward_sync(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
-        self.ctx.run(|e| self.forward(e, x, y, training))?;
-        let checked = matches!(self.stats_for(training, true), Stats::Batch { update_running: true });
-        if checked && self.config.check_finite && self.last_batch_rejected()? {
-            return Err(Error::NonFinite(
-                "the batch's mean or variance is not finite; running statistics were left as they were".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Blocking [`Self::backward`]: records, submits and waits.
-    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
-        self.ctx.run(|e| self.backward(e, x, dy, dx, training))
+        self.record_backward(encoder, x, dy, dx, self.stats_for(mode.is_training(), false), epilogue, Source::Reduce)
     }
 
     /// Which statistics a forward (`forward = true`) or backward in `training`
@@ -1065,14 +975,45 @@ fn apply_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffe
     cut.chunks.iter().map(|chunk| uniform(device, &chunk.apply_params)).collect()
 }
 
-/// What follows the normalization in the same pass.
-#[derive(Clone, Copy)]
-pub(crate) enum Epilogue<'v, 'a> {
+/// Which statistics a BatchNorm call normalizes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// This batch's statistics (PyTorch's `model.train()`).
+    Training,
+    /// The running statistics (PyTorch's `model.eval()`).
+    Eval,
+}
+
+impl Mode {
+    /// `Training` when `training`, else `Eval`.
+    pub fn from_training(training: bool) -> Mode {
+        if training {
+            Mode::Training
+        } else {
+            Mode::Eval
+        }
+    }
+
+    /// Whether this is `Training`.
+    pub fn is_training(self) -> bool {
+        self == Mode::Training
+    }
+}
+
+/// What follows the normalization in the same pass (cuDNN's `bnOps`).
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'v, 'a> {
+    /// `y = bn(x)`.
     None,
+    /// `y = relu(bn(x))`.
     Relu,
-    /// `relu(bn(x) + z)`; `dz` is the residual's gradient (backward only).
+    /// `y = relu(bn(x) + z)`, a residual block's tail; z has x's shape and
+    /// layout. `dz`, the residual's gradient, is the backward's output: the
+    /// backward needs it, the forward refuses it.
     AddRelu {
+        /// The residual input.
         z: &'v TensorView<'a>,
+        /// Where the backward writes the residual's gradient.
         dz: Option<&'v TensorView<'a>>,
     },
 }

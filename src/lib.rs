@@ -17,13 +17,13 @@
 //! `wgpu::CommandEncoder`; nothing comes back to the host unless asked.
 //!
 //! ```no_run
-//! use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, Tensor};
+//! use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, Layout, Mode, Tensor};
 //!
 //! let ctx = Context::new()?; // or Context::from_device(device, queue)
 //! let bn = BatchNorm::new(&ctx, BatchNormConfig::new(64))?;
 //! let x = Tensor::from_slice(&ctx, &vec![0.5; 8 * 64 * 16], &[8, 64, 16], Layout::Nchw)?;
 //! let y = Tensor::zeros(&ctx, &[8, 64, 16], Layout::Nchw)?;
-//! ctx.run(|encoder| bn.forward_train(encoder, &x.view(), &y.view()))?;
+//! ctx.run(|encoder| bn.forward(encoder, &x.view(), &y.view(), Mode::Training, Epilogue::None))?;
 //! let normalized = y.read(&ctx)?;
 //! # Ok::<(), wgpu_norm::Error>(())
 //! ```
@@ -53,7 +53,7 @@ pub mod tensor;
 mod tiling;
 mod validate;
 
-pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState};
+pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Mode};
 pub use context::{Access, Context, Reduction};
 pub use error::{Error, Result};
 pub use exchange::{Exchange, LocalExchange};

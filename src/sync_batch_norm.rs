@@ -15,7 +15,7 @@
 //! exchanged values are `3 * channels` f64 per rank forward and
 //! `1 + 3 * channels` backward, through the host.
 
-use crate::batch_norm::{BatchNorm, Epilogue, Source, Stats};
+use crate::batch_norm::{BatchNorm, Epilogue, Mode, Source, Stats};
 use crate::context::block_on;
 use crate::context::Context;
 use crate::exchange::Exchange;
@@ -55,10 +55,10 @@ impl BatchNorm {
         x: &TensorView,
         y: &TensorView,
         stats: &PartialStats,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
-        let mode = self.stats_for(training, true);
-        if mode == Stats::Running {
+        let stats_mode = self.stats_for(mode.is_training(), true);
+        if stats_mode == Stats::Running {
             return Err(Error::Parameter(
                 "an eval forward with running statistics normalizes with those, not with given ones".into(),
             ));
@@ -71,20 +71,20 @@ impl BatchNorm {
         check_global_count(stats.count.iter().copied().fold(f64::INFINITY, f64::min))?;
         let values = self.context().upload("bn given statistics", &stats.to_gpu())?;
         let count = stats.count[0] as f32;
-        self.record_forward(encoder, x, y, mode, Epilogue::None, Source::Given { values: &values, count })
+        self.record_forward(encoder, x, y, stats_mode, Epilogue::None, Source::Given { values: &values, count })
     }
 
     /// SyncBatchNorm's first backward half: this rank's gradient sums for
     /// (x, dy), with the statistics saved by the last batch-statistics
     /// forward (training) or the running ones (eval). Blocking.
-    pub fn grad_sums(&self, x: &TensorView, dy: &TensorView, training: bool) -> Result<GradSums> {
-        block_on(self.grad_sums_async(x, dy, training))
+    pub fn grad_sums(&self, x: &TensorView, dy: &TensorView, mode: Mode) -> Result<GradSums> {
+        block_on(self.grad_sums_async(x, dy, mode))
     }
 
     /// [`Self::grad_sums`] without blocking.
-    pub async fn grad_sums_async(&self, x: &TensorView<'_>, dy: &TensorView<'_>, training: bool) -> Result<GradSums> {
+    pub async fn grad_sums_async(&self, x: &TensorView<'_>, dy: &TensorView<'_>, mode: Mode) -> Result<GradSums> {
         let ctx = self.context();
-        ctx.run_async(|e| self.record_local(e, x, Some(dy), training)).await?;
+        ctx.run_async(|e| self.record_local(e, x, Some(dy), mode.is_training())).await?;
         let values: Vec<[f32; 4]> = ctx.read_async(self.local_values(true), 0, self.config().num_features).await?;
         Ok(GradSums::from_gpu(&values, per_channel(x)))
     }
@@ -99,7 +99,7 @@ impl BatchNorm {
         dy: &TensorView,
         dx: &TensorView,
         sums: &GradSums,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
         let channels = self.config().num_features;
         if sums.channels() != channels {
@@ -108,13 +108,13 @@ impl BatchNorm {
                 sums.channels()
             )));
         }
-        let mode = self.stats_for(training, false);
-        if mode != Stats::Running {
+        let stats_mode = self.stats_for(mode.is_training(), false);
+        if stats_mode != Stats::Running {
             check_global_count(sums.count)?;
         }
         let values = self.context().upload("bn given gradient sums", &sums.to_gpu()?)?;
         let source = Source::Given { values: &values, count: sums.count as f32 };
-        self.record_backward(encoder, x, dy, dx, mode, Epilogue::None, source)
+        self.record_backward(encoder, x, dy, dx, stats_mode, Epilogue::None, source)
     }
 }
 
@@ -150,7 +150,7 @@ fn check_global_count(count: f64) -> Result<()> {
 ///     for (ctx, exchange) in contexts.iter().zip(LocalExchange::group(2)) {
 ///         s.spawn(move || -> wgpu_norm::Result<()> {
 ///             let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(64), exchange)?;
-///             // bn.forward_train(&x.view(), &y.view())? on this rank's slice...
+///             // bn.forward(&x.view(), &y.view(), Mode::Training)? on this rank's slice...
 ///             Ok(())
 ///         });
 ///     }
@@ -187,9 +187,10 @@ impl<E: Exchange> SyncBatchNorm<E> {
     /// mode, with global batch statistics where the mode uses batch
     /// statistics. With `check_finite`, a rejected batch is
     /// `Err(NonFinite)` on every rank.
-    pub fn forward(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
+    pub fn forward(&self, x: &TensorView, y: &TensorView, mode: Mode) -> Result<()> {
+        let training = mode.is_training();
         if self.layer.stats_for(training, true) == Stats::Running {
-            return self.layer.forward_sync(x, y, false);
+            return self.layer.context().run(|e| self.layer.forward(e, x, y, Mode::Eval, Epilogue::None));
         }
         self.layer.check_sync_args(x, &[], &[("y", y)])?;
         let local = self.layer.partial_stats(x)?;
@@ -198,7 +199,7 @@ impl<E: Exchange> SyncBatchNorm<E> {
         let parts = gathered.iter().map(|flat| PartialStats::from_flat(channels, flat)).collect::<Result<Vec<_>>>()?;
         let global = PartialStats::merge_all(channels, &parts)?;
         let ctx = self.layer.context();
-        ctx.run(|e| self.layer.forward_with_stats(e, x, y, &global, training))?;
+        ctx.run(|e| self.layer.forward_with_stats(e, x, y, &global, mode))?;
         let tracked = matches!(self.layer.stats_for(training, true), Stats::Batch { update_running: true });
         if tracked && self.layer.config().check_finite && self.layer.last_batch_rejected()? {
             return Err(Error::NonFinite(
@@ -208,30 +209,15 @@ impl<E: Exchange> SyncBatchNorm<E> {
         Ok(())
     }
 
-    /// Training forward; see [`Self::forward`].
-    pub fn forward_train(&self, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.forward(x, y, true)
-    }
-
-    /// Eval forward; see [`Self::forward`].
-    pub fn forward_eval(&self, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.forward(x, y, false)
-    }
-
     /// Backward of [`Self::forward`] in the same mode: dx of this rank's
     /// slice, and dweight and dbias of the global batch in the layer's
     /// gradient buffers.
-    pub fn backward(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
+    pub fn backward(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, mode: Mode) -> Result<()> {
         self.layer.check_sync_args(x, &[("dy", dy)], &[("dx", dx)])?;
-        let local = self.layer.grad_sums(x, dy, training)?;
+        let local = self.layer.grad_sums(x, dy, mode)?;
         let channels = local.channels();
         let global = GradSums::from_flat(channels, &self.exchange.all_reduce_sum(&local.to_flat())?)?;
         let ctx = self.layer.context();
-        ctx.run(|e| self.layer.backward_with_sums(e, x, dy, dx, &global, training))
-    }
-
-    /// Training backward; see [`Self::backward`].
-    pub fn backward_train(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
-        self.backward(x, dy, dx, true)
+        ctx.run(|e| self.layer.backward_with_sums(e, x, dy, dx, &global, mode))
     }
 }

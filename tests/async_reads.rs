@@ -4,7 +4,9 @@
 mod common;
 
 use common::ctx;
-use wgpu_norm::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, Layout, RmsNorm, RmsNormConfig, Tensor};
+use wgpu_norm::{
+    BatchNorm, BatchNormConfig, Epilogue, GroupNorm, GroupNormConfig, Layout, Mode, RmsNorm, RmsNormConfig, Tensor,
+};
 
 fn ramp(len: usize) -> Vec<f32> {
     (0..len).map(|i| ((i * 37) % 101) as f32 / 10.0 - 3.0).collect()
@@ -25,8 +27,8 @@ fn async_reads_match_the_blocking_reads() {
     let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[7])).unwrap();
     pollster::block_on(async {
         ctx.run_async(|e| {
-            bn.forward_train(e, &x.view(), &y.view())?;
-            bn.backward_train(e, &x.view(), &dy.view(), &dx.view())?;
+            bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)?;
+            bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)?;
             gn.forward(e, &x.view(), &y.view())?;
             gn.backward(e, &x.view(), &dy.view(), &dx.view())?;
             rms.forward(e, &x.view(), &y.view())

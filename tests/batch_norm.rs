@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Layout, Mode, Tensor};
 use wgpu_norm_reference::reference::{self, BatchNormArgs};
 
 /// One forward + backward on the GPU and in the reference; compares every output.
@@ -41,8 +41,10 @@ fn run_case_with(
     let dyt = Tensor::from_slice(ctx, &dy, shape, layout).unwrap();
     let yt = Tensor::zeros(ctx, shape, layout).unwrap();
     let dxt = Tensor::zeros(ctx, shape, layout).unwrap();
-    bn.forward_sync(&xt.view(), &yt.view(), training).unwrap();
-    bn.backward_sync(&xt.view(), &dyt.view(), &dxt.view(), training).unwrap();
+    bn.context().run(|e| bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::None)).unwrap();
+    bn.context()
+        .run(|e| bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::None))
+        .unwrap();
 
     let args = BatchNormArgs {
         weight: config.affine.then_some(&state.weight[..]),
@@ -164,8 +166,8 @@ fn ops_recorded_into_one_encoder_keep_their_own_parameters() {
     let (y1, y2) =
         (Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap(), Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap());
     ctx.run(|e| {
-        a.forward_train(e, &t1.view(), &y1.view())?;
-        b.forward_train(e, &t2.view(), &y2.view())
+        a.forward(e, &t1.view(), &y1.view(), Mode::Training, Epilogue::None)?;
+        b.forward(e, &t2.view(), &y2.view(), Mode::Training, Epilogue::None)
     })
     .unwrap();
     let want1 = reference::batch_norm_forward(
@@ -190,7 +192,7 @@ fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
         for _ in 0..3 {
             let x = rng.normal_vec(216, 4.0, 2.0);
             let xt = Tensor::from_slice(ctx, &x, &shape, Layout::Nhwc).unwrap();
-            bn.forward_sync(&xt.view(), &y.view(), true).unwrap();
+            bn.context().run(|e| bn.forward(e, &xt.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
             let args = BatchNormArgs {
                 weight: Some(&state.weight),
                 bias: Some(&state.bias),
@@ -213,7 +215,7 @@ fn running_statistics_follow_pytorch_over_several_steps_then_eval() {
         // Eval now normalizes with those running statistics.
         let x = rng.normal_vec(216, 4.0, 2.0);
         let xt = Tensor::from_slice(ctx, &x, &shape, Layout::Nhwc).unwrap();
-        bn.forward_sync(&xt.view(), &y.view(), false).unwrap();
+        bn.context().run(|e| bn.forward(e, &xt.view(), &y.view(), Mode::Eval, Epilogue::None)).unwrap();
         let args = BatchNormArgs {
             running_mean: Some(&state.running_mean),
             running_var: Some(&state.running_var),
@@ -256,7 +258,7 @@ fn views_at_offsets_inside_larger_buffers() {
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(2)).unwrap();
     let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(28);
     let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * 67);
-    bn.forward_sync(&xv, &yv, true).unwrap();
+    bn.context().run(|e| bn.forward(e, &xv, &yv, Mode::Training, Epilogue::None)).unwrap();
     let all: Vec<f32> = ctx.read(&yb, 0, 100).unwrap();
     let want = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x, None);
     assert_close("offset y", &all[67..97], &want.y);
@@ -272,7 +274,7 @@ fn views_at_offsets_inside_larger_buffers() {
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(256)).unwrap();
     let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(4 * 8);
     let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * 12);
-    bn.forward_sync(&xv, &yv, true).unwrap();
+    bn.context().run(|e| bn.forward(e, &xv, &yv, Mode::Training, Epilogue::None)).unwrap();
     let all: Vec<f32> = ctx.read(&yb, 0, 1300).unwrap();
     let want = reference::batch_norm_forward(&BatchNormArgs::new(&shape, Layout::Nchw), &x, None);
     assert_close("offset teams y", &all[12..1292], &want.y);

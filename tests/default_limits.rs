@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wgpu_norm::{
-    Access, BatchNorm, BatchNormConfig, Context, Error, GroupNorm, GroupNormConfig, Layout, Reduction, Tensor,
+    Access, BatchNorm, BatchNormConfig, Context, Epilogue, Error, GroupNorm, GroupNormConfig, Layout, Mode, Reduction,
+    Tensor,
 };
 use wgpu_norm_reference::check::{check_file, Outcome, DEFAULT_TOLERANCE};
 use wgpu_norm_reference::golden::collect_case_files;
@@ -69,7 +70,7 @@ fn f16_on_a_device_without_shader_f16_is_unsupported() {
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(4)).unwrap();
     let x = Tensor::from_slice_f16(ctx, &[0.5; 32], &[2, 4, 4], Layout::Nchw).unwrap();
     let y = Tensor::from_slice_f16(ctx, &[-7.0; 32], &[2, 4, 4], Layout::Nchw).unwrap();
-    let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
+    let err = bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap_err();
     assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_F16")), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Error, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, Error, Layout, Mode, Tensor};
 
 #[test]
 fn ops_fail_fast_after_the_device_is_destroyed() {
@@ -11,11 +11,11 @@ fn ops_fail_fast_after_the_device_is_destroyed() {
     let bn = BatchNorm::new(&ctx, BatchNormConfig::new(2)).unwrap();
     let x = Tensor::from_slice(&ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2], Layout::Nchw).unwrap();
     let y = Tensor::zeros(&ctx, &[2, 2], Layout::Nchw).unwrap();
-    bn.forward_sync(&x.view(), &y.view(), true).unwrap();
+    bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
 
     ctx.device().destroy();
     let start = Instant::now();
-    let forward = bn.forward_sync(&x.view(), &y.view(), true);
+    let forward = bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None));
     assert!(matches!(forward, Err(Error::DeviceLost(_))), "{forward:?}");
     assert!(matches!(bn.read_state(), Err(Error::DeviceLost(_))));
     assert!(matches!(BatchNorm::new(&ctx, BatchNormConfig::new(2)), Err(Error::DeviceLost(_))));

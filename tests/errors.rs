@@ -4,7 +4,7 @@
 mod common;
 
 use common::ctx;
-use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Error, Layout, Tensor, TensorView};
+use wgpu_norm::{BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Error, Layout, Mode, Tensor, TensorView};
 
 const SENTINEL: f32 = -7.25;
 
@@ -29,8 +29,18 @@ fn forward_err(bn: &BatchNorm, shape: &[usize]) -> Error {
     let x = Tensor::from_slice(ctx(), &vec![1.0; len], &[len], Layout::Nchw).unwrap();
     let y = sentinel(shape);
     let before = bn.read_state().unwrap();
-    let err =
-        bn.forward_sync(&TensorView::new(&x.buffer, shape), &TensorView::new(&y.buffer, shape), true).unwrap_err();
+    let err = bn
+        .context()
+        .run(|e| {
+            bn.forward(
+                e,
+                &TensorView::new(&x.buffer, shape),
+                &TensorView::new(&y.buffer, shape),
+                Mode::Training,
+                Epilogue::None,
+            )
+        })
+        .unwrap_err();
     assert_untouched(&y);
     assert_eq!(bn.read_state().unwrap(), before, "state changed on error");
     err
@@ -65,7 +75,7 @@ fn one_value_per_channel_in_training() {
     let bn = layer(3);
     let x = Tensor::from_slice(ctx(), &[1.0, 2.0, 3.0], &[1, 3], Layout::Nchw).unwrap();
     let y = Tensor::zeros(ctx(), &[1, 3], Layout::Nchw).unwrap();
-    bn.forward_sync(&x.view(), &y.view(), false).unwrap();
+    bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Eval, Epilogue::None)).unwrap();
 }
 
 #[test]
@@ -73,7 +83,10 @@ fn output_buffer_too_small() {
     let bn = layer(3);
     let x = Tensor::from_slice(ctx(), &[1.0; 12], &[4, 3], Layout::Nchw).unwrap();
     let y = sentinel(&[11]);
-    let err = bn.forward_sync(&x.view(), &TensorView::new(&y.buffer, &[4, 3]), true).unwrap_err();
+    let err = bn
+        .context()
+        .run(|e| bn.forward(e, &x.view(), &TensorView::new(&y.buffer, &[4, 3]), Mode::Training, Epilogue::None))
+        .unwrap_err();
     assert!(matches!(err, Error::Buffer(_)), "{err}");
     assert_untouched(&y);
 }
@@ -84,9 +97,15 @@ fn view_offset_past_the_end_or_misaligned() {
     let x = Tensor::from_slice(ctx(), &[1.0; 12], &[4, 3], Layout::Nchw).unwrap();
     let y = sentinel(&[16]);
     let past = TensorView::new(&y.buffer, &[4, 3]).at_offset(32);
-    assert!(matches!(bn.forward_sync(&x.view(), &past, true), Err(Error::Buffer(_))));
+    assert!(matches!(
+        bn.context().run(|e| bn.forward(e, &x.view(), &past, Mode::Training, Epilogue::None)),
+        Err(Error::Buffer(_))
+    ));
     let odd = TensorView::new(&y.buffer, &[4, 3]).at_offset(2);
-    assert!(matches!(bn.forward_sync(&x.view(), &odd, true), Err(Error::Buffer(_))));
+    assert!(matches!(
+        bn.context().run(|e| bn.forward(e, &x.view(), &odd, Mode::Training, Epilogue::None)),
+        Err(Error::Buffer(_))
+    ));
     assert_untouched(&y);
 }
 
@@ -100,7 +119,10 @@ fn buffer_without_storage_usage() {
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let err = bn.forward_sync(&x.view(), &TensorView::new(&plain, &[4, 3]), true).unwrap_err();
+    let err = bn
+        .context()
+        .run(|e| bn.forward(e, &x.view(), &TensorView::new(&plain, &[4, 3]), Mode::Training, Epilogue::None))
+        .unwrap_err();
     assert!(matches!(err, Error::Buffer(ref m) if m.contains("STORAGE")), "{err}");
     assert_eq!(ctx().read::<f32>(&plain, 0, 12).unwrap(), vec![0.0; 12]);
 }
@@ -111,7 +133,10 @@ fn input_and_output_share_a_buffer() {
     let both = sentinel(&[24]);
     let x = TensorView::new(&both.buffer, &[4, 3]);
     let y = TensorView::new(&both.buffer, &[4, 3]).at_offset(48);
-    assert!(matches!(bn.forward_sync(&x, &y, true), Err(Error::Buffer(_))));
+    assert!(matches!(
+        bn.context().run(|e| bn.forward(e, &x, &y, Mode::Training, Epilogue::None)),
+        Err(Error::Buffer(_))
+    ));
     assert_untouched(&both);
 }
 
@@ -120,7 +145,10 @@ fn output_shape_differs_from_input() {
     let bn = layer(3);
     let x = Tensor::from_slice(ctx(), &[1.0; 12], &[4, 3], Layout::Nchw).unwrap();
     let y = sentinel(&[12]);
-    let err = bn.forward_sync(&x.view(), &TensorView::new(&y.buffer, &[2, 3, 2]), true).unwrap_err();
+    let err = bn
+        .context()
+        .run(|e| bn.forward(e, &x.view(), &TensorView::new(&y.buffer, &[2, 3, 2]), Mode::Training, Epilogue::None))
+        .unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
     assert_untouched(&y);
 }
@@ -159,13 +187,19 @@ fn training_backward_without_a_matching_forward() {
     let dy = Tensor::from_slice(ctx(), &[1.0; 6], &[2, 3], Layout::Nchw).unwrap();
     let dx = sentinel(&[2, 3]);
     let dxv = TensorView::new(&dx.buffer, &[2, 3]);
-    assert!(matches!(bn.backward_sync(&x.view(), &dy.view(), &dxv, true), Err(Error::Parameter(_))));
+    assert!(matches!(
+        bn.context().run(|e| bn.backward(e, &x.view(), &dy.view(), &dxv, Mode::Training, Epilogue::None)),
+        Err(Error::Parameter(_))
+    ));
     assert_untouched(&dx);
     // After a training forward of another shape it is still refused.
     let x2 = Tensor::from_slice(ctx(), &[1.0; 9], &[3, 3], Layout::Nchw).unwrap();
     let y2 = Tensor::zeros(ctx(), &[3, 3], Layout::Nchw).unwrap();
-    bn.forward_sync(&x2.view(), &y2.view(), true).unwrap();
-    assert!(matches!(bn.backward_sync(&x.view(), &dy.view(), &dxv, true), Err(Error::Parameter(_))));
+    bn.context().run(|e| bn.forward(e, &x2.view(), &y2.view(), Mode::Training, Epilogue::None)).unwrap();
+    assert!(matches!(
+        bn.context().run(|e| bn.backward(e, &x.view(), &dy.view(), &dxv, Mode::Training, Epilogue::None)),
+        Err(Error::Parameter(_))
+    ));
     assert_untouched(&dx);
 }
 
@@ -177,9 +211,9 @@ fn wgpu_validation_errors_come_back_as_err() {
     let x = Tensor::from_slice(ctx(), &[1.0; 12], &[4, 3], Layout::Nchw).unwrap();
     let y = Tensor::zeros(ctx(), &[4, 3], Layout::Nchw).unwrap();
     y.buffer.destroy();
-    let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
+    let err = bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap_err();
     assert!(matches!(err, Error::Validation(_)), "{err}");
     // The context still works afterwards.
     let y = Tensor::zeros(ctx(), &[4, 3], Layout::Nchw).unwrap();
-    bn.forward_sync(&x.view(), &y.view(), true).unwrap();
+    bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
 }

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::{fold_host, BatchNorm, BatchNormConfig, BatchNormState, Error, LayerKind, Layout, Tensor};
+use wgpu_norm::{
+    fold_host, BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Error, LayerKind, Layout, Mode, Tensor,
+};
 use wgpu_norm_reference::reference::{self, BatchNormArgs, FoldBn, Fused};
 
 fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut Rng) {
@@ -27,12 +29,25 @@ fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng
     let (yt, dxt, dzt) = (t(&vec![0.0; len]), t(&vec![0.0; len]), t(&vec![0.0; len]));
     ctx.run(|e| match fused {
         Fused::Relu => {
-            bn.forward_relu(e, &xt.view(), &yt.view(), training)?;
-            bn.backward_relu(e, &xt.view(), &dyt.view(), &dxt.view(), training)
+            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::Relu)?;
+            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::Relu)
         }
         Fused::AddRelu => {
-            bn.forward_add_relu(e, &xt.view(), &zt.view(), &yt.view(), training)?;
-            bn.backward_add_relu(e, &xt.view(), &zt.view(), &dyt.view(), &dxt.view(), &dzt.view(), training)
+            bn.forward(
+                e,
+                &xt.view(),
+                &yt.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: None },
+            )?;
+            bn.backward(
+                e,
+                &xt.view(),
+                &dyt.view(),
+                &dxt.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dzt.view()) },
+            )
         }
         Fused::None => unreachable!(),
     })
@@ -94,7 +109,7 @@ fn fused_relu_keeps_nan_and_clamps_infinities() {
             let bn = BatchNorm::new(ctx, BatchNormConfig::new(shape[1])).unwrap();
             let (xt, yt) =
                 (Tensor::from_slice(ctx, &x, &shape, layout).unwrap(), Tensor::zeros(ctx, &shape, layout).unwrap());
-            ctx.run(|e| bn.forward_relu(e, &xt.view(), &yt.view(), false)).unwrap();
+            ctx.run(|e| bn.forward(e, &xt.view(), &yt.view(), Mode::Eval, Epilogue::Relu)).unwrap();
             let y = yt.read(ctx).unwrap();
             let scale = 1.0 / (1.0f32 + 1e-5).sqrt();
             for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
@@ -228,21 +243,63 @@ fn fused_errors_write_nothing() {
     let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], Layout::Nchw).unwrap();
     let short_z = Tensor::from_slice(ctx, &[0.0; 3], &[1, 3], Layout::Nchw).unwrap();
     let y = Tensor::from_slice(ctx, &[-7.0; 6], &[2, 3], Layout::Nchw).unwrap();
-    let err = ctx.run(|e| bn.forward_add_relu(e, &x.view(), &short_z.view(), &y.view(), true)).unwrap_err();
+    let err = ctx
+        .run(|e| {
+            bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::AddRelu { z: &short_z.view(), dz: None })
+        })
+        .unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
     // y may not share z's buffer either.
-    let err = ctx.run(|e| bn.forward_add_relu(e, &x.view(), &y.view(), &y.view(), true)).unwrap_err();
+    let err = ctx
+        .run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::AddRelu { z: &y.view(), dz: None }))
+        .unwrap_err();
     assert!(matches!(err, Error::Buffer(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     // dz and dx must be distinct buffers.
     // z may be x itself (both are only read).
-    ctx.run(|e| bn.forward_add_relu(e, &x.view(), &x.view(), &y.view(), true)).unwrap();
+    ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::AddRelu { z: &x.view(), dz: None }))
+        .unwrap();
     let z = Tensor::from_slice(ctx, &[0.5; 6], &[2, 3], Layout::Nchw).unwrap();
-    ctx.run(|e| bn.forward_add_relu(e, &x.view(), &z.view(), &y.view(), true)).unwrap();
+    ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::AddRelu { z: &z.view(), dz: None }))
+        .unwrap();
     let dx = Tensor::from_slice(ctx, &[-7.0; 6], &[2, 3], Layout::Nchw).unwrap();
     let err = ctx
-        .run(|e| bn.backward_add_relu(e, &x.view(), &z.view(), &z.view(), &dx.view(), &dx.view(), true))
+        .run(|e| {
+            bn.backward(
+                e,
+                &x.view(),
+                &z.view(),
+                &dx.view(),
+                Mode::Training,
+                Epilogue::AddRelu { z: &z.view(), dz: Some(&dx.view()) },
+            )
+        })
         .unwrap_err();
     assert!(matches!(err, Error::Buffer(_)), "{err}");
     assert!(dx.read(ctx).unwrap().iter().all(|&v| v == -7.0));
+}
+
+/// One forward and one backward take the epilogue: dz belongs to the
+/// backward alone, and the add-ReLU backward needs it. Both refusals come
+/// before anything is recorded.
+#[test]
+fn the_epilogue_says_where_dz_goes() {
+    let ctx = ctx();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
+    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], Layout::Nchw).unwrap();
+    let z = Tensor::from_slice(ctx, &[0.5; 6], &[2, 3], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[-7.0; 6], &[2, 3], Layout::Nchw).unwrap();
+    let dz = Tensor::from_slice(ctx, &[-7.0; 6], &[2, 3], Layout::Nchw).unwrap();
+    let both = Epilogue::AddRelu { z: &z.view(), dz: Some(&dz.view()) };
+    let err = ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, both)).unwrap_err();
+    assert!(matches!(err, Error::Parameter(_)), "{err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0), "the refused forward wrote y");
+    let z_only = Epilogue::AddRelu { z: &z.view(), dz: None };
+    ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, z_only)).unwrap();
+    let dx = Tensor::from_slice(ctx, &[-7.0; 6], &[2, 3], Layout::Nchw).unwrap();
+    let err = ctx.run(|e| bn.backward(e, &x.view(), &z.view(), &dx.view(), Mode::Training, z_only)).unwrap_err();
+    assert!(matches!(err, Error::Parameter(_)), "{err}");
+    assert!(dx.read(ctx).unwrap().iter().all(|&v| v == -7.0), "the refused backward wrote dx");
+    assert_eq!(Mode::from_training(true), Mode::Training);
+    assert!(!Mode::from_training(false).is_training());
 }

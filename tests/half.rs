@@ -7,8 +7,8 @@ mod common;
 
 use common::{ctx, normalized_error, Rng};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, DType, Error, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, DType, Epilogue, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, Mode, RmsNorm, RmsNormConfig, Tensor,
 };
 use wgpu_norm_reference::reference::{
     self, BatchNormArgs, Fused, GroupNormArgs, InstanceNormArgs, LayerNormArgs, RmsNormArgs,
@@ -64,12 +64,25 @@ fn case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut
     let (y, dx, dz) = (zero(), zero(), zero());
     ctx.run(|e| match fused {
         Fused::AddRelu => {
-            bn.forward_add_relu(e, &xt.view(), &zt.view(), &y.view(), training)?;
-            bn.backward_add_relu(e, &xt.view(), &zt.view(), &dyt.view(), &dx.view(), &dz.view(), training)
+            bn.forward(
+                e,
+                &xt.view(),
+                &y.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: None },
+            )?;
+            bn.backward(
+                e,
+                &xt.view(),
+                &dyt.view(),
+                &dx.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dz.view()) },
+            )
         }
         _ => {
-            bn.forward(e, &xt.view(), &y.view(), training)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), training)
+            bn.forward(e, &xt.view(), &y.view(), Mode::from_training(training), Epilogue::None)?;
+            bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
         }
     })
     .unwrap();
@@ -116,7 +129,7 @@ fn mixed_precision_arguments_are_an_error() {
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(4)).unwrap();
     let x = Tensor::from_slice_f16(ctx, &[0.5; 32], &[2, 4, 4], Layout::Nchw).unwrap();
     let y = Tensor::from_slice(ctx, &[-7.0; 32], &[2, 4, 4], Layout::Nchw).unwrap();
-    let err = bn.forward_sync(&x.view(), &y.view(), true).unwrap_err();
+    let err = bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap_err();
     assert!(matches!(err, Error::Parameter(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     // The family too.

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, Error, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, RmsNorm, RmsNormConfig,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, RmsNorm, RmsNormConfig,
     Tensor,
 };
 use wgpu_norm_reference::normalized_error;
@@ -105,12 +105,25 @@ fn run(shape: &[usize], layout: Layout) {
         bn.write_state(&state).unwrap();
         ctx.run(|e| match fused {
             Fused::AddRelu => {
-                bn.forward_add_relu(e, &xt.view(), &zt.view(), &y.view(), training)?;
-                bn.backward_add_relu(e, &xt.view(), &zt.view(), &dyt.view(), &dx.view(), &dz.view(), training)
+                bn.forward(
+                    e,
+                    &xt.view(),
+                    &y.view(),
+                    Mode::from_training(training),
+                    Epilogue::AddRelu { z: &zt.view(), dz: None },
+                )?;
+                bn.backward(
+                    e,
+                    &xt.view(),
+                    &dyt.view(),
+                    &dx.view(),
+                    Mode::from_training(training),
+                    Epilogue::AddRelu { z: &zt.view(), dz: Some(&dz.view()) },
+                )
             }
             _ => {
-                bn.forward(e, &xt.view(), &y.view(), training)?;
-                bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), training)
+                bn.forward(e, &xt.view(), &y.view(), Mode::from_training(training), Epilogue::None)?;
+                bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
             }
         })
         .unwrap();

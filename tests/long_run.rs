@@ -2,7 +2,7 @@
 //! GPU buffers, bind groups and pipelines where the first hundred left it.
 //! Its own binary, so no other test's objects move the counters.
 
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, Layout, Mode, Tensor};
 
 #[derive(Debug, PartialEq)]
 struct Live {
@@ -37,8 +37,8 @@ fn ten_thousand_steps_do_not_grow_live_gpu_objects() {
     let step_batch = |steps: usize| {
         ctx.run(|e| {
             for _ in 0..steps {
-                bn.forward_train(e, &xt.view(), &y.view())?;
-                bn.backward_train(e, &xt.view(), &dy.view(), &dx.view())?;
+                bn.forward(e, &xt.view(), &y.view(), Mode::Training, Epilogue::None)?;
+                bn.backward(e, &xt.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)?;
             }
             Ok(())
         })

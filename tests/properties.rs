@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Layout, Reduction, Tensor};
+use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Layout, Mode, Reduction, Tensor};
 use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
 
 /// Seeds of cases that failed once, kept as regressions.
@@ -90,16 +90,29 @@ fn case(seed: u64) {
     let (yt, dxt, dzt) = (t(&vec![0.0; len]), t(&vec![0.0; len]), t(&vec![0.0; len]));
     ctx.run(|e| match fused {
         Fused::None => {
-            bn.forward(e, &xt.view(), &yt.view(), training)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), training)
+            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::None)?;
+            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::None)
         }
         Fused::Relu => {
-            bn.forward_relu(e, &xt.view(), &yt.view(), training)?;
-            bn.backward_relu(e, &xt.view(), &dyt.view(), &dxt.view(), training)
+            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::Relu)?;
+            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::Relu)
         }
         Fused::AddRelu => {
-            bn.forward_add_relu(e, &xt.view(), &zt.view(), &yt.view(), training)?;
-            bn.backward_add_relu(e, &xt.view(), &zt.view(), &dyt.view(), &dxt.view(), &dzt.view(), training)
+            bn.forward(
+                e,
+                &xt.view(),
+                &yt.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: None },
+            )?;
+            bn.backward(
+                e,
+                &xt.view(),
+                &dyt.view(),
+                &dxt.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dzt.view()) },
+            )
         }
     })
     .unwrap();

@@ -17,7 +17,8 @@ mod common;
 use common::family::{group_norm_case, instance_norm_case, layer_norm_case, rms_norm_case};
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::{
-    Access, BatchNorm, BatchNormConfig, BatchNormState, LayerNorm, LayerNormConfig, Layout, Reduction, Tensor,
+    Access, BatchNorm, BatchNormConfig, BatchNormState, Epilogue, LayerNorm, LayerNormConfig, Layout, Mode, Reduction,
+    Tensor,
 };
 use wgpu_norm_reference::reference::{self, BatchNormArgs, LayerNormArgs};
 
@@ -32,8 +33,8 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     bn.write_state(&state).unwrap();
     let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
     let (xt, dyt, y, dx) = (t(&x), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
-    bn.forward_sync(&xt.view(), &y.view(), true).unwrap();
-    bn.backward_sync(&xt.view(), &dyt.view(), &dx.view(), true).unwrap();
+    bn.context().run(|e| bn.forward(e, &xt.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
+    bn.context().run(|e| bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::Training, Epilogue::None)).unwrap();
     let args = BatchNormArgs {
         weight: Some(&state.weight),
         bias: Some(&state.bias),

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use common::{normalized_error, Rng};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, Error, Exchange, Layout, LocalExchange, PartialStats,
-    SyncBatchNorm, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, Error, Exchange, Layout, LocalExchange, Mode,
+    PartialStats, SyncBatchNorm, Tensor,
 };
 
 /// The synced result against the single-device one.
@@ -101,8 +101,10 @@ fn single_device(batch: &Batch, config: &BatchNormConfig, training: bool) -> Run
         batch,
         0..batch.shape[0],
         |x, dy, y, dx| {
-            bn.forward_sync(&x.view(), &y.view(), training)?;
-            bn.backward_sync(&x.view(), &dy.view(), &dx.view(), training)
+            bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::from_training(training), Epilogue::None))?;
+            bn.context().run(|e| {
+                bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
+            })
         },
         || bn.read_grads(),
     )
@@ -149,8 +151,8 @@ fn synced(batch: &Batch, config: &BatchNormConfig, training: bool, sizes: &[usiz
             batch,
             rows,
             |x, dy, y, dx| {
-                bn.forward(&x.view(), &y.view(), training)?;
-                bn.backward(&x.view(), &dy.view(), &dx.view(), training)
+                bn.forward(&x.view(), &y.view(), Mode::from_training(training))?;
+                bn.backward(&x.view(), &dy.view(), &dx.view(), Mode::from_training(training))
             },
             || bn.layer().read_grads(),
         )
@@ -227,16 +229,16 @@ fn split_halves_reject_bad_input() {
     let before = bn.read_state().unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     // Statistics of the wrong width, or of a single value per channel.
-    let wrong = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &PartialStats::empty(3), true);
+    let wrong = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &PartialStats::empty(3), Mode::Training);
     assert!(matches!(wrong, Err(Error::Shape(_))), "{wrong:?}");
     let mut one = PartialStats::empty(4);
     one.count = vec![1.0; 4];
-    let single = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &one, true);
+    let single = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &one, Mode::Training);
     assert!(matches!(single, Err(Error::Parameter(_))), "{single:?}");
     // Eval with running statistics has no batch statistics to take.
     let mut two = PartialStats::empty(4);
     two.count = vec![2.0; 4];
-    let eval = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &two, false);
+    let eval = bn.forward_with_stats(&mut encoder, &x.view(), &y.view(), &two, Mode::Eval);
     assert!(matches!(eval, Err(Error::Parameter(_))), "{eval:?}");
     ctx.queue().submit([encoder.finish()]);
     assert_eq!(bn.read_state().unwrap(), before, "a refused op wrote the state");
@@ -249,7 +251,10 @@ fn split_halves_reject_bad_input() {
     assert!(matches!(one.partial_stats(&no_channels.view()), Err(Error::Shape(_))));
     // The plain ops still refuse an empty batch.
     let out = Tensor::zeros(ctx, &[0, 4, 3], Layout::Nchw).unwrap();
-    assert!(matches!(bn.forward_sync(&empty.view(), &out.view(), true), Err(Error::Shape(_))));
+    assert!(matches!(
+        bn.context().run(|e| bn.forward(e, &empty.view(), &out.view(), Mode::Training, Epilogue::None)),
+        Err(Error::Shape(_))
+    ));
 }
 
 #[test]
@@ -285,7 +290,7 @@ fn a_non_finite_slice_is_rejected_on_every_rank() {
         }
         let xt = Tensor::from_slice(ctx, &x, &[2, 3, 5], Layout::Nchw).unwrap();
         let yt = Tensor::zeros(ctx, &[2, 3, 5], Layout::Nchw).unwrap();
-        let result = bn.forward_train(&xt.view(), &yt.view());
+        let result = bn.forward(&xt.view(), &yt.view(), Mode::Training);
         (result, bn.layer().read_state().unwrap())
     });
     for (rank, (result, state)) in results.iter().enumerate() {
@@ -306,7 +311,7 @@ fn a_rank_that_fails_releases_the_others() {
             let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c * 3], &[2, c, 3], Layout::Nchw).unwrap();
             let y_len = if rank == 1 && bad_y { 2 } else { 3 };
             let y = Tensor::zeros(ctx, &[2, c, y_len], Layout::Nchw).unwrap();
-            let result = bn.forward_train(&x.view(), &y.view());
+            let result = bn.forward(&x.view(), &y.view(), Mode::Training);
             (result, bn.layer().read_state().unwrap())
         });
         let (r0, r1) = (&results[0], &results[1]);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Layout, Tensor};
+use wgpu_norm::{BatchNorm, BatchNormConfig, Context, Epilogue, Layout, Mode, Tensor};
 use wgpu_norm_reference::reference::{self, BatchNormArgs};
 
 fn assert_send_sync<T: Send + Sync>() {}
@@ -42,9 +42,9 @@ fn threads_share_a_context_and_a_layer_in_eval_mode() {
                         Tensor::zeros(ctx, &shape, layout).unwrap(),
                     );
                     ctx.run(|e| {
-                        own.forward_train(e, &xt.view(), &y.view())?;
-                        own.backward_train(e, &xt.view(), &dyt.view(), &dx.view())?;
-                        shared.forward_eval(e, &xt.view(), &ye.view())
+                        own.forward(e, &xt.view(), &y.view(), Mode::Training, Epilogue::None)?;
+                        own.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::Training, Epilogue::None)?;
+                        shared.forward(e, &xt.view(), &ye.view(), Mode::Eval, Epilogue::None)
                     })
                     .unwrap();
                     let args = BatchNormArgs::new(&shape, layout);

@@ -9,8 +9,9 @@ use crate::golden::{BatchNormCase, Case, FoldCase, GroupNormCase, LayerNormCase,
 use crate::Fused;
 pub use crate::{normalized_error, DEFAULT_TOLERANCE};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
-    InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Result, RmsNorm, RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm,
+    RmsNormConfig, Tensor,
 };
 
 /// How one case ended.
@@ -132,9 +133,21 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
     let y = zeros()?;
     let training = case.training;
     match (case.fused, &z) {
-        (Fused::None, _) => bn.forward_sync(&x.view(), &y.view(), training)?,
-        (Fused::Relu, _) => ctx.run(|e| bn.forward_relu(e, &x.view(), &y.view(), training))?,
-        (Fused::AddRelu, Some(z)) => ctx.run(|e| bn.forward_add_relu(e, &x.view(), &z.view(), &y.view(), training))?,
+        (Fused::None, _) => {
+            bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::from_training(training), Epilogue::None))?
+        }
+        (Fused::Relu, _) => {
+            ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::from_training(training), Epilogue::Relu))?
+        }
+        (Fused::AddRelu, Some(z)) => ctx.run(|e| {
+            bn.forward(
+                e,
+                &x.view(),
+                &y.view(),
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &z.view(), dz: None },
+            )
+        })?,
         (Fused::AddRelu, None) => return Err(wgpu_norm::Error::Parameter("add_relu case without z".into())),
     }
     let mut out = BTreeMap::new();
@@ -153,12 +166,23 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
         let dy = tensor(dy)?;
         let dx = zeros()?;
         match (case.fused, &z) {
-            (Fused::None, _) => bn.backward_sync(&x.view(), &dy.view(), &dx.view(), training)?,
-            (Fused::Relu, _) => ctx.run(|e| bn.backward_relu(e, &x.view(), &dy.view(), &dx.view(), training))?,
+            (Fused::None, _) => bn.context().run(|e| {
+                bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
+            })?,
+            (Fused::Relu, _) => ctx.run(|e| {
+                bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::Relu)
+            })?,
             (Fused::AddRelu, Some(z)) => {
                 let dz = zeros()?;
                 ctx.run(|e| {
-                    bn.backward_add_relu(e, &x.view(), &z.view(), &dy.view(), &dx.view(), &dz.view(), training)
+                    bn.backward(
+                        e,
+                        &x.view(),
+                        &dy.view(),
+                        &dx.view(),
+                        Mode::from_training(training),
+                        Epilogue::AddRelu { z: &z.view(), dz: Some(&dz.view()) },
+                    )
                 })?;
                 out.insert("dz".to_string(), dz.read(ctx)?);
             }

@@ -48,19 +48,19 @@ pub const VERIFY_TOLERANCE: f64 = wgpu_norm_reference::DEFAULT_TOLERANCE;
 /// An op the benchmark can run today.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `BatchNorm::forward_eval` (running statistics).
+    /// `BatchNorm::forward`, eval mode (running statistics).
     BnForwardEval,
-    /// `BatchNorm::forward_train` (batch statistics, running update).
+    /// `BatchNorm::forward`, training mode (batch statistics, running update).
     BnForwardTrain,
-    /// `BatchNorm::backward_train` after a training forward.
+    /// `BatchNorm::backward`, training mode, after a training forward.
     BnBackwardTrain,
-    /// `BatchNorm::backward_eval`.
+    /// `BatchNorm::backward`, eval mode.
     BnBackwardEval,
-    /// `forward_train` then `backward_train`: one training step of the layer.
+    /// `forward` then `backward`, training mode: one training step of the layer.
     BnTrainStep,
-    /// `BatchNorm::forward_relu` in training mode.
+    /// `BatchNorm::forward` with `Epilogue::Relu`, training mode.
     BnReluForwardTrain,
-    /// `BatchNorm::forward_add_relu` in training mode (z is a second input).
+    /// `BatchNorm::forward` with `Epilogue::AddRelu`, training mode (z is a second input).
     BnAddReluForwardTrain,
     /// `LayerNorm::forward` over the last dimension.
     LnForward,
@@ -78,13 +78,13 @@ pub enum Op {
     InForward,
     /// `InstanceNorm::backward` after a forward.
     InBackward,
-    /// `BatchNorm::forward_relu` in eval mode.
+    /// `BatchNorm::forward` with `Epilogue::Relu`, eval mode.
     BnReluForwardEval,
-    /// `BatchNorm::forward_add_relu` in eval mode (z is a second input).
+    /// `BatchNorm::forward` with `Epilogue::AddRelu`, eval mode (z is a second input).
     BnAddReluForwardEval,
-    /// `forward_relu` then `backward_relu`, training mode.
+    /// `forward` then `backward` with `Epilogue::Relu`, training mode.
     BnReluTrainStep,
-    /// `forward_add_relu` then `backward_add_relu` (dx and dz), training mode.
+    /// `forward` then `backward` with `Epilogue::AddRelu` (dx and dz), training mode.
     BnAddReluTrainStep,
 }
 

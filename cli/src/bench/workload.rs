@@ -2,8 +2,8 @@
 //! how it is recorded, and its verification against the f64 reference.
 
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, ChannelView, Context, Error, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, Result, RmsNorm, RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, ChannelView, Context, Epilogue, Error, GroupNorm, GroupNormConfig,
+    InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm, RmsNormConfig, Tensor,
 };
 use wgpu_norm_reference::normalized_error;
 use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
@@ -172,7 +172,7 @@ impl Workload {
         };
         if op == Op::BnBackwardTrain {
             // Backward uses the statistics of the forward before it.
-            ctx.run(|e| work.bn.forward_train(e, &work.x.view(), &work.y.view()))?;
+            ctx.run(|e| work.bn.forward(e, &work.x.view(), &work.y.view(), Mode::Training, Epilogue::None))?;
             if let Some(naive) = &work.naive {
                 ctx.run(|e| naive.stats(e))?;
             }
@@ -242,9 +242,15 @@ impl Workload {
     fn bn_forward(&self, encoder: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let (x, y) = (self.x.view(), self.y.view());
         match self.op.fused() {
-            Fused::None => self.bn.forward(encoder, &x, &y, training),
-            Fused::Relu => self.bn.forward_relu(encoder, &x, &y, training),
-            Fused::AddRelu => self.bn.forward_add_relu(encoder, &x, &self.z().view(), &y, training),
+            Fused::None => self.bn.forward(encoder, &x, &y, Mode::from_training(training), Epilogue::None),
+            Fused::Relu => self.bn.forward(encoder, &x, &y, Mode::from_training(training), Epilogue::Relu),
+            Fused::AddRelu => self.bn.forward(
+                encoder,
+                &x,
+                &y,
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &self.z().view(), dz: None },
+            ),
         }
     }
 
@@ -252,11 +258,16 @@ impl Workload {
     fn bn_backward(&self, encoder: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let (x, dy, dx) = (self.x.view(), self.dy.view(), self.dx.view());
         match (self.op.fused(), &self.residual) {
-            (Fused::None, _) => self.bn.backward(encoder, &x, &dy, &dx, training),
-            (Fused::Relu, _) => self.bn.backward_relu(encoder, &x, &dy, &dx, training),
-            (Fused::AddRelu, Some(r)) => {
-                self.bn.backward_add_relu(encoder, &x, &r.z.view(), &dy, &dx, &r.dz.view(), training)
-            }
+            (Fused::None, _) => self.bn.backward(encoder, &x, &dy, &dx, Mode::from_training(training), Epilogue::None),
+            (Fused::Relu, _) => self.bn.backward(encoder, &x, &dy, &dx, Mode::from_training(training), Epilogue::Relu),
+            (Fused::AddRelu, Some(r)) => self.bn.backward(
+                encoder,
+                &x,
+                &dy,
+                &dx,
+                Mode::from_training(training),
+                Epilogue::AddRelu { z: &r.z.view(), dz: Some(&r.dz.view()) },
+            ),
             (Fused::AddRelu, None) => {
                 Err(Error::Parameter(format!("{}: no residual to take the gradient of", self.op.name())))
             }
@@ -373,7 +384,7 @@ impl Workload {
         // Leave the layer as timing expects it.
         self.bn.write_state(&self.state)?;
         if self.op == Op::BnBackwardTrain {
-            ctx.run(|e| self.bn.forward_train(e, &self.x.view(), &self.y.view()))?;
+            ctx.run(|e| self.bn.forward(e, &self.x.view(), &self.y.view(), Mode::Training, Epilogue::None))?;
         }
         Ok((worst, naive_error))
     }
