@@ -46,12 +46,12 @@ fn main() -> wgpu_norm::Result<()> {
         let y = Tensor::zeros(&ctx, &shape, Layout::Nchw)?;
         let dx = Tensor::zeros(&ctx, &shape, Layout::Nchw)?;
         let ln = LayerNorm::new(&ctx, LayerNormConfig::new(&[d]))?;
-        let fwd = best(|| ln.forward_sync(&x.view(), &y.view()).unwrap());
-        let bwd = best(|| ln.backward_sync(&x.view(), &y.view(), &dx.view()).unwrap());
+        let fwd = best(|| ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap());
+        let bwd = best(|| ln.context().run(|e| ln.backward(e, &x.view(), &y.view(), &dx.view())).unwrap());
         report(&format!("layer_norm {rows} x {d}"), rows * d, fwd, bwd);
         let rn = RmsNorm::new(&ctx, RmsNormConfig::new(&[d]))?;
-        let fwd = best(|| rn.forward_sync(&x.view(), &y.view()).unwrap());
-        let bwd = best(|| rn.backward_sync(&x.view(), &y.view(), &dx.view()).unwrap());
+        let fwd = best(|| rn.context().run(|e| rn.forward(e, &x.view(), &y.view())).unwrap());
+        let bwd = best(|| rn.context().run(|e| rn.backward(e, &x.view(), &y.view(), &dx.view())).unwrap());
         report(&format!("rms_norm {rows} x {d}"), rows * d, fwd, bwd);
     }
     for (layout, hw) in
@@ -64,8 +64,8 @@ fn main() -> wgpu_norm::Result<()> {
         let y = Tensor::zeros(&ctx, &shape, layout)?;
         let dx = Tensor::zeros(&ctx, &shape, layout)?;
         let gn = GroupNorm::new(&ctx, GroupNormConfig::new(g, c))?;
-        let fwd = best(|| gn.forward_sync(&x.view(), &y.view()).unwrap());
-        let bwd = best(|| gn.backward_sync(&x.view(), &y.view(), &dx.view()).unwrap());
+        let fwd = best(|| gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap());
+        let bwd = best(|| gn.context().run(|e| gn.backward(e, &x.view(), &y.view(), &dx.view())).unwrap());
         report(&format!("group_norm {shape:?} {} G={g}", layout.name()), len, fwd, bwd);
     }
     Ok(())

@@ -187,14 +187,10 @@ impl GroupNorm {
         )
     }
 
-    /// Blocking [`Self::forward`].
-    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.forward(e, x, y))
-    }
-
-    /// Blocking [`Self::backward`].
-    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    /// The context the layer records for: `context().run(|e| ..)` is the
+    /// blocking form of its ops.
+    pub fn context(&self) -> &Context {
+        &self.core.ctx
     }
 }
 
@@ -395,13 +391,9 @@ impl InstanceNorm {
         self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.options(), source })
     }
 
-    /// Blocking [`Self::forward`].
-    pub fn forward_sync(&self, x: &TensorView, y: &TensorView, training: bool) -> Result<()> {
-        self.core.ctx.run(|e| self.forward(e, x, y, training))
-    }
-
-    /// Blocking [`Self::backward`].
-    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, training: bool) -> Result<()> {
-        self.core.ctx.run(|e| self.backward(e, x, dy, dx, training))
+    /// The context the layer records for: `context().run(|e| ..)` is the
+    /// blocking form of its ops.
+    pub fn context(&self) -> &Context {
+        &self.core.ctx
     }
 }

@@ -204,14 +204,10 @@ impl LayerNorm {
         self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
     }
 
-    /// Blocking [`Self::forward`].
-    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.forward(e, x, y))
-    }
-
-    /// Blocking [`Self::backward`].
-    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    /// The context the layer records for: `context().run(|e| ..)` is the
+    /// blocking form of its ops.
+    pub fn context(&self) -> &Context {
+        &self.core.ctx
     }
 }
 
@@ -346,13 +342,9 @@ impl RmsNorm {
         self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
     }
 
-    /// Blocking [`Self::forward`].
-    pub fn forward_sync(&self, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.forward(e, x, y))
-    }
-
-    /// Blocking [`Self::backward`].
-    pub fn backward_sync(&self, x: &TensorView, dy: &TensorView, dx: &TensorView) -> Result<()> {
-        self.core.ctx.run(|e| self.backward(e, x, dy, dx))
+    /// The context the layer records for: `context().run(|e| ..)` is the
+    /// blocking form of its ops.
+    pub fn context(&self) -> &Context {
+        &self.core.ctx
     }
 }

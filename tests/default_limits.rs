@@ -74,7 +74,7 @@ fn f16_on_a_device_without_shader_f16_is_unsupported() {
     assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_F16")), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();
-    let err = gn.forward_sync(&x.view(), &y.view()).unwrap_err();
+    let err = gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap_err();
     assert!(matches!(err, Error::Unsupported(ref m) if m.contains("SHADER_F16")), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
 }

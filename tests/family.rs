@@ -145,7 +145,7 @@ fn layer_norm_on_views_at_offsets() {
         let yb = ctx.zeros("out arena", 4 * 128).unwrap();
         let xv = wgpu_norm::TensorView::new(&xb, &shape).at_offset(4 * x_at as u64);
         let yv = wgpu_norm::TensorView::new(&yb, &shape).at_offset(4 * y_at as u64);
-        ln.forward_sync(&xv, &yv).unwrap();
+        ln.context().run(|e| ln.forward(e, &xv, &yv)).unwrap();
         let all: Vec<f32> = ctx.read(&yb, 0, 128).unwrap();
         assert_close(&format!("x at {x_at}, y at {y_at}"), &all[y_at..y_at + 96], &want.y);
         assert!(all[..y_at].iter().chain(&all[y_at + 96..]).all(|&v| v == 0.0), "wrote outside the view");
@@ -173,7 +173,7 @@ fn instance_norm_defaults_use_input_statistics() {
     assert!(!inorm.config().affine && !inorm.config().track_running_stats);
     let (xt, yt) = (upload(&x, &shape, Layout::Nchw), zeros(&shape, Layout::Nchw));
     // Eval mode without tracking normalizes with the input's statistics, as PyTorch.
-    inorm.forward_sync(&xt.view(), &yt.view(), false).unwrap();
+    inorm.context().run(|e| inorm.forward(e, &xt.view(), &yt.view(), false)).unwrap();
     let args = InstanceNormArgs {
         shape: &shape,
         layout: Layout::Nchw,
@@ -213,7 +213,9 @@ fn ones(shape: &[usize]) -> Tensor {
 fn layer_norm_input_not_ending_with_normalized_shape() {
     let ln = LayerNorm::new(ctx(), LayerNormConfig::new(&[4, 5])).unwrap();
     let (x, y) = (ones(&[3, 5, 4]), sentinel(&[3, 5, 4]));
-    let err = ln.forward_sync(&TensorView::new(&x.buffer, &[3, 5, 4]), &TensorView::new(&y.buffer, &[3, 5, 4]));
+    let err = ln
+        .context()
+        .run(|e| ln.forward(e, &TensorView::new(&x.buffer, &[3, 5, 4]), &TensorView::new(&y.buffer, &[3, 5, 4])));
     assert!(matches!(err, Err(Error::Shape(_))), "{err:?}");
     assert_untouched(&y);
 }
@@ -228,7 +230,8 @@ fn empty_or_zero_normalized_shape() {
 fn rms_norm_input_shorter_than_normalized_shape() {
     let rn = RmsNorm::new(ctx(), RmsNormConfig::new(&[2, 3, 4])).unwrap();
     let (x, y) = (ones(&[3, 4]), sentinel(&[3, 4]));
-    let err = rn.forward_sync(&TensorView::new(&x.buffer, &[3, 4]), &TensorView::new(&y.buffer, &[3, 4]));
+    let err =
+        rn.context().run(|e| rn.forward(e, &TensorView::new(&x.buffer, &[3, 4]), &TensorView::new(&y.buffer, &[3, 4])));
     assert!(matches!(err, Err(Error::Shape(_))), "{err:?}");
     assert_untouched(&y);
 }
@@ -244,7 +247,9 @@ fn groups_that_do_not_divide_channels() {
 fn group_norm_channel_count_disagrees() {
     let gn = GroupNorm::new(ctx(), GroupNormConfig::new(2, 4)).unwrap();
     let (x, y) = (ones(&[2, 6, 3]), sentinel(&[2, 6, 3]));
-    let err = gn.forward_sync(&TensorView::new(&x.buffer, &[2, 6, 3]), &TensorView::new(&y.buffer, &[2, 6, 3]));
+    let err = gn
+        .context()
+        .run(|e| gn.forward(e, &TensorView::new(&x.buffer, &[2, 6, 3]), &TensorView::new(&y.buffer, &[2, 6, 3])));
     assert!(matches!(err, Err(Error::Shape(_))), "{err:?}");
     assert_untouched(&y);
 }
@@ -272,8 +277,9 @@ fn weight_of_the_wrong_length() {
 fn instance_norm_one_value_per_instance() {
     let inorm = InstanceNorm::new(ctx(), InstanceNormConfig::new(3)).unwrap();
     let (x, y) = (ones(&[4, 3, 1]), sentinel(&[4, 3, 1]));
-    let err =
-        inorm.forward_sync(&TensorView::new(&x.buffer, &[4, 3, 1]), &TensorView::new(&y.buffer, &[4, 3, 1]), true);
+    let err = inorm.context().run(|e| {
+        inorm.forward(e, &TensorView::new(&x.buffer, &[4, 3, 1]), &TensorView::new(&y.buffer, &[4, 3, 1]), true)
+    });
     assert!(matches!(err, Err(Error::OneValuePerChannel(_))), "{err:?}");
     assert_untouched(&y);
 }
@@ -283,7 +289,7 @@ fn backward_without_a_matching_forward() {
     let ln = LayerNorm::new(ctx(), LayerNormConfig::new(&[6])).unwrap();
     let (x, dy, dx) = (ones(&[2, 6]), ones(&[2, 6]), sentinel(&[2, 6]));
     let v = |t| TensorView::new(t, &[2, 6]);
-    let err = ln.backward_sync(&v(&x.buffer), &v(&dy.buffer), &v(&dx.buffer));
+    let err = ln.context().run(|e| ln.backward(e, &v(&x.buffer), &v(&dy.buffer), &v(&dx.buffer)));
     assert!(matches!(err, Err(Error::Parameter(_))), "{err:?}");
     assert_untouched(&dx);
 }
@@ -296,9 +302,9 @@ fn instance_norm_training_backward_after_an_eval_forward() {
     let shape = [2, 2, 5];
     let (x, y, dy, dx) = (ones(&shape), ones(&shape), ones(&shape), sentinel(&shape));
     let v = |t| TensorView::new(t, &shape);
-    inorm.forward_sync(&v(&x.buffer), &v(&y.buffer), true).unwrap();
-    inorm.forward_sync(&v(&x.buffer), &v(&y.buffer), false).unwrap();
-    let err = inorm.backward_sync(&v(&x.buffer), &v(&dy.buffer), &v(&dx.buffer), true);
+    inorm.context().run(|e| inorm.forward(e, &v(&x.buffer), &v(&y.buffer), true)).unwrap();
+    inorm.context().run(|e| inorm.forward(e, &v(&x.buffer), &v(&y.buffer), false)).unwrap();
+    let err = inorm.context().run(|e| inorm.backward(e, &v(&x.buffer), &v(&dy.buffer), &v(&dx.buffer), true));
     assert!(matches!(err, Err(Error::Parameter(_))), "{err:?}");
     assert_untouched(&dx);
 }
@@ -308,7 +314,7 @@ fn family_output_aliasing_input() {
     let gn = GroupNorm::new(ctx(), GroupNormConfig::new(1, 2)).unwrap();
     let x = ones(&[2, 2, 2]);
     let view = TensorView::new(&x.buffer, &[2, 2, 2]);
-    assert!(matches!(gn.forward_sync(&view, &view), Err(Error::Buffer(_))));
+    assert!(matches!(gn.context().run(|e| gn.forward(e, &view, &view)), Err(Error::Buffer(_))));
 }
 
 // ---------------------------------------------------------------------------

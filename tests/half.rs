@@ -134,7 +134,7 @@ fn mixed_precision_arguments_are_an_error() {
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     // The family too.
     let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[4])).unwrap();
-    assert!(matches!(ln.forward_sync(&x.view(), &y.view()), Err(Error::Parameter(_))));
+    assert!(matches!(ln.context().run(|e| ln.forward(e, &x.view(), &y.view())), Err(Error::Parameter(_))));
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     assert_eq!(x.view().dtype, DType::F16);
 }
@@ -183,8 +183,8 @@ fn f16_family_matches_the_reference() {
             Layout::Nchw,
             &mut rng,
             |x, dy, y, dx| {
-                ln.forward_sync(&x.view(), &y.view()).unwrap();
-                ln.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap();
+                ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                 ln.read_grads().unwrap()
             },
             |x, dy| {
@@ -201,8 +201,8 @@ fn f16_family_matches_the_reference() {
             Layout::Nchw,
             &mut rng,
             |x, dy, y, dx| {
-                rn.forward_sync(&x.view(), &y.view()).unwrap();
-                rn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                rn.context().run(|e| rn.forward(e, &x.view(), &y.view())).unwrap();
+                rn.context().run(|e| rn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                 (rn.read_grad_weight().unwrap(), Vec::new())
             },
             |x, dy| {
@@ -227,8 +227,8 @@ fn f16_family_matches_the_reference() {
                 layout,
                 &mut rng,
                 |x, dy, y, dx| {
-                    gn.forward_sync(&x.view(), &y.view()).unwrap();
-                    gn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                    gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap();
+                    gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                     gn.read_grads().unwrap()
                 },
                 |x, dy| {
@@ -262,8 +262,8 @@ fn f16_family_matches_the_reference() {
                 layout,
                 &mut rng,
                 |x, dy, y, dx| {
-                    inorm.forward_sync(&x.view(), &y.view(), true).unwrap();
-                    inorm.backward_sync(&x.view(), &dy.view(), &dx.view(), true).unwrap();
+                    inorm.context().run(|e| inorm.forward(e, &x.view(), &y.view(), true)).unwrap();
+                    inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), true)).unwrap();
                     inorm.read_grads().unwrap()
                 },
                 |x, dy| {

@@ -212,8 +212,8 @@ fn family_cut_into_runs_of_samples_or_groups() {
                 let ln = LayerNorm::new(ctx, LayerNormConfig::new(norm)).unwrap();
                 ln.write_weight(&w).unwrap();
                 ln.write_bias(&b).unwrap();
-                ln.forward_sync(&x.view(), &y.view()).unwrap();
-                ln.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap();
+                ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                 ln.read_grads().unwrap()
             },
             |x, dy| {
@@ -229,8 +229,8 @@ fn family_cut_into_runs_of_samples_or_groups() {
             |ctx, x, dy, y, dx| {
                 let rn = RmsNorm::new(ctx, RmsNormConfig::new(norm)).unwrap();
                 rn.write_weight(&w).unwrap();
-                rn.forward_sync(&x.view(), &y.view()).unwrap();
-                rn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                rn.context().run(|e| rn.forward(e, &x.view(), &y.view())).unwrap();
+                rn.context().run(|e| rn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                 (rn.read_grad_weight().unwrap(), Vec::new())
             },
             |x, dy| {
@@ -257,8 +257,8 @@ fn family_cut_into_runs_of_samples_or_groups() {
                 let gn = GroupNorm::new(ctx, GroupNormConfig::new(3, 6)).unwrap();
                 gn.write_weight(&w).unwrap();
                 gn.write_bias(&b).unwrap();
-                gn.forward_sync(&x.view(), &y.view()).unwrap();
-                gn.backward_sync(&x.view(), &dy.view(), &dx.view()).unwrap();
+                gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap();
+                gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
                 gn.read_grads().unwrap()
             },
             |x, dy| {
@@ -295,8 +295,8 @@ fn family_cut_into_runs_of_samples_or_groups() {
                 |ctx, x, dy, y, dx| {
                     let inorm = InstanceNorm::new(ctx, config).unwrap();
                     inorm.write_state(&state).unwrap();
-                    inorm.forward_sync(&x.view(), &y.view(), training).unwrap();
-                    inorm.backward_sync(&x.view(), &dy.view(), &dx.view(), training).unwrap();
+                    inorm.context().run(|e| inorm.forward(e, &x.view(), &y.view(), training)).unwrap();
+                    inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), training)).unwrap();
                     *after.borrow_mut() = Some(inorm.read_state().unwrap());
                     inorm.read_grads().unwrap()
                 },
@@ -328,8 +328,8 @@ fn group_norm_whose_instance_partials_outgrow_a_binding() {
     let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 64)).unwrap();
     gn.write_weight(&w).unwrap();
     gn.write_bias(&b).unwrap();
-    gn.forward_sync(&xt.view(), &y.view()).unwrap();
-    gn.backward_sync(&xt.view(), &dyt.view(), &dx.view()).unwrap();
+    gn.context().run(|e| gn.forward(e, &xt.view(), &y.view())).unwrap();
+    gn.context().run(|e| gn.backward(e, &xt.view(), &dyt.view(), &dx.view())).unwrap();
     let (dw, db) = gn.read_grads().unwrap();
     let args = GroupNormArgs { shape, layout, num_groups: 2, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let g = reference::group_norm_backward(&args, &x, &dy);
@@ -345,14 +345,14 @@ fn family_samples_that_cannot_be_cut_are_unsupported() {
     let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &[2, 300_000], Layout::Nchw).unwrap();
     let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &[2, 300_000], Layout::Nchw).unwrap();
     let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[300_000])).unwrap();
-    let err = ln.forward_sync(&x.view(), &y.view()).unwrap_err();
+    let err = ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
     let shape = [2, 6, 200, 250];
     let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nhwc).unwrap();
     let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &shape, Layout::Nhwc).unwrap();
     let gn = GroupNorm::new(ctx, GroupNormConfig::new(3, 6)).unwrap();
-    let err = gn.forward_sync(&x.view(), &y.view()).unwrap_err();
+    let err = gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
 }

@@ -102,7 +102,7 @@ fn f16_layer_norm_case(rng: &mut Rng, what: &str, rows: usize, d: usize) {
     let norm = LayerNorm::new(ctx, LayerNormConfig::new(&[d])).unwrap();
     norm.write_weight(&w).unwrap();
     norm.write_bias(&b).unwrap();
-    norm.forward_sync(&xt.view(), &y.view()).unwrap();
+    norm.context().run(|e| norm.forward(e, &xt.view(), &y.view())).unwrap();
     let args = LayerNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let want = reference::layer_norm_forward(&args, &x).y;
     // y rounds to f16 on the way out (half.rs's tolerance).

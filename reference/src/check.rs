@@ -272,11 +272,11 @@ fn layer_norm_outputs(ctx: &Context, case: &LayerNormCase) -> Result<Produced> {
         ctx,
         Inputs { x: &case.x, dy: case.dy.as_deref(), shape: &case.shape, layout: Layout::Nchw },
         |x, y| {
-            ln.forward_sync(&x.view(), &y.view())?;
+            ln.context().run(|e| ln.forward(e, &x.view(), &y.view()))?;
             saved = Some(ln.read_saved()?);
             Ok(())
         },
-        |x, dy, dx| ln.backward_sync(&x.view(), &dy.view(), &dx.view()),
+        |x, dy, dx| ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())),
         &mut out,
     )?;
     if let Some((mean, rstd)) = saved {
@@ -305,11 +305,11 @@ fn rms_norm_outputs(ctx: &Context, case: &RmsNormCase) -> Result<Produced> {
         ctx,
         Inputs { x: &case.x, dy: case.dy.as_deref(), shape: &case.shape, layout: Layout::Nchw },
         |x, y| {
-            rn.forward_sync(&x.view(), &y.view())?;
+            rn.context().run(|e| rn.forward(e, &x.view(), &y.view()))?;
             saved = Some(rn.read_saved()?);
             Ok(())
         },
-        |x, dy, dx| rn.backward_sync(&x.view(), &dy.view(), &dx.view()),
+        |x, dy, dx| rn.context().run(|e| rn.backward(e, &x.view(), &dy.view(), &dx.view())),
         &mut out,
     )?;
     if let Some(rstd) = saved {
@@ -337,11 +337,11 @@ fn group_norm_outputs(ctx: &Context, case: &GroupNormCase) -> Result<Produced> {
         ctx,
         Inputs { x: &case.x, dy: case.dy.as_deref(), shape: &case.shape, layout: case.layout },
         |x, y| {
-            gn.forward_sync(&x.view(), &y.view())?;
+            gn.context().run(|e| gn.forward(e, &x.view(), &y.view()))?;
             saved = Some(gn.read_saved()?);
             Ok(())
         },
-        |x, dy, dx| gn.backward_sync(&x.view(), &dy.view(), &dx.view()),
+        |x, dy, dx| gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())),
         &mut out,
     )?;
     if let Some((mean, rstd)) = saved {
@@ -394,13 +394,13 @@ fn instance_norm_outputs(ctx: &Context, raw: &Case, case: &GroupNormCase) -> Res
         ctx,
         Inputs { x: &case.x, dy: case.dy.as_deref(), shape: &case.shape, layout: case.layout },
         |x, y| {
-            inorm.forward_sync(&x.view(), &y.view(), training)?;
+            inorm.context().run(|e| inorm.forward(e, &x.view(), &y.view(), training))?;
             if uses_input_stats {
                 saved = Some(inorm.read_saved()?);
             }
             Ok(())
         },
-        |x, dy, dx| inorm.backward_sync(&x.view(), &dy.view(), &dx.view(), training),
+        |x, dy, dx| inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), training)),
         &mut out,
     )?;
     if let Some((mean, rstd)) = saved {

@@ -48,8 +48,8 @@ pub fn layer_norm_case(rng: &mut Rng, shape: &[usize], k: usize, offset: f32, af
         upload(&dy, shape, Layout::Nchw),
         zeros(shape, Layout::Nchw),
     );
-    ln.forward_sync(&xt.view(), &yt.view()).unwrap();
-    ln.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
+    ln.context().run(|e| ln.forward(e, &xt.view(), &yt.view())).unwrap();
+    ln.context().run(|e| ln.backward(e, &xt.view(), &dyt.view(), &dxt.view())).unwrap();
     let args = LayerNormArgs {
         shape,
         normalized_shape: norm,
@@ -90,8 +90,8 @@ pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>,
         upload(&dy, shape, Layout::Nchw),
         zeros(shape, Layout::Nchw),
     );
-    rn.forward_sync(&xt.view(), &yt.view()).unwrap();
-    rn.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
+    rn.context().run(|e| rn.forward(e, &xt.view(), &yt.view())).unwrap();
+    rn.context().run(|e| rn.backward(e, &xt.view(), &dyt.view(), &dxt.view())).unwrap();
     let args = RmsNormArgs { shape, normalized_shape: norm, weight: affine.then_some(&w[..]), eps: eps.map(f64::from) };
     let f = reference::rms_norm_forward(&args, &x);
     let g = reference::rms_norm_backward(&args, &x, &dy);
@@ -119,8 +119,8 @@ pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: La
     gn.write_bias(&b).unwrap();
     let (xt, yt, dyt, dxt) =
         (upload(&x, shape, layout), zeros(shape, layout), upload(&dy, shape, layout), zeros(shape, layout));
-    gn.forward_sync(&xt.view(), &yt.view()).unwrap();
-    gn.backward_sync(&xt.view(), &dyt.view(), &dxt.view()).unwrap();
+    gn.context().run(|e| gn.forward(e, &xt.view(), &yt.view())).unwrap();
+    gn.context().run(|e| gn.backward(e, &xt.view(), &dyt.view(), &dxt.view())).unwrap();
     let args = GroupNormArgs {
         shape,
         layout,
@@ -165,8 +165,8 @@ pub fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, moment
     for training in [true, false] {
         let before = inorm.read_state().unwrap();
         let (yt, dxt) = (zeros(shape, layout), zeros(shape, layout));
-        inorm.forward_sync(&xt.view(), &yt.view(), training).unwrap();
-        inorm.backward_sync(&xt.view(), &dyt.view(), &dxt.view(), training).unwrap();
+        inorm.context().run(|e| inorm.forward(e, &xt.view(), &yt.view(), training)).unwrap();
+        inorm.context().run(|e| inorm.backward(e, &xt.view(), &dyt.view(), &dxt.view(), training)).unwrap();
         let args = InstanceNormArgs {
             shape,
             layout,
