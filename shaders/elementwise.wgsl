@@ -80,7 +80,7 @@ fn apply_at(e: u32, k: Coef) {
     } else {
         // ReLU that keeps NaN, as torch.relu does. The zero comes from the
         // uniform: against a literal zero, lavapipe's compiled store of the
-        // 64-bit words ran 1.5x slower (PERF_NOTES.md, sixth session).
+        // 64-bit words ran much slower.
         y[p.y_off + e] = to_memory(select(pre, V(p.relu_zero), pre <= V(0.0)));
     }
 }
@@ -98,8 +98,7 @@ fn dx_at(e: u32, k: Coef, gk: Coef) {
 }
 
 // Values first, first + stride, ... (n of them), four a loop iteration: on
-// lavapipe an iteration's bookkeeping costs about as much as a load
-// (PERF_NOTES.md, fourth session).
+// lavapipe an iteration's bookkeeping costs about as much as a load.
 fn apply_strided(first: u32, n: u32, stride: u32, k: Coef) {
     var e = first;
     var m = 0u;

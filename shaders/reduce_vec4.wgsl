@@ -105,7 +105,7 @@ fn add_lanes(acc: Acc, idx: u32, k: Coef) -> Acc {
 
 // add_lanes over values first, first + stride, ... (n of them), four a loop
 // iteration: on lavapipe an iteration's bookkeeping costs about as much as
-// a load (PERF_NOTES.md, fourth session).
+// a load.
 fn add_strided(acc: Acc, first: u32, n: u32, stride: u32, k: Coef) -> Acc {
     var a = acc;
     var e = first;

@@ -313,8 +313,7 @@ fn dx_at(e: u32, w: Weights, k: Entry) {
 }
 
 // Values first, first + stride, ... (n of them), four a loop iteration: on
-// lavapipe an iteration's bookkeeping costs about as much as a load
-// (PERF_NOTES.md, fourth session).
+// lavapipe an iteration's bookkeeping costs about as much as a load.
 fn apply_strided(first: u32, n: u32, stride: u32, w: Weights, s: Entry) {
     var e = first;
     var m = 0u;

@@ -9,13 +9,14 @@
 use crate::context::block_on;
 use std::sync::{Arc, Mutex};
 
-use crate::context::{Context, Reduction};
+use crate::context::Context;
 use crate::kernels::{
     bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
     FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
+use crate::strategy::Reduction;
 use crate::tensor::{check_shape_of, DType, TensorView};
 use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
@@ -952,8 +953,7 @@ impl BatchNorm {
 /// Partials a channel from which GPUs merge in two dispatches: blocks of
 /// about their square root merged in place by many invocations, then the
 /// blocks' results per channel. CPU adapters keep one merge: there it did
-/// not pay (8x3x512x512 channels-second, 5,632 partials a channel: step
-/// 24.64 -> 24.47 ms on lavapipe).
+/// not pay.
 const BLOCK_MERGE_FROM: u32 = 64;
 
 /// `ChannelParams::merge_block` for `parts` partials a channel.

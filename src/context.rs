@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::kernels::KernelCache;
+use crate::kernels::{create_init, KernelCache};
+use crate::strategy::{Access, Reduction};
 use crate::{Error, Result};
 
 /// A wgpu device and queue with this crate's compiled pipelines.
@@ -24,32 +25,6 @@ struct Inner {
     lost_reason: Arc<Mutex<String>>,
     /// The [`Reduction`] strategy, as its discriminant.
     reduction: AtomicU8,
-}
-
-/// How a reduction combines the values of one workgroup's invocations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    /// A tree in workgroup memory (eight barriers), one partial per
-    /// workgroup: what GPUs run best.
-    Tree = 0,
-    /// One partial per invocation and no barrier, for the merge kernels to
-    /// combine: what CPU adapters (lavapipe, WARP, SwiftShader) run best,
-    /// since they execute a workgroup in SIMD batches and pay each barrier
-    /// with a switch between all of them.
-    PerInvocation = 1,
-}
-
-/// How the vec4 kernels move f32 tensors through memory. Both give the
-/// same bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Four f32 values a vec4: what GPUs run best.
-    Floats,
-    /// Two 64-bit words a vec4 (needs `SHADER_INT64`): what CPU adapters
-    /// run best. lavapipe loads and stores each component of each lane on
-    /// its own, so a vec4 of f32 costs four of those and two words two
-    /// (the BatchNorm training step 6-14% faster there; PERF_NOTES.md).
-    Words64,
 }
 
 impl std::fmt::Debug for Context {
@@ -424,29 +399,6 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let out = pollster::block_on(future);
     BLOCKING.with(|b| b.set(outer));
     out
-}
-
-/// A buffer of `usage` holding `contents` (a multiple of 4 bytes, not
-/// empty). Unlike wgpu's `create_buffer_init`, a lost device gives `Err`
-/// rather than a panic.
-pub(crate) fn create_init(
-    device: &wgpu::Device,
-    label: &str,
-    contents: &[u8],
-    usage: wgpu::BufferUsages,
-) -> Result<wgpu::Buffer> {
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: contents.len() as u64,
-        usage,
-        mapped_at_creation: true,
-    });
-    buffer
-        .get_mapped_range_mut(..)
-        .map_err(|e| Error::DeviceLost(format!("could not fill a new buffer: {e}")))?
-        .copy_from_slice(contents);
-    buffer.unmap();
-    Ok(buffer)
 }
 
 /// Usage of every buffer the crate creates: bindable and copyable both ways.

@@ -5,7 +5,8 @@
 
 use crate::context::block_on;
 use crate::context::Context;
-use crate::family::{Call, Core, Geometry, Options, Source};
+use crate::family::{Call, Core, Options, Source};
+use crate::geometry::Geometry;
 use crate::tensor::{check_shape, TensorView};
 use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};

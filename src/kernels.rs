@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::resident::Resident;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A WGSL source file of `shaders/`, compiled with `common.wgsl` in front.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -255,8 +255,8 @@ impl KernelCache {
     }
 
     /// The pipeline for `key`, compiled on first use (over 64-bit words
-    /// where the access says so). Call inside
-    /// [`Context::scoped`](crate::Context) so compile errors become `Err`.
+    /// where the access says so). Call inside `Context::scoped` so compile
+    /// errors become `Err`.
     pub fn get(&self, mut key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
         if self.words() {
             key.shader = key.shader.in_words();
@@ -355,7 +355,7 @@ pub(crate) const FLAG_LANES_ARE_CHANNELS: u32 = 128;
 /// A uniform buffer holding `params`. Each recorded op gets its own, so two
 /// ops recorded into one encoder never see each other's parameters.
 pub(crate) fn uniform(device: &wgpu::Device, params: &ChannelParams) -> Result<wgpu::Buffer> {
-    crate::context::create_init(device, "wgpu-norm params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
+    create_init(device, "wgpu-norm params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
 }
 
 /// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.
@@ -408,6 +408,29 @@ thread_local! {
 /// microseconds however small its grid).
 pub fn recorded_dispatches() -> u64 {
     DISPATCHES.with(|d| d.get())
+}
+
+/// A buffer of `usage` holding `contents` (a multiple of 4 bytes, not
+/// empty). Unlike wgpu's `create_buffer_init`, a lost device gives `Err`
+/// rather than a panic.
+pub(crate) fn create_init(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: contents.len() as u64,
+        usage,
+        mapped_at_creation: true,
+    });
+    buffer
+        .get_mapped_range_mut(..)
+        .map_err(|e| Error::DeviceLost(format!("could not fill a new buffer: {e}")))?
+        .copy_from_slice(contents);
+    buffer.unmap();
+    Ok(buffer)
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 //! rows share a workgroup (rows), and strided ones go column-wise
 //! (interleaved).
 
-use crate::context::Reduction;
 use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
+use crate::row_teams;
+use crate::strategy::Reduction;
 use crate::{Error, Result};
 
 /// Invocations per reduction workgroup (`WG` in reduce.wgsl).
@@ -93,6 +94,28 @@ pub(crate) struct ReducePlan {
 }
 
 impl ReducePlan {
+    /// The reduction plan of a channels-last vec4 view of `rows` rows walked
+    /// by teams ([`row_teams::per_lane`] columns a lane, at most
+    /// [`row_teams::MAX_REDUCE_PER_LANE`]): the elementwise passes'
+    /// `per_team` rows a team (from [`row_teams::grid`]), or more where the
+    /// partials would not fit one merge.
+    pub fn teams(rows: usize, per_team: usize) -> ReducePlan {
+        let per_team = per_team.max(rows.div_ceil(MAX_MERGE_PARTS as usize)).max(1);
+        let teams = rows.div_ceil(per_team).max(1);
+        ReducePlan {
+            shape: Shape::Teams,
+            slices: teams as u32,
+            slice_len: per_team as u32,
+            width: row_teams::TEAM as u32,
+            tree: 0,
+            parts: teams as u32,
+            grid: (teams.div_ceil(row_teams::TEAMS_PER_WORKGROUP) as u32, 1),
+            batch: 1,
+            batch_stride: 0,
+            per_invocation: true,
+        }
+    }
+
     pub fn new(view: ChannelView) -> Result<ReducePlan> {
         // One contiguous row per channel (the family's rows) too short to give
         // every invocation of a workgroup its share: several rows per workgroup.
@@ -174,11 +197,7 @@ impl ReducePlan {
     ///
     /// On CPU adapters an invocation walks at least CPU_WALK_BYTES of rows
     /// (`value_bytes` a value of the view): lavapipe streams down short rows
-    /// better in longer walks. Channels-last on lavapipe, median of four
-    /// paired runs: BatchNorm eval forward 8x3x512x512 8.4 -> 5.8 ms and
-    /// backward 16.6 -> 13.9 ms, GroupNorm 32x64x56x56 13.1 -> 10.8 ms;
-    /// twice that length was slower again, and rows of 2 KiB (8192x512) are
-    /// unchanged.
+    /// better in longer walks; twice that length was slower again.
     ///
     /// Long inner runs (inner >= WG) take [`Shape::Runs`]: each channel's
     /// values cut into `slices` slices of `slice_len`, workgroup (x, c)
@@ -199,10 +218,8 @@ impl ReducePlan {
         let per = view.per_channel();
         let slices = match reduction {
             // CPU adapters: about CPU_WORKGROUPS workgroups. Each costs
-            // lavapipe microseconds to start (2048 of them took GroupNorm's
-            // apply from 8.5 to 15 ms), and longer spans stream better: 64
-            // beat 16, 32, 128 and 256 on BatchNorm's 32x64x56x56 and
-            // 8x3x512x512.
+            // lavapipe microseconds to start, and longer spans stream
+            // better: 64 beat 16, 32, 128 and 256.
             Reduction::PerInvocation => CPU_WORKGROUPS.div_ceil(view.channels),
             // GPUs: enough workgroups to fill the device.
             Reduction::Tree => per.div_ceil(WG * MIN_PER_INVOCATION_ELEMENTWISE),
@@ -246,8 +263,7 @@ impl ReducePlan {
     /// An interleaved reduction's plan with `reduction`'s partials. On CPU
     /// adapters about CPU_WORKGROUPS workgroups of at least CPU_MIN_ROWS rows
     /// per invocation: fewer partials to write and merge, and longer walks
-    /// down neighbouring rows (BatchNorm 8192x512 channels-last statistics:
-    /// 4.1 -> 2.8 ms on lavapipe).
+    /// down neighbouring rows.
     pub fn interleaved_reduction(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         Ok(match reduction {
             Reduction::PerInvocation => Self::interleaved(view, CPU_MIN_ROWS, CPU_WORKGROUPS)?.with(reduction),

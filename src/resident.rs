@@ -2,12 +2,11 @@
 //! adapters, for rows short enough to stay in registers. The forward reads
 //! each row once, takes its exact statistics over the registers and writes
 //! y from them: two accesses per value, where statistics-then-apply take
-//! three plus a stat load per value (lavapipe, LayerNorm: 8192x512 11.2 ->
-//! 6.3 ms, rows of 56 15.3 -> 9.0 ms). The backward reads x and dy once,
+//! three plus a stat load per value. The backward reads x and dy once,
 //! writes dx, and sums each lane's columns of dweight and dbias over its
 //! rows into one partial per lane, which a small merge adds up: three
 //! accesses per value where the row sums, column sums and dx passes took
-//! seven (8192x512 38 -> 10 ms). PERF_NOTES.md, fourth session.
+//! seven.
 //!
 //! The kernel is generated per row length, with every per-value step
 //! written out: lavapipe keeps named values in registers (or spills them
@@ -27,7 +26,7 @@
 //! (row_norm.wgsl), `(centre, rstd, 0, var)`, and the backward takes
 //! either's.
 
-use crate::context::{Context, Reduction};
+use crate::strategy::Reduction;
 
 /// Longest row (in vec4s) one invocation holds: 128 values. Rows of 96
 /// and 128 values ran at 0.70 and 0.77 of the copy ceiling this way against
@@ -42,16 +41,13 @@ pub(crate) const MAX_PER_LANE: usize = 16;
 /// Invocations per workgroup.
 const WG: usize = 64;
 
-/// Workgroups of a dispatch, at most: each walks rows grid-stride (LayerNorm
-/// 8192x512 on lavapipe: 32 workgroups 7.7 ms, 64 6.4, 128 6.3, 256 7.1,
-/// one row per subgroup 10.4).
+/// Workgroups of a dispatch, at most: each walks rows grid-stride (the best
+/// of 32 to 256 on lavapipe, and better than one row per subgroup).
 const WORKGROUPS: usize = 128;
 
 /// The backward with one invocation per row writes a column partial per
-/// invocation of the row's whole width: fewer, longer walks (LayerNorm
-/// 32768x128 backward on lavapipe: 128 workgroups 15.1 ms, 32 11.6, 16
-/// 10.6, 8 9.6; rows of 56 unchanged at 19-21 ms). A subgroup per row
-/// showed no trend between 16 and 128.
+/// invocation of the row's whole width: fewer, longer walks run faster on
+/// lavapipe. A subgroup per row showed no trend between 16 and 128.
 const ONE_LANE_BACKWARD_WORKGROUPS: usize = 16;
 
 /// How a row spreads over invocations: `lanes` invocations (1, or the
@@ -67,11 +63,17 @@ impl Resident {
     /// element offsets `offsets`, or `None` where the two passes run: GPUs
     /// (their reductions are trees; this path was measured on lavapipe
     /// only), views not in whole vec4s, and rows too long to hold.
-    pub fn choose(ctx: &Context, row_len: usize, offsets: &[u32]) -> Option<Resident> {
-        if ctx.reduction() != Reduction::PerInvocation || offsets.iter().any(|o| o % 4 != 0) {
+    /// `device` gives the subgroup size.
+    pub fn choose(
+        reduction: Reduction,
+        device: (&wgpu::AdapterInfo, wgpu::Features),
+        row_len: usize,
+        offsets: &[u32],
+    ) -> Option<Resident> {
+        if reduction != Reduction::PerInvocation || offsets.iter().any(|o| o % 4 != 0) {
             return None;
         }
-        Self::for_rows(row_len, fixed_subgroup_size(ctx))
+        Self::for_rows(row_len, fixed_subgroup_size(device.0, device.1))
     }
 
     /// The plan for rows of `row_len` values on a device with subgroups of
@@ -311,7 +313,7 @@ impl Gen {
         self.line("    }");
         // Slot-major (each slot's columns contiguous): written column-major,
         // a lane's writes fell on a page each, and took half the kernel's
-        // time (LayerNorm 8192x512: 17.1 -> 8.4 ms without them).
+        // time.
         let slot = if self.subgroup() { "wg.x * nsub + sid" } else { &format!("wg.x * {WG}u + t") };
         self.line(&format!("    let first = (p.part_base + {slot}) * p.inner + 4u * lane;"));
         for k in 0..self.v {
@@ -329,12 +331,10 @@ impl Gen {
 }
 
 /// The device's subgroup size, where it has subgroups and one size only.
-fn fixed_subgroup_size(ctx: &Context) -> Option<usize> {
-    let info = ctx.adapter_info();
+fn fixed_subgroup_size(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Option<usize> {
     let fixed = info.subgroup_min_size == info.subgroup_max_size;
     let usable = (1..=WG as u32).contains(&info.subgroup_max_size);
-    (ctx.device().features().contains(wgpu::Features::SUBGROUP) && fixed && usable)
-        .then_some(info.subgroup_max_size as usize)
+    (features.contains(wgpu::Features::SUBGROUP) && fixed && usable).then_some(info.subgroup_max_size as usize)
 }
 
 /// dweight and dbias of weight c from the backward's `parts` slots (p.channels

@@ -7,17 +7,14 @@
 //!
 //! The interleaved walk gives each invocation one column and a run of rows:
 //! a batch then reads 128 bytes of a row and jumps a row ahead. On rows of
-//! 2 KiB (8192x512) from memory that was twice as slow as the team walk,
-//! which streams every row whole (lavapipe, with 128 MB touched between
-//! runs as the bench's interleaved rounds do: 6.3 against 4.0 ms; from
-//! cache the two are close). The per-lane count of columns is fixed per
-//! kernel, so the WGSL is generated for each: an array would live in
-//! per-lane memory (PERF_NOTES.md, fourth session).
+//! 2 KiB from memory that was much slower than the team walk, which
+//! streams every row whole (from cache the two are close). The per-lane
+//! count of columns is fixed per kernel, so the WGSL is generated for each:
+//! an array would live in per-lane memory.
 
 use std::fmt::Write;
 
 use crate::layout::ChannelView;
-use crate::reduce::{ReducePlan, Shape, MAX_MERGE_PARTS};
 
 /// Invocations per team: lavapipe's SIMD batch.
 pub(crate) const TEAM: usize = 8;
@@ -25,16 +22,14 @@ pub(crate) const TEAM: usize = 8;
 pub(crate) const TEAMS_PER_WORKGROUP: usize = 256 / TEAM;
 /// Rows a team walks, at least: the interleaved walks' CPU_WALK_BYTES.
 const WALK_BYTES: usize = 32768;
-/// Rows narrower than this keep the interleaved walk. Rows of 256 bytes
-/// (32x64x56x56 channels-last) still gain: eval forward 6.73 -> 5.88 ms,
-/// the step 25.9 -> 25.1 (3 paired rounds); narrower rows were not measured.
+/// Rows narrower than this keep the interleaved walk: rows of 256 bytes
+/// still gain; narrower rows were not measured.
 const MIN_ROW_BYTES: usize = 256;
 /// Columns one lane holds, at most: 512 channels in f32.
 pub(crate) const MAX_PER_LANE: usize = 16;
 /// Columns one lane reduces, at most: each holds three vec4 accumulators.
 /// Rows of 256 bytes (two a lane) gain over the interleaved walk; four a
-/// lane were within the noise, eight and sixteen lost (PERF_NOTES.md, fifth
-/// and sixth sessions).
+/// lane were within the noise, eight and sixteen lost.
 pub(crate) const MAX_REDUCE_PER_LANE: usize = 2;
 
 /// Columns per lane for a channels-last vec4 view (`view.channels` vec4
@@ -54,27 +49,6 @@ pub(crate) fn grid(rows: usize, row_bytes: usize) -> (usize, u32) {
     let per_team = WALK_BYTES.div_ceil(row_bytes.max(1)).max(rows.div_ceil(most_teams)).max(1);
     let workgroups = rows.div_ceil(per_team * TEAMS_PER_WORKGROUP).max(1);
     (per_team, workgroups as u32)
-}
-
-/// The reduction plan of a channels-last vec4 view of `rows` rows walked
-/// by teams ([`per_lane`] columns a lane, at most [`MAX_REDUCE_PER_LANE`]):
-/// the elementwise passes' `per_team` rows a team (from [`grid`]), or more
-/// where the partials would not fit one merge.
-pub(crate) fn reduce_plan(rows: usize, per_team: usize) -> ReducePlan {
-    let per_team = per_team.max(rows.div_ceil(MAX_MERGE_PARTS as usize)).max(1);
-    let teams = rows.div_ceil(per_team).max(1);
-    ReducePlan {
-        shape: Shape::Teams,
-        slices: teams as u32,
-        slice_len: per_team as u32,
-        width: TEAM as u32,
-        tree: 0,
-        parts: teams as u32,
-        grid: (teams.div_ceil(TEAMS_PER_WORKGROUP) as u32, 1),
-        batch: 1,
-        batch_stride: 0,
-        per_invocation: true,
-    }
 }
 
 /// The entry points `apply_rows` and `dx_rows` for `per_lane` columns a
@@ -186,11 +160,8 @@ impl TeamKernel<'_> {
 }
 
 /// Rows a loop iteration: four where a lane holds two columns, so that the
-/// loop's bookkeeping is shared by eight accesses or more (32x64x56x56
-/// channels-last eval forward 6.3 -> 5.9 ms, its statistics and backward
-/// sums about 7% each); one for more columns, whose unrolled body grew too
-/// big (four columns, 50176x128 eval forward 6.2 -> 8.0 ms; sixteen,
-/// 8192x512, 4.3 -> 5.7 ms).
+/// loop's bookkeeping is shared by eight accesses or more; one for more
+/// columns, whose unrolled body grew too big and ran slower.
 fn rows_per_step(per_lane: usize) -> usize {
     if per_lane <= 2 {
         4
@@ -202,6 +173,7 @@ fn rows_per_step(per_lane: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reduce::{ReducePlan, MAX_MERGE_PARTS};
 
     fn rows(outer: usize, cols: usize) -> ChannelView {
         ChannelView { outer, channels: cols, inner: 1 }
@@ -270,7 +242,7 @@ mod tests {
     #[test]
     fn team_reductions_cover_every_row_within_one_merge() {
         for (rows, bytes) in [(100_352, 256), (1, 256), (35, 512), (1 << 26, 256)] {
-            let plan = reduce_plan(rows, grid(rows, bytes).0);
+            let plan = ReducePlan::teams(rows, grid(rows, bytes).0);
             let teams = plan.slices as usize;
             assert!(teams * plan.slice_len as usize >= rows && (teams - 1) * (plan.slice_len as usize) < rows);
             assert!(plan.parts == plan.slices && plan.parts <= MAX_MERGE_PARTS, "{rows} rows");

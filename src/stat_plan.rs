@@ -5,11 +5,12 @@
 //! partials of stat row r are one run of `merge_parts` from
 //! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
 
-use crate::context::{Context, Reduction};
-use crate::family::Geometry;
+use crate::context::Context;
+use crate::geometry::Geometry;
 use crate::kernels::{dispatch3, ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::strategy::Reduction;
 use crate::tiling::lane_streams;
 use crate::Result;
 

@@ -2,11 +2,11 @@
 //! storage binding (tensors above the device's limit), and within a chunk the
 //! tiling its reduction and elementwise pass share.
 
-use crate::context::Reduction;
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::row_teams;
+use crate::strategy::Reduction;
 use crate::tensor::{check_range, window, DType, TensorView, Window};
 use crate::{Error, Result};
 
@@ -68,7 +68,7 @@ impl Tiling {
             apply.slice_len = per_team as u32;
             apply.grid = (workgroups, 1);
             if per_lane <= row_teams::MAX_REDUCE_PER_LANE {
-                plan = row_teams::reduce_plan(v.outer, per_team);
+                plan = ReducePlan::teams(v.outer, per_team);
             }
         }
         // Cycling lanes: every channel has `streams` lane columns, each a run
