@@ -97,6 +97,12 @@ struct BenchArgs {
     /// Tokens of --model transformer (default 8192).
     #[arg(long, requires = "model")]
     tokens: Option<usize>,
+    /// Copy kernels that compete for the ceiling, comma-separated (default:
+    /// all; `copy_kernels` in the JSON lists them). One name pins the
+    /// ceiling, e.g. grid-stride-vec4-wg256, the ceiling of reports before
+    /// 0.2.0.
+    #[arg(long, value_name = "NAMES")]
+    copy_kernels: Option<String>,
     /// Memory orders, comma-separated: nchw, nhwc.
     #[arg(long, default_value = "nchw,nhwc")]
     layouts: String,
@@ -202,6 +208,10 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
         config.model = Some(bench::Model::parse(model, args.batch, args.tokens)?);
     }
     config.layouts = bench::parse_layouts(&args.layouts)?;
+    config.copy_kernels = args
+        .copy_kernels
+        .as_ref()
+        .map(|s| s.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect());
     config.iters = args.iters.unwrap_or(config.iters);
     config.warmup = args.warmup.unwrap_or(config.warmup);
     config.verify = args.verify;

@@ -417,3 +417,32 @@ fn model_options_are_checked() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// `--copy-kernels` narrows the ceiling's candidates; one name pins it (to
+/// compare with reports measured against the old grid-stride copy).
+#[test]
+fn the_copy_kernels_can_be_named() {
+    let one = "grid-stride-vec4-wg256";
+    let v = bench_json(&[
+        "--ops",
+        "bn_forward_eval,ln_forward",
+        "--shapes",
+        "4,8,20,20",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--copy-kernels",
+        one,
+    ]);
+    assert_eq!(v["copy_kernels"], serde_json::json!([one]));
+    let results = v["results"].as_array().unwrap();
+    assert!(!results.is_empty());
+    for r in results {
+        assert_eq!(r["copy_kernel"], one, "{r}");
+    }
+    let out = wgpu_norm(&["bench", "--quick", "--copy-kernels", "memcpy-by-hand"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memcpy-by-hand") && stderr.contains(one), "names the kernels there are: {stderr}");
+}

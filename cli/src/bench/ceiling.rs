@@ -180,8 +180,27 @@ pub struct Ceiling {
 }
 
 impl Ceiling {
-    pub fn new(ctx: &Context) -> Ceiling {
-        Ceiling { candidates: CopyKernel::candidates(ctx.device()), chosen: HashMap::new() }
+    /// Every candidate the device runs, or only those named in `only`
+    /// (`Err(Parameter)` for a name that is no candidate here).
+    pub fn new(ctx: &Context, only: Option<&[String]>) -> Result<Ceiling> {
+        let all = CopyKernel::candidates(ctx.device());
+        let candidates = match only {
+            None => all,
+            Some(names) => {
+                let known: Vec<String> = all.iter().map(|k| k.name()).collect();
+                if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+                    return Err(Error::Parameter(format!(
+                        "no copy kernel {bad:?} on this device; copy kernels: {}",
+                        known.join(", ")
+                    )));
+                }
+                all.into_iter().filter(|k| names.contains(&k.name())).collect()
+            }
+        };
+        if candidates.is_empty() {
+            return Err(Error::Parameter("no copy kernel given".into()));
+        }
+        Ok(Ceiling { candidates, chosen: HashMap::new() })
     }
 
     /// The kernels that compete.

@@ -1,0 +1,143 @@
+//! BatchNorm's backward as recorded: the gradient sums over x and dy (or
+//! given ones), their merge into dweight, dbias and the dx coefficients,
+//! and the elementwise dx (and dz after add-ReLU).
+
+use super::forward::{apply_uniforms, chunk_uniforms, merge_block};
+use super::*;
+
+impl BatchNorm {
+    /// Records a backward: gradient sums from `source`, their merge into
+    /// dweight, dbias and the dx coefficients, then the dx pass. With given
+    /// sums x may be empty.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: &TensorView,
+        dx: &TensorView,
+        stats: Stats,
+        epilogue: Epilogue,
+        source: Source,
+    ) -> Result<()> {
+        let given = matches!(source, Source::Given { .. });
+        let view = self.check_input(x, given)?;
+        self.check_like(x, dy, "dy")?;
+        self.check_like(x, dx, "dx")?;
+        let dz = match epilogue {
+            Epilogue::AddRelu { z, dz } => {
+                let dz = dz.ok_or_else(|| Error::Parameter("the add + relu backward needs dz".into()))?;
+                self.check_like(x, z, "z")?;
+                self.check_like(x, dz, "dz")?;
+                Some(dz)
+            }
+            _ => None,
+        };
+        let inputs: Vec<&wgpu::Buffer> =
+            [Some(x.buffer), Some(dy.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
+        let mut outputs = vec![("dx", dx.buffer)];
+        if let Some(dz) = dz {
+            outputs.push(("dz", dz.buffer));
+        }
+        check_distinct(&outputs, &inputs)?;
+        let batch = matches!(stats, Stats::Batch { .. });
+        if batch {
+            if !given && view.per_channel() < 2 {
+                return Err(Error::OneValuePerChannel(x.shape.clone()));
+            }
+            self.check_saved_for(x)?;
+        }
+        let mut params = self.channel_params(view);
+        if batch {
+            params.flags |= FLAG_BATCH_STATS;
+        }
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[DY] = Some(dy);
+        tensors[DX] = Some(dx);
+        tensors[Z] = epilogue.z();
+        tensors[DZ] = dz;
+        let cut = self.cut(view, tensors, &params)?;
+        let partials = match source {
+            Source::Given { values, count } => {
+                params.parts = 1;
+                params.count = count;
+                values.clone()
+            }
+            Source::Reduce => {
+                params.parts = cut.parts;
+                params.merge_block = merge_block(params.parts, self.ctx.reduction());
+                self.partials(params.parts, view.channels)?
+            }
+        };
+        let chan = if batch { &self.saved } else { &self.eval_chan };
+
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let params_buf = uniform(device, &params)?;
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = if given {
+                Vec::new()
+            } else {
+                self.reduce_groups(&cut, &uniforms, epilogue.grad_mode(), chan, &partials)?
+            };
+            let mut dxs = Vec::new();
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
+                let dx_kernel = kernels.get(chunk.tiling.kernel("dx", epilogue.apply_mode()))?;
+                let dz_resource = match &chunk.windows[DZ] {
+                    Some(w) => w.resource(),
+                    None => self.unused.as_entire_binding(),
+                };
+                let group = bind(
+                    device,
+                    &dx_kernel,
+                    &[
+                        (0, chunk_params.as_entire_binding()),
+                        (7, chan.as_entire_binding()),
+                        (8, chunk.resource(X)),
+                        (10, chunk.resource(DY)),
+                        (11, chunk.resource(DX)),
+                        (12, self.grad_coef.as_entire_binding()),
+                        (15, chunk.resource(Z)),
+                        (16, dz_resource),
+                    ],
+                );
+                dxs.push((chunk, dx_kernel, group));
+            }
+            if cut.needs_clear && !given {
+                encoder.clear_buffer(&partials, 0, None);
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch_norm backward"),
+                timestamp_writes: None,
+            });
+            if !batch {
+                self.record_prepare_eval(&mut pass, &params_buf)?;
+            }
+            for (chunk, reduce, group) in &reduces {
+                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+            }
+            self.record_merge_blocks(&mut pass, &params, &params_buf, &partials, false)?;
+            let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;
+            let group = bind(
+                device,
+                &merge,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (2, self.weight.as_entire_binding()),
+                    (7, chan.as_entire_binding()),
+                    (12, self.grad_coef.as_entire_binding()),
+                    (13, self.grad_weight.as_entire_binding()),
+                    (14, self.grad_bias.as_entire_binding()),
+                ],
+            );
+            dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
+            for (chunk, dx_kernel, group) in &dxs {
+                dispatch(&mut pass, dx_kernel, group, chunk.tiling.apply.grid);
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,410 @@
+//! BatchNorm's forward passes as recorded: partial statistics over x (or
+//! given ones), their merge per channel (in blocks on GPUs when a channel
+//! has many), the eval coefficients, and the elementwise apply; also
+//! SyncBatchNorm's local halves, which stop after the partials.
+
+use super::*;
+
+impl BatchNorm {
+    /// The partial-statistics scratch for `parts` vec4 partials per channel.
+    pub(super) fn partials(&self, parts: u32, channels: usize) -> Result<wgpu::Buffer> {
+        let bytes = u64::from(parts) * channels as u64 * 16;
+        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(Error::Unsupported(format!(
+                "{bytes} bytes of partial statistics exceed the device's storage binding limit of {limit}"
+            )));
+        }
+        let mut slot = lock(&self.partials);
+        match slot.as_ref() {
+            Some(b) if b.size() >= bytes => Ok(b.clone()),
+            _ => {
+                let b = self.ctx.zeros("bn partials", bytes)?;
+                *slot = Some(b.clone());
+                Ok(b)
+            }
+        }
+    }
+
+    /// Kernel parameters for `view` with this layer's eps, momentum and flags.
+    pub(crate) fn channel_params(&self, view: ChannelView) -> ChannelParams {
+        let mut flags = 0;
+        if self.config.affine {
+            flags |= FLAG_AFFINE;
+        }
+        ChannelParams {
+            outer: view.outer as u32,
+            channels: view.channels as u32,
+            inner: view.inner as u32,
+            flags,
+            eps: self.config.eps,
+            momentum: self.config.momentum.unwrap_or(-1.0),
+            count: view.per_channel() as f32,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn per_channel_workgroups(&self) -> (u32, u32) {
+        (self.config.num_features.div_ceil(64) as u32, 1)
+    }
+
+    /// Records a forward: statistics from `source` (batch) or the running
+    /// ones, then the elementwise pass. With given statistics x may be empty.
+    pub(crate) fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        y: &TensorView,
+        stats: Stats,
+        epilogue: Epilogue,
+        source: Source,
+    ) -> Result<()> {
+        let given = matches!(source, Source::Given { .. });
+        let view = self.check_input(x, given)?;
+        self.check_like(x, y, "y")?;
+        if let Some(z) = epilogue.z() {
+            self.check_like(x, z, "z")?;
+        }
+        let inputs: Vec<&wgpu::Buffer> =
+            [Some(x.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
+        check_distinct(&[("y", y.buffer)], &inputs)?;
+        let batch = matches!(stats, Stats::Batch { .. });
+        if batch && !given && view.per_channel() < 2 {
+            return Err(Error::OneValuePerChannel(x.shape.clone()));
+        }
+        let mut params = self.channel_params(view);
+        let update_running = matches!(stats, Stats::Batch { update_running: true });
+        if update_running {
+            params.flags |= FLAG_UPDATE_RUNNING;
+        }
+        if self.config.check_finite {
+            params.flags |= FLAG_CHECK_FINITE;
+        }
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[Y] = Some(y);
+        tensors[Z] = epilogue.z();
+        let cut = self.cut(view, tensors, &params)?;
+        let partials = match source {
+            _ if !batch => None,
+            Source::Given { values, .. } => {
+                params.parts = 1;
+                Some(values.clone())
+            }
+            Source::Reduce => {
+                params.parts = cut.parts;
+                params.merge_block = merge_block(params.parts, self.ctx.reduction());
+                Some(self.partials(params.parts, view.channels)?)
+            }
+        };
+
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let params_buf = uniform(device, &params)?;
+            let chan = if batch { &self.saved } else { &self.eval_chan };
+            // Per chunk: one uniform and bind group per pass, created before the pass begins.
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = match (&partials, given) {
+                (Some(partials), false) => self.reduce_groups(&cut, &uniforms, ReduceMode::Stats, chan, partials)?,
+                _ => Vec::new(),
+            };
+            let mut applies = Vec::new();
+            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
+                let apply = kernels.get(chunk.tiling.kernel("apply", epilogue.apply_mode()))?;
+                let group = bind(
+                    device,
+                    &apply,
+                    &[
+                        (0, chunk_params.as_entire_binding()),
+                        (7, chan.as_entire_binding()),
+                        (8, chunk.resource(X)),
+                        (9, chunk.resource(Y)),
+                        (15, chunk.resource(Z)),
+                    ],
+                );
+                applies.push((chunk, apply, group));
+            }
+            if let (Some(partials), true, false) = (&partials, cut.needs_clear, given) {
+                encoder.clear_buffer(partials, 0, None);
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch_norm forward"),
+                timestamp_writes: None,
+            });
+            if let Some(partials) = &partials {
+                for (chunk, reduce, group) in &reduces {
+                    dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+                }
+                self.record_merge_blocks(&mut pass, &params, &params_buf, partials, true)?;
+                let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
+                let group = bind(
+                    device,
+                    &merge,
+                    &[
+                        (0, params_buf.as_entire_binding()),
+                        (1, partials.as_entire_binding()),
+                        (2, self.weight.as_entire_binding()),
+                        (3, self.bias.as_entire_binding()),
+                        (4, self.running_mean.as_entire_binding()),
+                        (5, self.running_var.as_entire_binding()),
+                        (6, self.counter.as_entire_binding()),
+                        (7, self.saved.as_entire_binding()),
+                        (17, self.pending.as_entire_binding()),
+                    ],
+                );
+                dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
+                if update_running {
+                    let commit = kernels.get(KernelKey::new(Shader::BatchNorm, "commit_running"))?;
+                    let group = bind(
+                        device,
+                        &commit,
+                        &[
+                            (0, params_buf.as_entire_binding()),
+                            (4, self.running_mean.as_entire_binding()),
+                            (5, self.running_var.as_entire_binding()),
+                            (6, self.counter.as_entire_binding()),
+                            (17, self.pending.as_entire_binding()),
+                        ],
+                    );
+                    dispatch(&mut pass, &commit, &group, (1, 1));
+                }
+            } else {
+                self.record_prepare_eval(&mut pass, &params_buf)?;
+            }
+            for (chunk, apply, group) in &applies {
+                dispatch(&mut pass, apply, group, chunk.tiling.apply.grid);
+            }
+            Ok(())
+        })?;
+        if batch {
+            *lock(&self.saved_for) = Some((x.shape.clone(), x.layout));
+        }
+        Ok(())
+    }
+
+    /// Chunks of `view` for one binding each; none when the view is empty.
+    pub(super) fn cut<'a>(
+        &self,
+        view: ChannelView,
+        tensors: [Option<&TensorView<'a>>; 6],
+        params: &ChannelParams,
+    ) -> Result<Chunks<'a>> {
+        if view.is_empty() {
+            return Ok(Chunks { chunks: Vec::new(), parts: 1, needs_clear: false });
+        }
+        let limits = self.ctx.device().limits();
+        let cut = Chunks::new(view, tensors, params, &limits, self.ctx.reduction())?;
+        let bytes = view.channels as u64 * u64::from(cut.parts) * 16;
+        if self.ctx.reduction() == Reduction::Tree
+            || (bytes <= limits.max_storage_buffer_binding_size && cut.parts <= MAX_MERGE_PARTS)
+        {
+            return Ok(cut);
+        }
+        // Partials per invocation over many chunks would outgrow a binding,
+        // or the merge's loop: one per workgroup instead.
+        Chunks::new(view, tensors, params, &limits, Reduction::Tree)
+    }
+
+    /// One reduction pipeline and bind group per chunk, writing `mode`'s
+    /// partials of every channel into `partials`.
+    pub(super) fn reduce_groups<'c>(
+        &self,
+        cut: &'c Chunks,
+        uniforms: &[wgpu::Buffer],
+        mode: ReduceMode,
+        chan: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> Result<Vec<(&'c Chunk<'c>, Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>> {
+        let device = self.ctx.device();
+        let mut groups = Vec::with_capacity(cut.chunks.len());
+        for (chunk, chunk_params) in cut.chunks.iter().zip(uniforms) {
+            let reduce = self.ctx.kernels().get(chunk.tiling.reduce_kernel(mode))?;
+            let bindings = ReduceBindings {
+                params: chunk_params.as_entire_binding(),
+                x: chunk.resource(X),
+                dy: chunk.resource(if mode == ReduceMode::Stats { X } else { DY }),
+                chan: chan.as_entire_binding(),
+                partials: partials.as_entire_binding(),
+                z: if mode == ReduceMode::Stats { None } else { Some(chunk.resource(Z)) },
+                weight: None,
+            };
+            let group = chunk.tiling.reduce_group(device, &reduce, bindings);
+            groups.push((chunk, reduce, group));
+        }
+        Ok(groups)
+    }
+
+    /// Before a merge over many partials a channel (`params.merge_block` >
+    /// 1): the in-place block merges, of statistics when `welford`, else of
+    /// sums.
+    pub(super) fn record_merge_blocks(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        params: &ChannelParams,
+        params_buf: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        welford: bool,
+    ) -> Result<()> {
+        if params.merge_block <= 1 {
+            return Ok(());
+        }
+        let entry = if welford { "merge_blocks_stats" } else { "merge_blocks_sums" };
+        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::BatchNorm, entry))?;
+        let group =
+            bind(self.ctx.device(), &kernel, &[(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding())]);
+        let blocks = u64::from(params.channels) * u64::from(params.parts.div_ceil(params.merge_block));
+        let workgroups = blocks.div_ceil(64);
+        let x = workgroups.min(65535);
+        dispatch(pass, &kernel, &group, (x as u32, workgroups.div_ceil(x) as u32));
+        Ok(())
+    }
+
+    /// Eval coefficients from the running statistics into `eval_chan`.
+    pub(crate) fn record_prepare_eval(&self, pass: &mut wgpu::ComputePass<'_>, params: &wgpu::Buffer) -> Result<()> {
+        let device = self.ctx.device();
+        let prepare = self.ctx.kernels().get(KernelKey::new(Shader::BatchNorm, "prepare_eval"))?;
+        let group = bind(
+            device,
+            &prepare,
+            &[
+                (0, params.as_entire_binding()),
+                (2, self.weight.as_entire_binding()),
+                (3, self.bias.as_entire_binding()),
+                (4, self.running_mean.as_entire_binding()),
+                (5, self.running_var.as_entire_binding()),
+                (7, self.eval_chan.as_entire_binding()),
+            ],
+        );
+        dispatch(pass, &prepare, &group, self.per_channel_workgroups());
+        Ok(())
+    }
+
+    /// Records SyncBatchNorm's first half: this layer's local partial
+    /// statistics of x (`dy` None) or gradient sums of (x, dy) in `training`
+    /// or eval mode, merged per channel into `local_stats` / `local_sums`.
+    pub(crate) fn record_local(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &TensorView,
+        dy: Option<&TensorView>,
+        training: bool,
+    ) -> Result<()> {
+        let view = self.check_input(x, true)?;
+        let stats = self.stats_for(training, dy.is_none());
+        let batch = matches!(stats, Stats::Batch { .. });
+        let mode = if dy.is_some() { ReduceMode::GradSums } else { ReduceMode::Stats };
+        if let Some(dy) = dy {
+            self.check_like(x, dy, "dy")?;
+            if batch {
+                self.check_saved_for(x)?;
+            }
+        } else if !batch {
+            return Err(Error::Parameter(
+                "an eval forward with running statistics normalizes with those; it has no batch statistics to share"
+                    .into(),
+            ));
+        }
+        let out = if dy.is_some() { &self.local_sums } else { &self.local_stats };
+        let mut params = self.channel_params(view);
+        let mut tensors: [Option<&TensorView>; 6] = Default::default();
+        tensors[X] = Some(x);
+        tensors[DY] = dy;
+        let cut = self.cut(view, tensors, &params)?;
+        if cut.chunks.is_empty() {
+            // An empty slice: count 0 and zero sums, which merge as nothing.
+            encoder.clear_buffer(out, 0, None);
+            return Ok(());
+        }
+        params.parts = cut.parts;
+        params.merge_block = merge_block(params.parts, self.ctx.reduction());
+        let partials = self.partials(params.parts, view.channels)?;
+        let chan = if batch { &self.saved } else { &self.eval_chan };
+        let device = self.ctx.device();
+        self.ctx.scoped(|| {
+            let kernels = self.ctx.kernels();
+            let params_buf = uniform(device, &params)?;
+            let uniforms = chunk_uniforms(device, &cut)?;
+            let reduces = self.reduce_groups(&cut, &uniforms, mode, chan, &partials)?;
+            let entry = if dy.is_some() { "gather_sums" } else { "gather_stats" };
+            let gather = kernels.get(KernelKey::new(Shader::BatchNorm, entry))?;
+            let group = bind(
+                device,
+                &gather,
+                &[
+                    (0, params_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (18, out.as_entire_binding()),
+                ],
+            );
+            if cut.needs_clear {
+                encoder.clear_buffer(&partials, 0, None);
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch_norm local partials"),
+                timestamp_writes: None,
+            });
+            if dy.is_some() && !batch {
+                self.record_prepare_eval(&mut pass, &params_buf)?;
+            }
+            for (chunk, reduce, group) in &reduces {
+                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
+            }
+            self.record_merge_blocks(&mut pass, &params, &params_buf, &partials, dy.is_none())?;
+            dispatch(&mut pass, &gather, &group, self.per_channel_workgroups());
+            Ok(())
+        })
+    }
+
+    /// The buffer `record_local` wrote: statistics, or gradient sums.
+    pub(crate) fn local_values(&self, sums: bool) -> &wgpu::Buffer {
+        if sums {
+            &self.local_sums
+        } else {
+            &self.local_stats
+        }
+    }
+}
+
+/// Partials a channel from which GPUs merge in two dispatches: blocks of
+/// about their square root merged in place by many invocations, then the
+/// blocks' results per channel. CPU adapters keep one merge: there it did
+/// not pay.
+pub(super) const BLOCK_MERGE_FROM: u32 = 64;
+
+/// `ChannelParams::merge_block` for `parts` partials a channel.
+pub(super) fn merge_block(parts: u32, reduction: Reduction) -> u32 {
+    if reduction == Reduction::PerInvocation || parts < BLOCK_MERGE_FROM {
+        1
+    } else {
+        f64::from(parts).sqrt().ceil() as u32
+    }
+}
+
+/// One uniform of the reduction's parameters per chunk.
+pub(super) fn chunk_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
+    cut.chunks.iter().map(|chunk| uniform(device, &chunk.params)).collect()
+}
+
+/// One uniform of the elementwise passes' parameters per chunk.
+pub(super) fn apply_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
+    cut.chunks.iter().map(|chunk| uniform(device, &chunk.apply_params)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_merge_many_partials_in_blocks() {
+        assert_eq!(merge_block(768, Reduction::Tree), 28);
+        assert_eq!(merge_block(64, Reduction::Tree), 8);
+        assert_eq!(merge_block(63, Reduction::Tree), 1);
+        assert_eq!(merge_block(5632, Reduction::PerInvocation), 1);
+        // Every partial lies in one block, and the blocks fit one dispatch's merge.
+        for parts in [64u32, 65, 100, 768, 16384, 65535] {
+            let block = merge_block(parts, Reduction::Tree);
+            assert!(parts.div_ceil(block) * block >= parts && parts.div_ceil(block) <= block + 1, "{parts}");
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The engine shared by the normalization family (LayerNorm, RMSNorm,
+//! GroupNorm, InstanceNorm): the four differ only in which values one
+//! statistic spans, described by a [`Geometry`], and in a few flags
+//! ([`Options`]). Statistics and backward sums are reduce.wgsl's reductions
+//! over a view whose channels are the family's "stat rows"; the per-row and
+//! elementwise kernels are shaders/row_norm.wgsl's.
+//!
+//! Forward records: partial statistics (reduce MODE 0), `merge_rows` (mean,
+//! rstd per row; InstanceNorm may then update its running statistics), then
+//! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
+//! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
+//! GroupNorm and InstanceNorm in one part take one reduction per (n, c)
+//! instance (MODE 1) for both sums instead (`record_instance_grads`). On CPU
+//! adapters, LayerNorm's and RMSNorm's rows of up to 512 values take one
+//! pass each way (src/resident.rs).
+//!
+//! A tensor above one storage binding runs in parts (runs of whole samples,
+//! or of whole groups of one channels-second sample), each with its own
+//! rows, copied to and from the op's saved rows; dweight and dbias merge
+//! every part's column partials once at the end.
+
+mod backward;
+mod forward;
+mod grads;
+
+use crate::context::Context;
+use crate::geometry::Geometry;
+use crate::kernels::{
+    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
+};
+use crate::layout::{ChannelView, Layout};
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
+use crate::resident::{Pass, Resident};
+use crate::stat_plan::StatPlan;
+use crate::tensor::{check_range, window, DType, TensorView, Window};
+use crate::tiling::Tiling;
+use crate::{Error, Result};
+use std::sync::Mutex;
+
+/// What distinguishes the ops beyond their geometry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub eps: f32,
+    pub affine: bool,
+    pub bias: bool,
+    pub rms: bool,
+    /// Running-statistics factor (InstanceNorm).
+    pub momentum: f32,
+}
+
+/// Where the statistics come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The input's own, optionally updating the running statistics.
+    Input { update_running: bool },
+    /// The running statistics (InstanceNorm in eval mode).
+    Running,
+}
+
+/// One call's geometry, flags and statistics source.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    pub geo: Geometry,
+    pub opt: Options,
+    pub source: Source,
+}
+
+/// Buffers whose size depends on the input, grown on demand and reused.
+#[derive(Default)]
+struct Scratch {
+    rows: Option<wgpu::Buffer>,
+    rows_dx: Option<wgpu::Buffer>,
+    partials: Option<wgpu::Buffer>,
+    /// GroupNorm's and InstanceNorm's backward: one entry per instance.
+    instances: Option<wgpu::Buffer>,
+    /// Tensors above one binding: one part's rows, and the column partials
+    /// of every part.
+    part_rows: Option<wgpu::Buffer>,
+    column_partials: Option<wgpu::Buffer>,
+}
+
+/// The state of one family layer on the GPU.
+pub(crate) struct Core {
+    pub ctx: Context,
+    /// Weight length (normalized size or channel count).
+    pub len: usize,
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+    pub running_mean: wgpu::Buffer,
+    pub running_var: wgpu::Buffer,
+    pub grad_weight: wgpu::Buffer,
+    pub grad_bias: wgpu::Buffer,
+    scratch: Mutex<Scratch>,
+    /// Shape, layout and row count of the input whose statistics `rows` holds.
+    saved_for: Mutex<Option<(Vec<usize>, Layout, usize)>>,
+}
+
+fn grow(ctx: &Context, slot: &mut Option<wgpu::Buffer>, bytes: u64, label: &str) -> Result<wgpu::Buffer> {
+    match slot {
+        Some(b) if b.size() >= bytes => Ok(b.clone()),
+        _ => {
+            let b = ctx.zeros(label, bytes)?;
+            *slot = Some(b.clone());
+            Ok(b)
+        }
+    }
+}
+
+impl Core {
+    /// A layer with `len` weights (ones), biases (zeros) and, for
+    /// InstanceNorm, running statistics (0 and 1).
+    pub fn new(ctx: &Context, len: usize) -> Result<Core> {
+        Ok(Core {
+            weight: ctx.upload("norm weight", &vec![1.0f32; len])?,
+            bias: ctx.zeros("norm bias", len as u64 * 4)?,
+            running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
+            running_var: ctx.upload("norm running_var", &vec![1.0f32; len])?,
+            grad_weight: ctx.zeros("norm grad weight", len as u64 * 4)?,
+            grad_bias: ctx.zeros("norm grad bias", len as u64 * 4)?,
+            scratch: Mutex::new(Scratch::default()),
+            saved_for: Mutex::new(None),
+            ctx: ctx.clone(),
+            len,
+        })
+    }
+
+    /// Writes `data` into one of the layer's vectors. `Err(Shape)`, writing
+    /// nothing, unless it has `len` values.
+    pub fn write_vec(&self, buffer: &wgpu::Buffer, data: &[f32], name: &str) -> Result<()> {
+        if data.len() != self.len {
+            return Err(Error::Shape(format!("{name} has {} values, the layer has {}", data.len(), self.len)));
+        }
+        self.ctx.write(buffer, 0, data)
+    }
+
+    /// Reads one of the layer's vectors.
+    pub async fn read_vec(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        self.ctx.read_async(buffer, 0, self.len).await
+    }
+
+    /// The saved per-row statistics buffer, (centre, rstd, delta, var) per row.
+    pub fn saved(&self) -> Option<wgpu::Buffer> {
+        lock(&self.scratch).rows.clone()
+    }
+
+    /// (mean, rstd) per stat row of the last input-statistics forward.
+    pub async fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let rows = lock(&self.saved_for).as_ref().map(|s| s.2);
+        let (Some(rows), Some(buf)) = (rows, self.saved()) else {
+            return Err(Error::Parameter("no forward has saved statistics yet".into()));
+        };
+        let v: Vec<f32> = self.ctx.read_async(&buf, 0, rows * 4).await?;
+        Ok((v.chunks(4).map(|s| s[0]).collect(), v.chunks(4).map(|s| s[1]).collect()))
+    }
+
+    fn params(&self, view: ChannelView, geo: &Geometry, opt: &Options) -> ChannelParams {
+        let mut flags = 0;
+        if opt.affine {
+            flags |= FLAG_AFFINE;
+        }
+        if opt.bias {
+            flags |= FLAG_BIAS;
+        }
+        if opt.rms {
+            flags |= FLAG_RMS;
+        }
+        ChannelParams {
+            outer: view.outer as u32,
+            channels: view.channels as u32,
+            inner: view.inner as u32,
+            flags,
+            eps: opt.eps,
+            momentum: opt.momentum,
+            count: geo.row_len() as f32,
+            row_div: geo.row_div as u32,
+            groups: geo.groups as u32,
+            cpg: geo.cpg as u32,
+            wdiv: geo.wdiv as u32,
+            rows: geo.rows() as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Validates `x` and `other`: same shape, layout and dtype, distinct buffers.
+    fn check_pair(&self, x: &TensorView, other: &TensorView, name: &str) -> Result<()> {
+        self.ctx.check_alive()?;
+        if other.shape != x.shape || (other.layout != x.layout && x.shape.len() > 2) {
+            return Err(Error::Shape(format!(
+                "{name} is {:?} {:?}, x is {:?} {:?}",
+                other.shape, other.layout, x.shape, x.layout
+            )));
+        }
+        if other.buffer == x.buffer {
+            return Err(Error::Buffer(format!("x and {name} share a buffer; the op does not run in place")));
+        }
+        if other.dtype != x.dtype {
+            return Err(Error::Parameter(format!("{name} is {:?}, x is {:?}", other.dtype, x.dtype)));
+        }
+        if x.dtype == DType::F16 && !self.ctx.device().features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
+        }
+        Ok(())
+    }
+
+    /// Cuts the op into parts that each fit one storage binding: runs of
+    /// whole samples or, when one sample is too large, runs of whole groups
+    /// of one sample. Returns every part with its windows of `tensors`, all
+    /// checked before anything is recorded. One part when the op fits.
+    fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
+        let limits = self.ctx.device().limits();
+        let x = tensors[0].0;
+        for (t, name) in tensors {
+            check_range(t.buffer, t.offset, t.len(), t.dtype.size(), name)?;
+        }
+        let esize = x.dtype.size();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
+        let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align + 4);
+        let max_values = (max_bytes / esize) as usize;
+        let sample_len = geo.sample_len();
+        // (first value, geometry, first row, first weight, slot among the parts covering a weight)
+        let mut cuts: Vec<(usize, Geometry, usize, usize, usize)> = Vec::new();
+        let fits = (max_values / sample_len.max(1)).min(geo.samples);
+        if fits > 0 {
+            // Runs of whole samples, of equal size so the last is not a sliver.
+            let count = geo.samples.div_ceil(fits);
+            let per = geo.samples.div_ceil(count);
+            for (slot, first) in (0..geo.samples).step_by(per).enumerate() {
+                let n = per.min(geo.samples - first);
+                cuts.push((first * sample_len, geo.for_samples(n), first * geo.sample_rows(), 0, slot));
+            }
+        } else {
+            // One sample exceeds a binding: runs of whole groups of each sample.
+            let row_len = geo.row_len();
+            let per = max_values / row_len.max(1);
+            let too_large = || {
+                Error::Unsupported(format!(
+                    "one sample of {sample_len} values exceeds the device's storage binding limit, and it \
+                     cannot be cut (a row, a channels-last sample, or one group above the limit)"
+                ))
+            };
+            if per == 0 || geo.group_run(0, 1).is_none() {
+                return Err(too_large());
+            }
+            let groups = geo.sample_rows();
+            let count = groups.div_ceil(per);
+            let per = groups.div_ceil(count);
+            for n in 0..geo.samples {
+                for g0 in (0..groups).step_by(per) {
+                    let g1 = (g0 + per).min(groups);
+                    let g = geo.group_run(g0, g1).ok_or_else(too_large)?;
+                    cuts.push((n * sample_len + g0 * row_len, g, n * groups + g0, g0 * geo.cpg, n));
+                }
+            }
+        }
+        let mut parts = Vec::with_capacity(cuts.len());
+        for (start, g, first_row, weight_base, slot) in cuts {
+            let windows = tensors
+                .iter()
+                .map(|(t, name)| {
+                    let offset = t.offset + start as u64 * esize;
+                    window(t.buffer, offset, g.weights.len(), esize, name, &limits)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            parts.push(Part { first_row, weight_base: weight_base as u32, slot: slot as u32, geo: g, windows });
+        }
+        Ok(parts)
+    }
+
+    fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {
+        let mut s = lock(&self.scratch);
+        let row_bytes = geo.rows() as u64 * 16;
+        Ok((
+            grow(&self.ctx, &mut s.rows, row_bytes, "norm row statistics")?,
+            grow(&self.ctx, &mut s.rows_dx, row_bytes, "norm dx coefficients")?,
+            grow(&self.ctx, &mut s.partials, partial_bytes, "norm partials")?,
+        ))
+    }
+
+    /// One vec4 per instance (GroupNorm's and InstanceNorm's backward).
+    fn instance_scratch(&self, instances: usize) -> Result<wgpu::Buffer> {
+        let mut s = lock(&self.scratch);
+        grow(&self.ctx, &mut s.instances, instances as u64 * 16, "norm instance sums")
+    }
+
+    /// The scratch of a cut op: one part's rows and every part's column partials.
+    fn part_scratch(&self, part_rows: usize, column_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
+        if column_bytes > limit {
+            return Err(Error::Unsupported(format!(
+                "{column_bytes} bytes of partial column sums exceed the device's storage binding limit"
+            )));
+        }
+        let mut s = lock(&self.scratch);
+        Ok((
+            grow(&self.ctx, &mut s.part_rows, part_rows as u64 * 16, "norm part rows")?,
+            grow(&self.ctx, &mut s.column_partials, column_bytes, "norm column partials")?,
+        ))
+    }
+
+    fn row_workgroups(geo: &Geometry) -> (u32, u32) {
+        (geo.rows().div_ceil(64).min(65535) as u32, 1)
+    }
+
+    fn weight_workgroups(&self) -> (u32, u32) {
+        (self.len.div_ceil(64).min(65535) as u32, 1)
+    }
+}
+
+/// A run of whole samples, or of whole groups of one sample, that fits one
+/// binding: where its rows start among the op's, its first weight, its slot
+/// among the parts that cover a weight (for the column partials), its
+/// geometry, and its windows of the op's tensors (x first).
+struct Part<'a> {
+    first_row: usize,
+    weight_base: u32,
+    slot: u32,
+    geo: Geometry,
+    windows: Vec<Window<'a>>,
+}
+
+impl<'a> Part<'a> {
+    /// The part's passes over `rows` (its own) and the row partials scratch.
+    fn piece<'p>(&'p self, rows: &'p wgpu::Buffer, partials: &'p wgpu::Buffer, f16: bool) -> Piece<'p, 'a> {
+        Piece { geo: self.geo, weight_base: self.weight_base, x: &self.windows[0], rows, partials, f16 }
+    }
+}
+
+/// What a part's passes share: its geometry, x, the rows its statistics
+/// live in, and the row partials scratch.
+#[derive(Clone, Copy)]
+struct Piece<'p, 'a> {
+    geo: Geometry,
+    /// The part's first weight (a run of groups of one sample), else 0.
+    weight_base: u32,
+    x: &'p Window<'a>,
+    rows: &'p wgpu::Buffer,
+    partials: &'p wgpu::Buffer,
+    f16: bool,
+}
+
+/// A part's backward outputs and its dx coefficients.
+#[derive(Clone, Copy)]
+struct PartDx<'p, 'a> {
+    dy: &'p Window<'a>,
+    dx: &'p Window<'a>,
+    rows_dx: &'p wgpu::Buffer,
+    /// The one-pass plan, where the part takes it (its column partials are
+    /// sized for it).
+    resident: Option<Resident>,
+    /// GroupNorm's and InstanceNorm's reduction per instance and its
+    /// per-instance scratch, where the part is the whole op.
+    instances: Option<(&'p StatPlan, &'p wgpu::Buffer)>,
+}
+
+/// Where a part's column partials go: `parts` per column, this part's from
+/// `part_base`; `merge` when this part is the whole op.
+struct Columns<'p> {
+    partials: &'p wgpu::Buffer,
+    parts: u32,
+    part_base: u32,
+    merge: bool,
+}
+
+/// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
+fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
+    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4, words: false }, tile.entry(op))
+}
