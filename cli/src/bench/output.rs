@@ -152,7 +152,9 @@ fn xml_escape(s: &str) -> String {
 /// kernel's GB/s over the same bytes, and the ratio at the bar's end.
 pub fn svg(report: &Report) -> String {
     let rows = report.results.len().max(1);
-    let (label_w, bar_w, row_h, top) = (330.0, 560.0, 22.0, 56.0);
+    // Model rows carry the layer's name in their label.
+    let label_w = if report.results.iter().any(|r| r.layer.is_some()) { 480.0 } else { 330.0 };
+    let (bar_w, row_h, top) = (560.0, 22.0, 56.0);
     let width = label_w + bar_w + 190.0;
     let height = top + rows as f64 * row_h + 30.0;
     let max = report.results.iter().map(|r| r.gbps.max(r.copy_gbps)).filter(|v| v.is_finite()).fold(1e-9, f64::max);
@@ -183,7 +185,7 @@ pub fn svg(report: &Report) -> String {
              <text x=\"{:.1}\" y=\"{:.1}\">{:.2} GB/s ({:.2}x)</text>\n",
             label_w - 6.0,
             y + 15.0,
-            r.op,
+            r.layer.as_deref().map_or(r.op.to_string(), |layer| format!("{layer} {}", r.op)),
             r.layout.name(),
             shape_name(&r.shape),
             y + 3.0,
