@@ -72,7 +72,28 @@ impl Context {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::wrap(device, queue, adapter.get_info()))
+        let ctx = Self::wrap(device, queue, adapter.get_info());
+        ctx.strategy_from_env()?;
+        Ok(ctx)
+    }
+
+    /// `WGPU_NORM_REDUCTION` (`tree`, `per-invocation`) and
+    /// `WGPU_NORM_ACCESS` (`floats`, `words64`) override the device's
+    /// defaults, as `WGPU_BACKEND` picks the backend: to run a CPU adapter
+    /// the way GPUs run (the test suite does so on lavapipe).
+    fn strategy_from_env(&self) -> Result<()> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("WGPU_NORM_REDUCTION") {
+            let r = Reduction::from_name(&v)
+                .ok_or_else(|| Error::Parameter(format!("WGPU_NORM_REDUCTION={v}: expected tree or per-invocation")))?;
+            self.set_reduction(r);
+        }
+        if let Some(v) = var("WGPU_NORM_ACCESS") {
+            let a = Access::from_name(&v)
+                .ok_or_else(|| Error::Parameter(format!("WGPU_NORM_ACCESS={v}: expected floats or words64")))?;
+            self.set_access(a)?;
+        }
+        Ok(())
     }
 
     /// Wraps a device the application already owns. The crate then works

@@ -26,3 +26,35 @@ pub enum Access {
     /// its own, so a vec4 of f32 costs four of those and two words two.
     Words64,
 }
+
+impl Reduction {
+    /// `tree` or `per-invocation`: the names `WGPU_NORM_REDUCTION` and
+    /// `wgpu-norm bench --reduction` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Tree => "tree",
+            Reduction::PerInvocation => "per-invocation",
+        }
+    }
+
+    /// The strategy of a [`Self::name`].
+    pub fn from_name(name: &str) -> Option<Reduction> {
+        [Reduction::Tree, Reduction::PerInvocation].into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl Access {
+    /// `floats` or `words64`: the names `WGPU_NORM_ACCESS` and
+    /// `wgpu-norm bench --access` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Floats => "floats",
+            Access::Words64 => "words64",
+        }
+    }
+
+    /// The access of a [`Self::name`].
+    pub fn from_name(name: &str) -> Option<Access> {
+        [Access::Floats, Access::Words64].into_iter().find(|a| a.name() == name)
+    }
+}

@@ -115,7 +115,9 @@ fn both_reduction_strategies_match_the_reference() {
     let ctx = ctx();
     let default = ctx.reduction();
     let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-    assert_eq!(default, if cpu { Reduction::PerInvocation } else { Reduction::Tree });
+    // The device class's choice, unless WGPU_NORM_REDUCTION overrode it.
+    let chosen = std::env::var("WGPU_NORM_REDUCTION").ok().and_then(|v| Reduction::from_name(&v));
+    assert_eq!(default, chosen.unwrap_or(if cpu { Reduction::PerInvocation } else { Reduction::Tree }));
     let mut rng = Rng(77);
     for reduction in [Reduction::Tree, Reduction::PerInvocation] {
         ctx.set_reduction(reduction);
@@ -150,7 +152,8 @@ fn both_accesses_match_the_reference() {
     let default = ctx.access();
     let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
     let int64 = ctx.device().features().contains(wgpu::Features::SHADER_INT64);
-    assert_eq!(default, if cpu && int64 { Access::Words64 } else { Access::Floats });
+    let chosen = std::env::var("WGPU_NORM_ACCESS").ok().and_then(|v| Access::from_name(&v));
+    assert_eq!(default, chosen.unwrap_or(if cpu && int64 { Access::Words64 } else { Access::Floats }));
     let mut rng = Rng(78);
     for &access in common::accesses() {
         ctx.set_access(access).unwrap();

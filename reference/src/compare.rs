@@ -6,6 +6,16 @@ pub const DEFAULT_TOLERANCE: f64 = 1e-3;
 
 /// `max|got - want| / max(1, max|want|)`; NaN where only one side is NaN
 /// counts as infinite, NaN on both sides as equal.
+///
+/// ```
+/// use wgpu_norm_reference::normalized_error;
+/// // Errors scale with the largest expected magnitude, at least 1.
+/// assert_eq!(normalized_error(&[1.0, 2.5], &[1.0, 2.0]), 0.25);
+/// assert_eq!(normalized_error(&[0.5], &[0.25]), 0.25);
+/// assert_eq!(normalized_error(&[f32::NAN], &[f64::NAN]), 0.0);
+/// assert!(normalized_error(&[f32::NAN], &[1.0]).is_infinite());
+/// assert!(normalized_error(&[1.0], &[1.0, 2.0]).is_infinite(), "lengths differ");
+/// ```
 pub fn normalized_error(got: &[f32], want: &[f64]) -> f64 {
     if got.len() != want.len() {
         return f64::INFINITY;

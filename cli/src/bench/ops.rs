@@ -276,6 +276,13 @@ pub fn parse_ops(s: &str) -> Result<Vec<Op>> {
 
 /// Parses `--shapes`: shapes separated by `;`, dimensions by `,` (or `x`),
 /// in logical order (N, C, spatial...).
+///
+/// ```
+/// use wgpu_norm_cli::bench::parse_shapes;
+/// assert_eq!(parse_shapes("32,64,56,56; 8192x512").unwrap(), [vec![32, 64, 56, 56], vec![8192, 512]]);
+/// assert!(parse_shapes("7").is_err(), "rank 1");
+/// assert!(parse_shapes("4,0,3").is_err(), "a zero dimension");
+/// ```
 pub fn parse_shapes(s: &str) -> Result<Vec<Vec<usize>>> {
     let mut shapes = Vec::new();
     for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {

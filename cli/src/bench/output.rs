@@ -8,36 +8,22 @@ use super::{shape_name, ModelSummary, Report};
 
 /// The name `--reduction` takes and the output shows.
 pub fn reduction_name(reduction: Reduction) -> &'static str {
-    match reduction {
-        Reduction::Tree => "tree",
-        Reduction::PerInvocation => "per-invocation",
-    }
+    reduction.name()
 }
 
 /// Parses `--reduction`: `tree` or `per-invocation`.
 pub fn parse_reduction(s: &str) -> Result<Reduction> {
-    match s {
-        "tree" => Ok(Reduction::Tree),
-        "per-invocation" => Ok(Reduction::PerInvocation),
-        _ => Err(Error::Parameter(format!("--reduction {s}: expected tree or per-invocation"))),
-    }
+    Reduction::from_name(s).ok_or_else(|| Error::Parameter(format!("--reduction {s}: expected tree or per-invocation")))
 }
 
 /// The name `--access` takes and the output shows.
 pub fn access_name(access: Access) -> &'static str {
-    match access {
-        Access::Floats => "floats",
-        Access::Words64 => "words64",
-    }
+    access.name()
 }
 
 /// Parses `--access`: `floats` or `words64`.
 pub fn parse_access(s: &str) -> Result<Access> {
-    match s {
-        "floats" => Ok(Access::Floats),
-        "words64" => Ok(Access::Words64),
-        _ => Err(Error::Parameter(format!("--access {s}: expected floats or words64"))),
-    }
+    Access::from_name(s).ok_or_else(|| Error::Parameter(format!("--access {s}: expected floats or words64")))
 }
 
 /// The human-readable table.
