@@ -56,6 +56,8 @@ impl LayerKind {
             return Err(Error::Shape(format!("{shape:?} is not a {self:?} weight shape")));
         }
         let axis = self.out_axis();
+        // Every product checked: the view's length is their product too.
+        crate::tensor::element_count(shape)?;
         Ok(ChannelView {
             outer: shape[..axis].iter().product(),
             channels: shape[axis],

@@ -53,10 +53,12 @@ impl ChannelView {
         assert!(shape.len() >= 2, "ChannelView needs rank >= 2");
         let n = shape[0];
         let channels = shape[1];
-        let spatial: usize = shape[2..].iter().product();
+        // Saturating: a shape this large is refused by the checks that
+        // follow, never wrapped into a small one.
+        let spatial = shape[2..].iter().fold(1usize, |n, &d| n.saturating_mul(d));
         match layout {
             Layout::Nchw => ChannelView { outer: n, channels, inner: spatial },
-            Layout::Nhwc => ChannelView { outer: n * spatial, channels, inner: 1 },
+            Layout::Nhwc => ChannelView { outer: n.saturating_mul(spatial), channels, inner: 1 },
         }
     }
 
@@ -67,7 +69,7 @@ impl ChannelView {
 
     /// Total number of elements.
     pub fn len(&self) -> usize {
-        self.outer * self.channels * self.inner
+        self.outer.saturating_mul(self.channels).saturating_mul(self.inner)
     }
 
     /// True when the tensor holds no element.

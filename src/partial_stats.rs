@@ -120,6 +120,9 @@ impl PartialStats {
                 self.m2.len()
             )));
         }
+        if let Some(bad) = self.count.iter().find(|c| !c.is_finite() || **c < 0.0) {
+            return Err(Error::Parameter(format!("a statistics count of {bad}: counts are finite and not negative")));
+        }
         Ok(())
     }
 }

@@ -108,6 +108,12 @@ impl BatchNorm {
                 sums.channels()
             )));
         }
+        if !sums.count.is_finite() || sums.count < 0.0 {
+            return Err(Error::Parameter(format!(
+                "a gradient-sum count of {}: counts are finite and not negative",
+                sums.count
+            )));
+        }
         let stats_mode = self.stats_for(mode.is_training(), false);
         if stats_mode != Stats::Running {
             check_global_count(sums.count)?;
@@ -126,7 +132,7 @@ fn per_channel(x: &TensorView) -> f64 {
 /// Batch statistics need more than one value per channel over the global
 /// batch (PyTorch's rule, applied to the whole batch, not one rank's slice).
 fn check_global_count(count: f64) -> Result<()> {
-    if count.is_nan() || count < 2.0 {
+    if !count.is_finite() || count < 2.0 {
         return Err(Error::Parameter(format!(
             "expected more than 1 value per channel over the global batch when training, got {count}"
         )));

@@ -66,9 +66,10 @@ impl<'a> TensorView<'a> {
         self
     }
 
-    /// Number of elements.
+    /// Number of elements (`usize::MAX` for a shape whose product
+    /// overflows, which no buffer can hold).
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        element_count(&self.shape).unwrap_or(usize::MAX)
     }
 
     /// True when some dimension is zero.
@@ -213,10 +214,26 @@ pub struct Tensor {
     pub dtype: DType,
 }
 
+/// The number of elements of `shape`, or `Err(Shape)` when the product
+/// overflows.
+pub(crate) fn element_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("{shape:?} has more elements than an address space holds")))
+}
+
+/// The bytes of `len` elements of `element_bytes` each, or `Err(Shape)`.
+fn byte_count(shape: &[usize], len: usize, element_bytes: u64) -> Result<u64> {
+    (len as u64)
+        .checked_mul(element_bytes)
+        .ok_or_else(|| Error::Shape(format!("{shape:?} needs more bytes than a buffer can hold")))
+}
+
 impl Tensor {
     /// Uploads `data` (in `layout`'s memory order) as a tensor of `shape`.
     pub fn from_slice(ctx: &Context, data: &[f32], shape: &[usize], layout: Layout) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
+        let len = element_count(shape)?;
         if data.len() != len {
             return Err(Error::Shape(format!("{} values for shape {shape:?} ({len} elements)", data.len())));
         }
@@ -225,13 +242,8 @@ impl Tensor {
 
     /// A zero-filled tensor of `shape`.
     pub fn zeros(ctx: &Context, shape: &[usize], layout: Layout) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        Ok(Tensor {
-            buffer: ctx.zeros("wgpu-norm tensor", len as u64 * 4)?,
-            shape: shape.to_vec(),
-            layout,
-            dtype: DType::F32,
-        })
+        let bytes = byte_count(shape, element_count(shape)?, 4)?;
+        Ok(Tensor { buffer: ctx.zeros("wgpu-norm tensor", bytes)?, shape: shape.to_vec(), layout, dtype: DType::F32 })
     }
 
     /// A view of the whole tensor.
@@ -247,7 +259,7 @@ impl Tensor {
 
     /// Uploads `data` rounded to half precision (f16) as a tensor of `shape`.
     pub fn from_slice_f16(ctx: &Context, data: &[f32], shape: &[usize], layout: Layout) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
+        let len = element_count(shape)?;
         if data.len() != len {
             return Err(Error::Shape(format!("{} values for shape {shape:?} ({len} elements)", data.len())));
         }
@@ -265,9 +277,9 @@ impl Tensor {
 
     /// A zero-filled f16 tensor of `shape`.
     pub fn zeros_f16(ctx: &Context, shape: &[usize], layout: Layout) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
+        let bytes = byte_count(shape, element_count(shape)?, 2)?;
         Ok(Tensor {
-            buffer: ctx.zeros("wgpu-norm f16 tensor", (len as u64 * 2).next_multiple_of(4))?,
+            buffer: ctx.zeros("wgpu-norm f16 tensor", bytes.next_multiple_of(4))?,
             shape: shape.to_vec(),
             layout,
             dtype: DType::F16,
@@ -281,7 +293,7 @@ impl Tensor {
 
     /// [`Self::read`] without blocking.
     pub async fn read_async(&self, ctx: &Context) -> Result<Vec<f32>> {
-        let len: usize = self.shape.iter().product();
+        let len = element_count(&self.shape)?;
         match self.dtype {
             DType::F32 => ctx.read_async(&self.buffer, 0, len).await,
             DType::F16 => {

@@ -1,0 +1,108 @@
+//! Hostile and careless calls (issue #17's classes, the first of them): each
+//! returns the right error, writes nothing (sentinels read back), and leaves
+//! the caller's encoder able to finish and submit.
+//!
+//! - sizes whose arithmetic would wrap: shape products, byte counts, offsets;
+//! - non-finite or negative counts handed to SyncBatchNorm's split.
+
+mod common;
+
+use common::ctx;
+use wgpu_norm::{
+    fold_host, BatchNorm, BatchNormConfig, BatchNormState, Error, GradSums, LayerKind, Layout, Mode, PartialStats,
+    Tensor,
+};
+
+const SENTINEL: f32 = -7.25;
+
+/// Runs `record` into a fresh encoder; the encoder must still finish and
+/// submit whatever `record` returned. Returns that result.
+fn recorded(record: impl FnOnce(&mut wgpu::CommandEncoder) -> wgpu_norm::Result<()>) -> wgpu_norm::Result<()> {
+    let ctx = ctx();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let out = record(&mut encoder);
+    ctx.scoped(|| Ok(ctx.queue().submit([encoder.finish()])))
+        .expect("the caller's encoder finishes and submits after the call");
+    ctx.wait(None).unwrap();
+    out
+}
+
+#[test]
+fn shapes_whose_size_overflows_are_refused() {
+    let ctx = ctx();
+    for shape in [vec![1usize << 32, 1 << 32], vec![usize::MAX, 2], vec![3, 1 << 40, 1 << 40]] {
+        for err in [
+            Tensor::from_slice(ctx, &[], &shape, Layout::Nchw).unwrap_err(),
+            Tensor::zeros(ctx, &shape, Layout::Nchw).unwrap_err(),
+            Tensor::from_slice_f16(ctx, &[], &shape, Layout::Nchw).unwrap_err(),
+            Tensor::zeros_f16(ctx, &shape, Layout::Nchw).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Shape(_)), "{shape:?}: {err}");
+        }
+    }
+    // A shape of 2^62 f32 fits usize but not a byte count.
+    let err = Tensor::zeros(ctx, &[1 << 31, 1 << 31], Layout::Nchw).unwrap_err();
+    assert!(matches!(err, Error::Shape(_) | Error::Buffer(_) | Error::OutOfMemory(_)), "{err}");
+}
+
+#[test]
+fn reads_whose_byte_count_overflows_are_refused() {
+    let ctx = ctx();
+    let buffer = ctx.upload("hostile read", &[SENTINEL; 4]).unwrap();
+    for (offset, len) in [(0u64, 1usize << 62), (0, usize::MAX), (u64::MAX - 3, 1), (u64::MAX, 0)] {
+        let err = ctx.read::<f32>(&buffer, offset, len).unwrap_err();
+        assert!(matches!(err, Error::Buffer(_)), "offset {offset}, {len} values: {err}");
+    }
+    assert_eq!(ctx.read::<f32>(&buffer, 0, 4).unwrap(), [SENTINEL; 4]);
+}
+
+#[test]
+fn fold_shapes_whose_size_overflows_are_refused() {
+    let state = BatchNormState::initial(4);
+    for shape in [[4, 3, 6148914691236517206], [4, usize::MAX, 2], [4, 1 << 33, 1 << 33]] {
+        let err = fold_host(LayerKind::Conv, &[1.0; 12], &shape, None, &state, 1e-5).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{shape:?}: {err}");
+    }
+    let err = fold_host(LayerKind::Linear, &[1.0; 4], &[4, usize::MAX], None, &state, 1e-5).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+}
+
+#[test]
+fn an_op_on_a_view_whose_size_overflows_is_refused() {
+    let ctx = ctx();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 6], &[2, 3], Layout::Nchw).unwrap();
+    let huge = wgpu_norm::TensorView::new(&y.buffer, &[1 << 40, 3, 1 << 40]);
+    assert_eq!(huge.len(), usize::MAX, "len saturates instead of wrapping");
+    let err = recorded(|e| bn.forward(e, &huge, &y.view(), Mode::Training, wgpu_norm::Epilogue::None)).unwrap_err();
+    assert!(matches!(err, Error::Shape(_) | Error::Buffer(_)), "{err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+}
+
+/// SyncBatchNorm's split takes counts from the caller: a NaN, infinite or
+/// negative one is refused before anything is written.
+#[test]
+fn non_finite_counts_are_refused() {
+    let ctx = ctx();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(2)).unwrap();
+    let before = bn.read_state().unwrap();
+    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 4], &[2, 2], Layout::Nchw).unwrap();
+    let dx = Tensor::from_slice(ctx, &[SENTINEL; 4], &[2, 2], Layout::Nchw).unwrap();
+    for count in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -3.0] {
+        let stats = PartialStats { count: vec![4.0, count], mean: vec![0.0; 2], m2: vec![1.0; 2] };
+        for mode in [Mode::Training, Mode::Eval] {
+            let err = recorded(|e| bn.forward_with_stats(e, &x.view(), &y.view(), &stats, mode)).unwrap_err();
+            assert!(matches!(err, Error::Parameter(_)), "count {count} {mode:?}: {err}");
+        }
+        let sums = GradSums { count, sum_dy: vec![1.0; 2], sum_dy_xmu: vec![1.0; 2], sum_xmu: vec![0.0; 2] };
+        for mode in [Mode::Training, Mode::Eval] {
+            let err =
+                recorded(|e| bn.backward_with_sums(e, &x.view(), &x.view(), &dx.view(), &sums, mode)).unwrap_err();
+            assert!(matches!(err, Error::Parameter(_)), "sums count {count} {mode:?}: {err}");
+        }
+    }
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+    assert!(dx.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "dx untouched");
+    assert_eq!(bn.read_state().unwrap(), before, "running statistics untouched");
+}
