@@ -34,14 +34,13 @@ impl LayerKind {
     /// `conv_transpose2d`, `linear`, ...).
     pub fn parse(s: &str) -> Option<LayerKind> {
         let s = s.to_ascii_lowercase().replace(['_', '-'], "");
-        if s.starts_with("convtranspose") {
-            Some(LayerKind::ConvTranspose)
-        } else if s.starts_with("conv") {
-            Some(LayerKind::Conv)
-        } else if s == "linear" {
-            Some(LayerKind::Linear)
-        } else {
-            None
+        match s.as_str() {
+            "conv" | "conv1d" | "conv2d" | "conv3d" => Some(LayerKind::Conv),
+            "convtranspose" | "convtranspose1d" | "convtranspose2d" | "convtranspose3d" => {
+                Some(LayerKind::ConvTranspose)
+            }
+            "linear" => Some(LayerKind::Linear),
+            _ => None,
         }
     }
 
@@ -265,4 +264,25 @@ fn weight_pieces(view: ChannelView, limits: &wgpu::Limits) -> Result<Vec<(usize,
 /// four values per invocation, within one dispatch dimension.
 fn elementwise_workgroups(len: usize) -> (u32, u32) {
     (len.div_ceil(256 * 4).clamp(1, 65535) as u32, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_kinds_are_named_exactly() {
+        for (name, kind) in [
+            ("conv2d", LayerKind::Conv),
+            ("Conv3d", LayerKind::Conv),
+            ("conv_transpose2d", LayerKind::ConvTranspose),
+            ("ConvTranspose1d", LayerKind::ConvTranspose),
+            ("linear", LayerKind::Linear),
+        ] {
+            assert_eq!(LayerKind::parse(name), Some(kind), "{name}");
+        }
+        for name in ["conv9d_transposed", "conv4d", "convolution", "linear2", "", "transpose"] {
+            assert_eq!(LayerKind::parse(name), None, "{name}");
+        }
+    }
 }

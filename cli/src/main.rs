@@ -196,7 +196,24 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Most warm-up runs `--warmup` takes (each op runs that many times before
+/// it is timed).
+const MAX_WARMUP: usize = 10_000;
+
 fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
+    let bad = |m: String| Err(wgpu_norm::Error::Parameter(m));
+    if args.iters.is_some_and(|n| !(1..=bench::MAX_ITERS).contains(&n)) {
+        return bad(format!("--iters must be 1 to {} (timed runs per measurement)", bench::MAX_ITERS));
+    }
+    if args.warmup.is_some_and(|n| n > MAX_WARMUP) {
+        return bad(format!("--warmup must be at most {MAX_WARMUP}"));
+    }
+    if let Some(plot) = &args.plot {
+        let folder = plot.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !folder.is_dir() {
+            return bad(format!("--plot {}: the folder {} does not exist", plot.display(), folder.display()));
+        }
+    }
     let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::default_run() };
     if let Some(ops) = &args.ops {
         config.ops = bench::parse_ops(ops)?;
@@ -261,6 +278,9 @@ fn progress_bar(done: usize, total: usize, what: &str) {
 }
 
 fn run_check(paths: &[PathBuf], tol: f64, as_json: bool) -> wgpu_norm::Result<ExitCode> {
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(wgpu_norm::Error::Parameter(format!("--tol {tol}: expected a finite tolerance above 0")));
+    }
     let ctx = Context::new()?;
     let mut reports: Vec<CaseReport> = Vec::new();
     for file in collect_case_files(paths) {
@@ -300,6 +320,10 @@ fn run_check(paths: &[PathBuf], tol: f64, as_json: bool) -> wgpu_norm::Result<Ex
         outln!("{passed} passed, {failed} failed, {skipped} skipped");
     } else {
         outln!("{passed} passed, {failed} failed");
+    }
+    if reports.is_empty() {
+        let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("wgpu-norm: no case files (*.safetensors) found in {}", given.join(", "));
     }
     Ok(if failed > 0 || reports.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

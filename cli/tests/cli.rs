@@ -31,7 +31,8 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// Writes a channels-last training case computed by the f64 reference, in
 /// the golden format; `tamper` shifts one expected value of `y`.
-fn write_case(path: &Path, tamper: bool) {
+/// A BatchNorm case whose expected y[0] is shifted by `tamper`, if given.
+fn write_case(path: &Path, tamper: Option<f64>) {
     let shape = [5usize, 3, 7];
     let mut rng = Rng(42);
     let len = 5 * 3 * 7;
@@ -54,8 +55,8 @@ fn write_case(path: &Path, tamper: bool) {
     let f = reference::batch_norm_forward(&args, &x, None);
     let b = reference::batch_norm_backward(&args, &x, None, &dy);
     let mut y = f.y.clone();
-    if tamper {
-        y[0] += 0.5;
+    if let Some(shift) = tamper {
+        y[0] += shift;
     }
     let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
     let f64s = |v: &[f64]| bytemuck::cast_slice::<f64, u8>(v).to_vec();
@@ -131,7 +132,7 @@ fn info_into_a_closed_pipe_exits_quietly() {
 #[test]
 fn check_passes_an_unseen_case_and_reports_json() {
     let dir = temp_dir("unseen");
-    write_case(&dir.join("unseen_nhwc.safetensors"), false);
+    write_case(&dir.join("unseen_nhwc.safetensors"), None);
     let out = wgpu_norm(&["check", dir.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -151,7 +152,7 @@ fn check_passes_an_unseen_case_and_reports_json() {
 #[test]
 fn check_fails_a_tampered_case() {
     let dir = temp_dir("tampered");
-    write_case(&dir.join("tampered.safetensors"), true);
+    write_case(&dir.join("tampered.safetensors"), Some(0.5));
     let out = wgpu_norm(&["check", dir.join("tampered.safetensors").to_str().unwrap()]);
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
@@ -180,4 +181,45 @@ fn check_runs_the_bundled_golden_cases() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.lines().last().unwrap().contains(" 0 failed"), "{text}");
+}
+
+/// An expected NaN where the GPU gives a number fails with the value named.
+#[test]
+fn check_says_why_a_non_finite_comparison_fails() {
+    let dir = temp_dir("nan");
+    let path = dir.join("bn_nan.safetensors");
+    write_case(&path, Some(f64::NAN));
+    let out = wgpu_norm(&["check", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("FAIL bn_nan y inf"), "{}", stdout(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("value 0 is") && stderr.contains("NaN"), "names the value: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Options that cannot mean anything are refused before any work, and an
+/// empty folder says so.
+#[test]
+fn bad_options_are_refused_up_front() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    let golden = golden.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["check", "--tol", "nan", golden], "--tol"),
+        (vec!["check", "--tol=-1", golden], "--tol"),
+        (vec!["check", "--tol", "inf", golden], "--tol"),
+        (vec!["bench", "--quick", "--iters", "0"], "--iters"),
+        (vec!["bench", "--quick", "--warmup", "1000000000"], "--warmup"),
+        (vec!["bench", "--quick", "--plot", "/no/such/folder/chart.svg"], "does not exist"),
+    ] {
+        let out = wgpu_norm(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} ran: {}", stdout(&out));
+    }
+    let empty = temp_dir("empty");
+    let out = wgpu_norm(&["check", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no case files"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&empty);
 }

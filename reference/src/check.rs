@@ -87,7 +87,23 @@ pub fn check_case(ctx: &Context, case: &Case, tol: f64) -> CaseReport {
     let outcome = if worst <= tol {
         Outcome::Pass { worst }
     } else {
-        Outcome::Fail { tensor: worst_name.to_string(), error: worst, message: None }
+        let message = match (got.get(worst_name), case.expected(worst_name)) {
+            (Some(g), Some(want)) if g.len() != want.data.len() => {
+                Some(format!("{} values, the case expects {}", g.len(), want.data.len()))
+            }
+            (Some(g), Some(want)) if worst.is_infinite() => {
+                // The first value off by a non-finite amount (NaN against a
+                // number, or an infinity against anything else).
+                let off = |g: f32, w: f64| {
+                    let g = f64::from(g);
+                    !(g.is_nan() && w.is_nan()) && g != w && !(g - w).is_finite()
+                };
+                let at = g.iter().zip(&want.data).position(|(&g, &w)| off(g, w));
+                at.map(|i| format!("value {i} is {} where the reference is {}", g[i], want.data[i]))
+            }
+            _ => None,
+        };
+        Outcome::Fail { tensor: worst_name.to_string(), error: worst, message }
     };
     report(outcome, errors)
 }

@@ -211,7 +211,8 @@ fn case_error(path: &Path, message: String) -> Error {
     Error::Case { file: path.display().to_string(), message }
 }
 
-/// Parses `2,3,4`, `[2, 3, 4]`, `(2, 3)`, `16`; `[]` / empty is `[]`.
+/// Parses `2,3,4`, `[2, 3, 4]`, `(2, 3)`, `16`; `[]` / empty is `[]`. `None`
+/// for a malformed shape or one whose element count overflows.
 fn parse_shape(s: &str) -> Option<Vec<usize>> {
     let s = s.trim();
     let inner = match (s.chars().next(), s.chars().last()) {
@@ -227,7 +228,10 @@ fn parse_shape(s: &str) -> Option<Vec<usize>> {
         Some((last, rest)) if last.is_empty() && !rest.is_empty() => rest,
         _ => &parts[..],
     };
-    parts.iter().map(|p| p.parse().ok()).collect()
+    let dims: Vec<usize> = parts.iter().map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    // A shape whose element count overflows is no shape a case can hold.
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    Some(dims)
 }
 
 /// Expands `paths` into case files: a file is taken as given, a folder gives
@@ -263,4 +267,18 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shape;
+
+    #[test]
+    fn shapes_parse_and_overflowing_ones_do_not() {
+        assert_eq!(parse_shape("[2, 3, 4]"), Some(vec![2, 3, 4]));
+        assert_eq!(parse_shape("(3,)"), Some(vec![3]));
+        assert_eq!(parse_shape("[]"), Some(vec![]));
+        assert_eq!(parse_shape("[4, 3, 6148914691236517206]"), None, "4 * 3 * that overflows");
+        assert_eq!(parse_shape("[4, x]"), None);
+    }
 }
