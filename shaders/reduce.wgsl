@@ -4,7 +4,7 @@
 // short `inner`), or whole short channels (rows: outer == 1, a few lanes per
 // channel), and writes one vec4 partial per channel through a tree in
 // workgroup memory, or, in the `_lanes` entry points (CPU adapters, see
-// `Reduction` in src/context.rs), one per invocation with no barrier. The
+// `Reduction` in src/strategy.rs), one per invocation with no barrier. The
 // merge kernels in batch_norm.wgsl and row_norm.wgsl combine the partials of
 // a channel in a separate dispatch: WGSL cannot synchronise workgroups inside
 // one dispatch.

@@ -416,10 +416,15 @@ thread_local! {
 /// Runs `future` to completion on this thread: the blocking forms of the
 /// crate's async reads are this around them.
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let outer = BLOCKING.with(|b| b.replace(true));
-    let out = pollster::block_on(future);
-    BLOCKING.with(|b| b.set(outer));
-    out
+    /// Puts the flag back however the future ends (a panic included).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BLOCKING.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BLOCKING.with(|b| b.replace(true)));
+    pollster::block_on(future)
 }
 
 /// Usage of every buffer the crate creates: bindable and copyable both ways.

@@ -1,7 +1,7 @@
 //! The group norms: GroupNorm (`torch.nn.GroupNorm`) and InstanceNorm
 //! (`torch.nn.InstanceNorm1d/2d/3d`, GroupNorm with one group per channel
 //! plus optional running statistics), in both layouts. Both are the family
-//! engine (`src/family.rs`) with one stat row per (sample, group).
+//! engine (`src/family/`) with one stat row per (sample, group).
 
 use crate::context::block_on;
 use crate::context::Context;

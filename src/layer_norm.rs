@@ -1,7 +1,7 @@
 //! The row norms: LayerNorm (`torch.nn.LayerNorm`) and RMSNorm
 //! (`torch.nn.RMSNorm`), normalizing over the trailing `normalized_shape`
 //! dimensions of a row-major tensor. Both are the family engine
-//! (`src/family.rs`) with one stat row per leading index.
+//! (`src/family/`) with one stat row per leading index.
 
 use crate::context::block_on;
 use crate::context::Context;
