@@ -27,29 +27,10 @@ fn fused_case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng
     let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
     let (xt, zt, dyt) = (t(&x), t(&z), t(&dy));
     let (yt, dxt, dzt) = (t(&vec![0.0; len]), t(&vec![0.0; len]), t(&vec![0.0; len]));
-    ctx.run(|e| match fused {
-        Fused::Relu => {
-            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::Relu)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::Relu)
-        }
-        Fused::AddRelu => {
-            bn.forward(
-                e,
-                &xt.view(),
-                &yt.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: None },
-            )?;
-            bn.backward(
-                e,
-                &xt.view(),
-                &dyt.view(),
-                &dxt.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dzt.view()) },
-            )
-        }
-        Fused::None => unreachable!(),
+    let (zv, dzv, mode) = (zt.view(), dzt.view(), Mode::from_training(training));
+    ctx.run(|e| {
+        bn.forward(e, &xt.view(), &yt.view(), mode, fused.epilogue(Some(&zv), None).unwrap())?;
+        bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), mode, fused.epilogue(Some(&zv), Some(&dzv)).unwrap())
     })
     .unwrap();
     let args = BatchNormArgs {

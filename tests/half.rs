@@ -62,28 +62,10 @@ fn case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut
     let (xt, zt, dyt) = (half(&x), half(&z), half(&dy));
     let zero = || Tensor::zeros_f16(ctx, shape, layout).unwrap();
     let (y, dx, dz) = (zero(), zero(), zero());
-    ctx.run(|e| match fused {
-        Fused::AddRelu => {
-            bn.forward(
-                e,
-                &xt.view(),
-                &y.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: None },
-            )?;
-            bn.backward(
-                e,
-                &xt.view(),
-                &dyt.view(),
-                &dx.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dz.view()) },
-            )
-        }
-        _ => {
-            bn.forward(e, &xt.view(), &y.view(), Mode::from_training(training), Epilogue::None)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
-        }
+    let (zv, dzv, mode) = (zt.view(), dz.view(), Mode::from_training(training));
+    ctx.run(|e| {
+        bn.forward(e, &xt.view(), &y.view(), mode, fused.epilogue(Some(&zv), None).unwrap())?;
+        bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), mode, fused.epilogue(Some(&zv), Some(&dzv)).unwrap())
     })
     .unwrap();
     let what = |n: &str| format!("f16 {shape:?} {layout:?} {fused:?} training={training} {n}");

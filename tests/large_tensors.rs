@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, Error, GroupNorm, GroupNormConfig, InstanceNorm,
     InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, RmsNorm, RmsNormConfig,
     Tensor,
 };
@@ -103,28 +103,10 @@ fn run(shape: &[usize], layout: Layout) {
         let dyt = t(&dy);
         let bn = BatchNorm::new(ctx, BatchNormConfig::new(c)).unwrap();
         bn.write_state(&state).unwrap();
-        ctx.run(|e| match fused {
-            Fused::AddRelu => {
-                bn.forward(
-                    e,
-                    &xt.view(),
-                    &y.view(),
-                    Mode::from_training(training),
-                    Epilogue::AddRelu { z: &zt.view(), dz: None },
-                )?;
-                bn.backward(
-                    e,
-                    &xt.view(),
-                    &dyt.view(),
-                    &dx.view(),
-                    Mode::from_training(training),
-                    Epilogue::AddRelu { z: &zt.view(), dz: Some(&dz.view()) },
-                )
-            }
-            _ => {
-                bn.forward(e, &xt.view(), &y.view(), Mode::from_training(training), Epilogue::None)?;
-                bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
-            }
+        let (zv, dzv, mode) = (zt.view(), dz.view(), Mode::from_training(training));
+        ctx.run(|e| {
+            bn.forward(e, &xt.view(), &y.view(), mode, fused.epilogue(Some(&zv), None).unwrap())?;
+            bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), mode, fused.epilogue(Some(&zv), Some(&dzv)).unwrap())
         })
         .unwrap();
         let b = reference::batch_norm_backward(&args, &x, zr, &dy);

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_close, ctx, Rng};
-use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Layout, Mode, Reduction, Tensor};
+use wgpu_norm::{Access, BatchNorm, BatchNormConfig, BatchNormState, Layout, Mode, Reduction, Tensor};
 use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
 
 /// Seeds of cases that failed once, kept as regressions.
@@ -88,32 +88,10 @@ fn case(seed: u64) {
     let t = |v: &[f32]| Tensor::from_slice(ctx, v, &shape, layout).unwrap();
     let (xt, zt, dyt) = (t(&x), t(&z), t(&dy));
     let (yt, dxt, dzt) = (t(&vec![0.0; len]), t(&vec![0.0; len]), t(&vec![0.0; len]));
-    ctx.run(|e| match fused {
-        Fused::None => {
-            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::None)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::None)
-        }
-        Fused::Relu => {
-            bn.forward(e, &xt.view(), &yt.view(), Mode::from_training(training), Epilogue::Relu)?;
-            bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::from_training(training), Epilogue::Relu)
-        }
-        Fused::AddRelu => {
-            bn.forward(
-                e,
-                &xt.view(),
-                &yt.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: None },
-            )?;
-            bn.backward(
-                e,
-                &xt.view(),
-                &dyt.view(),
-                &dxt.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &zt.view(), dz: Some(&dzt.view()) },
-            )
-        }
+    let (zv, dzv, mode) = (zt.view(), dzt.view(), Mode::from_training(training));
+    ctx.run(|e| {
+        bn.forward(e, &xt.view(), &yt.view(), mode, fused.epilogue(Some(&zv), None).unwrap())?;
+        bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), mode, fused.epilogue(Some(&zv), Some(&dzv)).unwrap())
     })
     .unwrap();
     let what = |n: &str| {

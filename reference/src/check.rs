@@ -9,9 +9,8 @@ use crate::golden::{BatchNormCase, Case, FoldCase, GroupNormCase, LayerNormCase,
 use crate::Fused;
 pub use crate::{normalized_error, DEFAULT_TOLERANCE};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, Epilogue, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm,
-    RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, BatchNormState, Context, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
+    InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm, RmsNormConfig, Tensor,
 };
 
 /// How one case ended.
@@ -145,27 +144,13 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
     let tensor = |data: &[f32]| Tensor::from_slice(ctx, data, &case.shape, case.layout);
     let zeros = || Tensor::zeros(ctx, &case.shape, case.layout);
     let x = tensor(&case.x)?;
-    let z = case.z.as_deref().map(tensor).transpose()?;
+    let z_tensor = case.z.as_deref().map(tensor).transpose()?;
     let y = zeros()?;
-    let training = case.training;
-    match (case.fused, &z) {
-        (Fused::None, _) => {
-            bn.context().run(|e| bn.forward(e, &x.view(), &y.view(), Mode::from_training(training), Epilogue::None))?
-        }
-        (Fused::Relu, _) => {
-            ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::from_training(training), Epilogue::Relu))?
-        }
-        (Fused::AddRelu, Some(z)) => ctx.run(|e| {
-            bn.forward(
-                e,
-                &x.view(),
-                &y.view(),
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &z.view(), dz: None },
-            )
-        })?,
-        (Fused::AddRelu, None) => return Err(wgpu_norm::Error::Parameter("add_relu case without z".into())),
-    }
+    let mode = Mode::from_training(case.training);
+    let z = z_tensor.as_ref().map(Tensor::view);
+    let no_z = || wgpu_norm::Error::Parameter("add_relu case without z".into());
+    let forward = case.fused.epilogue(z.as_ref(), None).ok_or_else(no_z)?;
+    ctx.run(|e| bn.forward(e, &x.view(), &y.view(), mode, forward))?;
     let mut out = BTreeMap::new();
     out.insert("y".to_string(), y.read(ctx)?);
     if case.args().uses_batch_stats() {
@@ -181,28 +166,12 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
     if let Some(dy) = &case.dy {
         let dy = tensor(dy)?;
         let dx = zeros()?;
-        match (case.fused, &z) {
-            (Fused::None, _) => bn.context().run(|e| {
-                bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
-            })?,
-            (Fused::Relu, _) => ctx.run(|e| {
-                bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::Relu)
-            })?,
-            (Fused::AddRelu, Some(z)) => {
-                let dz = zeros()?;
-                ctx.run(|e| {
-                    bn.backward(
-                        e,
-                        &x.view(),
-                        &dy.view(),
-                        &dx.view(),
-                        Mode::from_training(training),
-                        Epilogue::AddRelu { z: &z.view(), dz: Some(&dz.view()) },
-                    )
-                })?;
-                out.insert("dz".to_string(), dz.read(ctx)?);
-            }
-            (Fused::AddRelu, None) => unreachable!("checked above"),
+        let dz = (case.fused == Fused::AddRelu).then(zeros).transpose()?;
+        let dz_view = dz.as_ref().map(Tensor::view);
+        let backward = case.fused.epilogue(z.as_ref(), dz_view.as_ref()).ok_or_else(no_z)?;
+        ctx.run(|e| bn.backward(e, &x.view(), &dy.view(), &dx.view(), mode, backward))?;
+        if let Some(dz) = &dz {
+            out.insert("dz".to_string(), dz.read(ctx)?);
         }
         out.insert("dx".to_string(), dx.read(ctx)?);
         let (dweight, dbias) = bn.read_grads()?;

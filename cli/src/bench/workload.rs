@@ -233,6 +233,11 @@ impl Workload {
         }
     }
 
+    /// The error of an add-ReLU op given no residual.
+    fn no_residual(&self) -> Error {
+        Error::Parameter(format!("{}: no residual to take the gradient of", self.op.name()))
+    }
+
     /// The residual input of the add-ReLU ops.
     fn z(&self) -> &Tensor {
         self.residual.as_ref().map_or(&self.dy, |r| &r.z)
@@ -240,38 +245,17 @@ impl Workload {
 
     /// The op's BatchNorm forward, with its epilogue.
     fn bn_forward(&self, encoder: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
-        let (x, y) = (self.x.view(), self.y.view());
-        match self.op.fused() {
-            Fused::None => self.bn.forward(encoder, &x, &y, Mode::from_training(training), Epilogue::None),
-            Fused::Relu => self.bn.forward(encoder, &x, &y, Mode::from_training(training), Epilogue::Relu),
-            Fused::AddRelu => self.bn.forward(
-                encoder,
-                &x,
-                &y,
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &self.z().view(), dz: None },
-            ),
-        }
+        let (x, y, z) = (self.x.view(), self.y.view(), self.z().view());
+        let epilogue = self.op.fused().epilogue(Some(&z), None).ok_or_else(|| self.no_residual())?;
+        self.bn.forward(encoder, &x, &y, Mode::from_training(training), epilogue)
     }
 
     /// The op's BatchNorm backward, with its epilogue (dz too after add-ReLU).
     fn bn_backward(&self, encoder: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let (x, dy, dx) = (self.x.view(), self.dy.view(), self.dx.view());
-        match (self.op.fused(), &self.residual) {
-            (Fused::None, _) => self.bn.backward(encoder, &x, &dy, &dx, Mode::from_training(training), Epilogue::None),
-            (Fused::Relu, _) => self.bn.backward(encoder, &x, &dy, &dx, Mode::from_training(training), Epilogue::Relu),
-            (Fused::AddRelu, Some(r)) => self.bn.backward(
-                encoder,
-                &x,
-                &dy,
-                &dx,
-                Mode::from_training(training),
-                Epilogue::AddRelu { z: &r.z.view(), dz: Some(&r.dz.view()) },
-            ),
-            (Fused::AddRelu, None) => {
-                Err(Error::Parameter(format!("{}: no residual to take the gradient of", self.op.name())))
-            }
-        }
+        let (z, dz) = self.residual.as_ref().map(|r| (r.z.view(), r.dz.view())).unzip();
+        let epilogue = self.op.fused().epilogue(z.as_ref(), dz.as_ref()).ok_or_else(|| self.no_residual())?;
+        self.bn.backward(encoder, &x, &dy, &dx, Mode::from_training(training), epilogue)
     }
 
     /// Whether this workload has a naive baseline to time.

@@ -1,6 +1,7 @@
 //! BatchNorm: training and eval forward with the running-statistic update, backward, and the fused epilogues.
 
 use super::*;
+use wgpu_norm::{Epilogue, TensorView};
 
 /// An activation fused after BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -22,6 +23,20 @@ impl Fused {
             "relu" => Some(Fused::Relu),
             "add_relu" | "addrelu" => Some(Fused::AddRelu),
             _ => None,
+        }
+    }
+
+    /// The library's epilogue for this form. Add-ReLU takes the residual
+    /// `z` and, in a backward, `dz`; `None` for an add-ReLU without a `z`.
+    pub fn epilogue<'v, 'a>(
+        self,
+        z: Option<&'v TensorView<'a>>,
+        dz: Option<&'v TensorView<'a>>,
+    ) -> Option<Epilogue<'v, 'a>> {
+        match self {
+            Fused::None => Some(Epilogue::None),
+            Fused::Relu => Some(Epilogue::Relu),
+            Fused::AddRelu => z.map(|z| Epilogue::AddRelu { z, dz }),
         }
     }
 
