@@ -48,13 +48,16 @@ pub(super) const TRIALS: usize = 3;
 impl CopyKernel {
     /// Every candidate the device can run.
     pub fn candidates(device: &wgpu::Device) -> Vec<CopyKernel> {
-        let words = [false, true]
-            .into_iter()
-            .filter(|&w| !w || device.features().contains(wgpu::Features::SHADER_INT64))
-            .collect::<Vec<_>>();
+        Self::all(device.features().contains(wgpu::Features::SHADER_INT64))
+    }
+
+    /// Every candidate: each walk over vec4s and, `with_words`, 64-bit words,
+    /// in both workgroup sizes.
+    fn all(with_words: bool) -> Vec<CopyKernel> {
+        let words: &[bool] = if with_words { &[false, true] } else { &[false] };
         let mut out = Vec::new();
         for walk in [Walk::GridStride, Walk::LaneSpans, Walk::InvocationSpans] {
-            for &words in &words {
+            for &words in words {
                 for workgroup_size in [64, 256] {
                     out.push(CopyKernel { walk, words, workgroup_size });
                 }
@@ -128,18 +131,18 @@ pub struct Copy {
 }
 
 impl Copy {
-    fn new(ctx: &Context, kernel: CopyKernel, buffers: &(wgpu::Buffer, wgpu::Buffer)) -> Result<Copy> {
+    fn new(
+        ctx: &Context,
+        kernel: CopyKernel,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &(wgpu::Buffer, wgpu::Buffer),
+    ) -> Result<Copy> {
         let device = ctx.device();
         let (src, dst) = buffers;
         let half = src.size();
         let limits = device.limits();
         let window = (limits.max_storage_buffer_binding_size / 256 * 256).max(256);
         ctx.scoped(|| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("bench copy"),
-                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
-            });
-            let pipeline = super::pipeline(device, &module, "copy");
             let mut groups = Vec::new();
             let mut offset = 0;
             while offset < half {
@@ -151,11 +154,11 @@ impl Copy {
                         size: std::num::NonZeroU64::new(size),
                     })
                 };
-                let group = bind(device, &pipeline, &[(0, binding(src)), (1, binding(dst))]);
+                let group = bind(device, pipeline, &[(0, binding(src)), (1, binding(dst))]);
                 groups.push((group, kernel.workgroups(size / 16, limits.max_compute_workgroups_per_dimension)));
                 offset += size;
             }
-            Ok(Copy { kernel, pipeline, groups })
+            Ok(Copy { kernel, pipeline: pipeline.clone(), groups })
         })
     }
 
@@ -177,6 +180,8 @@ impl Copy {
 pub struct Ceiling {
     candidates: Vec<CopyKernel>,
     chosen: HashMap<u64, CopyKernel>,
+    /// Each kernel compiled once per run.
+    pipelines: HashMap<CopyKernel, wgpu::ComputePipeline>,
 }
 
 impl Ceiling {
@@ -200,12 +205,31 @@ impl Ceiling {
         if candidates.is_empty() {
             return Err(Error::Parameter("no copy kernel given".into()));
         }
-        Ok(Ceiling { candidates, chosen: HashMap::new() })
+        Ok(Ceiling { candidates, chosen: HashMap::new(), pipelines: HashMap::new() })
     }
 
     /// The kernels that compete.
     pub fn kernels(&self) -> &[CopyKernel] {
         &self.candidates
+    }
+
+    /// `kernel`'s copy over `buffers`, its pipeline compiled on first use.
+    fn copy(&mut self, ctx: &Context, kernel: CopyKernel, buffers: &(wgpu::Buffer, wgpu::Buffer)) -> Result<Copy> {
+        let pipeline = match self.pipelines.get(&kernel) {
+            Some(p) => p.clone(),
+            None => {
+                let device = ctx.device();
+                let pipeline = ctx.scoped(|| {
+                    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some("bench copy"),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                    });
+                    Ok(super::pipeline(device, &module, "copy"))
+                })?;
+                self.pipelines.entry(kernel).or_insert(pipeline).clone()
+            }
+        };
+        Copy::new(ctx, kernel, &pipeline, buffers)
     }
 
     /// The fastest copy of `bytes` bytes, ready to be timed beside an op.
@@ -220,11 +244,11 @@ impl Ceiling {
         let half = (bytes / 2).max(16).div_ceil(16) * 16;
         let buffers = (ctx.zeros("bench copy src", half)?, ctx.zeros("bench copy dst", half)?);
         if let Some(&kernel) = self.chosen.get(&bytes) {
-            return Copy::new(ctx, kernel, &buffers);
+            return self.copy(ctx, kernel, &buffers);
         }
         let mut best: Option<(f64, Copy)> = None;
-        for &kernel in &self.candidates {
-            let copy = Copy::new(ctx, kernel, &buffers)?;
+        for kernel in self.candidates.clone() {
+            let copy = self.copy(ctx, kernel, &buffers)?;
             let ms = super::median(&time(&copy)?);
             if best.as_ref().is_none_or(|(b, _)| ms < *b) {
                 best = Some((ms, copy));
@@ -261,14 +285,8 @@ mod tests {
 
     #[test]
     fn candidates_cover_walks_types_and_sizes() {
-        let kernels: Vec<CopyKernel> = [Walk::GridStride, Walk::LaneSpans, Walk::InvocationSpans]
-            .into_iter()
-            .flat_map(|walk| {
-                [false, true].into_iter().flat_map(move |words| {
-                    [64, 256].into_iter().map(move |workgroup_size| CopyKernel { walk, words, workgroup_size })
-                })
-            })
-            .collect();
+        let kernels = CopyKernel::all(true);
+        assert_eq!(CopyKernel::all(false).len(), 6, "no words without SHADER_INT64");
         let names: std::collections::HashSet<String> = kernels.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), 12, "each kernel has its own name");
         assert!(names.contains("grid-stride-vec4-wg256"));
