@@ -8,6 +8,13 @@ fn wgpu_norm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgpu-norm")).args(args).output().expect("could not run wgpu-norm")
 }
 
+/// `bench` over `args` with `--json`, which must succeed: the report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = wgpu_norm(&[&["bench", "--json"], args].concat());
+    assert!(out.status.success(), "bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
 /// Ops with a naive baseline.
 const BN_OPS: [&str; 7] = [
     "bn_forward_eval",
@@ -26,10 +33,7 @@ const GROUP_OPS: [&str; 4] = ["gn_forward", "gn_backward", "in_forward", "in_bac
 #[test]
 fn quick_verify_json_follows_the_contract() {
     let plot = std::env::temp_dir().join(format!("wgpu-norm-bench-{}.svg", std::process::id()));
-    let out = wgpu_norm(&["bench", "--quick", "--verify", "--json", "--plot", plot.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let v = bench_json(&["--quick", "--verify", "--plot", plot.to_str().unwrap()]);
     assert!(v["adapter"].is_string());
     assert!(v["backend"].is_string());
     let timer = v["timer"].as_str().unwrap();
@@ -135,8 +139,7 @@ fn quick_verify_json_follows_the_contract() {
 
 #[test]
 fn ops_option_selects_and_rejects() {
-    let out = wgpu_norm(&[
-        "bench",
+    let v = bench_json(&[
         "--ops",
         "bn_forward_eval",
         "--shapes",
@@ -147,10 +150,7 @@ fn ops_option_selects_and_rejects() {
         "2",
         "--warmup",
         "0",
-        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["op"], "bn_forward_eval");
@@ -172,8 +172,7 @@ fn ops_option_selects_and_rejects() {
 /// reference in `--verify`).
 #[test]
 fn family_layouts() {
-    let out = wgpu_norm(&[
-        "bench",
+    let v = bench_json(&[
         "--ops",
         "ln_forward,gn_backward",
         "--shapes",
@@ -185,10 +184,7 @@ fn family_layouts() {
         "--warmup",
         "0",
         "--verify",
-        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got: Vec<(String, String, usize)> = v["results"]
         .as_array()
         .unwrap()
@@ -280,11 +276,8 @@ fn wall_clock_without_timestamp_queries() {
 fn option_can_be_chosen(option: &str, values: &[&str], ops: &str, layouts: &str, bad: &str, expected: &str) {
     let flag = format!("--{option}");
     for &value in values {
-        let args = ["bench", "--ops", ops, "--shapes", "4,8,20,20", "--layouts", layouts];
-        let out =
-            wgpu_norm(&[&args[..], &["--iters", "1", "--warmup", "0", "--verify", "--json", &flag, value]].concat());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let args = ["--ops", ops, "--shapes", "4,8,20,20", "--layouts", layouts];
+        let v = bench_json(&[&args[..], &["--iters", "1", "--warmup", "0", "--verify", &flag, value]].concat());
         assert_eq!(v[option], value);
         assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
     }
@@ -304,13 +297,6 @@ fn the_memory_access_can_be_chosen() {
     // lavapipe offers 64-bit integers, so both run there.
     let ops = "bn_train_step,bn_forward_eval";
     option_can_be_chosen("access", &["floats", "words64"], ops, "nchw,nhwc", "bytes", "floats or words64");
-}
-
-/// `bench` over `args` with `--json`, which must succeed: the report.
-fn bench_json(args: &[&str]) -> serde_json::Value {
-    let out = wgpu_norm(&[&["bench", "--json"], args].concat());
-    assert!(out.status.success(), "bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
 /// A model's totals are the sums of its layers' medians: `train` ops for the
