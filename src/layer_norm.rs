@@ -8,15 +8,14 @@ use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
 use crate::geometry::Geometry;
 use crate::layout::Layout;
-use crate::tensor::TensorView;
+use crate::tensor::{element_count, TensorView};
 use crate::validate::check_eps;
 use crate::{Error, Result};
 
 /// `Err(Parameter)` unless `normalized_shape` is non-empty with no zero
 /// dimension and fits the kernels' 32-bit indices.
 fn validate_normalized(normalized_shape: &[usize], eps: f32) -> Result<usize> {
-    let size = normalized_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    match size {
+    match element_count(normalized_shape).ok() {
         Some(n) if !normalized_shape.is_empty() && n > 0 && n <= u32::MAX as usize => {
             check_eps(eps)?;
             Ok(n)
@@ -41,8 +40,7 @@ fn rows_of(x: &TensorView, normalized_shape: &[usize]) -> Result<Geometry> {
     if x.layout != Layout::Nchw && shape.len() > 2 {
         return Err(Error::Shape(format!("{shape:?}: row norms read the tensor row-major (layout Nchw)")));
     }
-    let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if len.is_none_or(|n| n > u32::MAX as usize) {
+    if element_count(shape).map_or(true, |n| n > u32::MAX as usize) {
         return Err(Error::Shape(format!("{shape:?} has more than 2^32 elements")));
     }
     let cols: usize = normalized_shape.iter().product();

@@ -194,8 +194,7 @@ pub(crate) fn check_shape_of(
     if shape[1] != channels {
         return Err(Error::Shape(format!("{shape:?} has {} channels (dimension 1), the op has {channels}", shape[1])));
     }
-    let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if len.is_none_or(|n| n > u32::MAX as usize) {
+    if element_count(shape).map_or(true, |n| n > u32::MAX as usize) {
         return Err(Error::Shape(format!("{shape:?} has more than 2^32 elements")));
     }
     Ok(ChannelView::of(shape, layout))
