@@ -23,7 +23,7 @@ async fn step(ctx: &Context) -> wgpu_norm::Result<()> {
     })
     .await?;
     let state = bn.read_state_async().await?;
-    let (_, dbias) = bn.read_grads_async().await?;
+    let (_, dbias) = bn.affine().read_grads_async().await?;
     let y_host = y.read_async(ctx).await?;
     println!(
         "BatchNorm: running_mean[0] = {:.4}, dbias[0] = {} (N*H*W = {})",

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Host reads are for the demo only: statistics never left the GPU above.
     let state = bn.read_state()?;
-    let (dweight, dbias) = bn.read_grads()?;
+    let (dweight, dbias) = bn.affine().read_grads()?;
     println!("running_mean[0..4] = {:?}", &state.running_mean[..4]);
     println!("num_batches_tracked = {}", state.num_batches_tracked);
     println!("dbias[0] = {} (= N*H*W = {})", dbias[0], len / 16);

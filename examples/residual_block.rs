@@ -148,7 +148,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bn1.backward(e, &h1.view(), &da1.view(), &dh1.view(), Mode::Training, Epilogue::Relu)
     })?;
     let norm = |t: &Tensor| -> wgpu_norm::Result<f32> { Ok(t.read(&ctx)?.iter().map(|v| v * v).sum::<f32>().sqrt()) };
-    let (dw2, db2) = bn2.read_grads()?;
+    let (dw2, db2) = bn2.affine().read_grads()?;
     println!("training step: |dz| = {:.4}, |d conv1 out| = {:.4}", norm(&dz)?, norm(&dh1)?);
     println!("bn2 dweight[0..3] = {:?}, dbias[0..3] = {:?}", &dw2[..3], &db2[..3]);
     println!("bn1 running_mean[0..3] after 3 steps = {:?}", &bn1.read_state()?.running_mean[..3]);

@@ -56,7 +56,7 @@ fn run(exchange: &MpiExchange<impl Communicator>) -> Result<f64, Box<dyn std::er
     let mine = problem.steps(&ctx, rows.clone(), |x, dy, y, dx| {
         sync.forward(x, y, Mode::Training)?;
         sync.backward(x, dy, dx, Mode::Training)?;
-        sync.layer().read_grads()
+        sync.layer().affine().read_grads()
     })?;
 
     // The same steps on one device over the whole batch.
@@ -65,7 +65,7 @@ fn run(exchange: &MpiExchange<impl Communicator>) -> Result<f64, Box<dyn std::er
     let all = problem.steps(&ctx, 0..args.shape[0], |x, dy, y, dx| {
         single.context().run(|e| single.forward(e, x, y, Mode::Training, Epilogue::None))?;
         single.context().run(|e| single.backward(e, x, dy, dx, Mode::Training, Epilogue::None))?;
-        single.read_grads()
+        single.affine().read_grads()
     })?;
 
     let row = problem.row();

@@ -3,6 +3,7 @@
 //! plus optional running statistics), in both layouts. Both are the family
 //! engine (`src/family/`) with one stat row per (sample, group).
 
+use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
@@ -63,54 +64,9 @@ pub struct GroupNorm {
 /// The per-channel vectors shared by GroupNorm's and InstanceNorm's accessors.
 macro_rules! channel_accessors {
     () => {
-        /// The weight (gamma) buffer, one f32 per channel.
-        pub fn weight(&self) -> &wgpu::Buffer {
-            &self.core.weight
-        }
-
-        /// The bias (beta) buffer.
-        pub fn bias(&self) -> &wgpu::Buffer {
-            &self.core.bias
-        }
-
-        /// dweight of the last backward.
-        pub fn grad_weight(&self) -> &wgpu::Buffer {
-            &self.core.grad_weight
-        }
-
-        /// dbias of the last backward.
-        pub fn grad_bias(&self) -> &wgpu::Buffer {
-            &self.core.grad_bias
-        }
-
-        /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
-        pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
-            self.core.write_vec(&self.core.weight, weight, "weight")
-        }
-
-        /// Writes the bias. `Err(Shape)`, writing nothing, on a wrong length.
-        pub fn write_bias(&self, bias: &[f32]) -> Result<()> {
-            self.core.write_vec(&self.core.bias, bias, "bias")
-        }
-
-        /// Reads (weight, bias) back (blocking).
-        pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            block_on(self.read_params_async())
-        }
-
-        /// [`Self::read_params`] without blocking.
-        pub async fn read_params_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((self.core.read_vec(&self.core.weight).await?, self.core.read_vec(&self.core.bias).await?))
-        }
-
-        /// Reads (dweight, dbias) of the last backward (blocking).
-        pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            block_on(self.read_grads_async())
-        }
-
-        /// [`Self::read_grads`] without blocking.
-        pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((self.core.read_vec(&self.core.grad_weight).await?, self.core.read_vec(&self.core.grad_bias).await?))
+        /// Weight and bias (one f32 per channel) and their gradients.
+        pub fn affine(&self) -> &Affine {
+            &self.core.affine
         }
 
         /// The statistics saved by the last input-statistics forward:
@@ -170,7 +126,7 @@ impl GroupNorm {
     }
 
     /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    /// dweight and dbias into [`Self::affine`]'s gradients.
     pub fn backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -314,8 +270,8 @@ impl InstanceNorm {
     pub async fn read_state_async(&self) -> Result<InstanceNormState> {
         let c = &self.core;
         Ok(InstanceNormState {
-            weight: c.read_vec(&c.weight).await?,
-            bias: c.read_vec(&c.bias).await?,
+            weight: c.read_vec(c.affine.weight()).await?,
+            bias: c.read_vec(c.affine.bias()).await?,
             running_mean: c.read_vec(&c.running_mean).await?,
             running_var: c.read_vec(&c.running_var).await?,
         })
@@ -336,8 +292,8 @@ impl InstanceNorm {
             }
         }
         let core = &self.core;
-        core.write_vec(&core.weight, &state.weight, "weight")?;
-        core.write_vec(&core.bias, &state.bias, "bias")?;
+        core.write_vec(core.affine.weight(), &state.weight, "weight")?;
+        core.write_vec(core.affine.bias(), &state.bias, "bias")?;
         core.write_vec(&core.running_mean, &state.running_mean, "running_mean")?;
         core.write_vec(&core.running_var, &state.running_var, "running_var")
     }

@@ -3,6 +3,7 @@
 //! dimensions of a row-major tensor. Both are the family engine
 //! (`src/family/`) with one stat row per leading index.
 
+use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
@@ -116,54 +117,10 @@ impl LayerNorm {
         &self.config
     }
 
-    /// The weight (gamma) buffer: one f32 per element of `normalized_shape`.
-    pub fn weight(&self) -> &wgpu::Buffer {
-        &self.core.weight
-    }
-
-    /// The bias (beta) buffer.
-    pub fn bias(&self) -> &wgpu::Buffer {
-        &self.core.bias
-    }
-
-    /// dweight of the last backward.
-    pub fn grad_weight(&self) -> &wgpu::Buffer {
-        &self.core.grad_weight
-    }
-
-    /// dbias of the last backward.
-    pub fn grad_bias(&self) -> &wgpu::Buffer {
-        &self.core.grad_bias
-    }
-
-    /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
-    pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
-        self.core.write_vec(&self.core.weight, weight, "weight")
-    }
-
-    /// Writes the bias. `Err(Shape)`, writing nothing, on a wrong length.
-    pub fn write_bias(&self, bias: &[f32]) -> Result<()> {
-        self.core.write_vec(&self.core.bias, bias, "bias")
-    }
-
-    /// Reads (weight, bias) back (blocking).
-    pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        block_on(self.read_params_async())
-    }
-
-    /// [`Self::read_params`] without blocking.
-    pub async fn read_params_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.core.read_vec(&self.core.weight).await?, self.core.read_vec(&self.core.bias).await?))
-    }
-
-    /// Reads (dweight, dbias) of the last backward (blocking).
-    pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        block_on(self.read_grads_async())
-    }
-
-    /// [`Self::read_grads`] without blocking.
-    pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.core.read_vec(&self.core.grad_weight).await?, self.core.read_vec(&self.core.grad_bias).await?))
+    /// Weight and bias (one f32 per element of `normalized_shape`) and
+    /// their gradients.
+    pub fn affine(&self) -> &Affine {
+        &self.core.affine
     }
 
     /// The per-row statistics saved by the last forward: (mean, rstd, _, _)
@@ -190,7 +147,7 @@ impl LayerNorm {
     }
 
     /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight and dbias into [`Self::grad_weight`] / [`Self::grad_bias`].
+    /// dweight and dbias into [`Self::affine`]'s gradients.
     pub fn backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -269,39 +226,10 @@ impl RmsNorm {
         &self.config
     }
 
-    /// The weight buffer: one f32 per element of `normalized_shape`.
-    pub fn weight(&self) -> &wgpu::Buffer {
-        &self.core.weight
-    }
-
-    /// dweight of the last backward.
-    pub fn grad_weight(&self) -> &wgpu::Buffer {
-        &self.core.grad_weight
-    }
-
-    /// Writes the weight. `Err(Shape)`, writing nothing, on a wrong length.
-    pub fn write_weight(&self, weight: &[f32]) -> Result<()> {
-        self.core.write_vec(&self.core.weight, weight, "weight")
-    }
-
-    /// Reads the weight back (blocking).
-    pub fn read_weight(&self) -> Result<Vec<f32>> {
-        block_on(self.read_weight_async())
-    }
-
-    /// [`Self::read_weight`] without blocking.
-    pub async fn read_weight_async(&self) -> Result<Vec<f32>> {
-        self.core.read_vec(&self.core.weight).await
-    }
-
-    /// Reads dweight of the last backward (blocking).
-    pub fn read_grad_weight(&self) -> Result<Vec<f32>> {
-        block_on(self.read_grad_weight_async())
-    }
-
-    /// [`Self::read_grad_weight`] without blocking.
-    pub async fn read_grad_weight_async(&self) -> Result<Vec<f32>> {
-        self.core.read_vec(&self.core.grad_weight).await
+    /// The weight (one f32 per element of `normalized_shape`) and its
+    /// gradient; the bias stays zero.
+    pub fn affine(&self) -> &Affine {
+        &self.core.affine
     }
 
     /// The per-row statistics saved by the last forward: (0, rstd, _, _) per
@@ -328,7 +256,7 @@ impl RmsNorm {
     }
 
     /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight into [`Self::grad_weight`].
+    /// dweight into [`Self::affine`]'s gradient.
     pub fn backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,

@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod affine;
 pub mod batch_norm;
 pub mod context;
 pub mod error;
@@ -55,6 +56,7 @@ pub mod tensor;
 mod tiling;
 mod validate;
 
+pub use affine::Affine;
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormState, Epilogue, Mode};
 pub use context::Context;
 pub use error::{Error, Result};

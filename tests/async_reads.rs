@@ -37,10 +37,10 @@ fn async_reads_match_the_blocking_reads() {
         .unwrap();
         assert_eq!(bn.read_state_async().await.unwrap(), bn.read_state().unwrap());
         assert_eq!(bn.read_state_async().await.unwrap().num_batches_tracked, 1);
-        assert_eq!(bn.read_grads_async().await.unwrap(), bn.read_grads().unwrap());
+        assert_eq!(bn.affine().read_grads_async().await.unwrap(), bn.affine().read_grads().unwrap());
         assert_eq!(bn.read_saved_async().await.unwrap(), bn.read_saved().unwrap());
         assert!(!bn.last_batch_rejected_async().await.unwrap());
-        assert_eq!(gn.read_grads_async().await.unwrap(), gn.read_grads().unwrap());
+        assert_eq!(gn.affine().read_grads_async().await.unwrap(), gn.affine().read_grads().unwrap());
         assert_eq!(gn.read_saved_async().await.unwrap(), gn.read_saved().unwrap());
         assert_eq!(rms.read_saved_async().await.unwrap(), rms.read_saved().unwrap());
         let got = y.read_async(ctx).await.unwrap();

@@ -134,8 +134,8 @@ fn layer_norm_on_views_at_offsets() {
     let w = rng.normal_vec(16, 1.0, 0.5);
     let b = rng.normal_vec(16, 0.0, 0.5);
     let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[16])).unwrap();
-    ln.write_weight(&w).unwrap();
-    ln.write_bias(&b).unwrap();
+    ln.affine().write_weight(&w).unwrap();
+    ln.affine().write_bias(&b).unwrap();
     let args = LayerNormArgs { shape: &shape, normalized_shape: &[16], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let want = reference::layer_norm_forward(&args, &x);
     for (x_at, y_at) in [(8usize, 8usize), (12, 4), (7, 8), (8, 3)] {
@@ -257,15 +257,15 @@ fn group_norm_channel_count_disagrees() {
 #[test]
 fn weight_of_the_wrong_length() {
     let ln = LayerNorm::new(ctx(), LayerNormConfig::new(&[8])).unwrap();
-    assert!(matches!(ln.write_weight(&[2.0; 7]), Err(Error::Shape(_))));
-    assert!(matches!(ln.write_bias(&[2.0; 9]), Err(Error::Shape(_))));
-    assert_eq!(ln.read_params().unwrap(), (vec![1.0; 8], vec![0.0; 8]));
+    assert!(matches!(ln.affine().write_weight(&[2.0; 7]), Err(Error::Shape(_))));
+    assert!(matches!(ln.affine().write_bias(&[2.0; 9]), Err(Error::Shape(_))));
+    assert_eq!(ln.affine().read().unwrap(), (vec![1.0; 8], vec![0.0; 8]));
     let rn = RmsNorm::new(ctx(), RmsNormConfig::new(&[2, 4])).unwrap();
-    assert!(matches!(rn.write_weight(&[2.0; 4]), Err(Error::Shape(_))));
-    assert_eq!(rn.read_weight().unwrap(), vec![1.0; 8]);
+    assert!(matches!(rn.affine().write_weight(&[2.0; 4]), Err(Error::Shape(_))));
+    assert_eq!(rn.affine().read().unwrap().0, vec![1.0; 8]);
     let gn = GroupNorm::new(ctx(), GroupNormConfig::new(2, 4)).unwrap();
-    assert!(matches!(gn.write_weight(&[2.0; 2]), Err(Error::Shape(_))));
-    assert_eq!(gn.read_params().unwrap(), (vec![1.0; 4], vec![0.0; 4]));
+    assert!(matches!(gn.affine().write_weight(&[2.0; 2]), Err(Error::Shape(_))));
+    assert_eq!(gn.affine().read().unwrap(), (vec![1.0; 4], vec![0.0; 4]));
     let inorm = InstanceNorm::new(ctx(), InstanceNormConfig::new(3)).unwrap();
     let mut state = InstanceNormState::initial(3);
     state.running_var = vec![2.0; 4];

@@ -71,7 +71,7 @@ fn case(shape: &[usize], layout: Layout, fused: Fused, training: bool, rng: &mut
     let what = |n: &str| format!("f16 {shape:?} {layout:?} {fused:?} training={training} {n}");
     close(&what("y"), &y.read(ctx).unwrap(), &f.y);
     close(&what("dx"), &dx.read(ctx).unwrap(), &b.dx);
-    let (dw, db) = bn.read_grads().unwrap();
+    let (dw, db) = bn.affine().read_grads().unwrap();
     close(&what("dweight"), &dw, &b.dweight);
     close(&what("dbias"), &db, &b.dbias);
     if let Some(want) = &b.dz {
@@ -156,8 +156,8 @@ fn f16_family_matches_the_reference() {
         let w = rng.normal_vec(norm[0], 1.0, 0.3);
         let b = rng.normal_vec(norm[0], 0.0, 0.3);
         let ln = LayerNorm::new(ctx, LayerNormConfig::new(norm)).unwrap();
-        ln.write_weight(&w).unwrap();
-        ln.write_bias(&b).unwrap();
+        ln.affine().write_weight(&w).unwrap();
+        ln.affine().write_bias(&b).unwrap();
         let args = LayerNormArgs { shape, normalized_shape: norm, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
         family_case(
             "layer_norm",
@@ -167,7 +167,7 @@ fn f16_family_matches_the_reference() {
             |x, dy, y, dx| {
                 ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap();
                 ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                ln.read_grads().unwrap()
+                ln.affine().read_grads().unwrap()
             },
             |x, dy| {
                 let (f, g) = (reference::layer_norm_forward(&args, x), reference::layer_norm_backward(&args, x, dy));
@@ -175,7 +175,7 @@ fn f16_family_matches_the_reference() {
             },
         );
         let rn = RmsNorm::new(ctx, RmsNormConfig::new(norm)).unwrap();
-        rn.write_weight(&w).unwrap();
+        rn.affine().write_weight(&w).unwrap();
         let args = RmsNormArgs { shape, normalized_shape: norm, weight: Some(&w), eps: None };
         family_case(
             "rms_norm",
@@ -185,7 +185,7 @@ fn f16_family_matches_the_reference() {
             |x, dy, y, dx| {
                 rn.context().run(|e| rn.forward(e, &x.view(), &y.view())).unwrap();
                 rn.context().run(|e| rn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                (rn.read_grad_weight().unwrap(), Vec::new())
+                (rn.affine().read_grads().unwrap().0, Vec::new())
             },
             |x, dy| {
                 let (f, g) = (reference::rms_norm_forward(&args, x), reference::rms_norm_backward(&args, x, dy));
@@ -200,8 +200,8 @@ fn f16_family_matches_the_reference() {
             let c = shape[1];
             let (w, b) = (rng.normal_vec(c, 1.0, 0.3), rng.normal_vec(c, 0.0, 0.3));
             let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
-            gn.write_weight(&w).unwrap();
-            gn.write_bias(&b).unwrap();
+            gn.affine().write_weight(&w).unwrap();
+            gn.affine().write_bias(&b).unwrap();
             let args = GroupNormArgs { shape, layout, num_groups: groups, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
             family_case(
                 "group_norm",
@@ -211,7 +211,7 @@ fn f16_family_matches_the_reference() {
                 |x, dy, y, dx| {
                     gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap();
                     gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                    gn.read_grads().unwrap()
+                    gn.affine().read_grads().unwrap()
                 },
                 |x, dy| {
                     let (f, g) =
@@ -246,7 +246,7 @@ fn f16_family_matches_the_reference() {
                 |x, dy, y, dx| {
                     inorm.context().run(|e| inorm.forward(e, &x.view(), &y.view(), true)).unwrap();
                     inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), true)).unwrap();
-                    inorm.read_grads().unwrap()
+                    inorm.affine().read_grads().unwrap()
                 },
                 |x, dy| {
                     let f = reference::instance_norm_forward(&args, x);

@@ -106,3 +106,81 @@ fn non_finite_counts_are_refused() {
     assert!(dx.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "dx untouched");
     assert_eq!(bn.read_state().unwrap(), before, "running statistics untouched");
 }
+
+/// A layer's own buffers handed back to it as an op's tensor (class 2's
+/// aliasing): each is refused with `Err(Buffer)` before anything is
+/// recorded, and the layer's state stays as it was.
+#[test]
+fn a_layers_own_buffers_are_refused_as_tensors() {
+    use wgpu_norm::{Epilogue, TensorView};
+    let ctx = ctx();
+    let c = 4;
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(c)).unwrap();
+    let x2 = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0, 0.5, 1.5, 2.5, 3.5], &[2, c], Layout::Nchw).unwrap();
+    let y2 = Tensor::zeros(ctx, &[2, c], Layout::Nchw).unwrap();
+    ctx.run(|e| bn.forward(e, &x2.view(), &y2.view(), Mode::Training, Epilogue::None)).unwrap();
+    let state = bn.read_state().unwrap();
+    let saved = bn.read_saved().unwrap();
+    // Views of one sample: the shape of the smallest of the layer's buffers.
+    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0], &[1, c], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 4], &[1, c], Layout::Nchw).unwrap();
+    let own = [
+        ("weight", bn.affine().weight()),
+        ("bias", bn.affine().bias()),
+        ("grad weight", bn.affine().grad_weight()),
+        ("running mean", bn.running_mean()),
+        ("running var", bn.running_var()),
+        ("saved statistics", bn.saved_statistics()),
+    ];
+    for (name, buffer) in own {
+        let view = TensorView::new(buffer, &[1, c]);
+        for mode in [Mode::Training, Mode::Eval] {
+            for err in [
+                recorded(|e| bn.forward(e, &view, &y.view(), mode, Epilogue::None)).unwrap_err(),
+                recorded(|e| bn.forward(e, &x.view(), &view, mode, Epilogue::None)).unwrap_err(),
+                recorded(|e| bn.backward(e, &x.view(), &x.view(), &view, mode, Epilogue::None)).unwrap_err(),
+                recorded(|e| bn.backward(e, &x.view(), &view, &y.view(), mode, Epilogue::None)).unwrap_err(),
+            ] {
+                assert!(matches!(err, Error::Buffer(_)), "{name} {mode:?}: {err}");
+            }
+        }
+    }
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+    assert_eq!(bn.read_state().unwrap(), state, "state untouched");
+    assert_eq!(bn.read_saved().unwrap(), saved, "saved statistics untouched");
+}
+
+/// The same for the family: LayerNorm's and GroupNorm's own buffers, and
+/// outputs that share a buffer with an input.
+#[test]
+fn family_layers_refuse_their_own_buffers_and_shared_outputs() {
+    use wgpu_norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, TensorView};
+    let ctx = ctx();
+    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0], &[1, 4], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 4], &[1, 4], Layout::Nchw).unwrap();
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[4])).unwrap();
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();
+    let y_ok = Tensor::zeros(ctx, &[1, 4], Layout::Nchw).unwrap();
+    ctx.run(|e| ln.forward(e, &x.view(), &y_ok.view())).unwrap();
+    let ln_saved = ln.saved_statistics().unwrap();
+    let own = [("weight", ln.affine().weight()), ("grad bias", ln.affine().grad_bias()), ("saved", &ln_saved)];
+    for (name, buffer) in own {
+        let view = TensorView::new(buffer, &[1, 4]);
+        for err in [
+            recorded(|e| ln.forward(e, &view, &y.view())).unwrap_err(),
+            recorded(|e| ln.forward(e, &x.view(), &view)).unwrap_err(),
+            recorded(|e| ln.backward(e, &x.view(), &x.view(), &view)).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Buffer(_)), "LayerNorm {name}: {err}");
+        }
+    }
+    let x3 = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 5.0], &[1, 4, 1], Layout::Nchw).unwrap();
+    let view = TensorView::new(gn.affine().bias(), &[1, 4, 1]);
+    let err = recorded(|e| gn.forward(e, &x3.view(), &view)).unwrap_err();
+    assert!(matches!(err, Error::Buffer(_)), "GroupNorm bias as y: {err}");
+    // dy and dx in one buffer: the backward does not run in place.
+    let err = recorded(|e| ln.backward(e, &x.view(), &y.view(), &y.view())).unwrap_err();
+    assert!(matches!(err, Error::Buffer(_)), "dy = dx: {err}");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+    assert_eq!(ln.affine().read().unwrap(), (vec![1.0; 4], vec![0.0; 4]), "parameters untouched");
+}

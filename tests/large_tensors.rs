@@ -113,7 +113,7 @@ fn run(shape: &[usize], layout: Layout) {
         let what = |n: &str| format!("{shape:?} {layout:?} {fused:?} training={training} {n}");
         assert_close(&what("y"), &y.read(ctx).unwrap(), &f.y);
         assert_close(&what("dx"), &dx.read(ctx).unwrap(), &b.dx);
-        let (dw, db) = bn.read_grads().unwrap();
+        let (dw, db) = bn.affine().read_grads().unwrap();
         assert_close(&what("dweight"), &dw, &b.dweight);
         assert_close(&what("dbias"), &db, &b.dbias);
         let s = bn.read_state().unwrap();
@@ -192,11 +192,11 @@ fn family_cut_into_runs_of_samples_or_groups() {
             Layout::Nchw,
             |ctx, x, dy, y, dx| {
                 let ln = LayerNorm::new(ctx, LayerNormConfig::new(norm)).unwrap();
-                ln.write_weight(&w).unwrap();
-                ln.write_bias(&b).unwrap();
+                ln.affine().write_weight(&w).unwrap();
+                ln.affine().write_bias(&b).unwrap();
                 ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap();
                 ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                ln.read_grads().unwrap()
+                ln.affine().read_grads().unwrap()
             },
             |x, dy| {
                 let (f, g) = (reference::layer_norm_forward(&args, x), reference::layer_norm_backward(&args, x, dy));
@@ -210,10 +210,10 @@ fn family_cut_into_runs_of_samples_or_groups() {
             Layout::Nchw,
             |ctx, x, dy, y, dx| {
                 let rn = RmsNorm::new(ctx, RmsNormConfig::new(norm)).unwrap();
-                rn.write_weight(&w).unwrap();
+                rn.affine().write_weight(&w).unwrap();
                 rn.context().run(|e| rn.forward(e, &x.view(), &y.view())).unwrap();
                 rn.context().run(|e| rn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                (rn.read_grad_weight().unwrap(), Vec::new())
+                (rn.affine().read_grads().unwrap().0, Vec::new())
             },
             |x, dy| {
                 let (f, g) = (reference::rms_norm_forward(&args, x), reference::rms_norm_backward(&args, x, dy));
@@ -237,11 +237,11 @@ fn family_cut_into_runs_of_samples_or_groups() {
             layout,
             |ctx, x, dy, y, dx| {
                 let gn = GroupNorm::new(ctx, GroupNormConfig::new(3, 6)).unwrap();
-                gn.write_weight(&w).unwrap();
-                gn.write_bias(&b).unwrap();
+                gn.affine().write_weight(&w).unwrap();
+                gn.affine().write_bias(&b).unwrap();
                 gn.context().run(|e| gn.forward(e, &x.view(), &y.view())).unwrap();
                 gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())).unwrap();
-                gn.read_grads().unwrap()
+                gn.affine().read_grads().unwrap()
             },
             |x, dy| {
                 let (f, g) = (reference::group_norm_forward(&args, x), reference::group_norm_backward(&args, x, dy));
@@ -280,7 +280,7 @@ fn family_cut_into_runs_of_samples_or_groups() {
                     inorm.context().run(|e| inorm.forward(e, &x.view(), &y.view(), training)).unwrap();
                     inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), training)).unwrap();
                     *after.borrow_mut() = Some(inorm.read_state().unwrap());
-                    inorm.read_grads().unwrap()
+                    inorm.affine().read_grads().unwrap()
                 },
                 |x, dy| {
                     let f = reference::instance_norm_forward(&args, x);
@@ -308,11 +308,11 @@ fn group_norm_whose_instance_partials_outgrow_a_binding() {
     let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, layout).unwrap();
     let (xt, dyt, y, dx) = (t(&x), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
     let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 64)).unwrap();
-    gn.write_weight(&w).unwrap();
-    gn.write_bias(&b).unwrap();
+    gn.affine().write_weight(&w).unwrap();
+    gn.affine().write_bias(&b).unwrap();
     gn.context().run(|e| gn.forward(e, &xt.view(), &y.view())).unwrap();
     gn.context().run(|e| gn.backward(e, &xt.view(), &dyt.view(), &dx.view())).unwrap();
-    let (dw, db) = gn.read_grads().unwrap();
+    let (dw, db) = gn.affine().read_grads().unwrap();
     let args = GroupNormArgs { shape, layout, num_groups: 2, weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let g = reference::group_norm_backward(&args, &x, &dy);
     assert_close("dx", &dx.read(ctx).unwrap(), &g.dx);

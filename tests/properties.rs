@@ -101,7 +101,7 @@ fn case(seed: u64) {
     };
     assert_close(&what("y"), &yt.read(ctx).unwrap(), &f.y);
     assert_close(&what("dx"), &dxt.read(ctx).unwrap(), &b.dx);
-    let (dw, db) = bn.read_grads().unwrap();
+    let (dw, db) = bn.affine().read_grads().unwrap();
     assert_close(&what("dweight"), &dw, &b.dweight);
     assert_close(&what("dbias"), &db, &b.dbias);
     if let Some(dz) = &b.dz {

@@ -46,7 +46,7 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let (f, b) = (reference::batch_norm_forward(&args, &x, None), reference::batch_norm_backward(&args, &x, None, &dy));
     assert_close(&format!("{what} bn {shape:?} y"), &y.read(ctx).unwrap(), &f.y);
     assert_close(&format!("{what} bn {shape:?} dx"), &dx.read(ctx).unwrap(), &b.dx);
-    let (dw, db) = bn.read_grads().unwrap();
+    let (dw, db) = bn.affine().read_grads().unwrap();
     assert_close(&format!("{what} bn {shape:?} dweight"), &dw, &b.dweight);
     assert_close(&format!("{what} bn {shape:?} dbias"), &db, &b.dbias);
     let s = bn.read_state().unwrap();
@@ -100,8 +100,8 @@ fn f16_layer_norm_case(rng: &mut Rng, what: &str, rows: usize, d: usize) {
     let t = |v: &[f32]| Tensor::from_slice_f16(ctx, v, &shape, Layout::Nchw).unwrap();
     let (xt, y) = (t(&x), t(&vec![0.0; len]));
     let norm = LayerNorm::new(ctx, LayerNormConfig::new(&[d])).unwrap();
-    norm.write_weight(&w).unwrap();
-    norm.write_bias(&b).unwrap();
+    norm.affine().write_weight(&w).unwrap();
+    norm.affine().write_bias(&b).unwrap();
     norm.context().run(|e| norm.forward(e, &xt.view(), &y.view())).unwrap();
     let args = LayerNormArgs { shape: &shape, normalized_shape: &[d], weight: Some(&w), bias: Some(&b), eps: 1e-5 };
     let want = reference::layer_norm_forward(&args, &x).y;

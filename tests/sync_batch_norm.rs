@@ -106,7 +106,7 @@ fn single_device(batch: &Batch, config: &BatchNormConfig, training: bool) -> Run
                 bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::from_training(training), Epilogue::None)
             })
         },
-        || bn.read_grads(),
+        || bn.affine().read_grads(),
     )
     .unwrap();
     Run { steps, state: bn.read_state().unwrap() }
@@ -154,7 +154,7 @@ fn synced(batch: &Batch, config: &BatchNormConfig, training: bool, sizes: &[usiz
                 bn.forward(&x.view(), &y.view(), Mode::from_training(training))?;
                 bn.backward(&x.view(), &dy.view(), &dx.view(), Mode::from_training(training))
             },
-            || bn.layer().read_grads(),
+            || bn.layer().affine().read_grads(),
         )
         .unwrap();
         Run { steps, state: bn.layer().read_state().unwrap() }

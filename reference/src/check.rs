@@ -174,7 +174,7 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
             out.insert("dz".to_string(), dz.read(ctx)?);
         }
         out.insert("dx".to_string(), dx.read(ctx)?);
-        let (dweight, dbias) = bn.read_grads()?;
+        let (dweight, dbias) = bn.affine().read_grads()?;
         out.insert("dweight".to_string(), dweight);
         out.insert("dbias".to_string(), dbias);
     }
@@ -246,10 +246,10 @@ fn layer_norm_outputs(ctx: &Context, case: &LayerNormCase) -> Result<Produced> {
         .bias(case.bias.is_some());
     let ln = LayerNorm::new(ctx, config)?;
     if let Some(w) = &case.weight {
-        ln.write_weight(w)?;
+        ln.affine().write_weight(w)?;
     }
     if let Some(b) = &case.bias {
-        ln.write_bias(b)?;
+        ln.affine().write_bias(b)?;
     }
     let mut out = BTreeMap::new();
     let mut saved = None;
@@ -269,7 +269,7 @@ fn layer_norm_outputs(ctx: &Context, case: &LayerNormCase) -> Result<Produced> {
         out.insert("rstd".to_string(), rstd);
     }
     if case.dy.is_some() {
-        let (dweight, dbias) = ln.read_grads()?;
+        let (dweight, dbias) = ln.affine().read_grads()?;
         out.insert("dweight".to_string(), dweight);
         out.insert("dbias".to_string(), dbias);
     }
@@ -282,7 +282,7 @@ fn rms_norm_outputs(ctx: &Context, case: &RmsNormCase) -> Result<Produced> {
         .elementwise_affine(case.weight.is_some());
     let rn = RmsNorm::new(ctx, config)?;
     if let Some(w) = &case.weight {
-        rn.write_weight(w)?;
+        rn.affine().write_weight(w)?;
     }
     let mut out = BTreeMap::new();
     let mut saved = None;
@@ -301,7 +301,7 @@ fn rms_norm_outputs(ctx: &Context, case: &RmsNormCase) -> Result<Produced> {
         out.insert("rstd".to_string(), rstd);
     }
     if case.dy.is_some() {
-        out.insert("dweight".to_string(), rn.read_grad_weight()?);
+        out.insert("dweight".to_string(), rn.affine().read_grads()?.0);
     }
     Ok(out)
 }
@@ -311,10 +311,10 @@ fn group_norm_outputs(ctx: &Context, case: &GroupNormCase) -> Result<Produced> {
     let config = GroupNormConfig::new(case.num_groups, c).eps(case.eps as f32).affine(case.weight.is_some());
     let gn = GroupNorm::new(ctx, config)?;
     if let Some(w) = &case.weight {
-        gn.write_weight(w)?;
+        gn.affine().write_weight(w)?;
     }
     if let Some(b) = &case.bias {
-        gn.write_bias(b)?;
+        gn.affine().write_bias(b)?;
     }
     let mut out = BTreeMap::new();
     let mut saved = None;
@@ -334,7 +334,7 @@ fn group_norm_outputs(ctx: &Context, case: &GroupNormCase) -> Result<Produced> {
         out.insert("rstd".to_string(), rstd);
     }
     if case.dy.is_some() {
-        let (dweight, dbias) = gn.read_grads()?;
+        let (dweight, dbias) = gn.affine().read_grads()?;
         out.insert("dweight".to_string(), dweight);
         out.insert("dbias".to_string(), dbias);
     }
@@ -398,7 +398,7 @@ fn instance_norm_outputs(ctx: &Context, raw: &Case, case: &GroupNormCase) -> Res
         out.insert("running_var_out".to_string(), state.running_var);
     }
     if case.dy.is_some() {
-        let (dweight, dbias) = inorm.read_grads()?;
+        let (dweight, dbias) = inorm.affine().read_grads()?;
         out.insert("dweight".to_string(), dweight);
         out.insert("dbias".to_string(), dbias);
     }

@@ -33,13 +33,16 @@ impl BatchNorm {
             }
             _ => None,
         };
-        let inputs: Vec<&wgpu::Buffer> =
-            [Some(x.buffer), Some(dy.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
+        let inputs: Vec<(&str, &wgpu::Buffer)> =
+            [Some(("x", x.buffer)), Some(("dy", dy.buffer)), epilogue.z().map(|z| ("z", z.buffer))]
+                .into_iter()
+                .flatten()
+                .collect();
         let mut outputs = vec![("dx", dx.buffer)];
         if let Some(dz) = dz {
             outputs.push(("dz", dz.buffer));
         }
-        check_distinct(&outputs, &inputs)?;
+        self.check_distinct(&outputs, &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
         if batch {
             if !given && view.per_channel() < 2 {
@@ -126,11 +129,11 @@ impl BatchNorm {
                 &[
                     (0, params_buf.as_entire_binding()),
                     (1, partials.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
+                    (2, self.affine.weight().as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (12, self.grad_coef.as_entire_binding()),
-                    (13, self.grad_weight.as_entire_binding()),
-                    (14, self.grad_bias.as_entire_binding()),
+                    (13, self.affine.grad_weight().as_entire_binding()),
+                    (14, self.affine.grad_bias().as_entire_binding()),
                 ],
             );
             dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());

@@ -65,9 +65,9 @@ impl BatchNorm {
         if let Some(z) = epilogue.z() {
             self.check_like(x, z, "z")?;
         }
-        let inputs: Vec<&wgpu::Buffer> =
-            [Some(x.buffer), epilogue.z().map(|z| z.buffer)].into_iter().flatten().collect();
-        check_distinct(&[("y", y.buffer)], &inputs)?;
+        let inputs: Vec<(&str, &wgpu::Buffer)> =
+            [Some(("x", x.buffer)), epilogue.z().map(|z| ("z", z.buffer))].into_iter().flatten().collect();
+        self.check_distinct(&[("y", y.buffer)], &inputs)?;
         let batch = matches!(stats, Stats::Batch { .. });
         if batch && !given && view.per_channel() < 2 {
             return Err(Error::OneValuePerChannel(x.shape.clone()));
@@ -144,8 +144,8 @@ impl BatchNorm {
                     &[
                         (0, params_buf.as_entire_binding()),
                         (1, partials.as_entire_binding()),
-                        (2, self.weight.as_entire_binding()),
-                        (3, self.bias.as_entire_binding()),
+                        (2, self.affine.weight().as_entire_binding()),
+                        (3, self.affine.bias().as_entire_binding()),
                         (4, self.running_mean.as_entire_binding()),
                         (5, self.running_var.as_entire_binding()),
                         (6, self.counter.as_entire_binding()),
@@ -204,6 +204,24 @@ impl BatchNorm {
         // Partials per invocation over many chunks would outgrow a binding,
         // or the merge's loop: one per workgroup instead.
         Chunks::new(view, tensors, params, &limits, Reduction::Tree)
+    }
+
+    /// Whether `buffer` is one of the layer's own: its parameters,
+    /// statistics, gradients or scratch.
+    pub(super) fn owns(&self, buffer: &wgpu::Buffer) -> bool {
+        let own = [
+            &self.running_mean,
+            &self.running_var,
+            &self.counter,
+            &self.pending,
+            &self.saved,
+            &self.eval_chan,
+            &self.grad_coef,
+            &self.unused,
+            &self.local_stats,
+            &self.local_sums,
+        ];
+        self.affine.owns(buffer) || own.contains(&buffer) || lock(&self.partials).as_ref() == Some(buffer)
     }
 
     /// One reduction pipeline and bind group per chunk, writing `mode`'s
@@ -269,8 +287,8 @@ impl BatchNorm {
             &prepare,
             &[
                 (0, params.as_entire_binding()),
-                (2, self.weight.as_entire_binding()),
-                (3, self.bias.as_entire_binding()),
+                (2, self.affine.weight().as_entire_binding()),
+                (3, self.affine.bias().as_entire_binding()),
                 (4, self.running_mean.as_entire_binding()),
                 (5, self.running_var.as_entire_binding()),
                 (7, self.eval_chan.as_entire_binding()),
@@ -305,6 +323,9 @@ impl BatchNorm {
                     .into(),
             ));
         }
+        let inputs: Vec<(&str, &wgpu::Buffer)> =
+            [Some(("x", x.buffer)), dy.map(|dy| ("dy", dy.buffer))].into_iter().flatten().collect();
+        self.check_distinct(&[], &inputs)?;
         let out = if dy.is_some() { &self.local_sums } else { &self.local_stats };
         let mut params = self.channel_params(view);
         let mut tensors: [Option<&TensorView>; 6] = Default::default();

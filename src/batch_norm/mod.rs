@@ -9,6 +9,7 @@
 mod backward;
 mod forward;
 
+use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::kernels::{
@@ -138,8 +139,7 @@ impl BatchNormState {
 pub struct BatchNorm {
     ctx: Context,
     config: BatchNormConfig,
-    weight: wgpu::Buffer,
-    bias: wgpu::Buffer,
+    affine: Affine,
     running_mean: wgpu::Buffer,
     running_var: wgpu::Buffer,
     /// num_batches_tracked as (low, high) u32 words, then 1 when the last
@@ -153,8 +153,6 @@ pub struct BatchNorm {
     eval_chan: wgpu::Buffer,
     /// dx coefficients (A, B, mean, C) per channel.
     grad_coef: wgpu::Buffer,
-    grad_weight: wgpu::Buffer,
-    grad_bias: wgpu::Buffer,
     /// Partial-statistics scratch, grown on demand and reused.
     partials: Mutex<Option<wgpu::Buffer>>,
     /// Shape and layout of the input whose statistics `saved` holds.
@@ -197,8 +195,7 @@ impl BatchNorm {
         let init = BatchNormState::initial(c);
         let vec4 = (c * 16) as u64;
         let bn = BatchNorm {
-            weight: ctx.upload("bn weight", &init.weight)?,
-            bias: ctx.upload("bn bias", &init.bias)?,
+            affine: Affine::new(ctx, c, "bn")?,
             running_mean: ctx.upload("bn running_mean", &init.running_mean)?,
             running_var: ctx.upload("bn running_var", &init.running_var)?,
             counter: ctx.upload("bn num_batches_tracked", &[0u32; 4])?,
@@ -206,8 +203,6 @@ impl BatchNorm {
             saved: ctx.zeros("bn saved statistics", vec4)?,
             eval_chan: ctx.zeros("bn eval coefficients", vec4)?,
             grad_coef: ctx.zeros("bn dx coefficients", vec4)?,
-            grad_weight: ctx.zeros("bn grad weight", c as u64 * 4)?,
-            grad_bias: ctx.zeros("bn grad bias", c as u64 * 4)?,
             partials: Mutex::new(None),
             saved_for: Mutex::new(None),
             unused: ctx.zeros("bn unused binding", 16)?,
@@ -235,14 +230,10 @@ impl BatchNorm {
         &self.config
     }
 
-    /// The weight (gamma) buffer, `num_features` f32.
-    pub fn weight(&self) -> &wgpu::Buffer {
-        &self.weight
-    }
-
-    /// The bias (beta) buffer.
-    pub fn bias(&self) -> &wgpu::Buffer {
-        &self.bias
+    /// Weight and bias (`num_features` f32 each) and their gradients from
+    /// the last backward.
+    pub fn affine(&self) -> &Affine {
+        &self.affine
     }
 
     /// The running mean buffer.
@@ -253,16 +244,6 @@ impl BatchNorm {
     /// The running variance buffer (unbiased, as PyTorch).
     pub fn running_var(&self) -> &wgpu::Buffer {
         &self.running_var
-    }
-
-    /// dweight of the last backward, `num_features` f32.
-    pub fn grad_weight(&self) -> &wgpu::Buffer {
-        &self.grad_weight
-    }
-
-    /// dbias of the last backward.
-    pub fn grad_bias(&self) -> &wgpu::Buffer {
-        &self.grad_bias
     }
 
     /// Per-channel (mean, invstd, scale, beta) of the last batch-statistics
@@ -281,8 +262,8 @@ impl BatchNorm {
         let (ctx, c) = (&self.ctx, self.config.num_features);
         let counter: Vec<u32> = ctx.read_async(&self.counter, 0, 2).await?;
         Ok(BatchNormState {
-            weight: ctx.read_async(&self.weight, 0, c).await?,
-            bias: ctx.read_async(&self.bias, 0, c).await?,
+            weight: ctx.read_async(self.affine.weight(), 0, c).await?,
+            bias: ctx.read_async(self.affine.bias(), 0, c).await?,
             running_mean: ctx.read_async(&self.running_mean, 0, c).await?,
             running_var: ctx.read_async(&self.running_var, 0, c).await?,
             num_batches_tracked: u64::from(counter[0]) | (u64::from(counter[1]) << 32),
@@ -303,8 +284,8 @@ impl BatchNorm {
                 return Err(Error::Shape(format!("state {name} has {} values, the layer has {c} channels", v.len())));
             }
         }
-        self.ctx.write(&self.weight, 0, &state.weight)?;
-        self.ctx.write(&self.bias, 0, &state.bias)?;
+        self.ctx.write(self.affine.weight(), 0, &state.weight)?;
+        self.ctx.write(self.affine.bias(), 0, &state.bias)?;
         self.ctx.write(&self.running_mean, 0, &state.running_mean)?;
         self.ctx.write(&self.running_var, 0, &state.running_var)?;
         let n = state.num_batches_tracked;
@@ -320,17 +301,6 @@ impl BatchNorm {
     /// [`Self::last_batch_rejected`] without blocking.
     pub async fn last_batch_rejected_async(&self) -> Result<bool> {
         Ok(self.ctx.read_async::<u32>(&self.counter, 8, 1).await?[0] == 1)
-    }
-
-    /// Reads dweight and dbias of the last backward (blocking).
-    pub fn read_grads(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        block_on(self.read_grads_async())
-    }
-
-    /// [`Self::read_grads`] without blocking.
-    pub async fn read_grads_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let c = self.config.num_features;
-        Ok((self.ctx.read_async(&self.grad_weight, 0, c).await?, self.ctx.read_async(&self.grad_bias, 0, c).await?))
     }
 
     /// Reads the saved batch mean and inverse std of the last batch-statistics forward (blocking).
@@ -370,8 +340,8 @@ impl BatchNorm {
     }
 
     /// The backward of [`Self::forward`] in the same mode and epilogue: dx
-    /// into `dx`, dweight and dbias into [`Self::grad_weight`] /
-    /// [`Self::grad_bias`]; after add-ReLU also `dz`, the residual's
+    /// into `dx`, dweight and dbias into [`Self::affine`]'s
+    /// gradients; after add-ReLU also `dz`, the residual's
     /// gradient (give its view in the epilogue). The ReLU mask is recomputed
     /// from x, so neither y nor a mask is read.
     ///
@@ -427,10 +397,10 @@ impl BatchNorm {
         for (name, t) in inputs.iter().chain(outputs) {
             self.check_like(x, t, name)?;
         }
-        let inputs: Vec<&wgpu::Buffer> =
-            std::iter::once(x.buffer).chain(inputs.iter().map(|(_, t)| t.buffer)).collect();
+        let inputs: Vec<(&str, &wgpu::Buffer)> =
+            std::iter::once(("x", x.buffer)).chain(inputs.iter().map(|(n, t)| (*n, t.buffer))).collect();
         let outputs: Vec<(&str, &wgpu::Buffer)> = outputs.iter().map(|(n, t)| (*n, t.buffer)).collect();
-        check_distinct(&outputs, &inputs)
+        self.check_distinct(&outputs, &inputs)
     }
 
     /// Checks x against the layer and returns its channel view. An empty x
@@ -442,6 +412,29 @@ impl BatchNorm {
             return Err(Error::Unsupported("f16 tensors need a device with SHADER_F16".into()));
         }
         check_shape_of(&x.shape, x.layout, self.config.num_features, allow_empty)
+    }
+
+    /// `Err(Buffer)` when an input or output is one of the layer's own
+    /// buffers, or an output shares a buffer with an input or another
+    /// output: wgpu cannot bind one buffer as both, and the ops do not run
+    /// in place.
+    fn check_distinct(&self, outputs: &[(&str, &wgpu::Buffer)], inputs: &[(&str, &wgpu::Buffer)]) -> Result<()> {
+        for (name, buffer) in outputs.iter().chain(inputs) {
+            if self.owns(buffer) {
+                return Err(Error::Buffer(format!("{name} is one of the layer's own buffers; pass a tensor of yours")));
+            }
+        }
+        for (i, (name, out)) in outputs.iter().enumerate() {
+            if let Some((input, _)) = inputs.iter().find(|(_, b)| b == out) {
+                return Err(Error::Buffer(format!(
+                    "{name} shares a buffer with {input}; BatchNorm does not run in place"
+                )));
+            }
+            if outputs[..i].iter().any(|(_, other)| other == out) {
+                return Err(Error::Buffer(format!("{name} shares a buffer with another output")));
+            }
+        }
+        Ok(())
     }
 
     /// `Err` unless the saved statistics are those of a forward on x's shape.
@@ -525,20 +518,4 @@ impl Epilogue<'_, '_> {
             Epilogue::AddRelu { .. } => ReduceMode::GradSumsAddRelu,
         }
     }
-}
-
-/// `Err(Buffer)` when an output shares a buffer with an input or another
-/// output: wgpu cannot bind one buffer as both, and the ops do not run in place.
-fn check_distinct(outputs: &[(&str, &wgpu::Buffer)], inputs: &[&wgpu::Buffer]) -> Result<()> {
-    for (i, (name, out)) in outputs.iter().enumerate() {
-        if inputs.contains(out) {
-            return Err(Error::Buffer(format!(
-                "{name} shares a buffer with an input; BatchNorm does not run in place"
-            )));
-        }
-        if outputs[..i].iter().any(|(_, other)| other == out) {
-            return Err(Error::Buffer(format!("{name} shares a buffer with another output")));
-        }
-    }
-    Ok(())
 }

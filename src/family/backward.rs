@@ -233,7 +233,7 @@ impl Core {
                 &dx_kernel,
                 &[
                     (0, dx_buf.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
+                    (2, self.affine.weight().as_entire_binding()),
                     (7, rows_dx.as_entire_binding()),
                     (8, xw.resource()),
                     (10, dyw.resource()),
@@ -296,8 +296,8 @@ impl Core {
             &[
                 (0, params.as_entire_binding()),
                 (1, partials.as_entire_binding()),
-                (12, self.grad_weight.as_entire_binding()),
-                (13, self.grad_bias.as_entire_binding()),
+                (12, self.affine.grad_weight().as_entire_binding()),
+                (13, self.affine.grad_bias().as_entire_binding()),
             ],
         );
         dispatch(pass, &merge, &group, self.weight_workgroups());

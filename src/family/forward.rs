@@ -156,8 +156,8 @@ impl Core {
                 &apply,
                 &[
                     (0, apply_buf.as_entire_binding()),
-                    (2, self.weight.as_entire_binding()),
-                    (3, self.bias.as_entire_binding()),
+                    (2, self.affine.weight().as_entire_binding()),
+                    (3, self.affine.bias().as_entire_binding()),
                     (6, rows.as_entire_binding()),
                     (8, xw.resource()),
                     (9, yw.resource()),
@@ -217,8 +217,8 @@ impl Core {
         let params = uniform(device, params)?;
         let mut entries = vec![
             (0, params.as_entire_binding()),
-            (2, self.weight.as_entire_binding()),
-            (3, self.bias.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (3, self.affine.bias().as_entire_binding()),
             (6, piece.rows.as_entire_binding()),
             (8, piece.x.resource()),
         ];

@@ -34,7 +34,7 @@ impl Core {
                 dy: dyw.resource(),
                 chan: rows.as_entire_binding(),
                 partials: partials.as_entire_binding(),
-                weight: Some(self.weight.as_entire_binding()),
+                weight: Some(self.affine.weight().as_entire_binding()),
                 z: None,
             },
         );
@@ -137,7 +137,7 @@ impl Core {
             &row_grads,
             &[
                 (0, params.as_entire_binding()),
-                (2, self.weight.as_entire_binding()),
+                (2, self.affine.weight().as_entire_binding()),
                 (6, rows.as_entire_binding()),
                 (7, rows_dx.as_entire_binding()),
                 (14, instances.as_entire_binding()),
@@ -151,8 +151,8 @@ impl Core {
             &[
                 (0, params.as_entire_binding()),
                 (6, rows.as_entire_binding()),
-                (12, self.grad_weight.as_entire_binding()),
-                (13, self.grad_bias.as_entire_binding()),
+                (12, self.affine.grad_weight().as_entire_binding()),
+                (13, self.affine.grad_bias().as_entire_binding()),
                 (14, instances.as_entire_binding()),
             ],
         );

@@ -23,6 +23,7 @@ mod backward;
 mod forward;
 mod grads;
 
+use crate::affine::Affine;
 use crate::context::Context;
 use crate::geometry::Geometry;
 use crate::kernels::{
@@ -84,12 +85,9 @@ pub(crate) struct Core {
     pub ctx: Context,
     /// Weight length (normalized size or channel count).
     pub len: usize,
-    pub weight: wgpu::Buffer,
-    pub bias: wgpu::Buffer,
+    pub affine: Affine,
     pub running_mean: wgpu::Buffer,
     pub running_var: wgpu::Buffer,
-    pub grad_weight: wgpu::Buffer,
-    pub grad_bias: wgpu::Buffer,
     scratch: Mutex<Scratch>,
     /// Shape, layout and row count of the input whose statistics `rows` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout, usize)>>,
@@ -111,12 +109,9 @@ impl Core {
     /// InstanceNorm, running statistics (0 and 1).
     pub fn new(ctx: &Context, len: usize) -> Result<Core> {
         Ok(Core {
-            weight: ctx.upload("norm weight", &vec![1.0f32; len])?,
-            bias: ctx.zeros("norm bias", len as u64 * 4)?,
+            affine: Affine::new(ctx, len, "norm")?,
             running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
             running_var: ctx.upload("norm running_var", &vec![1.0f32; len])?,
-            grad_weight: ctx.zeros("norm grad weight", len as u64 * 4)?,
-            grad_bias: ctx.zeros("norm grad bias", len as u64 * 4)?,
             scratch: Mutex::new(Scratch::default()),
             saved_for: Mutex::new(None),
             ctx: ctx.clone(),
@@ -190,9 +185,6 @@ impl Core {
                 other.shape, other.layout, x.shape, x.layout
             )));
         }
-        if other.buffer == x.buffer {
-            return Err(Error::Buffer(format!("x and {name} share a buffer; the op does not run in place")));
-        }
         if other.dtype != x.dtype {
             return Err(Error::Parameter(format!("{name} is {:?}, x is {:?}", other.dtype, x.dtype)));
         }
@@ -209,7 +201,13 @@ impl Core {
     fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
         let limits = self.ctx.device().limits();
         let x = tensors[0].0;
-        for (t, name) in tensors {
+        for (i, (t, name)) in tensors.iter().enumerate() {
+            if self.owns(t.buffer) {
+                return Err(Error::Buffer(format!("{name} is one of the layer's own buffers; pass a tensor of yours")));
+            }
+            if let Some((_, other)) = tensors[..i].iter().find(|(o, _)| o.buffer == t.buffer) {
+                return Err(Error::Buffer(format!("{name} and {other} share a buffer; the op does not run in place")));
+            }
             check_range(t.buffer, t.offset, t.len(), t.dtype.size(), name)?;
         }
         let esize = x.dtype.size();
@@ -264,6 +262,16 @@ impl Core {
             parts.push(Part { first_row, weight_base: weight_base as u32, slot: slot as u32, geo: g, windows });
         }
         Ok(parts)
+    }
+
+    /// Whether `buffer` is one of the layer's own: its parameters, running
+    /// statistics or scratch.
+    fn owns(&self, buffer: &wgpu::Buffer) -> bool {
+        let s = lock(&self.scratch);
+        let scratch = [&s.rows, &s.rows_dx, &s.partials, &s.instances, &s.part_rows, &s.column_partials];
+        self.affine.owns(buffer)
+            || [&self.running_mean, &self.running_var].contains(&buffer)
+            || scratch.iter().any(|b| b.as_ref() == Some(buffer))
     }
 
     fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {

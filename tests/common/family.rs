@@ -40,8 +40,8 @@ pub fn layer_norm_case(rng: &mut Rng, shape: &[usize], k: usize, offset: f32, af
     let w = rng.normal_vec(cols, 1.0, 0.5);
     let b = rng.normal_vec(cols, 0.0, 0.5);
     let ln = LayerNorm::new(ctx(), LayerNormConfig::new(norm).elementwise_affine(affine).bias(bias)).unwrap();
-    ln.write_weight(&w).unwrap();
-    ln.write_bias(&b).unwrap();
+    ln.affine().write_weight(&w).unwrap();
+    ln.affine().write_bias(&b).unwrap();
     let (xt, yt, dyt, dxt) = (
         upload(&x, shape, Layout::Nchw),
         zeros(shape, Layout::Nchw),
@@ -60,7 +60,7 @@ pub fn layer_norm_case(rng: &mut Rng, shape: &[usize], k: usize, offset: f32, af
     let f = reference::layer_norm_forward(&args, &x);
     let g = reference::layer_norm_backward(&args, &x, &dy);
     let (mean, rstd) = ln.read_saved().unwrap();
-    let (dw, db) = ln.read_grads().unwrap();
+    let (dw, db) = ln.affine().read_grads().unwrap();
     assert_outputs(
         &what,
         &[
@@ -83,7 +83,7 @@ pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>,
     let dy = rng.normal_vec(len, 0.0, 1.0);
     let w = rng.normal_vec(cols, 1.0, 0.5);
     let rn = RmsNorm::new(ctx(), RmsNormConfig::new(norm).eps(eps).elementwise_affine(affine)).unwrap();
-    rn.write_weight(&w).unwrap();
+    rn.affine().write_weight(&w).unwrap();
     let (xt, yt, dyt, dxt) = (
         upload(&x, shape, Layout::Nchw),
         zeros(shape, Layout::Nchw),
@@ -101,7 +101,7 @@ pub fn rms_norm_case(rng: &mut Rng, shape: &[usize], k: usize, eps: Option<f32>,
             ("y", &read(&yt), &f.y),
             ("rstd", &rn.read_saved().unwrap(), &f.rstd),
             ("dx", &read(&dxt), &g.dx),
-            ("dweight", &rn.read_grad_weight().unwrap(), &g.dweight),
+            ("dweight", &rn.affine().read_grads().unwrap().0, &g.dweight),
         ],
     );
 }
@@ -115,8 +115,8 @@ pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: La
     let w = rng.normal_vec(c, 1.0, 0.5);
     let b = rng.normal_vec(c, 0.0, 0.5);
     let gn = GroupNorm::new(ctx(), GroupNormConfig::new(groups, c).affine(affine)).unwrap();
-    gn.write_weight(&w).unwrap();
-    gn.write_bias(&b).unwrap();
+    gn.affine().write_weight(&w).unwrap();
+    gn.affine().write_bias(&b).unwrap();
     let (xt, yt, dyt, dxt) =
         (upload(&x, shape, layout), zeros(shape, layout), upload(&dy, shape, layout), zeros(shape, layout));
     gn.context().run(|e| gn.forward(e, &xt.view(), &yt.view())).unwrap();
@@ -132,7 +132,7 @@ pub fn group_norm_case(rng: &mut Rng, shape: &[usize], groups: usize, layout: La
     let f = reference::group_norm_forward(&args, &x);
     let g = reference::group_norm_backward(&args, &x, &dy);
     let (mean, rstd) = gn.read_saved().unwrap();
-    let (dw, db) = gn.read_grads().unwrap();
+    let (dw, db) = gn.affine().read_grads().unwrap();
     assert_outputs(
         &what,
         &[
@@ -181,7 +181,7 @@ pub fn instance_norm_case(rng: &mut Rng, shape: &[usize], layout: Layout, moment
         let f = reference::instance_norm_forward(&args, &x);
         let g = reference::instance_norm_backward(&args, &x, &dy);
         let after = inorm.read_state().unwrap();
-        let (dw, db) = inorm.read_grads().unwrap();
+        let (dw, db) = inorm.affine().read_grads().unwrap();
         let what = format!("{what} training {training}");
         assert_outputs(
             &what,

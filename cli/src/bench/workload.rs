@@ -117,20 +117,20 @@ impl Workload {
             Kind::Bn => None,
             Kind::Ln => {
                 let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[cols]).eps(EPS))?;
-                ln.write_weight(&row_weight)?;
-                ln.write_bias(&row_bias)?;
+                ln.affine().write_weight(&row_weight)?;
+                ln.affine().write_bias(&row_bias)?;
                 Some(FamilyLayer::Ln(ln))
             }
             Kind::Rms => {
                 // PyTorch's default eps (None: f32::EPSILON).
                 let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[cols]))?;
-                rms.write_weight(&row_weight)?;
+                rms.affine().write_weight(&row_weight)?;
                 Some(FamilyLayer::Rms(rms))
             }
             Kind::Gn => {
                 let gn = GroupNorm::new(ctx, GroupNormConfig::new(group_count(c), c).eps(EPS))?;
-                gn.write_weight(&state.weight)?;
-                gn.write_bias(&state.bias)?;
+                gn.affine().write_weight(&state.weight)?;
+                gn.affine().write_bias(&state.bias)?;
                 Some(FamilyLayer::Gn(gn))
             }
             // PyTorch's defaults: affine = false, track_running_stats = false.
@@ -343,7 +343,7 @@ impl Workload {
         if let Some(want) = &bwd_ref {
             ctx.run(|e| self.bn_backward(e, training))?;
             take(normalized_error(&self.dx.read(ctx)?, &want.dx));
-            let (dweight, dbias) = self.bn.read_grads()?;
+            let (dweight, dbias) = self.bn.affine().read_grads()?;
             take(normalized_error(&dweight, &want.dweight));
             take(normalized_error(&dbias, &want.dbias));
             if let (Some(r), Some(dz)) = (&self.residual, &want.dz) {
@@ -443,10 +443,10 @@ impl Workload {
         }
         ctx.run(|e| self.family_backward(e))?;
         let (got_dweight, got_dbias) = match &self.family {
-            Some(FamilyLayer::Ln(l)) => l.read_grads()?,
-            Some(FamilyLayer::Rms(l)) => (l.read_grad_weight()?, Vec::new()),
-            Some(FamilyLayer::Gn(l)) => l.read_grads()?,
-            Some(FamilyLayer::In(l)) => l.read_grads()?,
+            Some(FamilyLayer::Ln(l)) => l.affine().read_grads()?,
+            Some(FamilyLayer::Rms(l)) => (l.affine().read_grads()?.0, Vec::new()),
+            Some(FamilyLayer::Gn(l)) => l.affine().read_grads()?,
+            Some(FamilyLayer::In(l)) => l.affine().read_grads()?,
             None => unreachable!("family ops have a family layer"),
         };
         let mut worst = normalized_error(&self.dx.read(ctx)?, &dx);
