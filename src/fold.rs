@@ -3,9 +3,10 @@
 //! the layer's output-channel axis, `b' = (b - mean) * gamma / sqrt(var + eps) + beta`.
 
 use crate::batch_norm::{BatchNorm, BatchNormState};
+use crate::cut::{self, Units};
 use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
-use crate::tensor::{check_range, window, DType, TensorView};
+use crate::tensor::{DType, TensorView};
 use crate::validate::check_eps;
 use crate::{Error, Result};
 
@@ -156,18 +157,26 @@ impl BatchNorm {
             if t.dtype != DType::F32 {
                 return Err(Error::Unsupported(format!("{name}: {:?} tensors are not supported here", t.dtype)));
             }
-            check_range(t.buffer, t.offset, t.len(), 4, name)?;
         }
-        // The weights in pieces that each fit one binding, all checked first.
-        let mut pieces = Vec::new();
-        for (start, piece, chan_base) in weight_pieces(view, &limits)? {
-            let at =
-                |t: &TensorView<'a>, name| window(t.buffer, t.offset + start as u64 * 4, piece.len(), 4, name, &limits);
-            let (ww, fww) = (at(weight, "weight")?, at(folded_weight, "folded_weight")?);
-            let mut params = self.channel_params(piece);
+        // The weights in pieces that each fit one binding (whole output
+        // rows, or runs of output channels of one), all checked first.
+        let units = Units {
+            units: view.outer,
+            subs: view.channels,
+            sub_len: view.inner,
+            split_subs: true,
+            split_values: false,
+        };
+        let cuts = units.cut(cut::max_values(&limits, 4))?;
+        let windows = cut::windows(&cuts, &[(weight, "weight"), (folded_weight, "folded_weight")], &limits)?;
+        let mut pieces = Vec::with_capacity(cuts.len());
+        for (piece, windows) in cuts.iter().zip(windows) {
+            let (ww, fww) = (windows[0].clone(), windows[1].clone());
+            let view = ChannelView { outer: piece.units.len(), channels: piece.subs.len(), inner: piece.values.len() };
+            let mut params = self.channel_params(view);
             params.x_off = ww.elem_offset;
             params.y_off = fww.elem_offset;
-            params.chan_base = chan_base as u32;
+            params.chan_base = piece.subs.start as u32;
             pieces.push((ww, fww, params));
         }
         let bw = bias.map(|b| b.window_f32("bias", &limits)).transpose()?;
@@ -224,40 +233,6 @@ impl BatchNorm {
             Ok(())
         })
     }
-}
-
-/// Cuts a weight seen as [outer][channels][inner] into pieces that each fit
-/// one storage binding: whole outer rows, or runs of channels within one.
-/// Each is (first element, its view, its first channel).
-fn weight_pieces(view: ChannelView, limits: &wgpu::Limits) -> Result<Vec<(usize, ChannelView, usize)>> {
-    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
-    let max = (limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align) / 4) as usize;
-    let row = view.channels * view.inner;
-    if view.len() <= max {
-        return Ok(vec![(0, view, 0)]);
-    }
-    if row <= max {
-        let rows = max / row;
-        return Ok((0..view.outer)
-            .step_by(rows)
-            .map(|o| (o * row, ChannelView { outer: rows.min(view.outer - o), ..view }, 0))
-            .collect());
-    }
-    if view.inner > max {
-        return Err(Error::Unsupported(format!(
-            "one output channel's {} weights exceed the device's storage binding limit",
-            view.inner
-        )));
-    }
-    let per = max / view.inner;
-    let mut pieces = Vec::new();
-    for o in 0..view.outer {
-        for c in (0..view.channels).step_by(per) {
-            let piece = ChannelView { outer: 1, channels: per.min(view.channels - c), inner: view.inner };
-            pieces.push(((o * view.channels + c) * view.inner, piece, c));
-        }
-    }
-    Ok(pieces)
 }
 
 /// Workgroups for fold_weight's grid-stride pass over `len` values: about

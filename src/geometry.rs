@@ -93,11 +93,6 @@ impl Geometry {
         self.stat.per_channel()
     }
 
-    /// Values per sample.
-    pub fn sample_len(&self) -> usize {
-        self.weights.len() / self.samples
-    }
-
     /// Stat rows per sample.
     pub fn sample_rows(&self) -> usize {
         self.rows() / self.samples

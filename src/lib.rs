@@ -33,6 +33,7 @@
 pub mod affine;
 pub mod batch_norm;
 pub mod context;
+mod cut;
 pub mod error;
 pub mod exchange;
 mod family;

@@ -2,12 +2,13 @@
 //! storage binding (tensors above the device's limit), and within a chunk the
 //! tiling its reduction and elementwise pass share.
 
+use crate::cut::{self, Units};
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::row_teams;
 use crate::strategy::Reduction;
-use crate::tensor::{check_range, window, DType, TensorView, Window};
+use crate::tensor::{DType, TensorView, Window};
 use crate::{Error, Result};
 
 /// How a reduction and elementwise passes cut a tensor: the view in units of
@@ -313,64 +314,24 @@ impl<'a> Chunks<'a> {
                 if t.dtype != dtype {
                     return Err(Error::Parameter(format!("{} is {:?}, x is {dtype:?}", NAMES[role], t.dtype)));
                 }
-                check_range(t.buffer, t.offset, t.len(), dtype.size(), NAMES[role])?;
             }
         }
-        let esize = dtype.size();
-        let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
-        let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align);
-        let max_elems = (max_bytes / esize) as usize;
-        let row = view.channels * view.inner;
-        // (first element, chunk view, first channel, index among the chunks
-        // covering a channel: its partials go to that slot of the channel's run)
-        let mut pieces: Vec<(usize, ChannelView, usize, usize)> = Vec::new();
-        if view.len() <= max_elems {
-            pieces.push((0, view, 0, 0));
-        } else if row <= max_elems {
-            // Whole rows of the outer dimension.
-            let rows = max_elems / row;
-            for (k, o0) in (0..view.outer).step_by(rows).enumerate() {
-                let piece = ChannelView { outer: rows.min(view.outer - o0), ..view };
-                pieces.push((o0 * row, piece, 0, k));
-            }
-        } else if view.inner <= max_elems {
-            // Runs of channels within one outer index; a multiple of four
-            // channels where four fit, so channels-last chunks stay vec4-aligned.
-            let per = max_elems / view.inner;
-            let per = if per >= 4 { per / 4 * 4 } else { per };
-            for o in 0..view.outer {
-                for c0 in (0..view.channels).step_by(per) {
-                    let piece = ChannelView { outer: 1, channels: per.min(view.channels - c0), inner: view.inner };
-                    pieces.push(((o * view.channels + c0) * view.inner, piece, c0, o));
-                }
-            }
-        } else {
-            // One channel's plane alone exceeds a binding: pieces of planes,
-            // a multiple of four values long so that aligned pieces stay vec4.
-            let per = if max_elems >= 4 { max_elems / 4 * 4 } else { max_elems };
-            let pieces_per_plane = view.inner.div_ceil(per);
-            for o in 0..view.outer {
-                for c in 0..view.channels {
-                    for (j, i0) in (0..view.inner).step_by(per).enumerate() {
-                        let piece = ChannelView { outer: 1, channels: 1, inner: per.min(view.inner - i0) };
-                        pieces.push(((o * view.channels + c) * view.inner + i0, piece, c, o * pieces_per_plane + j));
-                    }
-                }
-            }
-        }
+        let units =
+            Units { units: view.outer, subs: view.channels, sub_len: view.inner, split_subs: true, split_values: true };
+        let pieces = units.cut(cut::max_values(limits, dtype.size()))?;
+        let present = tensors.iter().enumerate().filter_map(|(role, t)| t.map(|t| (role, t)));
+        let (roles, named): (Vec<usize>, Vec<(&TensorView<'a>, &str)>) =
+            present.map(|(role, t)| (role, (t, NAMES[role]))).unzip();
         let mut chunks = Vec::with_capacity(pieces.len());
-        for &(start, piece, chan_base, _) in &pieces {
+        for (piece, piece_windows) in pieces.iter().zip(cut::windows(&pieces, &named, limits)?) {
             let mut windows: [Option<Window<'a>>; 6] = Default::default();
-            let mut offsets = Vec::new();
-            for (role, t) in tensors.iter().enumerate() {
-                if let Some(t) = t {
-                    let offset = t.offset + start as u64 * esize;
-                    let w = window(t.buffer, offset, piece.len(), esize, NAMES[role], limits)?;
-                    offsets.push(w.elem_offset);
-                    windows[role] = Some(w);
-                }
+            let offsets: Vec<u32> = piece_windows.iter().map(|w| w.elem_offset).collect();
+            for (&role, w) in roles.iter().zip(piece_windows) {
+                windows[role] = Some(w);
             }
-            let tiling = Tiling::new(piece, &offsets, dtype == DType::F16, reduction)?;
+            let piece_view =
+                ChannelView { outer: piece.units.len(), channels: piece.subs.len(), inner: piece.values.len() };
+            let tiling = Tiling::new(piece_view, &offsets, dtype == DType::F16, reduction)?;
             let mut params = *base;
             let elem = |role: usize| windows[role].as_ref().map_or(0, |w: &Window| w.elem_offset);
             params.x_off = elem(X);
@@ -379,16 +340,16 @@ impl<'a> Chunks<'a> {
             params.dx_off = elem(DX);
             params.z_off = elem(Z);
             params.dz_off = elem(DZ);
-            params.chan_base = chan_base as u32;
+            params.chan_base = piece.subs.start as u32;
             let apply_params = tiling.apply_params(&params);
             let params = tiling.params(&params);
             chunks.push(Chunk { windows, tiling, params, apply_params });
         }
         let stride = chunks.iter().map(|c| c.tiling.plan.parts).max().unwrap_or(1);
-        let covering = pieces.iter().map(|p| p.3).max().unwrap_or(0) as u32 + 1;
+        let covering = pieces.iter().map(|p| p.slot).max().unwrap_or(0) as u32 + 1;
         for (chunk, piece) in chunks.iter_mut().zip(&pieces) {
             chunk.params.parts = stride * covering;
-            chunk.params.part_base = stride * piece.3 as u32;
+            chunk.params.part_base = stride * piece.slot as u32;
         }
         let needs_clear = chunks.iter().any(|c| c.tiling.plan.parts != stride);
         Ok(Chunks { chunks, parts: stride * covering, needs_clear })

@@ -25,6 +25,7 @@ mod grads;
 
 use crate::affine::Affine;
 use crate::context::Context;
+use crate::cut::{self, Units};
 use crate::geometry::Geometry;
 use crate::kernels::{
     bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
@@ -33,7 +34,7 @@ use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
 use crate::stat_plan::StatPlan;
-use crate::tensor::{check_range, window, DType, TensorView, Window};
+use crate::tensor::{DType, TensorView, Window};
 use crate::tiling::Tiling;
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -200,7 +201,6 @@ impl Core {
     /// checked before anything is recorded. One part when the op fits.
     fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
         let limits = self.ctx.device().limits();
-        let x = tensors[0].0;
         for (i, (t, name)) in tensors.iter().enumerate() {
             if self.owns(t.buffer) {
                 return Err(Error::Buffer(format!("{name} is one of the layer's own buffers; pass a tensor of yours")));
@@ -208,58 +208,33 @@ impl Core {
             if let Some((_, other)) = tensors[..i].iter().find(|(o, _)| o.buffer == t.buffer) {
                 return Err(Error::Buffer(format!("{name} and {other} share a buffer; the op does not run in place")));
             }
-            check_range(t.buffer, t.offset, t.len(), t.dtype.size(), name)?;
         }
-        let esize = x.dtype.size();
-        let align = u64::from(limits.min_storage_buffer_offset_alignment.max(16));
-        let max_bytes = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX)).saturating_sub(align + 4);
-        let max_values = (max_bytes / esize) as usize;
-        let sample_len = geo.sample_len();
-        // (first value, geometry, first row, first weight, slot among the parts covering a weight)
-        let mut cuts: Vec<(usize, Geometry, usize, usize, usize)> = Vec::new();
-        let fits = (max_values / sample_len.max(1)).min(geo.samples);
-        if fits > 0 {
-            // Runs of whole samples, of equal size so the last is not a sliver.
-            let count = geo.samples.div_ceil(fits);
-            let per = geo.samples.div_ceil(count);
-            for (slot, first) in (0..geo.samples).step_by(per).enumerate() {
-                let n = per.min(geo.samples - first);
-                cuts.push((first * sample_len, geo.for_samples(n), first * geo.sample_rows(), 0, slot));
-            }
-        } else {
-            // One sample exceeds a binding: runs of whole groups of each sample.
-            let row_len = geo.row_len();
-            let per = max_values / row_len.max(1);
-            let too_large = || {
-                Error::Unsupported(format!(
-                    "one sample of {sample_len} values exceeds the device's storage binding limit, and it \
-                     cannot be cut (a row, a channels-last sample, or one group above the limit)"
-                ))
+        // Samples of groups: a channels-second sample too large for a
+        // binding runs in whole groups (a row is never cut).
+        let groups = geo.sample_rows();
+        let units = Units {
+            units: geo.samples,
+            subs: groups,
+            sub_len: geo.row_len(),
+            split_subs: geo.group_run(0, 1).is_some(),
+            split_values: false,
+        };
+        let pieces = units.cut(cut::max_values(&limits, tensors[0].0.dtype.size()))?;
+        let windows = cut::windows(&pieces, tensors, &limits)?;
+        let mut parts = Vec::with_capacity(pieces.len());
+        for (piece, windows) in pieces.into_iter().zip(windows) {
+            let (subs, o) = (piece.subs, piece.units.start);
+            let part = if subs.len() == groups {
+                let (geo, first_row) = (geo.for_samples(piece.units.len()), o * groups);
+                Part { first_row, weight_base: 0, slot: piece.slot as u32, geo, windows }
+            } else {
+                let geo = geo.group_run(subs.start, subs.end).ok_or_else(|| {
+                    Error::Unsupported("a channels-last sample above the storage binding limit cannot be cut".into())
+                })?;
+                let (first_row, weight_base) = (o * groups + subs.start, (subs.start * geo.cpg) as u32);
+                Part { first_row, weight_base, slot: piece.slot as u32, geo, windows }
             };
-            if per == 0 || geo.group_run(0, 1).is_none() {
-                return Err(too_large());
-            }
-            let groups = geo.sample_rows();
-            let count = groups.div_ceil(per);
-            let per = groups.div_ceil(count);
-            for n in 0..geo.samples {
-                for g0 in (0..groups).step_by(per) {
-                    let g1 = (g0 + per).min(groups);
-                    let g = geo.group_run(g0, g1).ok_or_else(too_large)?;
-                    cuts.push((n * sample_len + g0 * row_len, g, n * groups + g0, g0 * geo.cpg, n));
-                }
-            }
-        }
-        let mut parts = Vec::with_capacity(cuts.len());
-        for (start, g, first_row, weight_base, slot) in cuts {
-            let windows = tensors
-                .iter()
-                .map(|(t, name)| {
-                    let offset = t.offset + start as u64 * esize;
-                    window(t.buffer, offset, g.weights.len(), esize, name, &limits)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            parts.push(Part { first_row, weight_base: weight_base as u32, slot: slot as u32, geo: g, windows });
+            parts.push(part);
         }
         Ok(parts)
     }
