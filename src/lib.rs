@@ -49,6 +49,7 @@ pub mod partial_stats;
 mod reduce;
 mod resident;
 mod row_teams;
+mod scratch;
 mod stat_plan;
 mod state;
 mod strategy;

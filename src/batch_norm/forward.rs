@@ -8,22 +8,7 @@ use super::*;
 impl BatchNorm {
     /// The partial-statistics scratch for `parts` vec4 partials per channel.
     pub(super) fn partials(&self, parts: u32, channels: usize) -> Result<wgpu::Buffer> {
-        let bytes = u64::from(parts) * channels as u64 * 16;
-        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
-        if bytes > limit {
-            return Err(Error::Unsupported(format!(
-                "{bytes} bytes of partial statistics exceed the device's storage binding limit of {limit}"
-            )));
-        }
-        let mut slot = lock(&self.partials);
-        match slot.as_ref() {
-            Some(b) if b.size() >= bytes => Ok(b.clone()),
-            _ => {
-                let b = self.ctx.zeros("bn partials", bytes)?;
-                *slot = Some(b.clone());
-                Ok(b)
-            }
-        }
+        self.scratch.get_bound("partials", u64::from(parts) * channels as u64 * 16)
     }
 
     /// Kernel parameters for `view` with this layer's eps, momentum and flags.
@@ -221,7 +206,7 @@ impl BatchNorm {
             &self.local_stats,
             &self.local_sums,
         ];
-        self.affine.owns(buffer) || own.contains(&buffer) || lock(&self.partials).as_ref() == Some(buffer)
+        self.affine.owns(buffer) || own.contains(&buffer) || self.scratch.owns(buffer)
     }
 
     /// One reduction pipeline and bind group per chunk, writing `mode`'s

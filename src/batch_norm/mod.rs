@@ -18,6 +18,7 @@ use crate::kernels::{
 };
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
+use crate::scratch::Scratch;
 use crate::strategy::Reduction;
 use crate::tensor::{check_shape_of, DType, TensorView};
 use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
@@ -153,8 +154,8 @@ pub struct BatchNorm {
     eval_chan: wgpu::Buffer,
     /// dx coefficients (A, B, mean, C) per channel.
     grad_coef: wgpu::Buffer,
-    /// Partial-statistics scratch, grown on demand and reused.
-    partials: Mutex<Option<wgpu::Buffer>>,
+    /// Partial statistics, grown on demand and reused.
+    scratch: Scratch,
     /// Shape and layout of the input whose statistics `saved` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout)>>,
     /// Stand-in for output bindings a kernel variant never writes.
@@ -203,7 +204,7 @@ impl BatchNorm {
             saved: ctx.zeros("bn saved statistics", vec4)?,
             eval_chan: ctx.zeros("bn eval coefficients", vec4)?,
             grad_coef: ctx.zeros("bn dx coefficients", vec4)?,
-            partials: Mutex::new(None),
+            scratch: Scratch::new(ctx, "bn"),
             saved_for: Mutex::new(None),
             unused: ctx.zeros("bn unused binding", 16)?,
             local_stats: ctx.zeros("bn local partial statistics", vec4)?,

@@ -33,6 +33,7 @@ use crate::kernels::{
 use crate::layout::{ChannelView, Layout};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
+use crate::scratch::Scratch;
 use crate::stat_plan::StatPlan;
 use crate::tensor::{DType, TensorView, Window};
 use crate::tiling::Tiling;
@@ -67,20 +68,6 @@ pub(crate) struct Call {
     pub source: Source,
 }
 
-/// Buffers whose size depends on the input, grown on demand and reused.
-#[derive(Default)]
-struct Scratch {
-    rows: Option<wgpu::Buffer>,
-    rows_dx: Option<wgpu::Buffer>,
-    partials: Option<wgpu::Buffer>,
-    /// GroupNorm's and InstanceNorm's backward: one entry per instance.
-    instances: Option<wgpu::Buffer>,
-    /// Tensors above one binding: one part's rows, and the column partials
-    /// of every part.
-    part_rows: Option<wgpu::Buffer>,
-    column_partials: Option<wgpu::Buffer>,
-}
-
 /// The state of one family layer on the GPU.
 pub(crate) struct Core {
     pub ctx: Context,
@@ -89,20 +76,10 @@ pub(crate) struct Core {
     pub affine: Affine,
     pub running_mean: wgpu::Buffer,
     pub running_var: wgpu::Buffer,
-    scratch: Mutex<Scratch>,
+    /// Row statistics, partials and the buffers of a cut op.
+    scratch: Scratch,
     /// Shape, layout and row count of the input whose statistics `rows` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout, usize)>>,
-}
-
-fn grow(ctx: &Context, slot: &mut Option<wgpu::Buffer>, bytes: u64, label: &str) -> Result<wgpu::Buffer> {
-    match slot {
-        Some(b) if b.size() >= bytes => Ok(b.clone()),
-        _ => {
-            let b = ctx.zeros(label, bytes)?;
-            *slot = Some(b.clone());
-            Ok(b)
-        }
-    }
 }
 
 impl Core {
@@ -113,7 +90,7 @@ impl Core {
             affine: Affine::new(ctx, len, "norm")?,
             running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
             running_var: ctx.upload("norm running_var", &vec![1.0f32; len])?,
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratch::new(ctx, "norm"),
             saved_for: Mutex::new(None),
             ctx: ctx.clone(),
             len,
@@ -136,7 +113,7 @@ impl Core {
 
     /// The saved per-row statistics buffer, (centre, rstd, delta, var) per row.
     pub fn saved(&self) -> Option<wgpu::Buffer> {
-        lock(&self.scratch).rows.clone()
+        self.scratch.current("row statistics")
     }
 
     /// (mean, rstd) per stat row of the last input-statistics forward.
@@ -242,41 +219,30 @@ impl Core {
     /// Whether `buffer` is one of the layer's own: its parameters, running
     /// statistics or scratch.
     fn owns(&self, buffer: &wgpu::Buffer) -> bool {
-        let s = lock(&self.scratch);
-        let scratch = [&s.rows, &s.rows_dx, &s.partials, &s.instances, &s.part_rows, &s.column_partials];
         self.affine.owns(buffer)
             || [&self.running_mean, &self.running_var].contains(&buffer)
-            || scratch.iter().any(|b| b.as_ref() == Some(buffer))
+            || self.scratch.owns(buffer)
     }
 
     fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {
-        let mut s = lock(&self.scratch);
         let row_bytes = geo.rows() as u64 * 16;
         Ok((
-            grow(&self.ctx, &mut s.rows, row_bytes, "norm row statistics")?,
-            grow(&self.ctx, &mut s.rows_dx, row_bytes, "norm dx coefficients")?,
-            grow(&self.ctx, &mut s.partials, partial_bytes, "norm partials")?,
+            self.scratch.get("row statistics", row_bytes)?,
+            self.scratch.get("dx coefficients", row_bytes)?,
+            self.scratch.get("partials", partial_bytes)?,
         ))
     }
 
     /// One vec4 per instance (GroupNorm's and InstanceNorm's backward).
     fn instance_scratch(&self, instances: usize) -> Result<wgpu::Buffer> {
-        let mut s = lock(&self.scratch);
-        grow(&self.ctx, &mut s.instances, instances as u64 * 16, "norm instance sums")
+        self.scratch.get("instance sums", instances as u64 * 16)
     }
 
     /// The scratch of a cut op: one part's rows and every part's column partials.
     fn part_scratch(&self, part_rows: usize, column_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
-        if column_bytes > limit {
-            return Err(Error::Unsupported(format!(
-                "{column_bytes} bytes of partial column sums exceed the device's storage binding limit"
-            )));
-        }
-        let mut s = lock(&self.scratch);
         Ok((
-            grow(&self.ctx, &mut s.part_rows, part_rows as u64 * 16, "norm part rows")?,
-            grow(&self.ctx, &mut s.column_partials, column_bytes, "norm column partials")?,
+            self.scratch.get("part rows", part_rows as u64 * 16)?,
+            self.scratch.get_bound("column partials", column_bytes)?,
         ))
     }
 
