@@ -4,8 +4,9 @@
 
 use crate::batch_norm::{BatchNorm, BatchNormState};
 use crate::cut::{self, Units};
-use crate::kernels::{bind, dispatch, uniform, KernelKey, Shader, FLAG_LAYER_BIAS};
+use crate::kernels::{KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
+use crate::recording::Recording;
 use crate::tensor::{DType, TensorView};
 use crate::validate::check_eps;
 use crate::{Error, Result};
@@ -188,49 +189,28 @@ impl BatchNorm {
         if bias.is_some() {
             bias_params.flags |= FLAG_LAYER_BIAS;
         }
-        let device = ctx.device();
-        ctx.scoped(|| {
-            let bias_buf = uniform(device, &bias_params)?;
-            let kernels = ctx.kernels();
-            let fold_w = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_weight"))?;
-            let fold_b = kernels.get(KernelKey::new(Shader::BatchNorm, "fold_bias"))?;
+        Recording::run(ctx, encoder, "fold batch_norm", |rec| {
+            let bias_buf = rec.uniform(&bias_params)?;
             let eval_chan = self.eval_coefficients();
-            let mut weight_groups = Vec::with_capacity(pieces.len());
+            self.record_prepare_eval(rec, &bias_buf)?;
             for (ww, fww, params) in &pieces {
-                let params_buf = uniform(device, params)?;
-                let group = bind(
-                    device,
-                    &fold_w,
-                    &[
-                        (0, params_buf.as_entire_binding()),
-                        (7, eval_chan.as_entire_binding()),
-                        (8, ww.resource()),
-                        (9, fww.resource()),
-                    ],
-                );
-                let len = (params.outer * params.channels * params.inner) as usize;
-                weight_groups.push((group, elementwise_workgroups(len)));
-            }
-            let gb = bind(
-                device,
-                &fold_b,
-                &[
-                    (0, bias_buf.as_entire_binding()),
+                let params_buf = rec.uniform(params)?;
+                let entries = [
+                    (0, params_buf.as_entire_binding()),
                     (7, eval_chan.as_entire_binding()),
-                    (8, bw.as_ref().unwrap_or(&pieces[0].0).resource()),
-                    (9, fbw.resource()),
-                ],
-            );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("fold batch_norm"),
-                timestamp_writes: None,
-            });
-            self.record_prepare_eval(&mut pass, &bias_buf)?;
-            for (group, grid) in &weight_groups {
-                dispatch(&mut pass, &fold_w, group, *grid);
+                    (8, ww.resource()),
+                    (9, fww.resource()),
+                ];
+                let len = (params.outer * params.channels * params.inner) as usize;
+                rec.dispatch(KernelKey::new(Shader::BatchNorm, "fold_weight"), &entries, elementwise_workgroups(len))?;
             }
-            dispatch(&mut pass, &fold_b, &gb, (c.div_ceil(64) as u32, 1));
-            Ok(())
+            let entries = [
+                (0, bias_buf.as_entire_binding()),
+                (7, eval_chan.as_entire_binding()),
+                (8, bw.as_ref().unwrap_or(&pieces[0].0).resource()),
+                (9, fbw.resource()),
+            ];
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, "fold_bias"), &entries, (c.div_ceil(64) as u32, 1))
         })
     }
 }

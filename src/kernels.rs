@@ -352,12 +352,6 @@ pub(crate) const FLAG_BIAS: u32 = 32;
 pub(crate) const FLAG_RMS: u32 = 64;
 pub(crate) const FLAG_LANES_ARE_CHANNELS: u32 = 128;
 
-/// A uniform buffer holding `params`. Each recorded op gets its own, so two
-/// ops recorded into one encoder never see each other's parameters.
-pub(crate) fn uniform(device: &wgpu::Device, params: &ChannelParams) -> Result<wgpu::Buffer> {
-    create_init(device, "wgpu-norm params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
-}
-
 /// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.
 pub(crate) fn bind(
     device: &wgpu::Device,
@@ -373,16 +367,6 @@ pub(crate) fn bind(
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     })
-}
-
-/// Records one dispatch.
-pub(crate) fn dispatch(
-    pass: &mut wgpu::ComputePass<'_>,
-    pipeline: &wgpu::ComputePipeline,
-    group: &wgpu::BindGroup,
-    workgroups: (u32, u32),
-) {
-    dispatch3(pass, pipeline, group, (workgroups.0, workgroups.1, 1));
 }
 
 /// Records one dispatch with a 3-D grid.

@@ -46,6 +46,7 @@ pub mod layout;
 #[cfg(feature = "mpi")]
 mod mpi_exchange;
 pub mod partial_stats;
+mod recording;
 mod reduce;
 mod resident;
 mod row_teams;

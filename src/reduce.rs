@@ -10,7 +10,7 @@
 //! rows share a workgroup (rows), and strided ones go column-wise
 //! (interleaved).
 
-use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey, Shader};
+use crate::kernels::{bind, ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
 use crate::row_teams;
 use crate::strategy::Reduction;
@@ -417,33 +417,16 @@ pub(crate) struct ReduceBindings<'a> {
 
 /// Compiles (once) the reduction pipeline for `plan` and `mode`, over f16
 /// tensors with `f16`.
-/// The reduction pipeline of `plan` in `mode`; `trailing` selects the
-/// division-free lookups of LayerNorm's geometry (see [`KernelKey::trailing`]).
-pub(crate) fn pipeline(
-    ctx: &crate::Context,
-    plan: &ReducePlan,
-    mode: ReduceMode,
-    f16: bool,
-    trailing: bool,
-) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    ctx.kernels().get(kernel(plan, mode, f16).trailing(trailing))
+impl ReducePlan {
+    /// The grid of a dispatch: (x, y, views).
+    pub fn grid3(&self) -> (u32, u32, u32) {
+        (self.grid.0, self.grid.1, self.batch)
+    }
 }
 
 /// The reduce.wgsl kernel for `plan` and `mode`.
 pub(crate) fn kernel(plan: &ReducePlan, mode: ReduceMode, f16: bool) -> KernelKey {
     KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32)
-}
-
-/// Records the partial reduction of `plan` into `pass` with a reduce.wgsl pipeline.
-pub(crate) fn record(
-    device: &wgpu::Device,
-    pass: &mut wgpu::ComputePass<'_>,
-    pipeline: &wgpu::ComputePipeline,
-    plan: &ReducePlan,
-    b: ReduceBindings<'_>,
-) {
-    let group = bind_group(device, pipeline, b, false);
-    dispatch3(pass, pipeline, &group, (plan.grid.0, plan.grid.1, plan.batch));
 }
 
 /// The bind group of a reduction `pipeline`: reduce.wgsl, or (`vec4`)

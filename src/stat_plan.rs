@@ -5,10 +5,10 @@
 //! partials of stat row r are one run of `merge_parts` from
 //! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
 
-use crate::context::Context;
 use crate::geometry::Geometry;
-use crate::kernels::{dispatch3, ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
+use crate::recording::Recording;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::strategy::Reduction;
 use crate::tiling::lane_streams;
@@ -113,18 +113,9 @@ impl StatPlan {
         p
     }
 
-    /// Records the reduction in `mode` over `bindings` into `pass`.
-    pub fn record(
-        &self,
-        ctx: &Context,
-        pass: &mut wgpu::ComputePass<'_>,
-        mode: ReduceMode,
-        bindings: ReduceBindings<'_>,
-    ) -> Result<()> {
-        let kernel = ctx.kernels().get(self.kernel(mode))?;
-        let group = reduce::bind_group(ctx.device(), &kernel, bindings, self.vec4);
-        dispatch3(pass, &kernel, &group, (self.plan.grid.0, self.plan.grid.1, self.plan.batch));
-        Ok(())
+    /// Records the reduction in `mode` over `bindings`.
+    pub fn record(&self, rec: &mut Recording, mode: ReduceMode, bindings: ReduceBindings<'_>) -> Result<()> {
+        rec.reduce(self.kernel(mode), bindings, self.vec4, (self.plan.grid.0, self.plan.grid.1, self.plan.batch))
     }
 
     /// The reduction kernel: `Stats`, or `GradSums` (centres in `chan`).

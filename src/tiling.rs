@@ -5,7 +5,7 @@
 use crate::cut::{self, Units};
 use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reduce::{self, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
 use crate::row_teams;
 use crate::strategy::Reduction;
 use crate::tensor::{DType, TensorView, Window};
@@ -204,17 +204,6 @@ impl Tiling {
             None => Shader::Elementwise { vec4: self.vec4, f16: self.f16, words: false },
         };
         KernelKey::with_mode(shader, self.entry(op), mode)
-    }
-
-    /// The bind group of this tiling's reduction pipeline (from
-    /// [`Self::reduce_kernel`]).
-    pub fn reduce_group(
-        &self,
-        device: &wgpu::Device,
-        pipeline: &wgpu::ComputePipeline,
-        bindings: ReduceBindings<'_>,
-    ) -> wgpu::BindGroup {
-        reduce::bind_group(device, pipeline, bindings, self.vec4)
     }
 
     /// The reduction's grid (x, y, views).

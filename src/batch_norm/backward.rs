@@ -2,7 +2,7 @@
 //! given ones), their merge into dweight, dbias and the dx coefficients,
 //! and the elementwise dx (and dz after add-ReLU).
 
-use super::forward::{apply_uniforms, chunk_uniforms, merge_block};
+use super::forward::merge_block;
 use super::*;
 
 impl BatchNorm {
@@ -75,70 +75,45 @@ impl BatchNorm {
         };
         let chan = if batch { &self.saved } else { &self.eval_chan };
 
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let kernels = self.ctx.kernels();
-            let params_buf = uniform(device, &params)?;
-            let uniforms = chunk_uniforms(device, &cut)?;
-            let reduces = if given {
-                Vec::new()
-            } else {
-                self.reduce_groups(&cut, &uniforms, epilogue.grad_mode(), chan, &partials)?
-            };
-            let mut dxs = Vec::new();
-            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
-                let dx_kernel = kernels.get(chunk.tiling.kernel("dx", epilogue.apply_mode()))?;
-                let dz_resource = match &chunk.windows[DZ] {
+        Recording::run(&self.ctx, encoder, "batch_norm backward", |rec| {
+            let params_buf = rec.uniform(&params)?;
+            if cut.needs_clear && !given {
+                rec.clear(&partials);
+            }
+            if !batch {
+                self.record_prepare_eval(rec, &params_buf)?;
+            }
+            if !given {
+                self.record_reduces(rec, &cut, epilogue.grad_mode(), chan, &partials)?;
+            }
+            self.record_merge_blocks(rec, &params, &params_buf, &partials, false)?;
+            let entries = [
+                (0, params_buf.as_entire_binding()),
+                (1, partials.as_entire_binding()),
+                (2, self.affine.weight().as_entire_binding()),
+                (7, chan.as_entire_binding()),
+                (12, self.grad_coef.as_entire_binding()),
+                (13, self.affine.grad_weight().as_entire_binding()),
+                (14, self.affine.grad_bias().as_entire_binding()),
+            ];
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, "merge_grads"), &entries, self.per_channel_workgroups())?;
+            for chunk in &cut.chunks {
+                let chunk_params = rec.uniform(&chunk.apply_params)?;
+                let dz = match &chunk.windows[DZ] {
                     Some(w) => w.resource(),
                     None => self.unused.as_entire_binding(),
                 };
-                let group = bind(
-                    device,
-                    &dx_kernel,
-                    &[
-                        (0, chunk_params.as_entire_binding()),
-                        (7, chan.as_entire_binding()),
-                        (8, chunk.resource(X)),
-                        (10, chunk.resource(DY)),
-                        (11, chunk.resource(DX)),
-                        (12, self.grad_coef.as_entire_binding()),
-                        (15, chunk.resource(Z)),
-                        (16, dz_resource),
-                    ],
-                );
-                dxs.push((chunk, dx_kernel, group));
-            }
-            if cut.needs_clear && !given {
-                encoder.clear_buffer(&partials, 0, None);
-            }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("batch_norm backward"),
-                timestamp_writes: None,
-            });
-            if !batch {
-                self.record_prepare_eval(&mut pass, &params_buf)?;
-            }
-            for (chunk, reduce, group) in &reduces {
-                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
-            }
-            self.record_merge_blocks(&mut pass, &params, &params_buf, &partials, false)?;
-            let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_grads"))?;
-            let group = bind(
-                device,
-                &merge,
-                &[
-                    (0, params_buf.as_entire_binding()),
-                    (1, partials.as_entire_binding()),
-                    (2, self.affine.weight().as_entire_binding()),
+                let entries = [
+                    (0, chunk_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
+                    (8, chunk.resource(X)),
+                    (10, chunk.resource(DY)),
+                    (11, chunk.resource(DX)),
                     (12, self.grad_coef.as_entire_binding()),
-                    (13, self.affine.grad_weight().as_entire_binding()),
-                    (14, self.affine.grad_bias().as_entire_binding()),
-                ],
-            );
-            dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-            for (chunk, dx_kernel, group) in &dxs {
-                dispatch(&mut pass, dx_kernel, group, chunk.tiling.apply.grid);
+                    (15, chunk.resource(Z)),
+                    (16, dz),
+                ];
+                rec.dispatch(chunk.tiling.kernel("dx", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
             }
             Ok(())
         })

@@ -83,50 +83,20 @@ impl BatchNorm {
             }
         };
 
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let kernels = self.ctx.kernels();
-            let params_buf = uniform(device, &params)?;
+        Recording::run(&self.ctx, encoder, "batch_norm forward", |rec| {
+            let params_buf = rec.uniform(&params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            // Per chunk: one uniform and bind group per pass, created before the pass begins.
-            let uniforms = chunk_uniforms(device, &cut)?;
-            let reduces = match (&partials, given) {
-                (Some(partials), false) => self.reduce_groups(&cut, &uniforms, ReduceMode::Stats, chan, partials)?,
-                _ => Vec::new(),
-            };
-            let mut applies = Vec::new();
-            for (chunk, chunk_params) in cut.chunks.iter().zip(&apply_uniforms(device, &cut)?) {
-                let apply = kernels.get(chunk.tiling.kernel("apply", epilogue.apply_mode()))?;
-                let group = bind(
-                    device,
-                    &apply,
-                    &[
-                        (0, chunk_params.as_entire_binding()),
-                        (7, chan.as_entire_binding()),
-                        (8, chunk.resource(X)),
-                        (9, chunk.resource(Y)),
-                        (15, chunk.resource(Z)),
-                    ],
-                );
-                applies.push((chunk, apply, group));
-            }
-            if let (Some(partials), true, false) = (&partials, cut.needs_clear, given) {
-                encoder.clear_buffer(partials, 0, None);
-            }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("batch_norm forward"),
-                timestamp_writes: None,
-            });
-            if let Some(partials) = &partials {
-                for (chunk, reduce, group) in &reduces {
-                    dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
-                }
-                self.record_merge_blocks(&mut pass, &params, &params_buf, partials, true)?;
-                let merge = kernels.get(KernelKey::new(Shader::BatchNorm, "merge_stats"))?;
-                let group = bind(
-                    device,
-                    &merge,
-                    &[
+            match &partials {
+                Some(partials) => {
+                    if !given {
+                        if cut.needs_clear {
+                            rec.clear(partials);
+                        }
+                        self.record_reduces(rec, &cut, ReduceMode::Stats, chan, partials)?;
+                    }
+                    self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
+                    let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
+                    let entries = [
                         (0, params_buf.as_entire_binding()),
                         (1, partials.as_entire_binding()),
                         (2, self.affine.weight().as_entire_binding()),
@@ -136,29 +106,32 @@ impl BatchNorm {
                         (6, self.counter.as_entire_binding()),
                         (7, self.saved.as_entire_binding()),
                         (17, self.pending.as_entire_binding()),
-                    ],
-                );
-                dispatch(&mut pass, &merge, &group, self.per_channel_workgroups());
-                if update_running {
-                    let commit = kernels.get(KernelKey::new(Shader::BatchNorm, "commit_running"))?;
-                    let group = bind(
-                        device,
-                        &commit,
-                        &[
+                    ];
+                    rec.dispatch(merge, &entries, self.per_channel_workgroups())?;
+                    if update_running {
+                        let commit = KernelKey::new(Shader::BatchNorm, "commit_running");
+                        let entries = [
                             (0, params_buf.as_entire_binding()),
                             (4, self.running_mean.as_entire_binding()),
                             (5, self.running_var.as_entire_binding()),
                             (6, self.counter.as_entire_binding()),
                             (17, self.pending.as_entire_binding()),
-                        ],
-                    );
-                    dispatch(&mut pass, &commit, &group, (1, 1));
+                        ];
+                        rec.dispatch(commit, &entries, (1, 1))?;
+                    }
                 }
-            } else {
-                self.record_prepare_eval(&mut pass, &params_buf)?;
+                None => self.record_prepare_eval(rec, &params_buf)?,
             }
-            for (chunk, apply, group) in &applies {
-                dispatch(&mut pass, apply, group, chunk.tiling.apply.grid);
+            for chunk in &cut.chunks {
+                let chunk_params = rec.uniform(&chunk.apply_params)?;
+                let entries = [
+                    (0, chunk_params.as_entire_binding()),
+                    (7, chan.as_entire_binding()),
+                    (8, chunk.resource(X)),
+                    (9, chunk.resource(Y)),
+                    (15, chunk.resource(Z)),
+                ];
+                rec.dispatch(chunk.tiling.kernel("apply", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
             }
             Ok(())
         })?;
@@ -209,20 +182,18 @@ impl BatchNorm {
         self.affine.owns(buffer) || own.contains(&buffer) || self.scratch.owns(buffer)
     }
 
-    /// One reduction pipeline and bind group per chunk, writing `mode`'s
-    /// partials of every channel into `partials`.
-    pub(super) fn reduce_groups<'c>(
+    /// One reduction per chunk, writing `mode`'s partials of every channel
+    /// into `partials`.
+    pub(super) fn record_reduces(
         &self,
-        cut: &'c Chunks,
-        uniforms: &[wgpu::Buffer],
+        rec: &mut Recording,
+        cut: &Chunks,
         mode: ReduceMode,
         chan: &wgpu::Buffer,
         partials: &wgpu::Buffer,
-    ) -> Result<Vec<(&'c Chunk<'c>, Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>> {
-        let device = self.ctx.device();
-        let mut groups = Vec::with_capacity(cut.chunks.len());
-        for (chunk, chunk_params) in cut.chunks.iter().zip(uniforms) {
-            let reduce = self.ctx.kernels().get(chunk.tiling.reduce_kernel(mode))?;
+    ) -> Result<()> {
+        for chunk in &cut.chunks {
+            let chunk_params = rec.uniform(&chunk.params)?;
             let bindings = ReduceBindings {
                 params: chunk_params.as_entire_binding(),
                 x: chunk.resource(X),
@@ -232,10 +203,9 @@ impl BatchNorm {
                 z: if mode == ReduceMode::Stats { None } else { Some(chunk.resource(Z)) },
                 weight: None,
             };
-            let group = chunk.tiling.reduce_group(device, &reduce, bindings);
-            groups.push((chunk, reduce, group));
+            rec.reduce(chunk.tiling.reduce_kernel(mode), bindings, chunk.tiling.vec4, chunk.tiling.grid3())?;
         }
-        Ok(groups)
+        Ok(())
     }
 
     /// Before a merge over many partials a channel (`params.merge_block` >
@@ -243,7 +213,7 @@ impl BatchNorm {
     /// sums.
     pub(super) fn record_merge_blocks(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        rec: &mut Recording,
         params: &ChannelParams,
         params_buf: &wgpu::Buffer,
         partials: &wgpu::Buffer,
@@ -253,34 +223,24 @@ impl BatchNorm {
             return Ok(());
         }
         let entry = if welford { "merge_blocks_stats" } else { "merge_blocks_sums" };
-        let kernel = self.ctx.kernels().get(KernelKey::new(Shader::BatchNorm, entry))?;
-        let group =
-            bind(self.ctx.device(), &kernel, &[(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding())]);
         let blocks = u64::from(params.channels) * u64::from(params.parts.div_ceil(params.merge_block));
         let workgroups = blocks.div_ceil(64);
         let x = workgroups.min(65535);
-        dispatch(pass, &kernel, &group, (x as u32, workgroups.div_ceil(x) as u32));
-        Ok(())
+        let entries = [(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding())];
+        rec.dispatch(KernelKey::new(Shader::BatchNorm, entry), &entries, (x as u32, workgroups.div_ceil(x) as u32))
     }
 
     /// Eval coefficients from the running statistics into `eval_chan`.
-    pub(crate) fn record_prepare_eval(&self, pass: &mut wgpu::ComputePass<'_>, params: &wgpu::Buffer) -> Result<()> {
-        let device = self.ctx.device();
-        let prepare = self.ctx.kernels().get(KernelKey::new(Shader::BatchNorm, "prepare_eval"))?;
-        let group = bind(
-            device,
-            &prepare,
-            &[
-                (0, params.as_entire_binding()),
-                (2, self.affine.weight().as_entire_binding()),
-                (3, self.affine.bias().as_entire_binding()),
-                (4, self.running_mean.as_entire_binding()),
-                (5, self.running_var.as_entire_binding()),
-                (7, self.eval_chan.as_entire_binding()),
-            ],
-        );
-        dispatch(pass, &prepare, &group, self.per_channel_workgroups());
-        Ok(())
+    pub(crate) fn record_prepare_eval(&self, rec: &mut Recording, params: &wgpu::Buffer) -> Result<()> {
+        let entries = [
+            (0, params.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (3, self.affine.bias().as_entire_binding()),
+            (4, self.running_mean.as_entire_binding()),
+            (5, self.running_var.as_entire_binding()),
+            (7, self.eval_chan.as_entire_binding()),
+        ];
+        rec.dispatch(KernelKey::new(Shader::BatchNorm, "prepare_eval"), &entries, self.per_channel_workgroups())
     }
 
     /// Records SyncBatchNorm's first half: this layer's local partial
@@ -326,39 +286,20 @@ impl BatchNorm {
         params.merge_block = merge_block(params.parts, self.ctx.reduction());
         let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let kernels = self.ctx.kernels();
-            let params_buf = uniform(device, &params)?;
-            let uniforms = chunk_uniforms(device, &cut)?;
-            let reduces = self.reduce_groups(&cut, &uniforms, mode, chan, &partials)?;
-            let entry = if dy.is_some() { "gather_sums" } else { "gather_stats" };
-            let gather = kernels.get(KernelKey::new(Shader::BatchNorm, entry))?;
-            let group = bind(
-                device,
-                &gather,
-                &[
-                    (0, params_buf.as_entire_binding()),
-                    (1, partials.as_entire_binding()),
-                    (18, out.as_entire_binding()),
-                ],
-            );
+        Recording::run(&self.ctx, encoder, "batch_norm local partials", |rec| {
+            let params_buf = rec.uniform(&params)?;
             if cut.needs_clear {
-                encoder.clear_buffer(&partials, 0, None);
+                rec.clear(&partials);
             }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("batch_norm local partials"),
-                timestamp_writes: None,
-            });
             if dy.is_some() && !batch {
-                self.record_prepare_eval(&mut pass, &params_buf)?;
+                self.record_prepare_eval(rec, &params_buf)?;
             }
-            for (chunk, reduce, group) in &reduces {
-                dispatch3(&mut pass, reduce, group, chunk.tiling.grid3());
-            }
-            self.record_merge_blocks(&mut pass, &params, &params_buf, &partials, dy.is_none())?;
-            dispatch(&mut pass, &gather, &group, self.per_channel_workgroups());
-            Ok(())
+            self.record_reduces(rec, &cut, mode, chan, &partials)?;
+            self.record_merge_blocks(rec, &params, &params_buf, &partials, dy.is_none())?;
+            let entry = if dy.is_some() { "gather_sums" } else { "gather_stats" };
+            let entries =
+                [(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding()), (18, out.as_entire_binding())];
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, entry), &entries, self.per_channel_workgroups())
         })
     }
 
@@ -385,16 +326,6 @@ pub(super) fn merge_block(parts: u32, reduction: Reduction) -> u32 {
     } else {
         f64::from(parts).sqrt().ceil() as u32
     }
-}
-
-/// One uniform of the reduction's parameters per chunk.
-pub(super) fn chunk_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
-    cut.chunks.iter().map(|chunk| uniform(device, &chunk.params)).collect()
-}
-
-/// One uniform of the elementwise passes' parameters per chunk.
-pub(super) fn apply_uniforms(device: &wgpu::Device, cut: &Chunks) -> Result<Vec<wgpu::Buffer>> {
-    cut.chunks.iter().map(|chunk| uniform(device, &chunk.apply_params)).collect()
 }
 
 #[cfg(test)]

@@ -13,18 +13,18 @@ use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::kernels::{
-    bind, dispatch, dispatch3, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS,
-    FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
+    lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
+use crate::recording::Recording;
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
 use crate::scratch::Scratch;
 use crate::strategy::Reduction;
 use crate::tensor::{check_shape_of, DType, TensorView};
-use crate::tiling::{Chunk, Chunks, DX, DY, DZ, X, Y, Z};
+use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
 use crate::validate::{check_channels, check_eps, check_momentum};
 use crate::{Error, Result};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// BatchNorm's hyper-parameters, with PyTorch's defaults.
 #[derive(Clone, Debug, PartialEq)]

@@ -96,38 +96,37 @@ impl Core {
             }
         };
         let (rows, rows_dx, partials) = self.scratch(&geo, partial_bytes)?;
-        if let [part] = &parts[..] {
-            let (row_plan, col_plan, resident) = &plans[0];
-            let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
-            let piece = part.piece(&rows, &partials, f16);
-            let instances = match &instances {
-                Some(plan) => Some((plan, self.instance_scratch(part.geo.instances().rows())?)),
-                None => None,
-            };
-            let part_dx = PartDx {
-                dy: &part.windows[1],
-                dx: &part.windows[2],
-                rows_dx: &rows_dx,
-                resident: *resident,
-                instances: instances.as_ref().map(|(plan, buffer)| (*plan, buffer)),
-            };
-            self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
-        } else {
+        Recording::run(&self.ctx, encoder, "norm backward", |rec| {
+            if let [part] = &parts[..] {
+                let (row_plan, col_plan, resident) = &plans[0];
+                let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };
+                let piece = part.piece(&rows, &partials, f16);
+                let instances = match &instances {
+                    Some(plan) => Some((plan, self.instance_scratch(part.geo.instances().rows())?)),
+                    None => None,
+                };
+                let part_dx = PartDx {
+                    dy: &part.windows[1],
+                    dx: &part.windows[2],
+                    rows_dx: &rows_dx,
+                    resident: *resident,
+                    instances: instances.as_ref().map(|(plan, buffer)| (*plan, buffer)),
+                };
+                return self.backward_part(rec, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns);
+            }
             // Every part's column partials in one run per column, merged once.
             let stride = plans.iter().map(|(_, c, _)| c.parts).max().unwrap_or(1);
-            let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
             let total = stride * slots;
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
             let column_bytes = u64::from(total) * geo.weights.channels as u64 * 16;
             let (part_rows, column_partials) = self.part_scratch(most, column_bytes)?;
             if plans.iter().any(|(_, c, _)| c.parts != stride) {
                 // Slots a smaller part leaves unwritten must sum as zero.
-                encoder.clear_buffer(&column_partials, 0, None);
+                rec.clear(&column_partials);
             }
             for (part, (row_plan, col_plan, resident)) in parts.iter().zip(&plans) {
                 if source != Source::Running {
-                    let at = part.first_row as u64 * 16;
-                    encoder.copy_buffer_to_buffer(&rows, at, &part_rows, 0, part.geo.rows() as u64 * 16);
+                    rec.copy(&rows, part.first_row as u64 * 16, &part_rows, 0, part.geo.rows() as u64 * 16);
                 }
                 let columns =
                     Columns { partials: &column_partials, parts: total, part_base: part.slot * stride, merge: false };
@@ -139,16 +138,13 @@ impl Core {
                     resident: *resident,
                     instances: None,
                 };
-                self.backward_part(encoder, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
+                self.backward_part(rec, &piece, row_plan, col_plan, &part_dx, &opt, source, &columns)?;
             }
             let mut params = self.params(geo.weights, &geo, &opt);
             params.parts = total;
-            self.ctx.scoped(|| {
-                let params = uniform(self.ctx.device(), &params)?;
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                self.record_merge_columns(&mut pass, &params, &column_partials, resident[0])
-            })?;
-        }
+            let params = rec.uniform(&params)?;
+            self.record_merge_columns(rec, &params, &column_partials, resident[0])
+        })?;
         if source == Source::Running {
             // prepare_running replaced the saved input statistics.
             *lock(&self.saved_for) = None;
@@ -161,7 +157,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_part(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        rec: &mut Recording,
         piece: &Piece,
         row_plan: &ReducePlan,
         col_plan: &ReducePlan,
@@ -205,44 +201,30 @@ impl Core {
             params.parts = columns.parts;
             params.part_base = columns.part_base;
             params.chan_base = weight_base;
-            return self.backward_resident(encoder, resident, &params, &col_params, piece, out, columns);
+            return self.backward_resident(rec, resident, &params, &col_params, piece, out, columns);
         }
 
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let kernels = self.ctx.kernels();
-            let row_buf = uniform(device, &row_params)?;
-            let col_buf = uniform(device, &col_params)?;
-            let dx_buf = uniform(device, &dx_params)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("norm backward"),
-                timestamp_writes: None,
-            });
-            if source == Source::Running {
-                self.record_running(&mut pass, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
-            }
-            if let Some(instances) = out.instances {
-                self.record_instance_grads(&mut pass, instances, &row_params, piece, out, opt)?;
-            } else {
-                let row = (&row_buf, row_plan);
-                self.record_row_and_column_grads(&mut pass, piece, out, row, (&col_buf, col_plan), columns)?;
-            }
-            let dx_kernel = kernels.get(tile_kernel(&tile, "dx"))?;
-            let group = bind(
-                device,
-                &dx_kernel,
-                &[
-                    (0, dx_buf.as_entire_binding()),
-                    (2, self.affine.weight().as_entire_binding()),
-                    (7, rows_dx.as_entire_binding()),
-                    (8, xw.resource()),
-                    (10, dyw.resource()),
-                    (11, dxw.resource()),
-                ],
-            );
-            dispatch(&mut pass, &dx_kernel, &group, tile.apply.grid);
-            Ok(())
-        })
+        let row_buf = rec.uniform(&row_params)?;
+        let col_buf = rec.uniform(&col_params)?;
+        let dx_buf = rec.uniform(&dx_params)?;
+        if source == Source::Running {
+            self.record_running(rec, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
+        }
+        if let Some(instances) = out.instances {
+            self.record_instance_grads(rec, instances, &row_params, piece, out, opt)?;
+        } else {
+            let row = (&row_buf, row_plan);
+            self.record_row_and_column_grads(rec, piece, out, row, (&col_buf, col_plan), columns)?;
+        }
+        let entries = [
+            (0, dx_buf.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (7, rows_dx.as_entire_binding()),
+            (8, xw.resource()),
+            (10, dyw.resource()),
+            (11, dxw.resource()),
+        ];
+        rec.dispatch(tile_kernel(&tile, "dx"), &entries, tile.apply.grid)
     }
 
     /// One part's backward in one pass (src/resident.rs): dx and the column
@@ -251,7 +233,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_resident(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        rec: &mut Recording,
         resident: Resident,
         params: &ChannelParams,
         col_params: &ChannelParams,
@@ -259,26 +241,20 @@ impl Core {
         out: &PartDx,
         columns: &Columns,
     ) -> Result<()> {
-        self.ctx.scoped(|| {
-            let col_buf = uniform(self.ctx.device(), col_params)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("norm backward, one pass"),
-                timestamp_writes: None,
-            });
-            let views = [(1, columns.partials.as_entire_binding()), (10, out.dy.resource()), (11, out.dx.resource())];
-            self.record_resident(&mut pass, resident, Pass::Backward, params, piece, &views)?;
-            if columns.merge {
-                self.record_merge_columns(&mut pass, &col_buf, columns.partials, Some(resident))?;
-            }
-            Ok(())
-        })
+        let views = [(1, columns.partials.as_entire_binding()), (10, out.dy.resource()), (11, out.dx.resource())];
+        self.record_resident(rec, resident, Pass::Backward, params, piece, &views)?;
+        if columns.merge {
+            let col_buf = rec.uniform(col_params)?;
+            self.record_merge_columns(rec, &col_buf, columns.partials, Some(resident))?;
+        }
+        Ok(())
     }
 
     /// dweight and dbias from the column partials (`params.parts` per
     /// column), laid out by the one-pass backward with `resident`.
     pub(super) fn record_merge_columns(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        rec: &mut Recording,
         params: &wgpu::Buffer,
         partials: &wgpu::Buffer,
         resident: Option<Resident>,
@@ -287,20 +263,14 @@ impl Core {
             Some(plan) => {
                 KernelKey::new(Shader::Resident { plan, f16: false, words: false }, Pass::MergeColumns.entry())
             }
-            None => KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, "merge_columns"),
+            None => row_norm("merge_columns"),
         };
-        let merge = self.ctx.kernels().get(key)?;
-        let group = bind(
-            self.ctx.device(),
-            &merge,
-            &[
-                (0, params.as_entire_binding()),
-                (1, partials.as_entire_binding()),
-                (12, self.affine.grad_weight().as_entire_binding()),
-                (13, self.affine.grad_bias().as_entire_binding()),
-            ],
-        );
-        dispatch(pass, &merge, &group, self.weight_workgroups());
-        Ok(())
+        let entries = [
+            (0, params.as_entire_binding()),
+            (1, partials.as_entire_binding()),
+            (12, self.affine.grad_weight().as_entire_binding()),
+            (13, self.affine.grad_bias().as_entire_binding()),
+        ];
+        rec.dispatch(key, &entries, self.weight_workgroups())
     }
 }

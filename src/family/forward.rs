@@ -29,10 +29,11 @@ impl Core {
             .collect::<Result<Vec<_>>>()?;
         let bytes = plans.iter().map(StatPlan::partial_bytes).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
-        if let [part] = &parts[..] {
-            let piece = part.piece(&rows, &partials, f16);
-            self.forward_part(encoder, &piece, &plans[0], &part.windows[1], &opt, source)?;
-        } else {
+        Recording::run(&self.ctx, encoder, "norm forward", |rec| {
+            if let [part] = &parts[..] {
+                let piece = part.piece(&rows, &partials, f16);
+                return self.forward_part(rec, &piece, &plans[0], &part.windows[1], &opt, source);
+            }
             let most = parts.iter().map(|p| p.geo.rows()).max().unwrap_or(0);
             let (part_rows, _) = self.part_scratch(most, 0)?;
             // Parts run on their input's statistics; the running ones update once, below.
@@ -42,21 +43,17 @@ impl Core {
             };
             for (part, plan) in parts.iter().zip(&plans) {
                 let piece = part.piece(&part_rows, &partials, f16);
-                self.forward_part(encoder, &piece, plan, &part.windows[1], &opt, part_source)?;
+                self.forward_part(rec, &piece, plan, &part.windows[1], &opt, part_source)?;
                 if part_source != Source::Running {
-                    let at = part.first_row as u64 * 16;
-                    encoder.copy_buffer_to_buffer(&part_rows, 0, &rows, at, part.geo.rows() as u64 * 16);
+                    rec.copy(&part_rows, 0, &rows, part.first_row as u64 * 16, part.geo.rows() as u64 * 16);
                 }
             }
             if source == (Source::Input { update_running: true }) {
-                let params = self.params(geo.stat, &geo, &opt);
-                self.ctx.scoped(|| {
-                    let params = uniform(self.ctx.device(), &params)?;
-                    let mut pass = encoder.begin_compute_pass(&Default::default());
-                    self.record_running(&mut pass, "update_running", &params, &rows, self.weight_workgroups())
-                })?;
+                let params = rec.uniform(&self.params(geo.stat, &geo, &opt))?;
+                self.record_running(rec, "update_running", &params, &rows, self.weight_workgroups())?;
             }
-        }
+            Ok(())
+        })?;
         // The rows now hold this input's statistics, or the running ones.
         *lock(&self.saved_for) = match source {
             Source::Input { .. } => Some((x.shape.clone(), x.layout, geo.rows())),
@@ -69,7 +66,7 @@ impl Core {
     /// ones), then the elementwise pass into `yw`.
     pub(super) fn forward_part(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        rec: &mut Recording,
         piece: &Piece,
         plan: &StatPlan,
         yw: &Window,
@@ -85,7 +82,8 @@ impl Core {
         if let Some(resident) = self.resident(geo, source, &[xw.elem_offset, yw.elem_offset]) {
             let mut params = stat_params;
             params.y_off = yw.elem_offset;
-            return self.forward_resident(encoder, resident, &params, piece, yw);
+            let views = [(9, yw.resource())];
+            return self.record_resident(rec, resident, Pass::Forward, &params, piece, &views);
         }
         let reduce_params = plan.params(&stat_params);
         stat_params.parts = plan.merge_parts;
@@ -103,69 +101,44 @@ impl Core {
         let mut apply_params = tile.apply_params(&apply_params);
         apply_params.row_div /= tile.rows_per_view_row() as u32;
 
-        let device = self.ctx.device();
-        self.ctx.scoped(|| {
-            let kernels = self.ctx.kernels();
-            let stat_buf = uniform(device, &stat_params)?;
-            let reduce_buf = uniform(device, &reduce_params)?;
-            let apply_buf = uniform(device, &apply_params)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("norm forward"),
-                timestamp_writes: None,
-            });
-            match source {
-                Source::Input { update_running } => {
-                    plan.record(
-                        &self.ctx,
-                        &mut pass,
-                        ReduceMode::Stats,
-                        ReduceBindings {
-                            params: reduce_buf.as_entire_binding(),
-                            x: xw.resource(),
-                            dy: xw.resource(),
-                            chan: rows.as_entire_binding(),
-                            partials: partials.as_entire_binding(),
-                            weight: None,
-                            z: None,
-                        },
-                    )?;
-                    let merge = kernels
-                        .get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, "merge_rows"))?;
-                    let group = bind(
-                        device,
-                        &merge,
-                        &[
-                            (0, stat_buf.as_entire_binding()),
-                            (1, partials.as_entire_binding()),
-                            (6, rows.as_entire_binding()),
-                        ],
-                    );
-                    dispatch(&mut pass, &merge, &group, Self::row_workgroups(geo));
-                    if update_running {
-                        self.record_running(&mut pass, "update_running", &stat_buf, rows, self.weight_workgroups())?;
-                    }
-                }
-                Source::Running => {
-                    let grid = Self::row_workgroups(geo);
-                    self.record_running(&mut pass, "prepare_running", &stat_buf, rows, grid)?;
+        let stat_buf = rec.uniform(&stat_params)?;
+        let reduce_buf = rec.uniform(&reduce_params)?;
+        let apply_buf = rec.uniform(&apply_params)?;
+        match source {
+            Source::Input { update_running } => {
+                let bindings = ReduceBindings {
+                    params: reduce_buf.as_entire_binding(),
+                    x: xw.resource(),
+                    dy: xw.resource(),
+                    chan: rows.as_entire_binding(),
+                    partials: partials.as_entire_binding(),
+                    weight: None,
+                    z: None,
+                };
+                plan.record(rec, ReduceMode::Stats, bindings)?;
+                let entries = [
+                    (0, stat_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (6, rows.as_entire_binding()),
+                ];
+                rec.dispatch(row_norm("merge_rows"), &entries, Self::row_workgroups(geo))?;
+                if update_running {
+                    self.record_running(rec, "update_running", &stat_buf, rows, self.weight_workgroups())?;
                 }
             }
-            let apply = kernels.get(tile_kernel(&tile, "apply"))?;
-            let group = bind(
-                device,
-                &apply,
-                &[
-                    (0, apply_buf.as_entire_binding()),
-                    (2, self.affine.weight().as_entire_binding()),
-                    (3, self.affine.bias().as_entire_binding()),
-                    (6, rows.as_entire_binding()),
-                    (8, xw.resource()),
-                    (9, yw.resource()),
-                ],
-            );
-            dispatch(&mut pass, &apply, &group, tile.apply.grid);
-            Ok(())
-        })
+            Source::Running => {
+                self.record_running(rec, "prepare_running", &stat_buf, rows, Self::row_workgroups(geo))?
+            }
+        }
+        let entries = [
+            (0, apply_buf.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (3, self.affine.bias().as_entire_binding()),
+            (6, rows.as_entire_binding()),
+            (8, xw.resource()),
+            (9, yw.resource()),
+        ];
+        rec.dispatch(tile_kernel(&tile, "apply"), &entries, tile.apply.grid)
     }
 
     /// The one-pass plan (src/resident.rs) for `geo` on input statistics,
@@ -181,40 +154,19 @@ impl Core {
         Resident::choose(self.ctx.reduction(), device, geo.row_len(), offsets)
     }
 
-    /// One part's forward in one pass (src/resident.rs): y and the saved
-    /// rows from a single read of x.
-    pub(super) fn forward_resident(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        resident: Resident,
-        params: &ChannelParams,
-        piece: &Piece,
-        yw: &Window,
-    ) -> Result<()> {
-        self.ctx.scoped(|| {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("norm forward, one pass"),
-                timestamp_writes: None,
-            });
-            self.record_resident(&mut pass, resident, Pass::Forward, params, piece, &[(9, yw.resource())])
-        })
-    }
-
     /// Records `kernel` of the one-pass plan over `piece`'s rows: its
     /// parameters, the weights, the saved rows and x bound, and `views`.
     pub(super) fn record_resident(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        rec: &mut Recording,
         resident: Resident,
         kernel: Pass,
         params: &ChannelParams,
         piece: &Piece,
         views: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
-        let device = self.ctx.device();
         let key = KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16, words: false }, kernel.entry());
-        let pipeline = self.ctx.kernels().get(key)?;
-        let params = uniform(device, params)?;
+        let params = rec.uniform(params)?;
         let mut entries = vec![
             (0, params.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),
@@ -223,33 +175,23 @@ impl Core {
             (8, piece.x.resource()),
         ];
         entries.extend_from_slice(views);
-        let group = bind(device, &pipeline, &entries);
-        dispatch(pass, &pipeline, &group, (resident.workgroups(piece.geo.rows(), kernel), 1));
-        Ok(())
+        rec.dispatch(key, &entries, (resident.workgroups(piece.geo.rows(), kernel), 1))
     }
 
     pub(super) fn record_running(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        rec: &mut Recording,
         entry: &'static str,
         params: &wgpu::Buffer,
         rows: &wgpu::Buffer,
         grid: (u32, u32),
     ) -> Result<()> {
-        let device = self.ctx.device();
-        let kernel =
-            self.ctx.kernels().get(KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, entry))?;
-        let group = bind(
-            device,
-            &kernel,
-            &[
-                (0, params.as_entire_binding()),
-                (4, self.running_mean.as_entire_binding()),
-                (5, self.running_var.as_entire_binding()),
-                (6, rows.as_entire_binding()),
-            ],
-        );
-        dispatch(pass, &kernel, &group, grid);
-        Ok(())
+        let entries = [
+            (0, params.as_entire_binding()),
+            (4, self.running_mean.as_entire_binding()),
+            (5, self.running_var.as_entire_binding()),
+            (6, rows.as_entire_binding()),
+        ];
+        rec.dispatch(row_norm(entry), &entries, grid)
     }
 }

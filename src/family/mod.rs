@@ -27,10 +27,9 @@ use crate::affine::Affine;
 use crate::context::Context;
 use crate::cut::{self, Units};
 use crate::geometry::Geometry;
-use crate::kernels::{
-    bind, dispatch, lock, uniform, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
-};
+use crate::kernels::{lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS};
 use crate::layout::{ChannelView, Layout};
+use crate::recording::Recording;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
 use crate::scratch::Scratch;
@@ -308,6 +307,11 @@ struct Columns<'p> {
     parts: u32,
     part_base: u32,
     merge: bool,
+}
+
+/// row_norm.wgsl's scalar kernel `entry` (the per-row and per-weight passes).
+fn row_norm(entry: &'static str) -> KernelKey {
+    KernelKey::new(Shader::RowNorm { f16: false, vec4: false, words: false }, entry)
 }
 
 /// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
