@@ -2,7 +2,7 @@
 //! application, plus the compiled kernels and host <-> GPU helpers.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::kernels::{create_init, KernelCache};
 use crate::strategy::{Access, Reduction};
@@ -36,6 +36,16 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The one wgpu instance of every context `Context::new` opens. wgpu knows
+/// a buffer by an id within its instance: with an instance per context, a
+/// buffer of one context handed to another was taken as whatever that one's
+/// buffer of the same id was. Within one instance wgpu sees that the buffer
+/// belongs to another device, and the op fails cleanly.
+fn shared_instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env()))
+}
+
 /// Features this crate uses when the adapter offers them: timestamps for
 /// the bench, f16 tensors, subgroups for the one-pass LayerNorm and
 /// RMSNorm over longer rows (src/resident.rs), and 64-bit integers for
@@ -60,8 +70,7 @@ impl Context {
     /// The device gets the adapter's own limits, and timestamp queries, f16
     /// shaders, subgroups and 64-bit integers when offered.
     pub async fn new_async() -> Result<Context> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pick_adapter(&instance).await?;
+        let adapter = pick_adapter(shared_instance()).await?;
         let features = adapter.features() & wanted_features();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -98,6 +107,15 @@ impl Context {
 
     /// Wraps a device the application already owns. The crate then works
     /// within that device's features and limits.
+    ///
+    /// Ops refuse, with an `Err` and the encoder untouched, buffers of
+    /// another device of the same `wgpu::Instance` and destroyed buffers.
+    /// Two things wgpu 30 gives no way to check: a buffer made through
+    /// another `wgpu::Instance` (wgpu knows buffers by ids within their
+    /// instance, so such a buffer is taken for whatever has its id here),
+    /// and an encoder of another device (wgpu reports that when the encoder
+    /// finishes). Keep an application's devices in one instance, and hand
+    /// each op an encoder of its layer's device.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Context {
         let info = device.adapter_info();
         Self::wrap(device, queue, info)

@@ -184,3 +184,55 @@ fn family_layers_refuse_their_own_buffers_and_shared_outputs() {
     assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
     assert_eq!(ln.affine().read().unwrap(), (vec![1.0; 4], vec![0.0; 4]), "parameters untouched");
 }
+
+/// Class 1 and 2: buffers of another context's device, and destroyed
+/// buffers. Each op refuses them with an `Err` before recording anything
+/// (the caller's encoder still finishes and submits), and writes nothing.
+#[test]
+fn buffers_of_another_device_or_destroyed_are_refused() {
+    use wgpu_norm::{Context, Epilogue, LayerNorm, LayerNormConfig};
+    let ctx = ctx();
+    let other = Context::new().unwrap();
+    let data = [1.0, 2.0, 3.0, 4.0, 0.5, 1.5, 2.5, 3.5];
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(4)).unwrap();
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[4])).unwrap();
+    let x = Tensor::from_slice(ctx, &data, &[2, 4], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 8], &[2, 4], Layout::Nchw).unwrap();
+    // A training forward first, so that the backward has statistics to use.
+    let y_first = Tensor::zeros(ctx, &[2, 4], Layout::Nchw).unwrap();
+    ctx.run(|e| bn.forward(e, &x.view(), &y_first.view(), Mode::Training, Epilogue::None)).unwrap();
+    let state = bn.read_state().unwrap();
+    let x_other = Tensor::from_slice(&other, &data, &[2, 4], Layout::Nchw).unwrap();
+    let y_other = Tensor::from_slice(&other, &[SENTINEL; 8], &[2, 4], Layout::Nchw).unwrap();
+    let dead = Tensor::from_slice(ctx, &data, &[2, 4], Layout::Nchw).unwrap();
+    dead.buffer.destroy();
+    let refused = |err: Error, what: &str| {
+        assert!(matches!(err, Error::Validation(_) | Error::Buffer(_)), "{what}: {err}");
+        // Not taken for a buffer of this device that happens to share its id
+        // (each context had its own wgpu instance before).
+        if what.starts_with("another") {
+            assert!(err.to_string().contains("Device"), "{what}: refused for the wrong reason: {err}");
+        }
+    };
+    for (name, foreign) in [("another device's", &x_other), ("a destroyed", &dead)] {
+        for mode in [Mode::Training, Mode::Eval] {
+            refused(recorded(|e| bn.forward(e, &foreign.view(), &y.view(), mode, Epilogue::None)).unwrap_err(), name);
+            let dx = &y;
+            let err = recorded(|e| bn.backward(e, &x.view(), &foreign.view(), &dx.view(), mode, Epilogue::None));
+            refused(err.unwrap_err(), name);
+        }
+        refused(recorded(|e| ln.forward(e, &foreign.view(), &y.view())).unwrap_err(), name);
+    }
+    for mode in [Mode::Training, Mode::Eval] {
+        let err = recorded(|e| bn.forward(e, &x.view(), &y_other.view(), mode, Epilogue::None)).unwrap_err();
+        refused(err, "another device's y");
+        refused(recorded(|e| bn.forward(e, &x.view(), &dead.view(), mode, Epilogue::None)).unwrap_err(), "dead y");
+    }
+    refused(recorded(|e| ln.forward(e, &x.view(), &y_other.view())).unwrap_err(), "another device's y");
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+    assert!(y_other.read(&other).unwrap().iter().all(|&v| v == SENTINEL), "the other device's y untouched");
+    assert_eq!(bn.read_state().unwrap(), state, "state untouched");
+    // The layer still works with its own device's tensors.
+    ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
+    assert!(y.read(ctx).unwrap().iter().all(|v| v.is_finite() && *v != SENTINEL));
+}
