@@ -4,6 +4,7 @@
 //! The MPI implementation is `MpiExchange` (cargo feature `mpi`).
 
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -56,16 +57,24 @@ impl<E: Exchange + ?Sized> Exchange for &E {
 
 /// One rank's handle on an in-process group: [`LocalExchange::group`] makes
 /// one per rank, and each rank's thread drives its own device with its own
-/// handle. Dropping a handle (a rank that gave up with an error, or
-/// panicked) makes the other ranks' pending and later calls return
-/// `Err(Exchange)` instead of waiting for it forever.
+/// handle.
+///
+/// A round that cannot complete ends for every rank with `Err(Exchange)`,
+/// and the group stays closed after it: when a rank drops its handle (it
+/// gave up with an error, or panicked), sends a different number of values
+/// than the others, or does not arrive within the timeout
+/// ([`DEFAULT_TIMEOUT`] unless [`LocalExchange::group_with_timeout`] says).
 pub struct LocalExchange {
     rank: usize,
     shared: Arc<Shared>,
 }
 
+/// How long [`LocalExchange::group`]'s ranks wait for the others in a round.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 struct Shared {
     size: usize,
+    timeout: Duration,
     round: Mutex<Round>,
     done: Condvar,
 }
@@ -79,15 +88,21 @@ struct Round {
     generation: u64,
     /// The last completed round's contributions.
     result: Arc<Vec<Vec<f64>>>,
-    /// A rank left the group.
-    broken: bool,
+    /// Why the group closed, once it has.
+    closed: Option<String>,
 }
 
 impl LocalExchange {
-    /// Handles for a group of `size` ranks, in rank order.
+    /// Handles for a group of `size` ranks, in rank order, waiting at most
+    /// [`DEFAULT_TIMEOUT`] for each other.
     pub fn group(size: usize) -> Vec<LocalExchange> {
+        Self::group_with_timeout(size, DEFAULT_TIMEOUT)
+    }
+
+    /// [`Self::group`] whose ranks wait at most `timeout` in a round.
+    pub fn group_with_timeout(size: usize, timeout: Duration) -> Vec<LocalExchange> {
         let round = Round { slots: vec![None; size], ..Default::default() };
-        let shared = Arc::new(Shared { size, round: Mutex::new(round), done: Condvar::new() });
+        let shared = Arc::new(Shared { size, timeout, round: Mutex::new(round), done: Condvar::new() });
         (0..size).map(|rank| LocalExchange { rank, shared: shared.clone() }).collect()
     }
 
@@ -96,6 +111,13 @@ impl LocalExchange {
         // (every write below is a single field).
         self.shared.round.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Closes the group for `reason`, waking every waiting rank.
+fn close(round: &mut Round, done: &Condvar, reason: String) -> Error {
+    round.closed.get_or_insert(reason.clone());
+    done.notify_all();
+    Error::Exchange(reason)
 }
 
 impl Exchange for LocalExchange {
@@ -108,19 +130,16 @@ impl Exchange for LocalExchange {
     }
 
     fn all_gather(&self, local: &[f64]) -> Result<Vec<Vec<f64>>> {
-        let gone = || Error::Exchange("a rank of the in-process group left it".into());
+        let done = &self.shared.done;
         let mut round = self.round();
-        if round.broken {
-            return Err(gone());
+        if let Some(reason) = &round.closed {
+            return Err(Error::Exchange(format!("the in-process group is closed: {reason}")));
         }
-        if let Some(other) = round.slots.iter().flatten().next() {
-            if other.len() != local.len() {
-                return Err(Error::Exchange(format!(
-                    "rank {} sent {} values where another sent {}",
-                    self.rank,
-                    local.len(),
-                    other.len()
-                )));
+        if let Some((other, values)) = round.slots.iter().enumerate().find_map(|(r, s)| s.as_ref().map(|v| (r, v))) {
+            if values.len() != local.len() {
+                let reason =
+                    format!("rank {} sent {} values where rank {other} sent {}", self.rank, local.len(), values.len());
+                return Err(close(&mut round, done, reason));
             }
         }
         round.slots[self.rank] = Some(local.to_vec());
@@ -130,17 +149,25 @@ impl Exchange for LocalExchange {
             round.result = Arc::new(all);
             round.arrived = 0;
             round.generation += 1;
-            self.shared.done.notify_all();
+            done.notify_all();
             return Ok(round.result.to_vec());
         }
         let generation = round.generation;
-        while round.generation == generation && !round.broken {
-            round = self.shared.done.wait(round).unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + self.shared.timeout;
+        while round.generation == generation && round.closed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let missing: Vec<usize> = (0..self.shared.size).filter(|&r| round.slots[r].is_none()).collect();
+                let reason = format!("ranks {missing:?} did not arrive within {:?}", self.shared.timeout);
+                return Err(close(&mut round, done, reason));
+            }
+            round = done.wait_timeout(round, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         // A round this rank completed stays readable: the next one needs this
         // rank's contribution before it can replace the result.
         if round.generation == generation {
-            return Err(gone());
+            let reason = round.closed.clone().unwrap_or_default();
+            return Err(Error::Exchange(format!("the round ended without every rank: {reason}")));
         }
         Ok(round.result.to_vec())
     }
@@ -148,8 +175,8 @@ impl Exchange for LocalExchange {
 
 impl Drop for LocalExchange {
     fn drop(&mut self) {
-        self.round().broken = true;
-        self.shared.done.notify_all();
+        let mut round = self.round();
+        close(&mut round, &self.shared.done, format!("rank {} left the group", self.rank));
     }
 }
 
@@ -194,5 +221,33 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(leaver);
         assert!(matches!(waiting.join().unwrap(), Err(Error::Exchange(_))));
+    }
+
+    #[test]
+    fn a_mismatched_round_ends_for_every_rank() {
+        let mut group = LocalExchange::group(3);
+        let (c, b, a) = (group.pop().unwrap(), group.pop().unwrap(), group.pop().unwrap());
+        let first = std::thread::spawn(move || (a.all_gather(&[1.0, 2.0]), a));
+        let second = std::thread::spawn(move || (b.all_gather(&[1.0, 2.0]), b));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let third = c.all_gather(&[1.0]);
+        let (first, a) = first.join().unwrap();
+        let (second, _b) = second.join().unwrap();
+        for result in [first, second, third] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, Error::Exchange(_)) && err.to_string().contains("values"), "{err}");
+        }
+        // The group stays closed.
+        assert!(matches!(a.all_gather(&[1.0, 2.0]), Err(Error::Exchange(_))));
+    }
+
+    #[test]
+    fn a_rank_that_never_arrives_times_the_round_out() {
+        let group = LocalExchange::group_with_timeout(2, Duration::from_millis(100));
+        let start = Instant::now();
+        let err = group[0].all_gather(&[1.0]).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("[1]"), "{err}");
+        assert!(matches!(group[1].all_gather(&[1.0]), Err(Error::Exchange(_))), "closed for the late rank too");
     }
 }

@@ -12,6 +12,15 @@ use crate::Result;
 /// SyncBatchNorm) and all-reduce of the backward's sums. Each collective is
 /// one MPI call of `3 * channels` (or `1 + 3 * channels`) f64 per rank.
 ///
+/// When a rank dies or an MPI call fails, rsmpi's communicators keep MPI's
+/// default error handler, `MPI_ERRORS_ARE_FATAL`: the MPI runtime aborts
+/// the whole job (`mpirun` ends every process) rather than returning an
+/// error, and a rank that never reaches a collective leaves the others
+/// blocked in it (MPI's blocking collectives have no timeout). What a rank
+/// can get wrong before the values go out (channel count, op, mode, a
+/// failed local half) every rank learns from SyncBatchNorm's header, and
+/// returns `Err(Exchange)`.
+///
 /// ```no_run
 /// # #[cfg(feature = "mpi")] {
 /// use mpi::traits::Communicator;
@@ -48,8 +57,9 @@ impl<C: Communicator> Exchange for MpiExchange<C> {
         let size = self.size();
         let mut all = vec![0.0f64; local.len() * size];
         // MPI's default error handler aborts the job on failure, so there is
-        // no error to map here; equal lengths on every rank are the caller's
-        // contract (SyncBatchNorm sends one layer's channels).
+        // no error to map here. Equal lengths on every rank are the caller's
+        // contract: SyncBatchNorm first gathers a header of fixed length and
+        // sends values only when every rank agrees on their count.
         self.comm.all_gather_into(local, &mut all[..]);
         if local.is_empty() {
             return Ok(vec![Vec::new(); size]);

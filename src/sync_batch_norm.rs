@@ -148,6 +148,14 @@ fn check_global_count(count: f64) -> Result<()> {
 /// statistics needs no exchange and runs locally. dweight and dbias are
 /// those of the global batch on every rank.
 ///
+/// Before its values, each op gathers a small header from every rank: which
+/// op, which mode, how many channels, and whether the rank's local half
+/// succeeded. When the ranks differ or one failed, every rank returns an
+/// `Err` (`Err(Exchange)` naming the rank, or its own error) with its state
+/// untouched, and the group serves the next op. A rank that never arrives
+/// is the exchange's to time out ([`crate::LocalExchange`]'s timeout; MPI aborts
+/// the job, see `MpiExchange`).
+///
 /// ```no_run
 /// use wgpu_norm::{BatchNormConfig, Context, LocalExchange, SyncBatchNorm};
 /// // One thread per device, each with its own handle of the group.
@@ -198,8 +206,8 @@ impl<E: Exchange> SyncBatchNorm<E> {
         if self.layer.stats_for(training, true) == Stats::Running {
             return self.layer.context().run(|e| self.layer.forward(e, x, y, Mode::Eval, Epilogue::None));
         }
-        self.layer.check_sync_args(x, &[], &[("y", y)])?;
-        let local = self.layer.partial_stats(x)?;
+        let local = self.layer.check_sync_args(x, &[], &[("y", y)]).and_then(|()| self.layer.partial_stats(x));
+        let local = self.agree(Collective::Forward, mode, local)?;
         let channels = local.channels();
         let gathered = self.exchange.all_gather(&local.to_flat())?;
         let parts = gathered.iter().map(|flat| PartialStats::from_flat(channels, flat)).collect::<Result<Vec<_>>>()?;
@@ -219,11 +227,64 @@ impl<E: Exchange> SyncBatchNorm<E> {
     /// slice, and dweight and dbias of the global batch in the layer's
     /// gradient buffers.
     pub fn backward(&self, x: &TensorView, dy: &TensorView, dx: &TensorView, mode: Mode) -> Result<()> {
-        self.layer.check_sync_args(x, &[("dy", dy)], &[("dx", dx)])?;
-        let local = self.layer.grad_sums(x, dy, mode)?;
+        let local = self
+            .layer
+            .check_sync_args(x, &[("dy", dy)], &[("dx", dx)])
+            .and_then(|()| self.layer.grad_sums(x, dy, mode));
+        let local = self.agree(Collective::Backward, mode, local)?;
         let channels = local.channels();
         let global = GradSums::from_flat(channels, &self.exchange.all_reduce_sum(&local.to_flat())?)?;
         let ctx = self.layer.context();
         ctx.run(|e| self.layer.backward_with_sums(e, x, dy, dx, &global, mode))
     }
+
+    /// Before a collective's values: every rank tells every other, in a
+    /// header of fixed length, which collective it is at (op, mode, channel
+    /// count) and whether its local half succeeded. Unless all agree and
+    /// all succeeded, every rank returns an `Err` (its own error, or
+    /// `Err(Exchange)` naming the rank that differs or failed) and none
+    /// sends values, so no rank waits for a round that cannot complete.
+    fn agree<T>(&self, collective: Collective, mode: Mode, local: Result<T>) -> Result<T> {
+        let mine = [collective as u8 as f64, mode.is_training() as u8 as f64, self.layer.config().num_features as f64];
+        let ok = if local.is_ok() { 1.0 } else { 0.0 };
+        let gathered = self.exchange.all_gather(&[mine[0], mine[1], mine[2], ok]);
+        let local = local?;
+        for (rank, theirs) in gathered?.iter().enumerate() {
+            let [op, training, channels, ok] = theirs[..] else {
+                return Err(Error::Exchange(format!("rank {rank} sent a header of {} values", theirs.len())));
+            };
+            if ok != 1.0 {
+                return Err(Error::Exchange(format!(
+                    "rank {rank} failed before the exchange; no rank changed its state"
+                )));
+            }
+            if [op, training, channels] != mine {
+                return Err(Error::Exchange(format!(
+                    "rank {rank} runs {} where rank {} runs {}",
+                    describe(op, training, channels),
+                    self.exchange.rank(),
+                    describe(mine[0], mine[1], mine[2])
+                )));
+            }
+        }
+        Ok(local)
+    }
+}
+
+/// Which of SyncBatchNorm's collectives a rank is at.
+#[derive(Clone, Copy)]
+enum Collective {
+    Forward = 1,
+    Backward = 2,
+}
+
+/// A header's collective, mode and channel count in words.
+fn describe(op: f64, training: f64, channels: f64) -> String {
+    let op = match op as u8 {
+        1 => "the forward",
+        2 => "the backward",
+        _ => "an unknown collective",
+    };
+    let mode = if training == 1.0 { "training" } else { "eval" };
+    format!("{op} in {mode} mode over {channels} channels")
 }

@@ -236,3 +236,92 @@ fn buffers_of_another_device_or_destroyed_are_refused() {
     ctx.run(|e| bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)).unwrap();
     assert!(y.read(ctx).unwrap().iter().all(|v| v.is_finite() && *v != SENTINEL));
 }
+
+/// Class 3: SyncBatchNorm ranks that disagree (channel count, mode, op)
+/// all return promptly: `Err(Exchange)` on every rank, no state changed,
+/// and the group still serves the next, agreeing op.
+#[test]
+fn sync_batch_norm_ranks_that_disagree_all_fail_promptly() {
+    use std::time::{Duration, Instant};
+    use wgpu_norm::{LocalExchange, SyncBatchNorm};
+    let ctx = ctx();
+    // (channels, op, mode) per rank ("f" forward, "b" backward), and
+    // whether the layers track running statistics (an eval forward that
+    // uses them runs no collective).
+    let cases: [([(usize, &str, Mode); 2], bool); 3] = [
+        ([(4, "f", Mode::Training), (5, "f", Mode::Training)], true),
+        ([(4, "f", Mode::Training), (4, "f", Mode::Eval)], false),
+        ([(4, "f", Mode::Training), (4, "b", Mode::Eval)], true),
+    ];
+    for (case, track) in cases {
+        let start = Instant::now();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let ranks: Vec<_> = LocalExchange::group_with_timeout(2, Duration::from_secs(30))
+                .into_iter()
+                .zip(case)
+                .map(|(exchange, (c, op, mode))| {
+                    s.spawn(move || {
+                        let config = BatchNormConfig::new(c).track_running_stats(track);
+                        let bn = SyncBatchNorm::new(ctx, config, exchange).unwrap();
+                        let x = Tensor::from_slice(ctx, &vec![0.5; 2 * c], &[2, c], Layout::Nchw).unwrap();
+                        let y = Tensor::from_slice(ctx, &vec![SENTINEL; 2 * c], &[2, c], Layout::Nchw).unwrap();
+                        let state = bn.layer().read_state().unwrap();
+                        let result = match op {
+                            "f" => bn.forward(&x.view(), &y.view(), mode),
+                            _ => bn.backward(&x.view(), &x.view(), &y.view(), mode),
+                        };
+                        let untouched = y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL)
+                            && bn.layer().read_state().unwrap() == state;
+                        // The group still works for an op every rank agrees on.
+                        let next = bn.forward(&x.view(), &y.view(), Mode::Training);
+                        (result, untouched, next)
+                    })
+                })
+                .collect();
+            ranks.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(start.elapsed() < Duration::from_secs(20), "{case:?}: took {:?}", start.elapsed());
+        for (rank, (result, untouched, next)) in results.iter().enumerate() {
+            assert!(
+                matches!(result, Err(Error::Exchange(m)) if m.contains("rank")),
+                "{case:?} rank {rank}: {result:?}"
+            );
+            assert!(untouched, "{case:?} rank {rank}: output or state changed");
+            if case[0].0 == case[1].0 {
+                assert!(next.is_ok(), "{case:?} rank {rank}: the next op failed: {next:?}");
+            }
+        }
+    }
+}
+
+/// A rank that runs no collective (eval with running statistics needs
+/// none) leaves the others waiting: the round times out with
+/// `Err(Exchange)` instead of hanging.
+#[test]
+fn a_rank_that_never_joins_times_the_others_out() {
+    use std::time::{Duration, Instant};
+    use wgpu_norm::{Exchange, LocalExchange, SyncBatchNorm};
+    let ctx = ctx();
+    let start = Instant::now();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let ranks: Vec<_> = LocalExchange::group_with_timeout(2, Duration::from_millis(300))
+            .into_iter()
+            .map(|exchange| {
+                s.spawn(move || {
+                    let mode = if exchange.rank() == 0 { Mode::Training } else { Mode::Eval };
+                    let bn = SyncBatchNorm::new(ctx, BatchNormConfig::new(3), exchange).unwrap();
+                    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 7.0], &[2, 3], Layout::Nchw).unwrap();
+                    let y = Tensor::zeros(ctx, &[2, 3], Layout::Nchw).unwrap();
+                    let result = bn.forward(&x.view(), &y.view(), mode);
+                    // Keep the handle until rank 0 has given up.
+                    std::thread::sleep(Duration::from_millis(600));
+                    result
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(matches!(results[0], Err(Error::Exchange(_))), "{:?}", results[0]);
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}
