@@ -27,3 +27,18 @@ pub(crate) fn check_channels(num_features: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// `Err(Unsupported)` unless a buffer of `bytes_per_feature` bytes for each
+/// of `features` fits one storage binding of a device with `limits` (a
+/// layer's per-feature buffers are bound whole): checked before a layer
+/// allocates anything, on the host or the device.
+pub(crate) fn check_features_fit(limits: &wgpu::Limits, features: usize, bytes_per_feature: u64) -> Result<()> {
+    let limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    match (features as u64).checked_mul(bytes_per_feature) {
+        Some(bytes) if bytes <= limit => Ok(()),
+        needed => Err(Error::Unsupported(format!(
+            "{features} features need {} bytes per statistics buffer; the device binds at most {limit}",
+            needed.map_or("more than 2^64".to_string(), |b| b.to_string())
+        ))),
+    }
+}

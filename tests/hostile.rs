@@ -248,7 +248,8 @@ fn sync_batch_norm_ranks_that_disagree_all_fail_promptly() {
     // (channels, op, mode) per rank ("f" forward, "b" backward), and
     // whether the layers track running statistics (an eval forward that
     // uses them runs no collective).
-    let cases: [([(usize, &str, Mode); 2], bool); 3] = [
+    type Rank = (usize, &'static str, Mode);
+    let cases: [([Rank; 2], bool); 3] = [
         ([(4, "f", Mode::Training), (5, "f", Mode::Training)], true),
         ([(4, "f", Mode::Training), (4, "f", Mode::Eval)], false),
         ([(4, "f", Mode::Training), (4, "b", Mode::Eval)], true),
@@ -324,4 +325,27 @@ fn a_rank_that_never_joins_times_the_others_out() {
     assert!(matches!(results[0], Err(Error::Exchange(_))), "{:?}", results[0]);
     assert!(results[1].is_ok(), "{:?}", results[1]);
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}
+
+/// Class 5: a layer too large for the device is refused before anything
+/// is allocated (quickly, with the bytes it would need), on the host or
+/// the device.
+#[test]
+fn layers_too_large_for_the_device_are_refused_before_allocating() {
+    use wgpu_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig};
+    let ctx = ctx();
+    let start = std::time::Instant::now();
+    let errors = [
+        BatchNorm::new(ctx, BatchNormConfig::new(1 << 30)).err(),
+        BatchNorm::new(ctx, BatchNormConfig::new(u32::MAX as usize)).err(),
+        LayerNorm::new(ctx, LayerNormConfig::new(&[1 << 20, 1 << 20])).err(),
+        GroupNorm::new(ctx, GroupNormConfig::new(1, 1 << 31)).err(),
+        InstanceNorm::new(ctx, InstanceNormConfig::new(1 << 31)).err(),
+    ];
+    for err in errors {
+        let err = err.expect("refused");
+        assert!(matches!(err, Error::Unsupported(_) | Error::Parameter(_)), "{err}");
+        assert!(err.to_string().contains("bytes") || matches!(err, Error::Parameter(_)), "{err}");
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
 }

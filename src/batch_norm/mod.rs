@@ -22,7 +22,7 @@ use crate::scratch::Scratch;
 use crate::strategy::Reduction;
 use crate::tensor::{check_shape_of, DType, TensorView};
 use crate::tiling::{Chunks, DX, DY, DZ, X, Y, Z};
-use crate::validate::{check_channels, check_eps, check_momentum};
+use crate::validate::{check_channels, check_eps, check_features_fit, check_momentum};
 use crate::{Error, Result};
 use std::sync::Mutex;
 
@@ -193,6 +193,8 @@ impl BatchNorm {
     pub fn new(ctx: &Context, config: BatchNormConfig) -> Result<BatchNorm> {
         config.validate()?;
         let c = config.num_features;
+        // (mean, invstd, scale, beta) per channel is the widest buffer.
+        check_features_fit(&ctx.device().limits(), c, 16)?;
         let init = BatchNormState::initial(c);
         let vec4 = (c * 16) as u64;
         let bn = BatchNorm {

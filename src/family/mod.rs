@@ -36,6 +36,7 @@ use crate::scratch::Scratch;
 use crate::stat_plan::StatPlan;
 use crate::tensor::{DType, TensorView, Window};
 use crate::tiling::Tiling;
+use crate::validate::check_features_fit;
 use crate::{Error, Result};
 use std::sync::Mutex;
 
@@ -85,6 +86,7 @@ impl Core {
     /// A layer with `len` weights (ones), biases (zeros) and, for
     /// InstanceNorm, running statistics (0 and 1).
     pub fn new(ctx: &Context, len: usize) -> Result<Core> {
+        check_features_fit(&ctx.device().limits(), len, 4)?;
         Ok(Core {
             affine: Affine::new(ctx, len, "norm")?,
             running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
