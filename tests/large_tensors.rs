@@ -323,13 +323,11 @@ fn group_norm_whose_instance_partials_outgrow_a_binding() {
 #[test]
 fn family_samples_that_cannot_be_cut_are_unsupported() {
     let ctx = small_binding_ctx();
-    // A LayerNorm row, and a channels-last GroupNorm sample, above the limit.
-    let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &[2, 300_000], Layout::Nchw).unwrap();
-    let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &[2, 300_000], Layout::Nchw).unwrap();
-    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[300_000])).unwrap();
-    let err = ln.context().run(|e| ln.forward(e, &x.view(), &y.view())).unwrap_err();
+    // A LayerNorm row above the limit: its weight is too, so the layer is
+    // refused when made, before it allocates.
+    let err = LayerNorm::new(ctx, LayerNormConfig::new(&[300_000])).err().expect("refused");
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
-    assert!(y.read(ctx).unwrap().iter().all(|&v| v == -7.0));
+    // A channels-last GroupNorm sample above the limit.
     let shape = [2, 6, 200, 250];
     let x = Tensor::from_slice(ctx, &wave(600_000, 0.1, 0.0), &shape, Layout::Nhwc).unwrap();
     let y = Tensor::from_slice(ctx, &vec![-7.0; 600_000], &shape, Layout::Nhwc).unwrap();
