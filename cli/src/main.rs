@@ -286,13 +286,20 @@ fn run_check(paths: &[PathBuf], tol: f64, as_json: bool) -> wgpu_norm::Result<Ex
     for file in collect_case_files(paths) {
         let report = match file {
             Ok(path) => check::check_file(&ctx, &path, tol),
-            Err(e) => CaseReport {
-                name: e.to_string(),
-                path: String::new(),
-                op: String::new(),
-                outcome: Outcome::Fail { tensor: "-".into(), error: f64::INFINITY, message: Some(e.to_string()) },
-                errors: Default::default(),
-            },
+            Err(e) => {
+                // The path names the case; the message says what is wrong with it.
+                let (name, message) = match e {
+                    wgpu_norm::Error::Io { path, source } => (path, source.to_string()),
+                    e => (String::from("-"), e.to_string()),
+                };
+                CaseReport {
+                    path: name.clone(),
+                    name,
+                    op: String::new(),
+                    outcome: Outcome::Fail { tensor: "-".into(), error: f64::INFINITY, message: Some(message) },
+                    errors: Default::default(),
+                }
+            }
         };
         if !as_json {
             print_line(&report);

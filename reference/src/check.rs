@@ -44,6 +44,8 @@ pub struct CaseReport {
 pub fn check_file(ctx: &Context, path: &Path, tol: f64) -> CaseReport {
     match Case::load(path) {
         Ok(case) => check_case(ctx, &case, tol),
+        // The report names the file; its message need not again.
+        Err(wgpu_norm::Error::Case { message, .. }) => failed(path.display().to_string(), path, String::new(), message),
         Err(e) => failed(path.display().to_string(), path, String::new(), e.to_string()),
     }
 }

@@ -85,7 +85,10 @@ impl BatchNormCase {
         let fused = case.meta_parsed("fused", "none, relu or add_relu", Fused::parse)?;
         let momentum = match case.meta_str("momentum")?.trim() {
             m if m.eq_ignore_ascii_case("none") => None,
-            _ => Some(case.meta_f64("momentum")?),
+            _ => match case.meta_f64("momentum")? {
+                m if (0.0..=1.0).contains(&m) => Some(m),
+                m => return Err(case.error(format!("momentum = {m}: expected none or a value within [0, 1]"))),
+            },
         };
         let affine = flag_or_present(case, "affine", "weight")?;
         let tracking = flag_or_present(case, "track_running_stats", "running_mean")?;
@@ -101,7 +104,7 @@ impl BatchNormCase {
             training: case.meta_bool("training")?,
             momentum,
             num_batches_tracked: case.meta_usize("num_batches_tracked")? as u64,
-            eps: case.meta_f64("eps")?,
+            eps: case.meta_eps()?,
             fused,
             shape,
         })
@@ -174,7 +177,7 @@ impl LayerNormCase {
             dy: case.input_f32_opt("dy", len)?,
             weight: wanted_input(case, affine, "weight", cols)?,
             bias: wanted_input(case, affine, "bias", cols)?,
-            eps: case.meta_f64("eps")?,
+            eps: case.meta_eps()?,
             shape,
             normalized_shape,
         })
@@ -219,7 +222,7 @@ impl RmsNormCase {
         let eps = match case.meta.get("eps").map(|s| s.trim()) {
             None => None,
             Some(s) if s.eq_ignore_ascii_case("none") => None,
-            Some(_) => Some(case.meta_f64("eps")?),
+            Some(_) => Some(case.meta_eps()?),
         };
         Ok(RmsNormCase {
             x: case.input_f32("x", Some(len))?,
@@ -284,7 +287,7 @@ impl GroupNormCase {
             dy: case.input_f32_opt("dy", len)?,
             weight: wanted_input(case, affine, "weight", c)?,
             bias: wanted_input(case, affine, "bias", c)?,
-            eps: case.meta_f64("eps")?,
+            eps: case.meta_eps()?,
             shape,
         })
     }
@@ -366,7 +369,7 @@ impl FoldCase {
             running_var: case.input_f32("running_var", Some(out))?,
             weight: case.input_f32_opt("weight", out)?,
             bias: case.input_f32_opt("bias", out)?,
-            eps: case.meta_f64("eps")?,
+            eps: case.meta_eps()?,
             layer,
             shape,
             out_axis,

@@ -10,6 +10,7 @@
 //! results as the case's expected tensors are named.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -39,6 +40,13 @@ pub struct CaseTensor {
     pub dtype: String,
 }
 
+/// The largest case file [`Case::load`] reads: reference cases are small,
+/// and a file's values are held twice (as read, and as f64).
+pub const MAX_CASE_BYTES: u64 = 256 << 20;
+
+/// The longest safetensors header (the format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// One reference case loaded from a `.safetensors` file.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -55,8 +63,33 @@ impl Case {
     /// Reads and parses a case file. Any problem (unreadable file, not
     /// safetensors, no metadata, no `op` key, a dtype other than F32/F64) is
     /// an [`Error::Case`] naming the file.
+    ///
+    /// The header is read first and the file's size bounded before the rest
+    /// is read: a case of more than [`MAX_CASE_BYTES`], a header longer than
+    /// safetensors allows, or something that is not a regular file (a FIFO,
+    /// `/dev/zero`) is refused without reading it.
     pub fn load(path: &Path) -> Result<Case> {
-        let bytes = std::fs::read(path).map_err(|e| case_error(path, format!("cannot read the file: {e}")))?;
+        let bad = |message: String| case_error(path, message);
+        let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+        let meta = file.metadata().map_err(|e| bad(format!("cannot read the file: {e}")))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| bad(format!("too short for a safetensors header: {e}")))?;
+        let header = u64::from_le_bytes(len);
+        if header > MAX_HEADER_BYTES || header.saturating_add(8) > meta.len() {
+            return Err(bad(format!("a header of {header} bytes in a file of {} bytes", meta.len())));
+        }
+        if meta.len() > MAX_CASE_BYTES {
+            return Err(bad(format!(
+                "{} bytes of tensors; check reads cases of up to {MAX_CASE_BYTES} bytes",
+                meta.len() - 8 - header
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        bytes.extend_from_slice(&len);
+        file.take(meta.len() - 8).read_to_end(&mut bytes).map_err(|e| bad(format!("cannot read the file: {e}")))?;
         Case::parse(path, &bytes)
     }
 
@@ -97,6 +130,16 @@ impl Case {
     /// The `op` metadata value (`batch_norm`, `layer_norm`, …).
     pub fn op(&self) -> &str {
         self.meta.get("op").map_or("", String::as_str)
+    }
+
+    /// The `eps` metadata value, which must be finite and above 0 as the
+    /// layers require.
+    pub fn meta_eps(&self) -> Result<f64> {
+        let eps = self.meta_f64("eps")?;
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(self.error(format!("eps = {eps}: expected a finite value above 0")));
+        }
+        Ok(eps)
     }
 
     /// An [`Error::Case`] about this case's file.
