@@ -3,7 +3,6 @@
 //! plus optional running statistics), in both layouts. Both are the family
 //! engine (`src/family/`) with one stat row per (sample, group).
 
-use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
@@ -31,16 +30,11 @@ impl GroupNormConfig {
         GroupNormConfig { num_groups, num_channels, eps: 1e-5, affine: true }
     }
 
-    /// Sets `eps`.
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets `affine`.
-    pub fn affine(mut self, affine: bool) -> Self {
-        self.affine = affine;
-        self
+    setters! {
+        /// Sets `eps`.
+        eps: f32;
+        /// Sets `affine`.
+        affine: bool;
     }
 
     /// `Err(Parameter)` unless `num_groups` divides `num_channels` (both
@@ -61,33 +55,6 @@ pub struct GroupNorm {
     config: GroupNormConfig,
 }
 
-/// The per-channel vectors shared by GroupNorm's and InstanceNorm's accessors.
-macro_rules! channel_accessors {
-    () => {
-        /// Weight and bias (one f32 per channel) and their gradients.
-        pub fn affine(&self) -> &Affine {
-            &self.core.affine
-        }
-
-        /// The statistics saved by the last input-statistics forward:
-        /// (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.
-        pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
-            self.core.saved()
-        }
-
-        /// Reads (mean, rstd) per (sample, group) of the last
-        /// input-statistics forward, in (n, g) order (blocking).
-        pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            block_on(self.core.read_saved())
-        }
-
-        /// [`Self::read_saved`] without blocking.
-        pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-            self.core.read_saved().await
-        }
-    };
-}
-
 impl GroupNorm {
     /// A layer with weight 1 and bias 0. `Err(Parameter)` when `num_groups`
     /// does not divide `num_channels` or `eps` is bad.
@@ -96,12 +63,8 @@ impl GroupNorm {
         Ok(GroupNorm { core: Core::new(ctx, config.num_channels)?, config })
     }
 
-    /// The layer's configuration.
-    pub fn config(&self) -> &GroupNormConfig {
-        &self.config
-    }
-
-    channel_accessors!();
+    family_layer!(GroupNormConfig, "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+    mean_rstd_reads!();
 
     fn geometry(&self, x: &TensorView) -> Result<Geometry> {
         check_shape(&x.shape, x.layout, self.config.num_channels)?;
@@ -143,12 +106,6 @@ impl GroupNorm {
             &Call { geo, opt: self.options(), source: Source::Input { update_running: false } },
         )
     }
-
-    /// The context the layer records for: `context().run(|e| ..)` is the
-    /// blocking form of its ops.
-    pub fn context(&self) -> &Context {
-        &self.core.ctx
-    }
 }
 
 /// InstanceNorm's hyper-parameters, with PyTorch's defaults.
@@ -173,28 +130,15 @@ impl InstanceNormConfig {
         InstanceNormConfig { num_features, eps: 1e-5, momentum: Some(0.1), affine: false, track_running_stats: false }
     }
 
-    /// Sets `eps`.
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets `momentum`.
-    pub fn momentum(mut self, momentum: Option<f32>) -> Self {
-        self.momentum = momentum;
-        self
-    }
-
-    /// Sets `affine`.
-    pub fn affine(mut self, affine: bool) -> Self {
-        self.affine = affine;
-        self
-    }
-
-    /// Sets `track_running_stats`.
-    pub fn track_running_stats(mut self, track: bool) -> Self {
-        self.track_running_stats = track;
-        self
+    setters! {
+        /// Sets `eps`.
+        eps: f32;
+        /// Sets `momentum`.
+        momentum: Option<f32>;
+        /// Sets `affine`.
+        affine: bool;
+        /// Sets `track_running_stats`.
+        track_running_stats: bool;
     }
 
     /// `Err(Parameter)` unless there is a channel, `eps` is finite and
@@ -244,12 +188,8 @@ impl InstanceNorm {
         Ok(InstanceNorm { core: Core::new(ctx, config.num_features)?, config })
     }
 
-    /// The layer's configuration.
-    pub fn config(&self) -> &InstanceNormConfig {
-        &self.config
-    }
-
-    channel_accessors!();
+    family_layer!(InstanceNormConfig, "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+    mean_rstd_reads!();
 
     /// The running mean buffer.
     pub fn running_mean(&self) -> &wgpu::Buffer {
@@ -346,11 +286,5 @@ impl InstanceNorm {
             Source::Running => Source::Running,
         };
         self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.options(), source })
-    }
-
-    /// The context the layer records for: `context().run(|e| ..)` is the
-    /// blocking form of its ops.
-    pub fn context(&self) -> &Context {
-        &self.core.ctx
     }
 }

@@ -3,7 +3,6 @@
 //! dimensions of a row-major tensor. Both are the family engine
 //! (`src/family/`) with one stat row per leading index.
 
-use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
@@ -27,6 +26,12 @@ fn validate_normalized(normalized_shape: &[usize], eps: f32) -> Result<usize> {
 
 /// The row geometry of `x` for `normalized_shape`: `Err(Shape)` unless its
 /// shape ends with `normalized_shape`, has no zero dimension and is read
+/// LayerNorm's or RMSNorm's call on x: rows over the trailing `normalized`
+/// dimensions, on the input's own statistics.
+fn rows_call(x: &TensorView, normalized: &[usize], opt: Options) -> Result<Call> {
+    Ok(Call { geo: rows_of(x, normalized)?, opt, source: Source::Input { update_running: false } })
+}
+
 /// row-major (layout `Nchw`, the default, when its rank exceeds 2).
 fn rows_of(x: &TensorView, normalized_shape: &[usize]) -> Result<Geometry> {
     let (shape, k) = (&x.shape, normalized_shape.len());
@@ -67,22 +72,13 @@ impl LayerNormConfig {
         LayerNormConfig { normalized_shape: normalized_shape.to_vec(), eps: 1e-5, elementwise_affine: true, bias: true }
     }
 
-    /// Sets `eps`.
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets `elementwise_affine`.
-    pub fn elementwise_affine(mut self, affine: bool) -> Self {
-        self.elementwise_affine = affine;
-        self
-    }
-
-    /// Sets `bias`.
-    pub fn bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
+    setters! {
+        /// Sets `eps`.
+        eps: f32;
+        /// Sets `elementwise_affine`.
+        elementwise_affine: bool;
+        /// Sets `bias`.
+        bias: bool;
     }
 
     fn options(&self) -> Options {
@@ -112,38 +108,12 @@ impl LayerNorm {
         Ok(LayerNorm { core: Core::new(ctx, len)?, config })
     }
 
-    /// The layer's configuration.
-    pub fn config(&self) -> &LayerNormConfig {
-        &self.config
-    }
-
-    /// Weight and bias (one f32 per element of `normalized_shape`) and
-    /// their gradients.
-    pub fn affine(&self) -> &Affine {
-        &self.core.affine
-    }
-
-    /// The per-row statistics saved by the last forward: (mean, rstd, _, _)
-    /// per row, 4 f32 each; `None` before the first forward.
-    pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
-        self.core.saved()
-    }
-
-    /// Reads (mean, rstd) per row of the last forward (blocking).
-    pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        block_on(self.core.read_saved())
-    }
-
-    /// [`Self::read_saved`] without blocking.
-    pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.core.read_saved().await
-    }
+    family_layer!(LayerNormConfig, "The per-row statistics saved by the last forward: (mean, rstd, _, _) per row, 4 f32 each; `None` before the first forward.");
+    mean_rstd_reads!();
 
     /// Records `y = LayerNorm(x)` and saves each row's mean and rstd.
     pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        let geo = rows_of(x, &self.config.normalized_shape)?;
-        let source = Source::Input { update_running: false };
-        self.core.record_forward(encoder, x, y, &Call { geo, opt: self.config.options(), source })
+        self.core.record_forward(encoder, x, y, &rows_call(x, &self.config.normalized_shape, self.config.options())?)
     }
 
     /// Records the backward of the last forward (same x): dx into `dx`,
@@ -155,15 +125,8 @@ impl LayerNorm {
         dy: &TensorView,
         dx: &TensorView,
     ) -> Result<()> {
-        let geo = rows_of(x, &self.config.normalized_shape)?;
-        let source = Source::Input { update_running: false };
-        self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
-    }
-
-    /// The context the layer records for: `context().run(|e| ..)` is the
-    /// blocking form of its ops.
-    pub fn context(&self) -> &Context {
-        &self.core.ctx
+        let call = rows_call(x, &self.config.normalized_shape, self.config.options())?;
+        self.core.record_backward(encoder, x, dy, dx, &call)
     }
 }
 
@@ -185,16 +148,11 @@ impl RmsNormConfig {
         RmsNormConfig { normalized_shape: normalized_shape.to_vec(), eps: None, elementwise_affine: true }
     }
 
-    /// Sets `eps` (`None` = `f32::EPSILON`).
-    pub fn eps(mut self, eps: Option<f32>) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets `elementwise_affine`.
-    pub fn elementwise_affine(mut self, affine: bool) -> Self {
-        self.elementwise_affine = affine;
-        self
+    setters! {
+        /// Sets `eps` (`None` = `f32::EPSILON`).
+        eps: Option<f32>;
+        /// Sets `elementwise_affine`.
+        elementwise_affine: bool;
     }
 
     /// The epsilon used.
@@ -221,22 +179,10 @@ impl RmsNorm {
         Ok(RmsNorm { core: Core::new(ctx, len)?, config })
     }
 
-    /// The layer's configuration.
-    pub fn config(&self) -> &RmsNormConfig {
-        &self.config
-    }
-
-    /// The weight (one f32 per element of `normalized_shape`) and its
-    /// gradient; the bias stays zero.
-    pub fn affine(&self) -> &Affine {
-        &self.core.affine
-    }
-
-    /// The per-row statistics saved by the last forward: (0, rstd, _, _) per
-    /// row; `None` before the first forward.
-    pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
-        self.core.saved()
-    }
+    family_layer!(
+        RmsNormConfig,
+        "The per-row statistics saved by the last forward: (0, rstd, _, _) per row; `None` before the first forward."
+    );
 
     /// Reads rstd = 1 / sqrt(mean(x²) + eps) per row of the last forward (blocking).
     pub fn read_saved(&self) -> Result<Vec<f32>> {
@@ -250,9 +196,7 @@ impl RmsNorm {
 
     /// Records `y = RMSNorm(x)` and saves each row's rstd.
     pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        let geo = rows_of(x, &self.config.normalized_shape)?;
-        let source = Source::Input { update_running: false };
-        self.core.record_forward(encoder, x, y, &Call { geo, opt: self.config.options(), source })
+        self.core.record_forward(encoder, x, y, &rows_call(x, &self.config.normalized_shape, self.config.options())?)
     }
 
     /// Records the backward of the last forward (same x): dx into `dx`,
@@ -264,14 +208,7 @@ impl RmsNorm {
         dy: &TensorView,
         dx: &TensorView,
     ) -> Result<()> {
-        let geo = rows_of(x, &self.config.normalized_shape)?;
-        let source = Source::Input { update_running: false };
-        self.core.record_backward(encoder, x, dy, dx, &Call { geo, opt: self.config.options(), source })
-    }
-
-    /// The context the layer records for: `context().run(|e| ..)` is the
-    /// blocking form of its ops.
-    pub fn context(&self) -> &Context {
-        &self.core.ctx
+        let call = rows_call(x, &self.config.normalized_shape, self.config.options())?;
+        self.core.record_backward(encoder, x, dy, dx, &call)
     }
 }

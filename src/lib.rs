@@ -30,12 +30,16 @@
 
 #![deny(missing_docs)]
 
+#[macro_use]
+mod setters;
+
 pub mod affine;
 pub mod batch_norm;
 pub mod context;
 mod cut;
 pub mod error;
 pub mod exchange;
+#[macro_use]
 mod family;
 pub mod fold;
 mod geometry;

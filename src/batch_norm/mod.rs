@@ -61,34 +61,17 @@ impl BatchNormConfig {
         }
     }
 
-    /// Sets `eps`.
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets `momentum` (`None` = cumulative average).
-    pub fn momentum(mut self, momentum: Option<f32>) -> Self {
-        self.momentum = momentum;
-        self
-    }
-
-    /// Sets `affine`.
-    pub fn affine(mut self, affine: bool) -> Self {
-        self.affine = affine;
-        self
-    }
-
-    /// Sets `track_running_stats`.
-    pub fn track_running_stats(mut self, track: bool) -> Self {
-        self.track_running_stats = track;
-        self
-    }
-
-    /// Sets `check_finite`.
-    pub fn check_finite(mut self, check: bool) -> Self {
-        self.check_finite = check;
-        self
+    setters! {
+        /// Sets `eps`.
+        eps: f32;
+        /// Sets `momentum` (`None` = cumulative average).
+        momentum: Option<f32>;
+        /// Sets `affine`.
+        affine: bool;
+        /// Sets `track_running_stats`.
+        track_running_stats: bool;
+        /// Sets `check_finite`.
+        check_finite: bool;
     }
 
     /// `Err(Parameter)` unless `eps` is finite and positive, `momentum` is in

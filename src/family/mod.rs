@@ -23,6 +23,52 @@ mod backward;
 mod forward;
 mod grads;
 
+/// What every family layer (a struct with `core: Core` and `config`)
+/// offers alike: its config, affine parameters, saved statistics buffer
+/// and context; `$saved` documents what the saved statistics hold.
+macro_rules! family_layer {
+    ($config:ty, $saved:literal) => {
+        /// The layer's configuration.
+        pub fn config(&self) -> &$config {
+            &self.config
+        }
+
+        /// Weight and bias (one f32 per feature) and their gradients from
+        /// the last backward.
+        pub fn affine(&self) -> &crate::Affine {
+            &self.core.affine
+        }
+
+        #[doc = $saved]
+        pub fn saved_statistics(&self) -> Option<wgpu::Buffer> {
+            self.core.saved()
+        }
+
+        /// The context the layer records for: `context().run(|e| ..)` is
+        /// the blocking form of its ops.
+        pub fn context(&self) -> &crate::Context {
+            &self.core.ctx
+        }
+    };
+}
+
+/// `read_saved` and `read_saved_async`: (mean, rstd) per stat row of the
+/// last input-statistics forward (LayerNorm, GroupNorm, InstanceNorm).
+macro_rules! mean_rstd_reads {
+    () => {
+        /// Reads (mean, rstd) per stat row of the last input-statistics
+        /// forward, in row order (blocking).
+        pub fn read_saved(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            crate::context::block_on(self.core.read_saved())
+        }
+
+        /// [`Self::read_saved`] without blocking.
+        pub async fn read_saved_async(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+            self.core.read_saved().await
+        }
+    };
+}
+
 use crate::affine::Affine;
 use crate::context::Context;
 use crate::cut::{self, Units};
