@@ -52,6 +52,7 @@ mod mpi_exchange;
 pub mod partial_stats;
 mod recording;
 mod reduce;
+mod reducer;
 mod resident;
 mod row_teams;
 mod scratch;

@@ -6,24 +6,15 @@
 //! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
 
 use crate::geometry::Geometry;
-use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
-use crate::recording::Recording;
-use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reduce::{ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reducer::Reducer;
 use crate::strategy::Reduction;
 use crate::tiling::lane_streams;
 use crate::Result;
 
 pub(crate) struct StatPlan {
-    pub plan: ReducePlan,
-    /// The view the reduction walks, in units of its value type.
-    pub view: ChannelView,
-    pub vec4: bool,
-    /// vec4 lanes are four channels (channels-last groups).
-    pub lanes: bool,
-    /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
-    lane_channels: u32,
-    pub f16: bool,
+    pub reducer: Reducer,
     /// Partials per stat row: the reduction's per channel, times the
     /// channels of a group when lanes are channels.
     pub merge_parts: u32,
@@ -43,16 +34,8 @@ impl StatPlan {
         if aligned && stat.inner.is_multiple_of(4) {
             let view = ChannelView { inner: stat.inner / 4, ..stat };
             let plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
-            return Ok(StatPlan {
-                plan,
-                view,
-                vec4: true,
-                lanes: false,
-                lane_channels: 0,
-                f16,
-                merge_parts: plan.parts,
-                rows,
-            });
+            let reducer = Reducer { plan, view, vec4: true, lane_channels: None, f16, teams: None };
+            return Ok(StatPlan { reducer, merge_parts: plan.parts, rows });
         }
         // Channels-last groups, [hw][groups][cpg] per sample: the per-channel
         // view with lanes of four channels, [hw][C / 4][1], or with C not a
@@ -72,62 +55,18 @@ impl StatPlan {
             if plan.shape == Shape::Interleaved {
                 plan.parts *= streams as u32;
                 let merge_parts = plan.parts * stat.inner as u32;
-                let lane_channels = channels as u32;
-                return Ok(StatPlan { plan, view, vec4: true, lanes: true, lane_channels, f16, merge_parts, rows });
+                let lane_channels = Some(channels as u32);
+                let reducer = Reducer { plan, view, vec4: true, lane_channels, f16, teams: None };
+                return Ok(StatPlan { reducer, merge_parts, rows });
             }
         }
         let plan = ReducePlan::reduction(stat, reduction)?.batched(geo.batch, geo.batch_stride)?;
-        Ok(StatPlan {
-            plan,
-            view: stat,
-            vec4: false,
-            lanes: false,
-            lane_channels: 0,
-            f16,
-            merge_parts: plan.parts,
-            rows,
-        })
+        let reducer = Reducer { plan, view: stat, vec4: false, lane_channels: None, f16, teams: None };
+        Ok(StatPlan { reducer, merge_parts: plan.parts, rows })
     }
 
     /// Bytes of the partials this plan writes.
     pub fn partial_bytes(&self) -> u64 {
-        u64::from(self.merge_parts) * self.rows as u64 * u64::from(self.plan.batch) * 16
-    }
-
-    /// `base` (the stat view's parameters) rewritten for the reduction.
-    pub fn params(&self, base: &ChannelParams) -> ChannelParams {
-        let units = if self.vec4 { 4 } else { 1 };
-        let mut p = ChannelParams {
-            outer: self.view.outer as u32,
-            channels: self.view.channels as u32,
-            inner: self.view.inner as u32,
-            x_off: base.x_off / units,
-            dy_off: base.dy_off / units,
-            ..*base
-        };
-        self.plan.fill(&mut p);
-        if self.lanes {
-            p.flags |= FLAG_LANES_ARE_CHANNELS;
-            p.lane_channels = self.lane_channels;
-        }
-        p
-    }
-
-    /// Records the reduction in `mode` over `bindings`.
-    pub fn record(&self, rec: &mut Recording, mode: ReduceMode, bindings: ReduceBindings<'_>) -> Result<()> {
-        rec.reduce(self.kernel(mode), bindings, self.vec4, (self.plan.grid.0, self.plan.grid.1, self.plan.batch))
-    }
-
-    /// The reduction kernel: `Stats`, or `GradSums` (centres in `chan`).
-    fn kernel(&self, mode: ReduceMode) -> KernelKey {
-        if self.vec4 {
-            KernelKey::with_mode(
-                Shader::ReduceVec4 { f16: self.f16, words: false },
-                self.plan.entry_vec4(),
-                mode as u32,
-            )
-        } else {
-            reduce::kernel(&self.plan, mode, self.f16)
-        }
+        u64::from(self.merge_parts) * self.rows as u64 * u64::from(self.reducer.plan.batch) * 16
     }
 }

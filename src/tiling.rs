@@ -3,41 +3,32 @@
 //! tiling its reduction and elementwise pass share.
 
 use crate::cut::{self, Units};
-use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::kernels::{ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
-use crate::reduce::{self, ReduceMode, ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reduce::{ReducePlan, Shape, MAX_MERGE_PARTS};
+use crate::reducer::Reducer;
 use crate::row_teams;
 use crate::strategy::Reduction;
 use crate::tensor::{DType, TensorView, Window};
 use crate::{Error, Result};
 
-/// How a reduction and elementwise passes cut a tensor: the view in units of
-/// their value type (vec4 when every view starts at a multiple of four values
-/// and four values share a channel or are four channels), the reduction's
-/// plan over that view, and the elementwise passes' plan. Every tiling of one
-/// op uses the same value type's view, so the merge sees the same partials
-/// whichever value type reduced them.
+/// How a reduction and elementwise passes cut a tensor: the reduction (its
+/// view in units of the value type, vec4 when every view starts at a
+/// multiple of four values and four values share a channel or are four
+/// channels, and its plan over that view), and the elementwise passes' plan
+/// over the same view. Every tiling of one op uses the same value type's
+/// view, so the merge sees the same partials whichever value type reduced
+/// them.
 pub(crate) struct Tiling {
-    pub vec4: bool,
-    /// Tensors hold f16; statistics and arithmetic stay f32.
-    pub f16: bool,
-    pub lanes_are_channels: bool,
-    /// With lanes: the tensor's channels (lane_channel in shaders/walks.wgsl).
-    pub lane_channels: u32,
-    pub view: ChannelView,
-    /// The reduction's plan (runs, interleaved, or channels-last rows of
-    /// 256 bytes walked in teams on CPU adapters; planar or interleaved on
-    /// GPUs).
-    pub plan: ReducePlan,
+    /// The reduction: runs, interleaved, or channels-last rows of 256 bytes
+    /// walked in teams on CPU adapters; planar or interleaved on GPUs.
+    pub reducer: Reducer,
     /// The elementwise passes' plan (ReducePlan::elementwise_only, as the
     /// family's): runs over long inner runs, else interleaved with 16 values
-    /// per invocation. The partials' layout does not depend on it.
+    /// per invocation; with teams (channels-last rows of 256 bytes and more
+    /// on CPU adapters) `slice_len` rows a team. The partials' layout does
+    /// not depend on it.
     pub apply: ReducePlan,
-    /// Channels-last rows of 256 bytes and more on CPU adapters: the
-    /// elementwise passes walk them in teams of eight invocations, this many
-    /// columns a lane (src/row_teams.rs), `apply.slice_len` rows a team;
-    /// the reduction too up to row_teams::MAX_REDUCE_PER_LANE columns.
-    pub teams: Option<u8>,
 }
 
 impl Tiling {
@@ -79,16 +70,9 @@ impl Tiling {
             plan = plans(Reduction::Tree)?.0;
         }
         plan.parts *= streams;
-        Ok(Tiling {
-            vec4,
-            f16,
-            lanes_are_channels: lanes,
-            lane_channels: view.channels as u32,
-            view: v,
-            plan,
-            apply,
-            teams: teams.map(|t| t as u8),
-        })
+        let lane_channels = lanes.then_some(view.channels as u32);
+        let teams = teams.map(|t| t as u8);
+        Ok(Tiling { reducer: Reducer { plan, view: v, vec4, lane_channels, f16, teams }, apply })
     }
 
     /// The tiling of elementwise passes alone (the family's: no reduction
@@ -105,16 +89,8 @@ impl Tiling {
         let cycle = row_div.is_multiple_of(lane_streams(view.channels) as usize);
         let (vec4, lanes, v) = Self::view_of(view, offsets, cycle);
         let apply = ReducePlan::elementwise_only(v, reduction, value_bytes(vec4, f16))?;
-        Ok(Tiling {
-            vec4,
-            f16,
-            lanes_are_channels: lanes,
-            lane_channels: view.channels as u32,
-            view: v,
-            plan: apply,
-            apply,
-            teams: None,
-        })
+        let lane_channels = lanes.then_some(view.channels as u32);
+        Ok(Tiling { reducer: Reducer { plan: apply, view: v, vec4, lane_channels, f16, teams: None }, apply })
     }
 
     /// The view in units of the value type: vec4 when every view starts at
@@ -143,50 +119,24 @@ impl Tiling {
     /// Tensor rows per row of the view: more than one where channels-last
     /// rows are regrouped in runs of lcm(channels, 4) values.
     pub fn rows_per_view_row(&self) -> usize {
-        if self.lanes_are_channels {
-            lane_streams(self.lane_channels as usize) as usize
-        } else {
-            1
-        }
+        self.reducer.lane_channels.map_or(1, |c| lane_streams(c as usize) as usize)
     }
 
     /// `base` (the op's scalar parameters) rewritten for the reduction.
     pub fn params(&self, base: &ChannelParams) -> ChannelParams {
-        self.params_for(base, &self.plan)
+        self.reducer.params(base)
     }
 
     /// `base` rewritten for the elementwise passes.
     pub fn apply_params(&self, base: &ChannelParams) -> ChannelParams {
-        self.params_for(base, &self.apply)
-    }
-
-    fn params_for(&self, base: &ChannelParams, plan: &ReducePlan) -> ChannelParams {
-        let lanes = if self.vec4 { 4 } else { 1 };
-        let mut p = ChannelParams {
-            outer: self.view.outer as u32,
-            channels: self.view.channels as u32,
-            inner: self.view.inner as u32,
-            x_off: base.x_off / lanes,
-            y_off: base.y_off / lanes,
-            dy_off: base.dy_off / lanes,
-            dx_off: base.dx_off / lanes,
-            z_off: base.z_off / lanes,
-            dz_off: base.dz_off / lanes,
-            ..*base
-        };
-        plan.fill(&mut p);
-        if self.lanes_are_channels {
-            p.flags |= FLAG_LANES_ARE_CHANNELS;
-            p.lane_channels = self.lane_channels;
-        }
-        p
+        self.reducer.params_for(base, &self.apply)
     }
 
     /// The entry point of elementwise pass `op` (`apply` or `dx`), in
     /// elementwise.wgsl or row_norm.wgsl.
     pub fn entry(&self, op: &str) -> &'static str {
         let runs = self.apply.shape == Shape::Runs;
-        if self.teams.is_some() {
+        if self.reducer.teams.is_some() {
             return if op == "apply" { "apply_rows" } else { "dx_rows" };
         }
         match (op, runs) {
@@ -199,32 +149,12 @@ impl Tiling {
 
     /// BatchNorm's pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
     pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
-        let shader = match self.teams {
-            Some(per_lane) => Shader::ElementwiseRows { per_lane, f16: self.f16, words: false },
-            None => Shader::Elementwise { vec4: self.vec4, f16: self.f16, words: false },
+        let Reducer { f16, vec4, teams, .. } = self.reducer;
+        let shader = match teams {
+            Some(per_lane) => Shader::ElementwiseRows { per_lane, f16, words: false },
+            None => Shader::Elementwise { vec4, f16, words: false },
         };
         KernelKey::with_mode(shader, self.entry(op), mode)
-    }
-
-    /// The reduction's grid (x, y, views).
-    pub fn grid3(&self) -> (u32, u32, u32) {
-        (self.plan.grid.0, self.plan.grid.1, self.plan.batch)
-    }
-
-    /// The reduction pipeline for this tiling and `mode`.
-    pub fn reduce_kernel(&self, mode: ReduceMode) -> KernelKey {
-        if let (Shape::Teams, Some(per_lane)) = (self.plan.shape, self.teams) {
-            let shader = Shader::ReduceTeams { per_lane, f16: self.f16, words: false };
-            KernelKey::with_mode(shader, self.plan.entry_vec4(), mode as u32)
-        } else if self.vec4 {
-            KernelKey::with_mode(
-                Shader::ReduceVec4 { f16: self.f16, words: false },
-                self.plan.entry_vec4(),
-                mode as u32,
-            )
-        } else {
-            reduce::kernel(&self.plan, mode, self.f16)
-        }
     }
 }
 
@@ -334,13 +264,13 @@ impl<'a> Chunks<'a> {
             let params = tiling.params(&params);
             chunks.push(Chunk { windows, tiling, params, apply_params });
         }
-        let stride = chunks.iter().map(|c| c.tiling.plan.parts).max().unwrap_or(1);
+        let stride = chunks.iter().map(|c| c.tiling.reducer.plan.parts).max().unwrap_or(1);
         let covering = pieces.iter().map(|p| p.slot).max().unwrap_or(0) as u32 + 1;
         for (chunk, piece) in chunks.iter_mut().zip(&pieces) {
             chunk.params.parts = stride * covering;
             chunk.params.part_base = stride * piece.slot as u32;
         }
-        let needs_clear = chunks.iter().any(|c| c.tiling.plan.parts != stride);
+        let needs_clear = chunks.iter().any(|c| c.tiling.reducer.plan.parts != stride);
         Ok(Chunks { chunks, parts: stride * covering, needs_clear })
     }
 }

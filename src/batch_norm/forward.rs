@@ -203,7 +203,7 @@ impl BatchNorm {
                 z: if mode == ReduceMode::Stats { None } else { Some(chunk.resource(Z)) },
                 weight: None,
             };
-            rec.reduce(chunk.tiling.reduce_kernel(mode), bindings, chunk.tiling.vec4, chunk.tiling.grid3())?;
+            chunk.tiling.reducer.record(rec, mode, bindings)?;
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ impl Core {
             let views = [(9, yw.resource())];
             return self.record_resident(rec, resident, Pass::Forward, &params, piece, &views);
         }
-        let reduce_params = plan.params(&stat_params);
+        let reduce_params = plan.reducer.params(&stat_params);
         stat_params.parts = plan.merge_parts;
         let mut apply_params = self.params(geo.weights, geo, opt);
         apply_params.weight_base = weight_base;
@@ -115,7 +115,7 @@ impl Core {
                     weight: None,
                     z: None,
                 };
-                plan.record(rec, ReduceMode::Stats, bindings)?;
+                plan.reducer.record(rec, ReduceMode::Stats, bindings)?;
                 let entries = [
                     (0, stat_buf.as_entire_binding()),
                     (1, partials.as_entire_binding()),

@@ -74,7 +74,7 @@ impl Core {
         base.x_off = xw.elem_offset;
         base.dy_off = dyw.elem_offset;
         base.weight_base = weight_base;
-        let reduce_buf = rec.uniform(&plan.params(&base))?;
+        let reduce_buf = rec.uniform(&plan.reducer.params(&base))?;
         let mut params = *row_params;
         params.parts = plan.merge_parts;
         let params = rec.uniform(&params)?;
@@ -95,7 +95,7 @@ impl Core {
             weight: None,
             z: None,
         };
-        plan.record(rec, ReduceMode::GradSums, sums)?;
+        plan.reducer.record(rec, ReduceMode::GradSums, sums)?;
         let partials = partials.as_entire_binding();
         rec.dispatch(
             row_norm("merge_instances"),

@@ -364,5 +364,5 @@ fn row_norm(entry: &'static str) -> KernelKey {
 
 /// row_norm.wgsl's kernel for pass `op` (`apply` or `dx`) over `tile`.
 fn tile_kernel(tile: &Tiling, op: &str) -> KernelKey {
-    KernelKey::new(Shader::RowNorm { f16: tile.f16, vec4: tile.vec4, words: false }, tile.entry(op))
+    KernelKey::new(Shader::RowNorm { f16: tile.reducer.f16, vec4: tile.reducer.vec4, words: false }, tile.entry(op))
 }

@@ -76,10 +76,10 @@ impl Case {
             return Err(bad("not a regular file".into()));
         }
         let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(|e| bad(format!("too short for a safetensors header: {e}")))?;
+        file.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file: too short for a header ({e})")))?;
         let header = u64::from_le_bytes(len);
         if header > MAX_HEADER_BYTES || header.saturating_add(8) > meta.len() {
-            return Err(bad(format!("a header of {header} bytes in a file of {} bytes", meta.len())));
+            return Err(bad(format!("not a safetensors file: a header of {header} bytes in a file of {}", meta.len())));
         }
         if meta.len() > MAX_CASE_BYTES {
             return Err(bad(format!(

@@ -1,0 +1,79 @@
+//! A reduction as recorded, the one BatchNorm's chunks and the family's stat
+//! rows share: its plan over a view in units of its value type (vec4 where
+//! the values allow, lanes of four channels where they lie across
+//! channels-last channels), and the kernel and parameters that plan takes.
+
+use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::layout::ChannelView;
+use crate::recording::Recording;
+use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
+use crate::Result;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reducer {
+    pub plan: ReducePlan,
+    /// The view the reduction walks, in units of its value type.
+    pub view: ChannelView,
+    pub vec4: bool,
+    /// vec4 lanes are four channels: the tensor's channel count
+    /// (lane_channel in shaders/walks.wgsl).
+    pub lane_channels: Option<u32>,
+    /// Tensors hold f16; statistics and arithmetic stay f32.
+    pub f16: bool,
+    /// Channels-last rows walked by teams, this many columns a lane
+    /// (src/row_teams.rs), where the plan's shape is `Teams`.
+    pub teams: Option<u8>,
+}
+
+impl Reducer {
+    /// `base` (the op's parameters over the tensor) rewritten for `plan`
+    /// over this view: offsets in units of the value type, the plan's
+    /// tiling, and the lanes' channels.
+    pub fn params_for(&self, base: &ChannelParams, plan: &ReducePlan) -> ChannelParams {
+        let units = if self.vec4 { 4 } else { 1 };
+        let mut p = ChannelParams {
+            outer: self.view.outer as u32,
+            channels: self.view.channels as u32,
+            inner: self.view.inner as u32,
+            x_off: base.x_off / units,
+            y_off: base.y_off / units,
+            dy_off: base.dy_off / units,
+            dx_off: base.dx_off / units,
+            z_off: base.z_off / units,
+            dz_off: base.dz_off / units,
+            ..*base
+        };
+        plan.fill(&mut p);
+        if let Some(channels) = self.lane_channels {
+            p.flags |= FLAG_LANES_ARE_CHANNELS;
+            p.lane_channels = channels;
+        }
+        p
+    }
+
+    /// `base` rewritten for the reduction.
+    pub fn params(&self, base: &ChannelParams) -> ChannelParams {
+        self.params_for(base, &self.plan)
+    }
+
+    /// The reduction kernel in `mode`: teams, vec4 or scalar.
+    pub fn kernel(&self, mode: ReduceMode) -> KernelKey {
+        match (self.plan.shape, self.teams) {
+            (Shape::Teams, Some(per_lane)) => {
+                let shader = Shader::ReduceTeams { per_lane, f16: self.f16, words: false };
+                KernelKey::with_mode(shader, self.plan.entry_vec4(), mode as u32)
+            }
+            _ if self.vec4 => KernelKey::with_mode(
+                Shader::ReduceVec4 { f16: self.f16, words: false },
+                self.plan.entry_vec4(),
+                mode as u32,
+            ),
+            _ => reduce::kernel(&self.plan, mode, self.f16),
+        }
+    }
+
+    /// Records the reduction in `mode` over `bindings`.
+    pub fn record(&self, rec: &mut Recording, mode: ReduceMode, bindings: ReduceBindings<'_>) -> Result<()> {
+        rec.reduce(self.kernel(mode), bindings, self.vec4, self.plan.grid3())
+    }
+}
