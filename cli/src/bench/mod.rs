@@ -272,12 +272,12 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
         skipped: Vec::new(),
         model: None,
     };
-    let max_binding = ctx.device().limits().max_storage_buffer_binding_size;
+    let limits = ctx.device().limits();
     let jobs = config.jobs();
     let total = jobs.len();
     for (done, job) in jobs.into_iter().enumerate() {
         let Job { op, shape, layout, layer } = job;
-        if let Some(reason) = op.unsupported(&shape, layout, max_binding) {
+        if let Some(reason) = op.unsupported(&shape, layout, &limits) {
             report.skipped.push(Skipped { shape, layout, op: Some(op.name()), reason });
             continue;
         }

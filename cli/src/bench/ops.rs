@@ -198,7 +198,29 @@ impl Op {
     /// chunks: BatchNorm's anywhere; the family's into whole samples (rows
     /// for LayerNorm and RMSNorm) or, channels-second, whole groups of one
     /// sample, so one such unit must fit a binding.
-    pub fn unsupported(self, shape: &[usize], layout: Layout, max_binding: u64) -> Option<String> {
+    pub fn unsupported(self, shape: &[usize], layout: Layout, limits: &wgpu::Limits) -> Option<String> {
+        let max_binding = limits.max_storage_buffer_binding_size;
+        // Every tensor is made on the host and on the device: refuse before
+        // allocating what neither can hold.
+        let values = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        match values.and_then(|v| v.checked_mul(4)) {
+            Some(bytes) if bytes > limits.max_buffer_size => {
+                return Some(format!(
+                    "{}: {bytes} bytes a tensor exceed the device's buffer size limit of {}",
+                    self.name(),
+                    limits.max_buffer_size
+                ))
+            }
+            Some(_) if values > Some(MAX_TENSOR_VALUES) => {
+                return Some(format!(
+                    "{}: {} values a tensor; the bench holds its tensors on the host too, up to {MAX_TENSOR_VALUES}",
+                    self.name(),
+                    values.unwrap_or(u64::MAX)
+                ))
+            }
+            None => return Some(format!("{}: the shape's size overflows", self.name())),
+            _ => {}
+        }
         let sample: u64 = shape.iter().skip(1).product::<usize>() as u64 * 4;
         let channels = shape.get(1).copied().unwrap_or(1).max(1) as u64;
         let unit_bytes = match self.kind() {
@@ -222,6 +244,10 @@ impl Op {
         }
     }
 }
+
+/// The most values a bench tensor may have (2^31, 8 GiB of f32): each is
+/// also made, and for `--verify` computed, on the host.
+pub const MAX_TENSOR_VALUES: u64 = 1 << 31;
 
 /// Names of the ops the crate has today.
 pub fn available_ops() -> Vec<&'static str> {
@@ -338,8 +364,12 @@ mod tests {
         for info in OPS {
             assert_eq!(parse_ops(info.name).unwrap(), vec![info.op.unwrap()]);
         }
-        let limit = 1 << 20;
+        let limit = &wgpu::Limits { max_storage_buffer_binding_size: 1 << 20, ..wgpu::Limits::default() };
         let (nchw, nhwc) = (Layout::Nchw, Layout::Nhwc);
+        assert!(Op::BnForwardTrain.unsupported(&[60000, 60000], nchw, limit).is_some(), "above the buffer limit");
+        let roomy = &wgpu::Limits { max_buffer_size: u64::MAX, ..*limit };
+        assert!(Op::BnForwardTrain.unsupported(&[60000, 60000], nchw, roomy).is_some(), "above the host's share");
+        assert!(Op::BnForwardTrain.unsupported(&[usize::MAX, 3], nchw, roomy).is_some(), "overflowing");
         assert!(Op::GnForward.unsupported(&[8, 4], nchw, limit).is_some());
         assert!(Op::InBackward.unsupported(&[8, 4, 2], nchw, limit).is_none());
         assert!(Op::LnForward.unsupported(&[8, 4], nchw, limit).is_none());

@@ -88,7 +88,7 @@ impl Workload {
     /// over the last dimension and read the tensor row-major: `layout` is
     /// ignored for them. `Err(Parameter)` where [`Op::unsupported`] says so.
     pub fn new(ctx: &Context, op: Op, shape: &[usize], layout: Layout, seed: u64) -> Result<Workload> {
-        if let Some(reason) = op.unsupported(shape, layout, ctx.device().limits().max_storage_buffer_binding_size) {
+        if let Some(reason) = op.unsupported(shape, layout, &ctx.device().limits()) {
             return Err(Error::Parameter(reason));
         }
         let layout = if op.ignores_layout() { Layout::Nchw } else { layout };
