@@ -22,7 +22,8 @@ fn bench_ops(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         for shape in SHAPES {
             for layout in [Layout::Nchw, Layout::Nhwc] {
-                if op.unsupported(shape, layout, u64::MAX).is_some() || (op.ignores_layout() && layout != Layout::Nchw)
+                if op.unsupported(shape, layout, &ctx.device().limits()).is_some()
+                    || (op.ignores_layout() && layout != Layout::Nchw)
                 {
                     continue;
                 }
