@@ -349,3 +349,25 @@ fn layers_too_large_for_the_device_are_refused_before_allocating() {
     }
     assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
 }
+
+/// Class 1's encoders: wgpu 30 offers no way to ask an encoder for its
+/// device, so an op cannot refuse one of another device. The commands it
+/// records there are invalid, nothing runs, and wgpu reports it when the
+/// encoder finishes: as `Err(Validation)` under an error scope
+/// (`Context::scoped`), with no panic inside wgpu and nothing written.
+#[test]
+fn an_encoder_of_another_device_fails_at_finish_and_writes_nothing() {
+    use wgpu_norm::{Context, Epilogue};
+    let ctx = ctx();
+    let other = Context::new().unwrap();
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(2)).unwrap();
+    let state = bn.read_state().unwrap();
+    let x = Tensor::from_slice(ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2], Layout::Nchw).unwrap();
+    let y = Tensor::from_slice(ctx, &[SENTINEL; 4], &[2, 2], Layout::Nchw).unwrap();
+    let mut encoder = other.device().create_command_encoder(&Default::default());
+    let recorded = bn.forward(&mut encoder, &x.view(), &y.view(), Mode::Training, Epilogue::None);
+    let finished = other.scoped(|| Ok(encoder.finish()));
+    assert!(recorded.is_err() || matches!(finished, Err(Error::Validation(_))), "{recorded:?} {:?}", finished.err());
+    assert!(y.read(ctx).unwrap().iter().all(|&v| v == SENTINEL), "y untouched");
+    assert_eq!(bn.read_state().unwrap(), state, "state untouched");
+}
