@@ -128,75 +128,41 @@ fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return chan_merge(a, b);
 }
 
+// The accumulator, and the hooks of reduce_entries.wgsl over it.
+alias Acc = vec4<f32>;
+
+fn empty() -> Acc {
+    return vec4<f32>(0.0);
+}
+
+fn store_shared(t: u32, acc: Acc) {
+    shared_acc[t] = acc;
+}
+
+fn load_shared(t: u32) -> Acc {
+    return shared_acc[t];
+}
+
+// Channel c of view z's partial in `slot` of its run.
+fn store_partial(z: u32, c: u32, slot: u32, acc: Acc) {
+    partials[(p.chan_base + z * p.channels + c) * p.parts + p.part_base + slot] = acc;
+}
+
+// Column `col`'s partial of slice `s`: each (column, slice) owns `per`
+// consecutive slots (1 with the tree, `groups` per invocation) and this is
+// slot `k` of them. The partials of channel c are the contiguous run
+// [c * inner * slices * per, (c+1) * inner * slices * per).
+fn store_column(z: u32, col: u32, s: u32, per: u32, k: u32, acc: Acc) {
+    let c = col / p.inner;
+    store_partial(z, c, ((col - c * p.inner) * p.slices + s) * per + k, acc);
+}
+
 // The chan entry of channel c of view `view` (MODE 1, 2, 4, 5).
-fn channel_coefficients(view: u32, c: u32) -> vec4<f32> {
+fn coefficients(view: u32, c: u32) -> vec4<f32> {
     if (MODE == 1u || MODE == 2u || MODE >= 4u) {
         return chan[p.chan_base + view * p.channels + c];
     }
     return vec4<f32>(0.0);
-}
-
-// Planar: workgroup (s, c, z) reduces elements [s * slice_len, (s+1) * slice_len)
-// of channel c of view z, counted over (o, i). Used when inner >= WG, so an
-// invocation crosses at most one row boundary per step. This is invocation
-// t's share.
-fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> vec4<f32> {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
-    let base = wg.z * p.batch_stride;
-    let k = channel_coefficients(wg.z, c);
-    var acc = vec4<f32>(0.0);
-    var j = wg.x * p.slice_len + t;
-    var o = j / p.inner;
-    var i = j - o * p.inner;
-    while (j < end) {
-        acc = accumulate(acc, base + (o * p.channels + c) * p.inner + i, o, c, i, k);
-        j += WG;
-        i += WG;
-        while (i >= p.inner) {
-            i -= p.inner;
-            o += 1u;
-        }
-    }
-    return finish(acc);
-}
-
-// Planar, one partial per workgroup through a tree in workgroup memory.
-@compute @workgroup_size(256)
-fn reduce_planar(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let acc = planar_share(wg, t, c);
-        shared_acc[t] = acc;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (t < s) {
-                shared_acc[t] = combine(shared_acc[t], shared_acc[t + s]);
-            }
-            workgroupBarrier();
-        }
-        if (t == 0u) {
-            partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + wg.x] = shared_acc[0];
-        }
-        workgroupBarrier();
-    }
-}
-
-// Planar, one partial per invocation and no barrier: for CPU adapters, which
-// run a workgroup's invocations in SIMD batches and pay every barrier with a
-// switch between all of them; the merge kernels take WG times more partials.
-@compute @workgroup_size(256)
-fn reduce_planar_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let slot = p.part_base + wg.x * WG + t;
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + slot] = planar_share(wg, t, c);
-    }
 }
 
 // Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,
@@ -210,8 +176,8 @@ fn reduce_runs_lanes(
 ) {
     let base = wg.z * p.batch_stride;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = channel_coefficients(wg.z, c);
-        var acc = vec4<f32>(0.0);
+        let k = coefficients(wg.z, c);
+        var acc = empty();
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let stop = segment_stop(r);
@@ -248,11 +214,11 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
     let at = column_of(wg, t);
     let cols = p.channels * p.inner;
     let base = wg.z * p.batch_stride;
-    var acc = vec4<f32>(0.0);
+    var acc = empty();
     if (at.owned) {
         let c = at.col / p.inner;
         let i = at.col - c * p.inner;
-        let k = channel_coefficients(wg.z, c);
+        let k = coefficients(wg.z, c);
         let rows = group_rows(wg.y, at.g, at.groups);
         var r = rows.x;
         for (; r + 4u <= rows.y; r += 4u) {
@@ -269,94 +235,3 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> vec4<f32> {
     return finish(acc);
 }
 
-@compute @workgroup_size(256)
-fn reduce_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    shared_acc[t] = interleaved_share(wg, t);
-    workgroupBarrier();
-    for (var s = p.tree; s > 0u; s >>= 1u) {
-        if (at.g < s && at.g + s < at.groups) {
-            shared_acc[t] = combine(shared_acc[t], shared_acc[t + s * p.width]);
-        }
-        workgroupBarrier();
-    }
-    if (at.g == 0u && at.owned) {
-        let c = at.col / p.inner;
-        let i = at.col - c * p.inner;
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + i * p.slices + wg.y] = shared_acc[t];
-    }
-}
-
-// Interleaved, one partial per invocation and no barrier (CPU adapters): the
-// partial of column k, slice s and row group g goes to (k * slices + s) *
-// groups + g.
-@compute @workgroup_size(256)
-fn reduce_interleaved_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    let acc = interleaved_share(wg, t);
-    if (at.owned) {
-        let c = at.col / p.inner;
-        let slot = ((at.col - c * p.inner) * p.slices + wg.y) * at.groups + at.g;
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + slot] = acc;
-    }
-}
-
-// Rows: outer == 1 and inner < WG, i.e. many short contiguous channels (the
-// family's short rows). `width` lanes (a power of two) reduce one channel, so
-// a workgroup takes WG / width channels at once; one partial per channel.
-// Workgroup (x, y) is block y * num_workgroups.x + x. Invocation t's share
-// of its channel (rows_channel in walks.wgsl):
-fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> vec4<f32> {
-    let lanes = p.width;
-    let c = rows_channel(wg, nwg, t);
-    var acc = vec4<f32>(0.0);
-    if (c < p.channels) {
-        let k = channel_coefficients(wg.z, c);
-        for (var i = t % lanes; i < p.inner; i += lanes) {
-            acc = accumulate(acc, wg.z * p.batch_stride + c * p.inner + i, 0u, c, i, k);
-        }
-    }
-    return finish(acc);
-}
-
-@compute @workgroup_size(256)
-fn reduce_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let lanes = p.width;
-    let lane = t % lanes;
-    let c = rows_channel(wg, nwg, t);
-    shared_acc[t] = rows_share(wg, nwg, t);
-    workgroupBarrier();
-    for (var s = lanes / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            shared_acc[t] = combine(shared_acc[t], shared_acc[t + s]);
-        }
-        workgroupBarrier();
-    }
-    if (lane == 0u && c < p.channels) {
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base] = shared_acc[t];
-    }
-}
-
-// Rows, one partial per lane and no barrier (CPU adapters).
-@compute @workgroup_size(256)
-fn reduce_rows_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let c = rows_channel(wg, nwg, t);
-    let acc = rows_share(wg, nwg, t);
-    if (c < p.channels) {
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + t % p.width] = acc;
-    }
-}

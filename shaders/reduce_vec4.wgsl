@@ -50,7 +50,7 @@ struct Coef {
 
 // Channel c of view z (view z's channels follow view z - 1's, as their
 // partials do: GroupNorm's backward reduces each sample's instances).
-fn coef(z: u32, c: u32) -> Coef {
+fn coefficients(z: u32, c: u32) -> Coef {
     if (MODE == 0u) {
         return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
@@ -187,78 +187,36 @@ fn folded_partial(acc: Acc) -> vec4<f32> {
     return vec4<f32>(4.0 * acc.n, mean, m2, 0.0);
 }
 
-// Planar, lanes of one channel: as reduce_planar over vec4 elements.
-// Invocation t's share of workgroup wg's slice of channel c.
-fn planar_share(wg: vec3<u32>, t: u32, c: u32) -> Acc {
-    let end = min((wg.x + 1u) * p.slice_len, p.outer * p.inner);
-    let k = coef(wg.z, c);
-    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    let base = wg.z * p.batch_stride;
-    var j = wg.x * p.slice_len + t;
-    var o = j / p.inner;
-    var i = j - o * p.inner;
-    while (j < end) {
-        acc = add_lanes(acc, base + (o * p.channels + c) * p.inner + i, k);
-        j += WG;
-        i += WG;
-        while (i >= p.inner) {
-            i -= p.inner;
-            o += 1u;
-        }
-    }
-    return finish(acc);
+fn empty() -> Acc {
+    return Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
-@compute @workgroup_size(256)
-fn reduce4_planar(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let acc = planar_share(wg, t, c);
-        store_shared(t, acc);
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (t < s) {
-                store_shared(t, combine(load_shared(t), load_shared(t + s)));
-            }
-            workgroupBarrier();
-        }
-        if (t == 0u) {
-            partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x] = folded_partial(load_shared(0u));
-        }
-        workgroupBarrier();
-    }
+// One vec4 element into the accumulator, as reduce_entries.wgsl's walks
+// call it (the position in the view is for reduce.wgsl's per-element
+// weights; vec4 views take no weight).
+fn accumulate(acc: Acc, idx: u32, o: u32, c: u32, i: u32, k: Coef) -> Acc {
+    return add_lanes(acc, idx, k);
 }
 
-// Planar, one partial per invocation and no barrier (CPU adapters), as
-// reduce_planar_lanes in reduce.wgsl.
-@compute @workgroup_size(256)
-fn reduce4_planar_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let slot = p.part_base + wg.x * WG + t;
-        partials[(view_first(wg.z) + c) * p.parts + slot] = folded_partial(planar_share(wg, t, c));
-    }
+// Channel c of view z's partial in `slot` of its run (reduce_entries.wgsl):
+// the four lanes folded into one.
+fn store_partial(z: u32, c: u32, slot: u32, acc: Acc) {
+    partials[(view_first(z) + c) * p.parts + p.part_base + slot] = folded_partial(acc);
 }
 
 // Runs (Shape::Runs, CPU adapters): workgroup (x, c) walks slices x, x +
 // nwg.x, ... of channel c (walks.wgsl) and each invocation writes
-// its partial over all of them to slot x * WG + t, as reduce4_planar_lanes.
+// its partial over all of them to slot x * WG + t, as reduce_planar_lanes.
 @compute @workgroup_size(256)
-fn reduce4_runs_lanes(
+fn reduce_runs_lanes(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
     let base = wg.z * p.batch_stride;
     for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = coef(wg.z, c);
-        var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        let k = coefficients(wg.z, c);
+        var acc = empty();
         for (var s = wg.x; s < p.slices; s += nwg.x) {
             for (var r = run_start(s, t); r.j < r.end; ) {
                 let stop = segment_stop(r);
@@ -282,9 +240,9 @@ fn reduce4_runs_lanes(
 fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
     let at = column_of(wg, t);
     let cols = p.channels * p.inner;
-    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = empty();
     if (at.owned) {
-        let k = coef(wg.z, at.col / p.inner);
+        let k = coefficients(wg.z, at.col / p.inner);
         let base = wg.z * p.batch_stride;
         let rows = group_rows(wg.y, at.g, at.groups);
         if (MODE == 0u) {
@@ -301,7 +259,7 @@ fn interleaved_share(wg: vec3<u32>, t: u32) -> Acc {
 // accumulators (sums about one pivot add).
 fn column_stats(first: u32, rows: vec2<u32>, cols: u32) -> Acc {
     if (rows.x >= rows.y) {
-        return Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        return empty();
     }
     var idx = p.x_off + first + rows.x * cols;
     let pivot = from_memory(x[idx]);
@@ -345,92 +303,7 @@ fn store_column(z: u32, col: u32, s: u32, per: u32, k: u32, acc: Acc) {
         }
     } else {
         let c = col / p.inner;
-        let slot = ((col - c * p.inner) * p.slices + s) * per + k;
-        partials[(first + c) * p.parts + p.part_base + slot] = folded_partial(acc);
+        store_partial(z, c, ((col - c * p.inner) * p.slices + s) * per + k, acc);
     }
 }
 
-@compute @workgroup_size(256)
-fn reduce4_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    store_shared(t, interleaved_share(wg, t));
-    workgroupBarrier();
-    for (var s = p.tree; s > 0u; s >>= 1u) {
-        if (at.g < s && at.g + s < at.groups) {
-            store_shared(t, combine(load_shared(t), load_shared(t + s * p.width)));
-        }
-        workgroupBarrier();
-    }
-    if (at.g == 0u && at.owned) {
-        store_column(wg.z, at.col, wg.y, 1u, 0u, load_shared(t));
-    }
-}
-
-// Interleaved, one partial per invocation and no barrier (CPU adapters): row
-// group g's partial goes to (slot * groups + g), slot as reduce4_interleaved's.
-@compute @workgroup_size(256)
-fn reduce4_interleaved_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    let acc = interleaved_share(wg, t);
-    if (at.owned) {
-        store_column(wg.z, at.col, wg.y, at.groups, at.g, acc);
-    }
-}
-
-// Rows: outer == 1, many short contiguous channels (the family's rows), as
-// reduce_rows in reduce.wgsl: `width` lanes per channel, WG / width channels
-// per workgroup, workgroup (x, y) is block y * num_workgroups.x + x
-// (rows_channel in walks.wgsl).
-fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
-    let c = rows_channel(wg, nwg, t);
-    var acc = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (c < p.channels) {
-        let k = coef(wg.z, c);
-        let base = wg.z * p.batch_stride + c * p.inner;
-        for (var i = t % p.width; i < p.inner; i += p.width) {
-            acc = add_lanes(acc, base + i, k);
-        }
-    }
-    return finish(acc);
-}
-
-@compute @workgroup_size(256)
-fn reduce4_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let lane = t % p.width;
-    let c = rows_channel(wg, nwg, t);
-    store_shared(t, rows_share(wg, nwg, t));
-    workgroupBarrier();
-    for (var s = p.width / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            store_shared(t, combine(load_shared(t), load_shared(t + s)));
-        }
-        workgroupBarrier();
-    }
-    if (lane == 0u && c < p.channels) {
-        partials[(view_first(wg.z) + c) * p.parts + p.part_base] = folded_partial(load_shared(t));
-    }
-}
-
-// Rows, one partial per lane and no barrier (CPU adapters).
-@compute @workgroup_size(256)
-fn reduce4_rows_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let c = rows_channel(wg, nwg, t);
-    let acc = rows_share(wg, nwg, t);
-    if (c < p.channels) {
-        partials[(view_first(wg.z) + c) * p.parts + p.part_base + t % p.width] = folded_partial(acc);
-    }
-}

@@ -69,12 +69,17 @@ impl Shader {
     fn source(self) -> String {
         let generated;
         let body = match self {
-            Shader::Reduce { .. } => include_str!("../shaders/reduce.wgsl"),
-            Shader::ReduceVec4 { .. } => include_str!("../shaders/reduce_vec4.wgsl"),
+            Shader::Reduce { .. } => {
+                concat!(include_str!("../shaders/reduce.wgsl"), include_str!("../shaders/reduce_entries.wgsl"))
+            }
+            Shader::ReduceVec4 { .. } => {
+                concat!(include_str!("../shaders/reduce_vec4.wgsl"), include_str!("../shaders/reduce_entries.wgsl"))
+            }
             Shader::ReduceTeams { per_lane, .. } => {
                 generated = format!(
-                    "{}{}",
+                    "{}{}{}",
                     include_str!("../shaders/reduce_vec4.wgsl"),
+                    include_str!("../shaders/reduce_entries.wgsl"),
                     crate::row_teams::reduce_source(per_lane.into())
                 );
                 &generated

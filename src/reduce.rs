@@ -371,21 +371,9 @@ impl ReducePlan {
         self
     }
 
-    /// The entry point of reduce_vec4.wgsl for this plan.
-    pub fn entry_vec4(&self) -> &'static str {
-        match self.shape {
-            Shape::Planar if self.per_invocation => "reduce4_planar_lanes",
-            Shape::Planar => "reduce4_planar",
-            Shape::Runs => "reduce4_runs_lanes",
-            Shape::Interleaved if self.per_invocation => "reduce4_interleaved_lanes",
-            Shape::Interleaved => "reduce4_interleaved",
-            Shape::Rows if self.per_invocation => "reduce4_rows_lanes",
-            Shape::Rows => "reduce4_rows",
-            Shape::Teams => "reduce4_teams",
-        }
-    }
-
-    fn entry(&self) -> &'static str {
+    /// The entry point for this plan, in reduce.wgsl or reduce_vec4.wgsl
+    /// (the shared ones in reduce_entries.wgsl).
+    pub fn entry(&self) -> &'static str {
         match self.shape {
             Shape::Planar if self.per_invocation => "reduce_planar_lanes",
             Shape::Planar => "reduce_planar",
@@ -394,7 +382,8 @@ impl ReducePlan {
             Shape::Interleaved => "reduce_interleaved",
             Shape::Rows if self.per_invocation => "reduce_rows_lanes",
             Shape::Rows => "reduce_rows",
-            // Teams are planned for vec4 views only: reduce.wgsl has none.
+            // Teams are planned for vec4 views only: reduce.wgsl has none
+            // (src/row_teams.rs generates it).
             Shape::Teams => "reduce4_teams",
         }
     }

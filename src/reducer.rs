@@ -61,13 +61,11 @@ impl Reducer {
         match (self.plan.shape, self.teams) {
             (Shape::Teams, Some(per_lane)) => {
                 let shader = Shader::ReduceTeams { per_lane, f16: self.f16, words: false };
-                KernelKey::with_mode(shader, self.plan.entry_vec4(), mode as u32)
+                KernelKey::with_mode(shader, self.plan.entry(), mode as u32)
             }
-            _ if self.vec4 => KernelKey::with_mode(
-                Shader::ReduceVec4 { f16: self.f16, words: false },
-                self.plan.entry_vec4(),
-                mode as u32,
-            ),
+            _ if self.vec4 => {
+                KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16, words: false }, self.plan.entry(), mode as u32)
+            }
             _ => reduce::kernel(&self.plan, mode, self.f16),
         }
     }

@@ -94,8 +94,8 @@ pub(crate) fn reduce_source(per_lane: usize) -> String {
         per_lane,
         hold: &|j, c| {
             format!(
-                "let k{j} = coef(wg.z, l + {c}u);\n    \
-                 var a{j} = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));"
+                "let k{j} = coefficients(wg.z, l + {c}u);\n    \
+                 var a{j} = empty();"
             )
         },
         step: &|j, c, e| format!("a{j} = add_lanes(a{j}, {e} + {c}u, k{j});"),
@@ -229,7 +229,7 @@ mod tests {
     fn generated_reductions_store_each_column() {
         let s = reduce_source(2);
         for needle in [
-            "var a1 = Acc(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));",
+            "var a1 = empty();",
             "let e0 = wg.z * p.batch_stride + r * p.channels + l;",
             "a1 = add_lanes(a1, e3 + 8u, k1);",
             "store_column(wg.z, l + 8u, team, 1u, 0u, finish(a1));",
