@@ -1,9 +1,14 @@
-//! Hostile and careless calls (issue #17's classes, the first of them): each
-//! returns the right error, writes nothing (sentinels read back), and leaves
-//! the caller's encoder able to finish and submit.
+//! Hostile and careless calls (issue #17) that tests/hostile_matrix.rs's
+//! table cannot express: each returns the right error, writes nothing
+//! (sentinels read back), and leaves the caller's encoder able to finish
+//! and submit.
 //!
 //! - sizes whose arithmetic would wrap: shape products, byte counts, offsets;
-//! - non-finite or negative counts handed to SyncBatchNorm's split.
+//! - non-finite or negative counts handed to SyncBatchNorm's split;
+//! - a layer's own buffers handed back to it, outputs sharing an input's buffer;
+//! - buffers of another device, destroyed buffers, an encoder of another device;
+//! - SyncBatchNorm ranks that disagree, fail or never arrive;
+//! - layers too large for the device.
 
 mod common;
 
@@ -217,8 +222,7 @@ fn buffers_of_another_device_or_destroyed_are_refused() {
     for (name, foreign) in [("another device's", &x_other), ("a destroyed", &dead)] {
         for mode in [Mode::Training, Mode::Eval] {
             refused(recorded(|e| bn.forward(e, &foreign.view(), &y.view(), mode, Epilogue::None)).unwrap_err(), name);
-            let dx = &y;
-            let err = recorded(|e| bn.backward(e, &x.view(), &foreign.view(), &dx.view(), mode, Epilogue::None));
+            let err = recorded(|e| bn.backward(e, &x.view(), &foreign.view(), &y.view(), mode, Epilogue::None));
             refused(err.unwrap_err(), name);
         }
         refused(recorded(|e| ln.forward(e, &foreign.view(), &y.view())).unwrap_err(), name);
