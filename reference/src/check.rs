@@ -9,8 +9,9 @@ use crate::golden::{BatchNormCase, Case, FoldCase, GroupNormCase, LayerNormCase,
 use crate::Fused;
 pub use crate::{normalized_error, DEFAULT_TOLERANCE};
 use wgpu_norm::{
-    BatchNorm, BatchNormConfig, BatchNormState, Context, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
-    InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm, RmsNormConfig, Tensor,
+    Affine, BatchNorm, BatchNormConfig, BatchNormState, Context, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, InstanceNormState, LayerKind, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm,
+    RmsNormConfig, Tensor,
 };
 
 /// How one case ended.
@@ -176,9 +177,7 @@ fn batch_norm_outputs(ctx: &Context, case: &BatchNormCase) -> Result<Produced> {
             out.insert("dz".to_string(), dz.read(ctx)?);
         }
         out.insert("dx".to_string(), dx.read(ctx)?);
-        let (dweight, dbias) = bn.affine().read_grads()?;
-        out.insert("dweight".to_string(), dweight);
-        out.insert("dbias".to_string(), dbias);
+        insert_grads(&mut out, bn.affine(), true)?;
     }
     Ok(out)
 }
@@ -241,18 +240,42 @@ fn run_pair(
     Ok(())
 }
 
+/// Writes a case's weight and bias, where it has them, into a layer's.
+fn write_affine(affine: &Affine, weight: &Option<Vec<f32>>, bias: &Option<Vec<f32>>) -> Result<()> {
+    if let Some(w) = weight {
+        affine.write_weight(w)?;
+    }
+    if let Some(b) = bias {
+        affine.write_bias(b)?;
+    }
+    Ok(())
+}
+
+/// The mean and rstd a forward saved, where it saved them.
+fn insert_saved(out: &mut Produced, saved: Option<(Vec<f32>, Vec<f32>)>) {
+    if let Some((mean, rstd)) = saved {
+        out.insert("mean".to_string(), mean);
+        out.insert("rstd".to_string(), rstd);
+    }
+}
+
+/// dweight, and dbias where the layer has a bias, of the last backward.
+fn insert_grads(out: &mut Produced, affine: &Affine, bias: bool) -> Result<()> {
+    let (dweight, dbias) = affine.read_grads()?;
+    out.insert("dweight".to_string(), dweight);
+    if bias {
+        out.insert("dbias".to_string(), dbias);
+    }
+    Ok(())
+}
+
 fn layer_norm_outputs(ctx: &Context, case: &LayerNormCase) -> Result<Produced> {
     let config = LayerNormConfig::new(&case.normalized_shape)
         .eps(case.eps as f32)
         .elementwise_affine(case.weight.is_some() || case.bias.is_some())
         .bias(case.bias.is_some());
     let ln = LayerNorm::new(ctx, config)?;
-    if let Some(w) = &case.weight {
-        ln.affine().write_weight(w)?;
-    }
-    if let Some(b) = &case.bias {
-        ln.affine().write_bias(b)?;
-    }
+    write_affine(ln.affine(), &case.weight, &case.bias)?;
     let mut out = BTreeMap::new();
     let mut saved = None;
     run_pair(
@@ -266,14 +289,9 @@ fn layer_norm_outputs(ctx: &Context, case: &LayerNormCase) -> Result<Produced> {
         |x, dy, dx| ln.context().run(|e| ln.backward(e, &x.view(), &dy.view(), &dx.view())),
         &mut out,
     )?;
-    if let Some((mean, rstd)) = saved {
-        out.insert("mean".to_string(), mean);
-        out.insert("rstd".to_string(), rstd);
-    }
+    insert_saved(&mut out, saved);
     if case.dy.is_some() {
-        let (dweight, dbias) = ln.affine().read_grads()?;
-        out.insert("dweight".to_string(), dweight);
-        out.insert("dbias".to_string(), dbias);
+        insert_grads(&mut out, ln.affine(), true)?;
     }
     Ok(out)
 }
@@ -283,9 +301,7 @@ fn rms_norm_outputs(ctx: &Context, case: &RmsNormCase) -> Result<Produced> {
         .eps(case.eps.map(|e| e as f32))
         .elementwise_affine(case.weight.is_some());
     let rn = RmsNorm::new(ctx, config)?;
-    if let Some(w) = &case.weight {
-        rn.affine().write_weight(w)?;
-    }
+    write_affine(rn.affine(), &case.weight, &None)?;
     let mut out = BTreeMap::new();
     let mut saved = None;
     run_pair(
@@ -303,7 +319,7 @@ fn rms_norm_outputs(ctx: &Context, case: &RmsNormCase) -> Result<Produced> {
         out.insert("rstd".to_string(), rstd);
     }
     if case.dy.is_some() {
-        out.insert("dweight".to_string(), rn.affine().read_grads()?.0);
+        insert_grads(&mut out, rn.affine(), false)?;
     }
     Ok(out)
 }
@@ -312,12 +328,7 @@ fn group_norm_outputs(ctx: &Context, case: &GroupNormCase) -> Result<Produced> {
     let c = case.shape[1];
     let config = GroupNormConfig::new(case.num_groups, c).eps(case.eps as f32).affine(case.weight.is_some());
     let gn = GroupNorm::new(ctx, config)?;
-    if let Some(w) = &case.weight {
-        gn.affine().write_weight(w)?;
-    }
-    if let Some(b) = &case.bias {
-        gn.affine().write_bias(b)?;
-    }
+    write_affine(gn.affine(), &case.weight, &case.bias)?;
     let mut out = BTreeMap::new();
     let mut saved = None;
     run_pair(
@@ -331,14 +342,9 @@ fn group_norm_outputs(ctx: &Context, case: &GroupNormCase) -> Result<Produced> {
         |x, dy, dx| gn.context().run(|e| gn.backward(e, &x.view(), &dy.view(), &dx.view())),
         &mut out,
     )?;
-    if let Some((mean, rstd)) = saved {
-        out.insert("mean".to_string(), mean);
-        out.insert("rstd".to_string(), rstd);
-    }
+    insert_saved(&mut out, saved);
     if case.dy.is_some() {
-        let (dweight, dbias) = gn.affine().read_grads()?;
-        out.insert("dweight".to_string(), dweight);
-        out.insert("dbias".to_string(), dbias);
+        insert_grads(&mut out, gn.affine(), true)?;
     }
     Ok(out)
 }
@@ -390,19 +396,14 @@ fn instance_norm_outputs(ctx: &Context, raw: &Case, case: &GroupNormCase) -> Res
         |x, dy, dx| inorm.context().run(|e| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), training)),
         &mut out,
     )?;
-    if let Some((mean, rstd)) = saved {
-        out.insert("mean".to_string(), mean);
-        out.insert("rstd".to_string(), rstd);
-    }
+    insert_saved(&mut out, saved);
     if track {
         let state = inorm.read_state()?;
         out.insert("running_mean_out".to_string(), state.running_mean);
         out.insert("running_var_out".to_string(), state.running_var);
     }
     if case.dy.is_some() {
-        let (dweight, dbias) = inorm.affine().read_grads()?;
-        out.insert("dweight".to_string(), dweight);
-        out.insert("dbias".to_string(), dbias);
+        insert_grads(&mut out, inorm.affine(), true)?;
     }
     Ok(out)
 }
