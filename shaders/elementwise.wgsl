@@ -15,7 +15,7 @@
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
 // Needs common.wgsl and a prelude (alias V, alias S, fn gather4, fn
 // from_memory, fn to_memory) in front of it,
-// and walks.wgsl (appended).
+// and walks.wgsl and elementwise_ops.wgsl (appended).
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -85,121 +85,57 @@ fn apply_at(e: u32, k: Coef) {
     }
 }
 
-fn dx_at(e: u32, k: Coef, gk: Coef) {
+// dx's coefficients: the channel's (for the fused activation's mask) and
+// its gradient's.
+struct DxCoef {
+    k: Coef,
+    g: Coef,
+}
+
+fn dx_at(e: u32, c: DxCoef) {
     let v = from_memory(x[p.x_off + e]);
     var g = from_memory(dy[p.dy_off + e]);
     if (MODE != 0u) {
-        g = select(V(0.0), g, pre_activation(v, k, e) > V(0.0));
+        g = select(V(0.0), g, pre_activation(v, c.k, e) > V(0.0));
         if (MODE == 2u) {
             dz[p.dz_off + e] = to_memory(g);
         }
     }
-    dx[p.dx_off + e] = to_memory(gk.a * g + gk.b * (v - gk.c) + gk.d);
+    dx[p.dx_off + e] = to_memory(c.g.a * g + c.g.b * (v - c.g.c) + c.g.d);
 }
 
-// Values first, first + stride, ... (n of them), four a loop iteration: on
-// lavapipe an iteration's bookkeeping costs about as much as a load.
-fn apply_strided(first: u32, n: u32, stride: u32, k: Coef) {
-    var e = first;
-    var m = 0u;
-    for (; m + 4u <= n; m += 4u) {
-        apply_at(e, k);
-        apply_at(e + stride, k);
-        apply_at(e + 2u * stride, k);
-        apply_at(e + 3u * stride, k);
-        e += 4u * stride;
-    }
-    for (; m < n; m++) {
-        apply_at(e, k);
-        e += stride;
-    }
+// What the shared walks (elementwise_ops.wgsl) take: a channel's
+// coefficients serve all its values.
+alias apply_Chan = Coef;
+alias apply_Coef = Coef;
+alias dx_Chan = DxCoef;
+alias dx_Coef = DxCoef;
+
+fn apply_channel(c: u32) -> Coef {
+    return chan_coef(c);
 }
 
-fn dx_strided(first: u32, n: u32, stride: u32, k: Coef, gk: Coef) {
-    var e = first;
-    var m = 0u;
-    for (; m + 4u <= n; m += 4u) {
-        dx_at(e, k, gk);
-        dx_at(e + stride, k, gk);
-        dx_at(e + 2u * stride, k, gk);
-        dx_at(e + 3u * stride, k, gk);
-        e += 4u * stride;
-    }
-    for (; m < n; m++) {
-        dx_at(e, k, gk);
-        e += stride;
-    }
+fn dx_channel(c: u32) -> DxCoef {
+    return DxCoef(chan_coef(c), grad_coef(c));
 }
 
-// Runs (long inner runs): workgroup (x, c) walks slices x, x + nwg.x, ...
-// of channel c (see walks.wgsl).
-@compute @workgroup_size(256)
-fn apply_runs(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = chan_coef(c);
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                apply_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k);
-                r = next_segment(r, stop);
-            }
-        }
-    }
+// The per-op part, appended once per op (src/kernels.rs): from here on OP is
+// apply or dx.
+// ---- per op ----
+
+fn OP_segment(k: OP_Chan, o: u32) -> OP_Coef {
+    return k;
 }
 
 // Interleaved: an invocation owns one column and walks its rows, as
 // reduce_interleaved.
 @compute @workgroup_size(256)
-fn apply_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
+fn OP_interleaved(ids: Ids) {
+    let at = column_of(ids.wg, ids.t);
     if (!at.owned) {
         return;
     }
     let cols = p.channels * p.inner;
-    let k = chan_coef(at.col / p.inner);
-    let rows = group_rows(wg.y, at.g, at.groups);
-    apply_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, k);
-}
-
-@compute @workgroup_size(256)
-fn dx_runs(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = chan_coef(c);
-        let gk = grad_coef(c);
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                dx_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k, gk);
-                r = next_segment(r, stop);
-            }
-        }
-    }
-}
-
-@compute @workgroup_size(256)
-fn dx_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    if (!at.owned) {
-        return;
-    }
-    let cols = p.channels * p.inner;
-    let c = at.col / p.inner;
-    let k = chan_coef(c);
-    let gk = grad_coef(c);
-    let rows = group_rows(wg.y, at.g, at.groups);
-    dx_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, k, gk);
+    let rows = group_rows(ids.wg.y, at.g, at.groups);
+    OP_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, OP_channel(at.col / p.inner));
 }

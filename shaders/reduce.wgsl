@@ -30,30 +30,18 @@
 // MODE 4, MODE 1 behind a fused ReLU: g = dy where fused_pre(x) > 0, else 0.
 // MODE 5, MODE 1 behind a fused add + ReLU: g = dy where fused_pre(x) + z > 0.
 //
-// Needs common.wgsl and a prelude (alias S) in front of it.
+// Needs common.wgsl and a prelude (alias S) in front of it, and
+// reduce_entries.wgsl (appended).
 
-override MODE: u32 = 0u;
 // MODE 2 and 3 over LayerNorm's and RMSNorm's geometry (groups == 1,
 // wdiv == 1, row_div == 1): gamma of value i is weight i and the stat row of
 // (o, c, i) is o, with no division per value (each is eight scalar
 // divisions per SIMD batch on lavapipe). An override, because a branch on
 // the uniform inside the loop costs both sides there.
 override TRAILING: bool = false;
-const WG: u32 = 256u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-// S is the type in memory (prelude): f32, or f16 for half-precision tensors.
-@group(0) @binding(1) var<storage, read> x: array<S>;
-// MODE >= 1; MODE 0 binds x here again.
-@group(0) @binding(2) var<storage, read> dy: array<S>;
-// MODE 1, 4, 5: per-channel (mean, invstd, scale, beta); MODE 2 and 3: per stat row
-// (centre, rstd, mean correction, var); MODE 0 binds any vec4 buffer.
-@group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+// The bindings the two reduce shaders share are in reduce_entries.wgsl.
 // MODE 2 only: gamma; other modes bind any f32 buffer.
 @group(0) @binding(5) var<storage, read> weight: array<f32>;
-// MODE 5 only: the residual input; other modes bind x here again.
-@group(0) @binding(6) var<storage, read> z: array<S>;
 
 var<workgroup> shared_acc: array<vec4<f32>, WG>;
 
@@ -165,39 +153,23 @@ fn coefficients(view: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
-// Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,
-// x + nwg.x, ... of channel c (walks.wgsl) and each invocation writes its
-// partial over all of them to slot x * WG + t, as reduce_planar_lanes.
-@compute @workgroup_size(256)
-fn reduce_runs_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let base = wg.z * p.batch_stride;
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = coefficients(wg.z, c);
-        var acc = empty();
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                let e = base + (r.o * p.channels + c) * p.inner;
-                var i = r.i;
-                let last = r.i + stop - r.j;
-                for (; i + 24u < last; i += 32u) {
-                    acc = accumulate(acc, e + i, r.o, c, i, k);
-                    acc = accumulate(acc, e + i + 8u, r.o, c, i + 8u, k);
-                    acc = accumulate(acc, e + i + 16u, r.o, c, i + 16u, k);
-                    acc = accumulate(acc, e + i + 24u, r.o, c, i + 24u, k);
-                }
-                for (; i < last; i += 8u) {
-                    acc = accumulate(acc, e + i, r.o, c, i, k);
-                }
-                r = next_segment(r, stop);
-            }
-        }
-        partials[(p.chan_base + wg.z * p.channels + c) * p.parts + p.part_base + wg.x * WG + t] = finish(acc);
+// The values of one segment of a run (reduce_runs_lanes), from first to
+// stop, eight apart, four a loop iteration.
+fn accumulate_segment(acc: Acc, base: u32, r: Run, stop: u32, c: u32, k: vec4<f32>) -> Acc {
+    var a = acc;
+    let e = base + (r.o * p.channels + c) * p.inner;
+    var i = r.i;
+    let last = r.i + stop - r.j;
+    for (; i + 24u < last; i += 32u) {
+        a = accumulate(a, e + i, r.o, c, i, k);
+        a = accumulate(a, e + i + 8u, r.o, c, i + 8u, k);
+        a = accumulate(a, e + i + 16u, r.o, c, i + 16u, k);
+        a = accumulate(a, e + i + 24u, r.o, c, i + 24u, k);
     }
+    for (; i < last; i += 8u) {
+        a = accumulate(a, e + i, r.o, c, i, k);
+    }
+    return a;
 }
 
 // Interleaved: the tensor as a matrix of `outer` rows by channels * inner

@@ -1,10 +1,26 @@
-// The walks and entry points reduce.wgsl (scalar values) and
+// The modes, bindings, walks and entry points reduce.wgsl (scalar values) and
 // reduce_vec4.wgsl (vec4 values) share. Each of those defines what differs:
-// the accumulator `Acc`, `empty()`, `accumulate` (one element in) and
-// `finish`; a channel's `coefficients`; `store_shared` / `load_shared` and
-// `combine` for the tree in workgroup memory; invocation t's share of an
+// the accumulator `Acc`, `empty()`, `accumulate` (one element in),
+// `accumulate_segment` (a run's segment in) and `finish`; a channel's
+// `coefficients`; `store_shared` / `load_shared` and `combine` for the tree
+// in workgroup memory; invocation t's share of an
 // interleaved column (`interleaved_share`); and where a partial goes
 // (`store_partial` for channel c, `store_column` for an interleaved column).
+
+override MODE: u32 = 0u;
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// S is the type in memory (prelude): f32, or f16 for half-precision tensors.
+@group(0) @binding(1) var<storage, read> x: array<S>;
+// MODE >= 1; MODE 0 binds x here again.
+@group(0) @binding(2) var<storage, read> dy: array<S>;
+// MODE 1, 4, 5: per-channel (mean, invstd, scale, beta); MODE 2 and 3: per stat row
+// (centre, rstd, mean correction, var); MODE 0 binds any vec4 buffer.
+@group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+// MODE 5 only: the residual input; other modes bind x here again.
+@group(0) @binding(6) var<storage, read> z: array<S>;
 
 // Planar: long contiguous runs, workgroup (slice, channel, view). Walks
 // element j of channel c of view z, counted over (o, i). Used when inner >=
@@ -47,22 +63,18 @@ fn rows_share(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> Acc {
 // Planar: workgroup (slice, channel, view) reduces one slice of a channel's
 // long contiguous runs to one partial through a tree in workgroup memory.
 @compute @workgroup_size(256)
-fn reduce_planar(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        store_shared(t, planar_share(wg, t, c));
+fn reduce_planar(ids: Ids) {
+    for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
+        store_shared(ids.t, planar_share(ids.wg, ids.t, c));
         workgroupBarrier();
         for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (t < s) {
-                store_shared(t, combine(load_shared(t), load_shared(t + s)));
+            if (ids.t < s) {
+                store_shared(ids.t, combine(load_shared(ids.t), load_shared(ids.t + s)));
             }
             workgroupBarrier();
         }
-        if (t == 0u) {
-            store_partial(wg.z, c, wg.x, load_shared(0u));
+        if (ids.t == 0u) {
+            store_partial(ids.wg.z, c, ids.wg.x, load_shared(0u));
         }
         workgroupBarrier();
     }
@@ -72,13 +84,9 @@ fn reduce_planar(
 // run a workgroup's invocations in SIMD batches and pay every barrier with a
 // switch between all of them; the merge kernels take WG times more partials.
 @compute @workgroup_size(256)
-fn reduce_planar_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        store_partial(wg.z, c, wg.x * WG + t, planar_share(wg, t, c));
+fn reduce_planar_lanes(ids: Ids) {
+    for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
+        store_partial(ids.wg.z, c, ids.wg.x * WG + ids.t, planar_share(ids.wg, ids.t, c));
     }
 }
 
@@ -89,35 +97,29 @@ fn reduce_planar_lanes(
 // combines a column's row groups. Where invocation t sits: column_of in
 // walks.wgsl.
 @compute @workgroup_size(256)
-fn reduce_interleaved(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    store_shared(t, interleaved_share(wg, t));
+fn reduce_interleaved(ids: Ids) {
+    let at = column_of(ids.wg, ids.t);
+    store_shared(ids.t, interleaved_share(ids.wg, ids.t));
     workgroupBarrier();
     for (var s = p.tree; s > 0u; s >>= 1u) {
         if (at.g < s && at.g + s < at.groups) {
-            store_shared(t, combine(load_shared(t), load_shared(t + s * p.width)));
+            store_shared(ids.t, combine(load_shared(ids.t), load_shared(ids.t + s * p.width)));
         }
         workgroupBarrier();
     }
     if (at.g == 0u && at.owned) {
-        store_column(wg.z, at.col, wg.y, 1u, 0u, load_shared(t));
+        store_column(ids.wg.z, at.col, ids.wg.y, 1u, 0u, load_shared(ids.t));
     }
 }
 
 // Interleaved, one partial per invocation and no barrier (CPU adapters): row
 // group g's partial goes to slot * groups + g, slot as reduce_interleaved's.
 @compute @workgroup_size(256)
-fn reduce_interleaved_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let at = column_of(wg, t);
-    let acc = interleaved_share(wg, t);
+fn reduce_interleaved_lanes(ids: Ids) {
+    let at = column_of(ids.wg, ids.t);
+    let acc = interleaved_share(ids.wg, ids.t);
     if (at.owned) {
-        store_column(wg.z, at.col, wg.y, at.groups, at.g, acc);
+        store_column(ids.wg.z, at.col, ids.wg.y, at.groups, at.g, acc);
     }
 }
 
@@ -127,36 +129,48 @@ fn reduce_interleaved_lanes(
 // Workgroup (x, y) is block y * num_workgroups.x + x (rows_channel in
 // walks.wgsl).
 @compute @workgroup_size(256)
-fn reduce_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let lane = t % p.width;
-    let c = rows_channel(wg, nwg, t);
-    store_shared(t, rows_share(wg, nwg, t));
+fn reduce_rows(ids: Ids) {
+    let lane = ids.t % p.width;
+    let c = rows_channel(ids.wg, ids.nwg, ids.t);
+    store_shared(ids.t, rows_share(ids.wg, ids.nwg, ids.t));
     workgroupBarrier();
     for (var s = p.width / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            store_shared(t, combine(load_shared(t), load_shared(t + s)));
+            store_shared(ids.t, combine(load_shared(ids.t), load_shared(ids.t + s)));
         }
         workgroupBarrier();
     }
     if (lane == 0u && c < p.channels) {
-        store_partial(wg.z, c, 0u, load_shared(t));
+        store_partial(ids.wg.z, c, 0u, load_shared(ids.t));
+    }
+}
+
+// Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,
+// x + nwg.x, ... of channel c (walks.wgsl) and each invocation writes its
+// partial over all of them to slot x * WG + t, as reduce_planar_lanes.
+@compute @workgroup_size(256)
+fn reduce_runs_lanes(ids: Ids) {
+    let base = ids.wg.z * p.batch_stride;
+    for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
+        let k = coefficients(ids.wg.z, c);
+        var acc = empty();
+        for (var s = ids.wg.x; s < p.slices; s += ids.nwg.x) {
+            for (var r = run_start(s, ids.t); r.j < r.end; ) {
+                let stop = segment_stop(r);
+                acc = accumulate_segment(acc, base, r, stop, c, k);
+                r = next_segment(r, stop);
+            }
+        }
+        store_partial(ids.wg.z, c, ids.wg.x * WG + ids.t, finish(acc));
     }
 }
 
 // Rows, one partial per lane and no barrier (CPU adapters).
 @compute @workgroup_size(256)
-fn reduce_rows_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let c = rows_channel(wg, nwg, t);
-    let acc = rows_share(wg, nwg, t);
+fn reduce_rows_lanes(ids: Ids) {
+    let c = rows_channel(ids.wg, ids.nwg, ids.t);
+    let acc = rows_share(ids.wg, ids.nwg, ids.t);
     if (c < p.channels) {
-        store_partial(wg.z, c, t % p.width, acc);
+        store_partial(ids.wg.z, c, ids.t % p.width, acc);
     }
 }

@@ -14,17 +14,8 @@
 // Values sit in memory as S (vec4<f32>, two 64-bit words holding four f32
 // on CPU adapters, or vec4<f16> for half precision), read through
 // from_memory; every sum is f32. Needs common.wgsl and a prelude (alias S,
-// fn from_memory; src/kernels.rs) in front of it.
-
-override MODE: u32 = 0u;
-const WG: u32 = 256u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<S>;
-@group(0) @binding(2) var<storage, read> dy: array<S>;
-@group(0) @binding(3) var<storage, read> chan: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> z: array<S>;
+// fn from_memory; src/kernels.rs) in front of it, and reduce_entries.wgsl
+// (appended).
 
 // Per-lane accumulators: statistics (n, sum d, sum d^2, pivot) while
 // accumulating, (n, mean, M2, 0) after `finish`, or sums (s1, s2, s3); `n`
@@ -204,29 +195,9 @@ fn store_partial(z: u32, c: u32, slot: u32, acc: Acc) {
     partials[(view_first(z) + c) * p.parts + p.part_base + slot] = folded_partial(acc);
 }
 
-// Runs (Shape::Runs, CPU adapters): workgroup (x, c) walks slices x, x +
-// nwg.x, ... of channel c (walks.wgsl) and each invocation writes
-// its partial over all of them to slot x * WG + t, as reduce_planar_lanes.
-@compute @workgroup_size(256)
-fn reduce_runs_lanes(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    let base = wg.z * p.batch_stride;
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let k = coefficients(wg.z, c);
-        var acc = empty();
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                let first = base + (r.o * p.channels + c) * p.inner + r.i;
-                acc = add_strided(acc, first, segment_values(r, stop), 8u, k);
-                r = next_segment(r, stop);
-            }
-        }
-        partials[(view_first(wg.z) + c) * p.parts + p.part_base + wg.x * WG + t] = folded_partial(finish(acc));
-    }
+// The values of one segment of a run (reduce_runs_lanes).
+fn accumulate_segment(acc: Acc, base: u32, r: Run, stop: u32, c: u32, k: Coef) -> Acc {
+    return add_strided(acc, base + (r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k);
 }
 
 // Interleaved: an invocation owns one vec4 column and walks its rows. With

@@ -13,7 +13,8 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl in front of it, merge.wgsl and walks.wgsl (appended).
+// Needs common.wgsl in front of it, merge.wgsl, walks.wgsl and
+// elementwise_ops.wgsl (appended).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -302,53 +303,50 @@ fn lane_groups(c: u32) -> vec4<u32> {
     return w / p.cpg;
 }
 
+// A view channel's weights and group; with a stat row's entry, the
+// coefficients of its values.
+struct Chan {
+    w: Weights,
+    g: u32,
+}
+
+struct RowCoef {
+    w: Weights,
+    s: Entry,
+}
+
 // y = (x - centre) * rstd * gamma + beta; s = rows' (centre, rstd, ...).
-fn apply_at(e: u32, w: Weights, s: Entry) {
-    y[p.y_off + e] = to_memory(fma((from_memory(x[p.x_off + e]) - s.a) * s.b, w.g, w.b));
+fn apply_at(e: u32, k: RowCoef) {
+    y[p.y_off + e] = to_memory(fma((from_memory(x[p.x_off + e]) - k.s.a) * k.s.b, k.w.g, k.w.b));
 }
 
-// dx = rstd * dy * gamma + B * (x - centre) + C; k = rows_dx' (rstd, B, C, centre).
-fn dx_at(e: u32, w: Weights, k: Entry) {
-    dx[p.dx_off + e] = to_memory(k.a * from_memory(dy[p.dy_off + e]) * w.g + k.b * (from_memory(x[p.x_off + e]) - k.d) + k.c);
+// dx = rstd * dy * gamma + B * (x - centre) + C; s = rows_dx' (rstd, B, C, centre).
+fn dx_at(e: u32, k: RowCoef) {
+    dx[p.dx_off + e] = to_memory(k.s.a * from_memory(dy[p.dy_off + e]) * k.w.g + k.s.b * (from_memory(x[p.x_off + e]) - k.s.d) + k.s.c);
 }
 
-// Values first, first + stride, ... (n of them), four a loop iteration: on
-// lavapipe an iteration's bookkeeping costs about as much as a load.
-fn apply_strided(first: u32, n: u32, stride: u32, w: Weights, s: Entry) {
-    var e = first;
-    var m = 0u;
-    for (; m + 4u <= n; m += 4u) {
-        apply_at(e, w, s);
-        apply_at(e + stride, w, s);
-        apply_at(e + 2u * stride, w, s);
-        apply_at(e + 3u * stride, w, s);
-        e += 4u * stride;
-    }
-    for (; m < n; m++) {
-        apply_at(e, w, s);
-        e += stride;
-    }
+// What the walks take (elementwise_ops.wgsl and the per-op part below): the
+// stat rows each op reads, and its weights (the dx passes bind no bias).
+alias apply_Chan = Chan;
+alias apply_Coef = RowCoef;
+alias dx_Chan = Chan;
+alias dx_Coef = RowCoef;
+
+fn apply_stats(r: u32) -> vec4<f32> {
+    return rows[r];
 }
 
-fn dx_strided(first: u32, n: u32, stride: u32, w: Weights, k: Entry) {
-    var e = first;
-    var m = 0u;
-    for (; m + 4u <= n; m += 4u) {
-        dx_at(e, w, k);
-        dx_at(e + stride, w, k);
-        dx_at(e + 2u * stride, w, k);
-        dx_at(e + 3u * stride, w, k);
-        e += 4u * stride;
-    }
-    for (; m < n; m++) {
-        dx_at(e, w, k);
-        e += stride;
-    }
+fn dx_stats(r: u32) -> vec4<f32> {
+    return rows_dx[r];
 }
 
-// Runs (ReducePlan::elementwise_only, inner >= 256): workgroup (x, c) walks
-// slices x, x + nwg.x, ... of channel c (walks.wgsl); the stat row is
-// reloaded when the walk reaches the next outer index.
+fn apply_weights(c: u32) -> Weights {
+    return weights_of(c);
+}
+
+fn dx_weights(c: u32) -> Weights {
+    return Weights(gammas_of(c), V(0.0));
+}
 
 // o / row_div, without a division when row_div is 1 (channels-second groups).
 fn quotient(o: u32) -> u32 {
@@ -357,36 +355,6 @@ fn quotient(o: u32) -> u32 {
         q = o / p.row_div;
     }
     return q;
-}
-
-fn apply_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let w = weights_of(c);
-        let cg = c / p.cpg;
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let st = splat(rows[quotient(r.o) * p.groups + cg]);
-                let stop = segment_stop(r);
-                apply_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, w, st);
-                r = next_segment(r, stop);
-            }
-        }
-    }
-}
-
-fn dx_runs_walk(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    for (var c = wg.y; c < p.channels; c += nwg.y) {
-        let w = Weights(gammas_of(c), V(0.0));
-        let cg = c / p.cpg;
-        for (var s = wg.x; s < p.slices; s += nwg.x) {
-            for (var r = run_start(s, t); r.j < r.end; ) {
-                let k = splat(rows_dx[quotient(r.o) * p.groups + cg]);
-                let stop = segment_stop(r);
-                dx_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, w, k);
-                r = next_segment(r, stop);
-            }
-        }
-    }
 }
 
 // Where invocation t walks an interleaved view: column `col` (channel
@@ -405,105 +373,57 @@ fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
     return Walk(at.owned, at.col, at.col / p.inner, rows.x, rows.y);
 }
 
+// The per-op part, appended once per op (src/kernels.rs): from here on OP is
+// apply or dx.
+// ---- per op ----
+
+fn OP_channel(c: u32) -> Chan {
+    return Chan(OP_weights(c), c / p.cpg);
+}
+
+// Runs (ReducePlan::elementwise_only, inner >= 256): the stat row is
+// reloaded when the walk reaches the next outer index.
+fn OP_segment(k: Chan, o: u32) -> RowCoef {
+    return RowCoef(k.w, splat(OP_stats(quotient(o) * p.groups + k.g)));
+}
+
 // Interleaved walks go by segments of rows that share one stat quotient
 // q = row / row_div (a row for LayerNorm, a sample's spatial rows for
 // channels-last GroupNorm), loading the stat entries once per segment: one
 // load, or four when the lanes span groups. The choice is made outside the
 // loops: inside them, the unused branch costs as much as the used one.
-fn apply_interleaved_walk(wg: vec3<u32>, t: u32) {
-    let a = walk_of(wg, t);
+@compute @workgroup_size(256)
+fn OP_interleaved(ids: Ids) {
+    let a = walk_of(ids.wg, ids.t);
     if (!a.owned) {
         return;
     }
     let cols = p.channels * p.inner;
-    let w = weights_of(a.c);
+    let w = OP_weights(a.c);
     let g = lane_groups(a.c);
     var r = a.first;
     var q = r / p.row_div;
     if (lanes_split()) {
         while (r < a.end) {
             let b = q * p.groups;
-            let s = spread(rows[b + g.x], rows[b + g.y], rows[b + g.z], rows[b + g.w]);
+            let s = spread(OP_stats(b + g.x), OP_stats(b + g.y), OP_stats(b + g.z), OP_stats(b + g.w));
             let stop = min(a.end, (q + 1u) * p.row_div);
-            apply_strided(r * cols + a.col, stop - r, cols, w, s);
+            OP_strided(r * cols + a.col, stop - r, cols, RowCoef(w, s));
             r = stop;
             q += 1u;
         }
     } else if (p.row_div == 1u) {
         // A row per statistic (LayerNorm): one load a row, no segments.
         for (; r < a.end; r++) {
-            apply_at(r * cols + a.col, w, splat(rows[r * p.groups + g.x]));
+            OP_at(r * cols + a.col, RowCoef(w, splat(OP_stats(r * p.groups + g.x))));
         }
     } else {
         while (r < a.end) {
-            let s = splat(rows[q * p.groups + g.x]);
+            let s = splat(OP_stats(q * p.groups + g.x));
             let stop = min(a.end, (q + 1u) * p.row_div);
-            apply_strided(r * cols + a.col, stop - r, cols, w, s);
+            OP_strided(r * cols + a.col, stop - r, cols, RowCoef(w, s));
             r = stop;
             q += 1u;
         }
     }
-}
-
-fn dx_interleaved_walk(wg: vec3<u32>, t: u32) {
-    let a = walk_of(wg, t);
-    if (!a.owned) {
-        return;
-    }
-    let cols = p.channels * p.inner;
-    let w = Weights(gammas_of(a.c), V(0.0));
-    let g = lane_groups(a.c);
-    var r = a.first;
-    var q = r / p.row_div;
-    if (lanes_split()) {
-        while (r < a.end) {
-            let b = q * p.groups;
-            let k = spread(rows_dx[b + g.x], rows_dx[b + g.y], rows_dx[b + g.z], rows_dx[b + g.w]);
-            let stop = min(a.end, (q + 1u) * p.row_div);
-            dx_strided(r * cols + a.col, stop - r, cols, w, k);
-            r = stop;
-            q += 1u;
-        }
-    } else if (p.row_div == 1u) {
-        for (; r < a.end; r++) {
-            dx_at(r * cols + a.col, w, splat(rows_dx[r * p.groups + g.x]));
-        }
-    } else {
-        while (r < a.end) {
-            let k = splat(rows_dx[q * p.groups + g.x]);
-            let stop = min(a.end, (q + 1u) * p.row_div);
-            dx_strided(r * cols + a.col, stop - r, cols, w, k);
-            r = stop;
-            q += 1u;
-        }
-    }
-}
-
-@compute @workgroup_size(256)
-fn apply_runs(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    apply_runs_walk(wg, nwg, t);
-}
-
-@compute @workgroup_size(256)
-fn apply_interleaved(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    apply_interleaved_walk(wg, t);
-}
-
-// dx = rstd * dy * w + B * (x - centre) + C over the per-weight view.
-@compute @workgroup_size(256)
-fn dx_runs(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
-) {
-    dx_runs_walk(wg, nwg, t);
-}
-
-@compute @workgroup_size(256)
-fn dx_interleaved(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    dx_interleaved_walk(wg, t);
 }

@@ -85,12 +85,18 @@ impl Shader {
                 &generated
             }
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
-            Shader::RowNorm { .. } => include_str!("../shaders/row_norm.wgsl"),
-            Shader::Elementwise { .. } => include_str!("../shaders/elementwise.wgsl"),
+            Shader::RowNorm { .. } => {
+                generated = per_op(include_str!("../shaders/row_norm.wgsl"));
+                &generated
+            }
+            Shader::Elementwise { .. } => {
+                generated = per_op(include_str!("../shaders/elementwise.wgsl"));
+                &generated
+            }
             Shader::ElementwiseRows { per_lane, .. } => {
                 generated = format!(
                     "{}{}",
-                    include_str!("../shaders/elementwise.wgsl"),
+                    per_op(include_str!("../shaders/elementwise.wgsl")),
                     crate::row_teams::source(per_lane.into())
                 );
                 &generated
@@ -184,6 +190,24 @@ impl Shader {
         };
         format!("{enable}{}\n{prelude}{conversions}{}\n{merge}\n{walks}", include_str!("../shaders/common.wgsl"), body)
     }
+}
+
+/// The line after which an elementwise shader is written once for both of
+/// its ops, with `OP` standing for the op's name.
+const PER_OP: &str = "// ---- per op ----\n";
+
+/// An elementwise shader (elementwise.wgsl, row_norm.wgsl) with its per-op
+/// part and the shared walks (elementwise_ops.wgsl) appended once with `OP`
+/// = apply and once with `OP` = dx: the two passes walk a view alike and
+/// differ only in what they do at each value.
+fn per_op(shader: &str) -> String {
+    let (common, template) = shader.split_once(PER_OP).unwrap_or((shader, ""));
+    let template = format!("{template}{}", include_str!("../shaders/elementwise_ops.wgsl"));
+    let mut s = common.to_string();
+    for op in ["apply", "dx"] {
+        s.push_str(&template.replace("OP_", &format!("{op}_")));
+    }
+    s
 }
 
 /// f32 vec4s as two 64-bit words (little-endian: a word's low half is the
