@@ -29,10 +29,6 @@
 // A channel's merged partials, for SyncBatchNorm to exchange between ranks.
 @group(0) @binding(18) var<storage, read_write> local_out: array<vec4<f32>>;
 
-fn has(flag: u32) -> bool {
-    return (p.flags & flag) != 0u;
-}
-
 fn gamma(c: u32) -> f32 {
     return select(1.0, weight[c], has(FLAG_AFFINE));
 }

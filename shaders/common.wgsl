@@ -75,6 +75,11 @@ const FLAG_RMS: u32 = 64u;
 // vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
 const FLAG_LANES_ARE_CHANNELS: u32 = 128u;
 
+// Every shader binds its Params as `p`.
+fn has(flag: u32) -> bool {
+    return (p.flags & flag) != 0u;
+}
+
 // The value a fused ReLU sees: (x - mean) * scale + beta (+ z). Forward and
 // backward both call this, so the backward's mask (pre > 0) is bit-for-bit
 // the forward's and needs no stored mask or output.

@@ -13,32 +13,17 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl in front of it, merge.wgsl, walks.wgsl and
-// elementwise_ops.wgsl (appended).
+// Needs common.wgsl and row_bindings.wgsl in front of it, merge.wgsl,
+// walks.wgsl and elementwise_ops.wgsl (appended).
 
-@group(0) @binding(0) var<uniform> p: Params;
+// The uniform, weight, bias, rows, tensors and gradients: row_bindings.wgsl.
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
-@group(0) @binding(6) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> rows_dx: array<vec4<f32>>;
-// Tensors in memory as S (prelude): f32, or f16 for half precision; the
-// arithmetic is f32 either way.
-@group(0) @binding(8) var<storage, read> x: array<S>;
-@group(0) @binding(9) var<storage, read_write> y: array<S>;
-@group(0) @binding(10) var<storage, read> dy: array<S>;
-@group(0) @binding(11) var<storage, read_write> dx: array<S>;
-@group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
-@group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
 // GroupNorm's and InstanceNorm's backward: one entry per (n, c) instance,
 // first its centre, then its sums (see instance_centres).
 @group(0) @binding(14) var<storage, read_write> instances: array<vec4<f32>>;
-
-fn has(flag: u32) -> bool {
-    return (p.flags & flag) != 0u;
-}
 
 fn gamma(c: u32) -> f32 {
     return select(1.0, weight[p.weight_base + c], has(FLAG_AFFINE));

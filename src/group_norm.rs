@@ -4,7 +4,6 @@
 //! engine (`src/family/`) with one stat row per (sample, group).
 
 use crate::context::block_on;
-use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
 use crate::geometry::Geometry;
 use crate::tensor::{check_shape, TensorView};
@@ -46,6 +45,11 @@ impl GroupNormConfig {
         }
         check_eps(self.eps)
     }
+
+    fn features(&self) -> Result<usize> {
+        self.validate()?;
+        Ok(self.num_channels)
+    }
 }
 
 /// A GroupNorm layer whose weight, bias, saved statistics and gradients live
@@ -56,55 +60,26 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    /// A layer with weight 1 and bias 0. `Err(Parameter)` when `num_groups`
-    /// does not divide `num_channels` or `eps` is bad.
-    pub fn new(ctx: &Context, config: GroupNormConfig) -> Result<GroupNorm> {
-        config.validate()?;
-        Ok(GroupNorm { core: Core::new(ctx, config.num_channels)?, config })
-    }
-
-    family_layer!(GroupNormConfig, "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+    family_layer!(
+        GroupNormConfig,
+        "A layer with weight 1 and bias 0. `Err(Parameter)` when `num_groups` does not divide `num_channels` or `eps` is bad.",
+        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
     mean_rstd_reads!();
-
-    fn geometry(&self, x: &TensorView) -> Result<Geometry> {
-        check_shape(&x.shape, x.layout, self.config.num_channels)?;
-        Ok(Geometry::grouped(&x.shape, x.layout, self.config.num_groups))
-    }
 
     fn options(&self) -> Options {
         let c = &self.config;
         Options { eps: c.eps, affine: c.affine, bias: c.affine, rms: false, momentum: 0.0 }
     }
 
-    /// Records `y = GroupNorm(x)` (rank 2 to 5, either layout) and saves
-    /// each (sample, group)'s mean and rstd.
-    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        let geo = self.geometry(x)?;
-        self.core.record_forward(
-            encoder,
-            x,
-            y,
-            &Call { geo, opt: self.options(), source: Source::Input { update_running: false } },
-        )
-    }
+    family_ops!(
+        "Records `y = GroupNorm(x)` (rank 2 to 5, either layout) and saves each (sample, group)'s mean and rstd.",
+        "Records the backward of the last forward (same x): dx into `dx`, dweight and dbias into [`Self::affine`]'s gradients."
+    );
 
-    /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight and dbias into [`Self::affine`]'s gradients.
-    pub fn backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-    ) -> Result<()> {
-        let geo = self.geometry(x)?;
-        self.core.record_backward(
-            encoder,
-            x,
-            dy,
-            dx,
-            &Call { geo, opt: self.options(), source: Source::Input { update_running: false } },
-        )
+    fn call(&self, x: &TensorView) -> Result<Call> {
+        check_shape(&x.shape, x.layout, self.config.num_channels)?;
+        let geo = Geometry::grouped(&x.shape, x.layout, self.config.num_groups);
+        Ok(Call { geo, opt: self.options(), source: Source::Input { update_running: false } })
     }
 }
 
@@ -148,6 +123,11 @@ impl InstanceNormConfig {
         check_momentum(self.momentum)?;
         check_eps(self.eps)
     }
+
+    fn features(&self) -> Result<usize> {
+        self.validate()?;
+        Ok(self.num_features)
+    }
 }
 
 /// InstanceNorm's state as host values, with PyTorch's `state_dict` meaning.
@@ -182,13 +162,10 @@ pub struct InstanceNorm {
 }
 
 impl InstanceNorm {
-    /// A layer in PyTorch's initial state.
-    pub fn new(ctx: &Context, config: InstanceNormConfig) -> Result<InstanceNorm> {
-        config.validate()?;
-        Ok(InstanceNorm { core: Core::new(ctx, config.num_features)?, config })
-    }
-
-    family_layer!(InstanceNormConfig, "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+    family_layer!(
+        InstanceNormConfig,
+        "A layer in PyTorch's initial state.",
+        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
     mean_rstd_reads!();
 
     /// The running mean buffer.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::layout::ChannelView;
 use crate::resident::Resident;
 use crate::{Error, Result};
 
@@ -86,7 +87,11 @@ impl Shader {
             }
             Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
             Shader::RowNorm { .. } => {
-                generated = per_op(include_str!("../shaders/row_norm.wgsl"));
+                generated = format!(
+                    "{}{}",
+                    include_str!("../shaders/row_bindings.wgsl"),
+                    per_op(include_str!("../shaders/row_norm.wgsl"))
+                );
                 &generated
             }
             Shader::Elementwise { .. } => {
@@ -108,25 +113,16 @@ impl Shader {
         };
         // The compile-time differences between variants: the value type, how
         // four channels' entries spread over it, and the type in memory (`S`).
-        let f16 = matches!(
-            self,
-            Shader::Elementwise { f16: true, .. }
-                | Shader::ElementwiseRows { f16: true, .. }
-                | Shader::ReduceVec4 { f16: true, .. }
-                | Shader::ReduceTeams { f16: true, .. }
-                | Shader::Reduce { f16: true }
-                | Shader::RowNorm { f16: true, .. }
-                | Shader::Resident { f16: true, .. }
-        );
-        let words = matches!(
-            self,
-            Shader::Elementwise { words: true, .. }
-                | Shader::ElementwiseRows { words: true, .. }
-                | Shader::ReduceVec4 { words: true, .. }
-                | Shader::ReduceTeams { words: true, .. }
-                | Shader::RowNorm { words: true, .. }
-                | Shader::Resident { words: true, .. }
-        );
+        let (f16, words) = match self {
+            Shader::Reduce { f16 } => (f16, false),
+            Shader::ReduceVec4 { f16, words }
+            | Shader::ReduceTeams { f16, words, .. }
+            | Shader::RowNorm { f16, words, .. }
+            | Shader::Elementwise { f16, words, .. }
+            | Shader::ElementwiseRows { f16, words, .. }
+            | Shader::Resident { f16, words, .. } => (f16, words),
+            Shader::BatchNorm => (false, false),
+        };
         let memory = match (f16, words) {
             (true, _) => "vec4<f16>",
             (false, true) => "vec2<u64>",
@@ -370,6 +366,24 @@ pub(crate) struct ChannelParams {
     pub merge_block: u32,
     /// Always 0.0 (see `relu_zero` in common.wgsl).
     pub relu_zero: f32,
+}
+
+impl ChannelParams {
+    /// The parameters of `view` with `flags` set where their condition
+    /// holds, `eps`, `momentum` and `count` values per statistic; the rest
+    /// zero.
+    pub fn of(view: ChannelView, flags: &[(u32, bool)], eps: f32, momentum: f32, count: usize) -> ChannelParams {
+        ChannelParams {
+            outer: view.outer as u32,
+            channels: view.channels as u32,
+            inner: view.inner as u32,
+            flags: flags.iter().filter(|(_, on)| *on).fold(0, |all, (flag, _)| all | flag),
+            eps,
+            momentum,
+            count: count as f32,
+            ..Default::default()
+        }
+    }
 }
 
 pub(crate) const FLAG_AFFINE: u32 = 1;

@@ -4,7 +4,6 @@
 //! (`src/family/`) with one stat row per leading index.
 
 use crate::context::block_on;
-use crate::context::Context;
 use crate::family::{Call, Core, Options, Source};
 use crate::geometry::Geometry;
 use crate::layout::Layout;
@@ -90,6 +89,10 @@ impl LayerNormConfig {
             momentum: 0.0,
         }
     }
+
+    fn features(&self) -> Result<usize> {
+        validate_normalized(&self.normalized_shape, self.eps)
+    }
 }
 
 /// A LayerNorm layer whose weight, bias, saved statistics and gradients live
@@ -101,32 +104,19 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// A layer with weight 1 and bias 0. `Err(Parameter)` on an empty or
-    /// zero-sized `normalized_shape` or a bad `eps`.
-    pub fn new(ctx: &Context, config: LayerNormConfig) -> Result<LayerNorm> {
-        let len = validate_normalized(&config.normalized_shape, config.eps)?;
-        Ok(LayerNorm { core: Core::new(ctx, len)?, config })
-    }
-
-    family_layer!(LayerNormConfig, "The per-row statistics saved by the last forward: (mean, rstd, _, _) per row, 4 f32 each; `None` before the first forward.");
+    family_layer!(
+        LayerNormConfig,
+        "A layer with weight 1 and bias 0. `Err(Parameter)` on an empty or zero-sized `normalized_shape` or a bad `eps`.",
+        "The per-row statistics saved by the last forward: (mean, rstd, _, _) per row, 4 f32 each; `None` before the first forward.");
     mean_rstd_reads!();
 
-    /// Records `y = LayerNorm(x)` and saves each row's mean and rstd.
-    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.core.record_forward(encoder, x, y, &rows_call(x, &self.config.normalized_shape, self.config.options())?)
-    }
+    family_ops!(
+        "Records `y = LayerNorm(x)` and saves each row's mean and rstd.",
+        "Records the backward of the last forward (same x): dx into `dx`, dweight and dbias into [`Self::affine`]'s gradients."
+    );
 
-    /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight and dbias into [`Self::affine`]'s gradients.
-    pub fn backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-    ) -> Result<()> {
-        let call = rows_call(x, &self.config.normalized_shape, self.config.options())?;
-        self.core.record_backward(encoder, x, dy, dx, &call)
+    fn call(&self, x: &TensorView) -> Result<Call> {
+        rows_call(x, &self.config.normalized_shape, self.config.options())
     }
 }
 
@@ -163,6 +153,10 @@ impl RmsNormConfig {
     fn options(&self) -> Options {
         Options { eps: self.eps_value(), affine: self.elementwise_affine, bias: false, rms: true, momentum: 0.0 }
     }
+
+    fn features(&self) -> Result<usize> {
+        validate_normalized(&self.normalized_shape, self.eps_value())
+    }
 }
 
 /// An RMSNorm layer: `y = x / sqrt(mean(x²) + eps) * weight` per row.
@@ -172,15 +166,9 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// A layer with weight 1. `Err(Parameter)` on an empty or zero-sized
-    /// `normalized_shape` or a bad `eps`.
-    pub fn new(ctx: &Context, config: RmsNormConfig) -> Result<RmsNorm> {
-        let len = validate_normalized(&config.normalized_shape, config.eps_value())?;
-        Ok(RmsNorm { core: Core::new(ctx, len)?, config })
-    }
-
     family_layer!(
         RmsNormConfig,
+        "A layer with weight 1. `Err(Parameter)` on an empty or zero-sized `normalized_shape` or a bad `eps`.",
         "The per-row statistics saved by the last forward: (0, rstd, _, _) per row; `None` before the first forward."
     );
 
@@ -194,21 +182,12 @@ impl RmsNorm {
         Ok(self.core.read_saved().await?.1)
     }
 
-    /// Records `y = RMSNorm(x)` and saves each row's rstd.
-    pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
-        self.core.record_forward(encoder, x, y, &rows_call(x, &self.config.normalized_shape, self.config.options())?)
-    }
+    family_ops!(
+        "Records `y = RMSNorm(x)` and saves each row's rstd.",
+        "Records the backward of the last forward (same x): dx into `dx`, dweight into [`Self::affine`]'s gradient."
+    );
 
-    /// Records the backward of the last forward (same x): dx into `dx`,
-    /// dweight into [`Self::affine`]'s gradient.
-    pub fn backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &TensorView,
-        dy: &TensorView,
-        dx: &TensorView,
-    ) -> Result<()> {
-        let call = rows_call(x, &self.config.normalized_shape, self.config.options())?;
-        self.core.record_backward(encoder, x, dy, dx, &call)
+    fn call(&self, x: &TensorView) -> Result<Call> {
+        rows_call(x, &self.config.normalized_shape, self.config.options())
     }
 }

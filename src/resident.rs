@@ -367,24 +367,12 @@ fn merge_columns_resident(
 }
 ";
 
-const HEADER: &str = "
-@group(0) @binding(0) var<uniform> p: Params;
+const HEADER: &str = concat!(
+    include_str!("../shaders/row_bindings.wgsl"),
+    "
 // The backward's column partials: (dweight, dbias) of column c from slot
 // s at s * columns + c.
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read_write> rows: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> x: array<S>;
-@group(0) @binding(9) var<storage, read_write> y: array<S>;
-@group(0) @binding(10) var<storage, read> dy: array<S>;
-@group(0) @binding(11) var<storage, read_write> dx: array<S>;
-@group(0) @binding(12) var<storage, read_write> dweight: array<f32>;
-@group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
-
-fn has(flag: u32) -> bool {
-    return (p.flags & flag) != 0u;
-}
 
 // Gamma and beta of the row's vec4 j, clamped into the row (a masked lane's
 // vec4 past the end loads, but is never used).
@@ -433,7 +421,8 @@ fn dx_coefficients(sums: vec4<f32>, rstd: f32) -> vec3<f32> {
     let b = -rstd * rstd * rstd * (sums.y - delta * sums.x) * inv_m;
     return vec3<f32>(b, -rstd * sums.x * inv_m - b * delta, delta);
 }
-";
+"
+);
 
 #[cfg(test)]
 mod tests {

@@ -25,13 +25,7 @@ impl Scratch {
     /// `Err(Unsupported)`, allocating nothing, above the device's buffer
     /// size limit.
     pub fn get(&self, purpose: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
-        let limit = self.ctx.device().limits().max_buffer_size;
-        if bytes > limit {
-            return Err(Error::Unsupported(format!(
-                "{} {purpose} need {bytes} bytes, above the device's buffer size limit of {limit}",
-                self.layer
-            )));
-        }
+        self.within(purpose, bytes, self.ctx.device().limits().max_buffer_size, "buffer size")?;
         let mut slots = lock(&self.slots);
         let slot = slots.iter().position(|(p, _)| *p == purpose);
         if let Some(i) = slot {
@@ -50,14 +44,20 @@ impl Scratch {
     /// [`Self::get`], refused with `Err(Unsupported)` when the buffer would
     /// not fit one storage binding (it is bound whole).
     pub fn get_bound(&self, purpose: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
-        let limit = self.ctx.device().limits().max_storage_buffer_binding_size;
+        self.within(purpose, bytes, self.ctx.device().limits().max_storage_buffer_binding_size, "storage binding")?;
+        self.get(purpose, bytes)
+    }
+
+    /// `Err(Unsupported)` when `bytes` of `purpose` exceed the device's
+    /// `limit` (named by `what`).
+    fn within(&self, purpose: &str, bytes: u64, limit: u64, what: &str) -> Result<()> {
         if bytes > limit {
             return Err(Error::Unsupported(format!(
-                "{bytes} bytes of {} {purpose} exceed the device's storage binding limit of {limit}",
+                "{} {purpose} need {bytes} bytes, above the device's {what} limit of {limit}",
                 self.layer
             )));
         }
-        self.get(purpose, bytes)
+        Ok(())
     }
 
     /// The buffer for `purpose`, if one has been made.

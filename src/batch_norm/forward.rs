@@ -13,20 +13,8 @@ impl BatchNorm {
 
     /// Kernel parameters for `view` with this layer's eps, momentum and flags.
     pub(crate) fn channel_params(&self, view: ChannelView) -> ChannelParams {
-        let mut flags = 0;
-        if self.config.affine {
-            flags |= FLAG_AFFINE;
-        }
-        ChannelParams {
-            outer: view.outer as u32,
-            channels: view.channels as u32,
-            inner: view.inner as u32,
-            flags,
-            eps: self.config.eps,
-            momentum: self.config.momentum.unwrap_or(-1.0),
-            count: view.per_channel() as f32,
-            ..Default::default()
-        }
+        let c = &self.config;
+        ChannelParams::of(view, &[(FLAG_AFFINE, c.affine)], c.eps, c.momentum.unwrap_or(-1.0), view.per_channel())
     }
 
     pub(super) fn per_channel_workgroups(&self) -> (u32, u32) {

@@ -24,10 +24,18 @@ mod forward;
 mod grads;
 
 /// What every family layer (a struct with `core: Core` and `config`)
-/// offers alike: its config, affine parameters, saved statistics buffer
-/// and context; `$saved` documents what the saved statistics hold.
+/// offers alike: `new` (its config's `features()` validates it and counts
+/// the layer's weights), its config, affine parameters, saved statistics
+/// buffer and context; `$new` documents `new`, `$saved` what the saved
+/// statistics hold.
 macro_rules! family_layer {
-    ($config:ty, $saved:literal) => {
+    ($config:ty, $new:literal, $saved:literal) => {
+        #[doc = $new]
+        pub fn new(ctx: &crate::Context, config: $config) -> crate::Result<Self> {
+            let features = config.features()?;
+            Ok(Self { core: crate::family::Core::new(ctx, features)?, config })
+        }
+
         /// The layer's configuration.
         pub fn config(&self) -> &$config {
             &self.config
@@ -48,6 +56,29 @@ macro_rules! family_layer {
         /// the blocking form of its ops.
         pub fn context(&self) -> &crate::Context {
             &self.core.ctx
+        }
+    };
+}
+
+/// `forward` and `backward` of a family layer whose every call on x is
+/// `self.call(x)` (LayerNorm, RMSNorm, GroupNorm); `$forward` and
+/// `$backward` document what each saves and writes.
+macro_rules! family_ops {
+    ($forward:literal, $backward:literal) => {
+        #[doc = $forward]
+        pub fn forward(&self, encoder: &mut wgpu::CommandEncoder, x: &TensorView, y: &TensorView) -> Result<()> {
+            self.core.record_forward(encoder, x, y, &self.call(x)?)
+        }
+
+        #[doc = $backward]
+        pub fn backward(
+            &self,
+            encoder: &mut wgpu::CommandEncoder,
+            x: &TensorView,
+            dy: &TensorView,
+            dx: &TensorView,
+        ) -> Result<()> {
+            self.core.record_backward(encoder, x, dy, dx, &self.call(x)?)
         }
     };
 }
@@ -174,30 +205,14 @@ impl Core {
     }
 
     fn params(&self, view: ChannelView, geo: &Geometry, opt: &Options) -> ChannelParams {
-        let mut flags = 0;
-        if opt.affine {
-            flags |= FLAG_AFFINE;
-        }
-        if opt.bias {
-            flags |= FLAG_BIAS;
-        }
-        if opt.rms {
-            flags |= FLAG_RMS;
-        }
+        let flags = [(FLAG_AFFINE, opt.affine), (FLAG_BIAS, opt.bias), (FLAG_RMS, opt.rms)];
         ChannelParams {
-            outer: view.outer as u32,
-            channels: view.channels as u32,
-            inner: view.inner as u32,
-            flags,
-            eps: opt.eps,
-            momentum: opt.momentum,
-            count: geo.row_len() as f32,
             row_div: geo.row_div as u32,
             groups: geo.groups as u32,
             cpg: geo.cpg as u32,
             wdiv: geo.wdiv as u32,
             rows: geo.rows() as u32,
-            ..Default::default()
+            ..ChannelParams::of(view, &flags, opt.eps, opt.momentum, geo.row_len())
         }
     }
 
