@@ -81,52 +81,46 @@ fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
 // rules: normalize with the biased variance, track the unbiased one) into
 // `pending` for commit_running.
 @compute @workgroup_size(64)
-fn merge_stats(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
-    }
-    let acc = merge_channel(c, true);
-    let n = acc.x;
-    let mean = acc.y;
-    let var_biased = non_negative(acc.z / n);
-    let invstd = 1.0 / sqrt(var_biased + p.eps);
-    let scale = gamma(c) * invstd;
-    chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
-    if (has(FLAG_UPDATE_RUNNING)) {
-        var f = p.momentum;
-        if (f < 0.0) {
-            // Cumulative average: commit_running bumps the counter afterwards.
-            let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
-            f = 1.0 / (batches + 1.0);
+fn merge_stats(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        let acc = merge_channel(c, true);
+        let n = acc.x;
+        let mean = acc.y;
+        let var_biased = non_negative(acc.z / n);
+        let invstd = 1.0 / sqrt(var_biased + p.eps);
+        let scale = gamma(c) * invstd;
+        chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
+        if (has(FLAG_UPDATE_RUNNING)) {
+            var f = p.momentum;
+            if (f < 0.0) {
+                // Cumulative average: commit_running bumps the counter afterwards.
+                let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
+                f = 1.0 / (batches + 1.0);
+            }
+            let var_unbiased = non_negative(acc.z / max(n - 1.0, 1.0));
+            let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
+            pending[c] = (1.0 - f) * running_mean[c] + f * mean;
+            pending[p.channels + c] = (1.0 - f) * running_var[c] + f * var_unbiased;
+            pending[2u * p.channels + c] = select(0.0, 1.0, finite);
         }
-        let var_unbiased = non_negative(acc.z / max(n - 1.0, 1.0));
-        let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
-        pending[c] = (1.0 - f) * running_mean[c] + f * mean;
-        pending[p.channels + c] = (1.0 - f) * running_var[c] + f * var_unbiased;
-        pending[2u * p.channels + c] = select(0.0, 1.0, finite);
     }
 }
 
 // SyncBatchNorm's first half: channel c's partial statistics merged into
 // one (count, mean, M2, 0), without normalizing anything.
 @compute @workgroup_size(64)
-fn gather_stats(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
+fn gather_stats(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        local_out[c] = merge_channel(c, true);
     }
-    local_out[c] = merge_channel(c, true);
 }
 
 // The same for the backward's sums (sum dy, sum dy * (x - mean), sum (x - mean)).
 @compute @workgroup_size(64)
-fn gather_sums(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
+fn gather_sums(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        local_out[c] = merge_channel(c, false);
     }
-    local_out[c] = merge_channel(c, false);
 }
 
 var<workgroup> all_finite: atomic<u32>;
@@ -171,44 +165,40 @@ fn commit_running(@builtin(local_invocation_index) t: u32) {
 
 // Eval statistics: coefficients from the running statistics.
 @compute @workgroup_size(64)
-fn prepare_eval(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
+fn prepare_eval(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        let mean = running_mean[c];
+        let invstd = 1.0 / sqrt(running_var[c] + p.eps);
+        let scale = gamma(c) * invstd;
+        chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
     }
-    let mean = running_mean[c];
-    let invstd = 1.0 / sqrt(running_var[c] + p.eps);
-    let scale = gamma(c) * invstd;
-    chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
 }
 
 // Backward: merge channel c's (sum dy, sum dy * (x - mean)) partials into
 // dweight, dbias and the dx coefficients. With batch statistics the mean and
 // variance depend on x (training); otherwise they are constants (eval).
 @compute @workgroup_size(64)
-fn merge_grads(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
-    }
-    let sums = merge_channel(c, false);
-    let stats = chan[c];
-    let mean = stats.x;
-    let invstd = stats.y;
-    let a = gamma(c) * invstd;
-    let sum_dy = sums.x;
-    dbias[c] = sum_dy;
-    if (has(FLAG_BATCH_STATS)) {
-        // mean is the batch mean rounded to f32; the exact one is mean + delta.
-        let inv_m = 1.0 / p.count;
-        let delta = sums.z * inv_m;
-        let sum_dy_xhat = (sums.y - delta * sum_dy) * invstd;
-        dweight[c] = sum_dy_xhat;
-        let b = -a * invstd * sum_dy_xhat * inv_m;
-        grad[c] = vec4<f32>(a, b, mean, -a * sum_dy * inv_m - b * delta);
-    } else {
-        dweight[c] = sums.y * invstd;
-        grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
+fn merge_grads(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        let sums = merge_channel(c, false);
+        let stats = chan[c];
+        let mean = stats.x;
+        let invstd = stats.y;
+        let a = gamma(c) * invstd;
+        let sum_dy = sums.x;
+        dbias[c] = sum_dy;
+        if (has(FLAG_BATCH_STATS)) {
+            // mean is the batch mean rounded to f32; the exact one is mean + delta.
+            let inv_m = 1.0 / p.count;
+            let delta = sums.z * inv_m;
+            let sum_dy_xhat = (sums.y - delta * sum_dy) * invstd;
+            dweight[c] = sum_dy_xhat;
+            let b = -a * invstd * sum_dy_xhat * inv_m;
+            grad[c] = vec4<f32>(a, b, mean, -a * sum_dy * inv_m - b * delta);
+        } else {
+            dweight[c] = sums.y * invstd;
+            grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
+        }
     }
 }
 
@@ -234,15 +224,13 @@ fn fold_weight(
 // bias' = (bias - mean) * scale + beta per output channel; `x` holds the
 // layer's bias when FLAG_LAYER_BIAS is set (a missing bias is zeros).
 @compute @workgroup_size(64)
-fn fold_bias(@builtin(global_invocation_id) id: vec3<u32>) {
-    let c = id.x;
-    if (c >= p.channels) {
-        return;
+fn fold_bias(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+        let k = chan[c];
+        var b = 0.0;
+        if (has(FLAG_LAYER_BIAS)) {
+            b = x[p.x_off + c];
+        }
+        y[p.y_off + c] = (b - k.x) * k.z + k.w;
     }
-    let k = chan[c];
-    var b = 0.0;
-    if (has(FLAG_LAYER_BIAS)) {
-        b = x[p.x_off + c];
-    }
-    y[p.y_off + c] = (b - k.x) * k.z + k.w;
 }

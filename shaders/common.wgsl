@@ -109,3 +109,14 @@ struct Ids {
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 }
+
+// The ids the 64-invocation per-channel and per-row kernels take: they loop
+// grid-stride from id.x, as channels or rows may outnumber 64 * 65535.
+struct Grid {
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+}
+
+fn stride(g: Grid) -> u32 {
+    return g.nwg.x * 64u;
+}

@@ -34,17 +34,11 @@ fn beta(c: u32) -> f32 {
 }
 
 
-// The per-row and per-weight kernels loop grid-stride: rows may outnumber
-// 64 * 65535.
-
 // Statistics of row r from its MODE 0 partials. RMSNorm's mean square is
 // M2 / n + mean^2: two non-negative terms, no cancellation.
 @compute @workgroup_size(64)
-fn merge_rows(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+fn merge_rows(g: Grid) {
+    for (var r = g.id.x; r < p.rows; r += stride(g)) {
         let acc = merge_partials(r * p.parts, p.parts, true);
         let var_biased = max(acc.z / acc.x, 0.0);
         if (has(FLAG_RMS)) {
@@ -59,11 +53,8 @@ fn merge_rows(
 // (n, c), `groups` = C): the mean over samples of each instance's mean and
 // unbiased variance, as PyTorch.
 @compute @workgroup_size(64)
-fn update_running(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = id.x; c < p.groups; c += nwg.x * 64u) {
+fn update_running(g: Grid) {
+    for (var c = g.id.x; c < p.groups; c += stride(g)) {
         let samples = p.rows / p.groups;
         let unbias = p.count / max(p.count - 1.0, 1.0);
         var sum_mean = 0.0;
@@ -82,11 +73,8 @@ fn update_running(
 // InstanceNorm in eval mode with running statistics: every (n, c) row takes
 // channel c's.
 @compute @workgroup_size(64)
-fn prepare_running(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+fn prepare_running(g: Grid) {
+    for (var r = g.id.x; r < p.rows; r += stride(g)) {
         let c = p.weight_base + r % p.groups;
         rows[r] = vec4<f32>(running_mean[c], 1.0 / sqrt(running_var[c] + p.eps), 0.0, running_var[c]);
     }
@@ -99,11 +87,8 @@ fn prepare_running(
 //   RMSNorm:             dx = rstd * (g - xhat * mean(g * xhat))
 // Without FLAG_BATCH_STATS the statistics are constants: dx = rstd * g.
 @compute @workgroup_size(64)
-fn merge_row_grads(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+fn merge_row_grads(g: Grid) {
+    for (var r = g.id.x; r < p.rows; r += stride(g)) {
         row_grads(r, merge_partials(r * p.parts, p.parts, false));
     }
 }
@@ -141,34 +126,25 @@ fn row_grads(r: u32, sums: vec4<f32>) {
 // twice in all (here and in dx), where row sums and column sums read them
 // twice each.
 @compute @workgroup_size(64)
-fn instance_centres(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = id.x; i < p.rows * p.cpg; i += nwg.x * 64u) {
+fn instance_centres(g: Grid) {
+    for (var i = g.id.x; i < p.rows * p.cpg; i += stride(g)) {
         instances[i] = vec4<f32>(rows[i / p.cpg].x, 0.0, 0.0, 0.0);
     }
 }
 
 // Instance i's partials (p.parts of them) merged into its sums.
 @compute @workgroup_size(64)
-fn merge_instances(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = id.x; i < p.rows * p.cpg; i += nwg.x * 64u) {
+fn merge_instances(g: Grid) {
+    for (var i = g.id.x; i < p.rows * p.cpg; i += stride(g)) {
         instances[i] = merge_partials(i * p.parts, p.parts, false);
     }
 }
 
 // Row r's dx coefficients from its channels' instance sums.
 @compute @workgroup_size(64)
-fn group_row_grads(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+fn group_row_grads(g: Grid) {
     let channels = p.groups * p.cpg;
-    for (var r = id.x; r < p.rows; r += nwg.x * 64u) {
+    for (var r = g.id.x; r < p.rows; r += stride(g)) {
         var sums = vec4<f32>(0.0);
         for (var k = 0u; k < p.cpg; k++) {
             let i = r * p.cpg + k;
@@ -183,13 +159,10 @@ fn group_row_grads(
 // dweight and dbias of weight c from its instances, after group_row_grads
 // (rows[r] = (centre, rstd, delta, var)).
 @compute @workgroup_size(64)
-fn instance_columns(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+fn instance_columns(g: Grid) {
     let channels = p.groups * p.cpg;
     let samples = p.rows / p.groups;
-    for (var c = id.x; c < channels; c += nwg.x * 64u) {
+    for (var c = g.id.x; c < channels; c += stride(g)) {
         var dw = 0.0;
         var db = 0.0;
         for (var n = 0u; n < samples; n++) {
@@ -206,11 +179,8 @@ fn instance_columns(
 
 // dweight and dbias of weight c from its MODE 3 partials.
 @compute @workgroup_size(64)
-fn merge_columns(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = id.x; c < p.channels; c += nwg.x * 64u) {
+fn merge_columns(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
         let sums = merge_partials(c * p.parts, p.parts, false);
         dweight[c] = sums.x;
         dbias[c] = sums.y;

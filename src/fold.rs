@@ -4,7 +4,7 @@
 
 use crate::batch_norm::{BatchNorm, BatchNormState};
 use crate::cut::{self, Units};
-use crate::kernels::{KernelKey, Shader, FLAG_LAYER_BIAS};
+use crate::kernels::{grid_stride, KernelKey, Shader, FLAG_LAYER_BIAS};
 use crate::layout::ChannelView;
 use crate::recording::Recording;
 use crate::tensor::{DType, TensorView};
@@ -210,7 +210,7 @@ impl BatchNorm {
                 (8, bw.as_ref().unwrap_or(&pieces[0].0).resource()),
                 (9, fbw.resource()),
             ];
-            rec.dispatch(KernelKey::new(Shader::BatchNorm, "fold_bias"), &entries, (c.div_ceil(64) as u32, 1))
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, "fold_bias"), &entries, grid_stride(c))
         })
     }
 }

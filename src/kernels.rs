@@ -395,6 +395,13 @@ pub(crate) const FLAG_BIAS: u32 = 32;
 pub(crate) const FLAG_RMS: u32 = 64;
 pub(crate) const FLAG_LANES_ARE_CHANNELS: u32 = 128;
 
+/// The grid of a 64-invocation kernel that loops grid-stride over `n`
+/// items (`struct Grid` in common.wgsl): one invocation an item, up to a
+/// dispatch's 65,535 workgroups.
+pub(crate) fn grid_stride(n: usize) -> (u32, u32) {
+    (n.div_ceil(64).clamp(1, 65535) as u32, 1)
+}
+
 /// A bind group for `pipeline`'s group 0 from `(binding, resource)` pairs.
 pub(crate) fn bind(
     device: &wgpu::Device,

@@ -341,11 +341,8 @@ fn fixed_subgroup_size(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Op
 /// columns), in two levels of sums as merge.wgsl's merge_partials.
 const MERGE: &str = "
 @compute @workgroup_size(64)
-fn merge_columns_resident(
-    @builtin(global_invocation_id) id: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = id.x; c < p.channels; c += nwg.x * 64u) {
+fn merge_columns_resident(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += stride(g)) {
         let block = max(u32(sqrt(f32(p.parts))), 1u);
         var total = vec2<f32>(0.0);
         var part = vec2<f32>(0.0);

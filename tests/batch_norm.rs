@@ -150,6 +150,16 @@ fn more_elements_than_one_dispatch_dimension_reaches() {
 }
 
 #[test]
+fn more_channels_than_one_dispatch_of_per_channel_kernels_reaches() {
+    // 64 * 65,535 + 5 channels: the per-channel kernels loop grid-stride.
+    let mut rng = Rng(14);
+    let c = 64 * 65535 + 5;
+    for training in [true, false] {
+        run_case("many channels", &[2, c], Layout::Nchw, BatchNormConfig::new(c), training, &mut rng);
+    }
+}
+
+#[test]
 fn ops_recorded_into_one_encoder_keep_their_own_parameters() {
     // Two layers with different eps and inputs recorded before one submit.
     let ctx = ctx();

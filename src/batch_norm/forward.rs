@@ -18,7 +18,7 @@ impl BatchNorm {
     }
 
     pub(super) fn per_channel_workgroups(&self) -> (u32, u32) {
-        (self.config.num_features.div_ceil(64) as u32, 1)
+        grid_stride(self.config.num_features)
     }
 
     /// Records a forward: statistics from `source` (batch) or the running

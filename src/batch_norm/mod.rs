@@ -13,7 +13,8 @@ use crate::affine::Affine;
 use crate::context::block_on;
 use crate::context::Context;
 use crate::kernels::{
-    lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE, FLAG_UPDATE_RUNNING,
+    grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
+    FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::recording::Recording;

@@ -78,7 +78,7 @@ impl Core {
         let mut params = *row_params;
         params.parts = plan.merge_parts;
         let params = rec.uniform(&params)?;
-        let per_instance = (inst.rows().div_ceil(64).min(65535) as u32, 1);
+        let per_instance = grid_stride(inst.rows());
         let (params, rows, instances) =
             (params.as_entire_binding(), rows.as_entire_binding(), instances.as_entire_binding());
         rec.dispatch(

@@ -104,7 +104,9 @@ use crate::affine::Affine;
 use crate::context::Context;
 use crate::cut::{self, Units};
 use crate::geometry::Geometry;
-use crate::kernels::{lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS};
+use crate::kernels::{
+    grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
+};
 use crate::layout::{ChannelView, Layout};
 use crate::recording::Recording;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
@@ -309,11 +311,11 @@ impl Core {
     }
 
     fn row_workgroups(geo: &Geometry) -> (u32, u32) {
-        (geo.rows().div_ceil(64).min(65535) as u32, 1)
+        grid_stride(geo.rows())
     }
 
     fn weight_workgroups(&self) -> (u32, u32) {
-        (self.len.div_ceil(64).min(65535) as u32, 1)
+        grid_stride(self.len)
     }
 }
 
