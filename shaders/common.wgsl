@@ -63,17 +63,8 @@ struct Params {
     relu_zero: f32,
 }
 
-const FLAG_AFFINE: u32 = 1u;
-const FLAG_UPDATE_RUNNING: u32 = 2u;
-const FLAG_BATCH_STATS: u32 = 4u;
-const FLAG_LAYER_BIAS: u32 = 8u;
-const FLAG_CHECK_FINITE: u32 = 16u;
-// Family: a bias is added (LayerNorm's bias can be off while its weight is on).
-const FLAG_BIAS: u32 = 32u;
-// Family: RMSNorm (no centring: normalize by sqrt(mean(x^2) + eps)).
-const FLAG_RMS: u32 = 64u;
-// vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
-const FLAG_LANES_ARE_CHANNELS: u32 = 128u;
+// The FLAG_* bits of `flags` are defined once, in src/kernels.rs, which puts
+// them in front of this file.
 
 // Every shader binds its Params as `p`.
 fn has(flag: u32) -> bool {

@@ -13,9 +13,9 @@
 // lies inside one channel.
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
-// Needs common.wgsl and a prelude (alias V, alias S, fn gather4, fn
-// from_memory, fn to_memory) in front of it,
-// and walks.wgsl and elementwise_ops.wgsl (appended).
+// Needs common.wgsl, a prelude (alias V, alias S, fn lanes4, fn
+// from_memory, fn to_memory) and lanes.wgsl in front of it, and walks.wgsl
+// and elementwise_ops.wgsl (appended).
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -33,30 +33,19 @@ const WG: u32 = 256u;
 @group(0) @binding(15) var<storage, read> z: array<S>;
 @group(0) @binding(16) var<storage, read_write> dz: array<S>;
 
-// One per-channel vec4 entry spread over the lanes of V.
-struct Coef {
-    a: V,
-    b: V,
-    c: V,
-    d: V,
-}
-
-fn splat(k: vec4<f32>) -> Coef {
-    return Coef(V(k.x), V(k.y), V(k.z), V(k.w));
-}
-
+// View channel c's entries (Coef: lanes.wgsl).
 fn chan_coef(c: u32) -> Coef {
-    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base;
-        return gather4(chan[b + lane_channel(c, 0u)], chan[b + lane_channel(c, 1u)], chan[b + lane_channel(c, 2u)], chan[b + lane_channel(c, 3u)]);
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let l = p.chan_base + lane_channels4(c);
+        return spread(chan[l.x], chan[l.y], chan[l.z], chan[l.w]);
     }
     return splat(chan[p.chan_base + c]);
 }
 
 fn grad_coef(c: u32) -> Coef {
-    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let b = p.chan_base;
-        return gather4(grad[b + lane_channel(c, 0u)], grad[b + lane_channel(c, 1u)], grad[b + lane_channel(c, 2u)], grad[b + lane_channel(c, 3u)]);
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let l = p.chan_base + lane_channels4(c);
+        return spread(grad[l.x], grad[l.y], grad[l.z], grad[l.w]);
     }
     return splat(grad[p.chan_base + c]);
 }
@@ -131,11 +120,7 @@ fn OP_segment(k: OP_Chan, o: u32) -> OP_Coef {
 // reduce_interleaved.
 @compute @workgroup_size(256)
 fn OP_interleaved(ids: Ids) {
-    let at = column_of(ids.wg, ids.t);
-    if (!at.owned) {
-        return;
-    }
+    let a = walk_of(ids);
     let cols = p.channels * p.inner;
-    let rows = group_rows(ids.wg.y, at.g, at.groups);
-    OP_strided(rows.x * cols + at.col, rows.y - min(rows.x, rows.y), cols, OP_channel(at.col / p.inner));
+    OP_strided(a.first * cols + a.col, a.end - a.first, cols, OP_channel(a.c));
 }

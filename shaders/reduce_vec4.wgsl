@@ -46,11 +46,12 @@ fn coefficients(z: u32, c: u32) -> Coef {
         return Coef(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
     let b = view_first(z);
-    if ((p.flags & FLAG_LANES_ARE_CHANNELS) != 0u) {
-        let k0 = chan[b + lane_channel(c, 0u)];
-        let k1 = chan[b + lane_channel(c, 1u)];
-        let k2 = chan[b + lane_channel(c, 2u)];
-        let k3 = chan[b + lane_channel(c, 3u)];
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let l = b + lane_channels4(c);
+        let k0 = chan[l.x];
+        let k1 = chan[l.y];
+        let k2 = chan[l.z];
+        let k3 = chan[l.w];
         return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
     }
     let k = chan[b + c];

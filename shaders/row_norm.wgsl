@@ -13,7 +13,8 @@
 //     centre is the mean (0 for RMSNorm), var the biased variance, delta the
 //     f32 rounding of the mean that backward recovers (0 after forward).
 //   rows_dx[r] = (rstd, B, C, centre)        dx = rstd * dy * w + B * (x - centre) + C
-// Needs common.wgsl and row_bindings.wgsl in front of it, merge.wgsl,
+// Needs common.wgsl, a prelude (alias V, alias S, fn lanes4, fn from_memory,
+// fn to_memory), row_bindings.wgsl and lanes.wgsl in front of it, merge.wgsl,
 // walks.wgsl and elementwise_ops.wgsl (appended).
 
 // The uniform, weight, bias, rows, tensors and gradients: row_bindings.wgsl.
@@ -210,33 +211,18 @@ struct Weights {
 
 fn gammas_of(c: u32) -> V {
     if (has(FLAG_LANES_ARE_CHANNELS)) {
-        return lanes4(gamma(lane_channel(c, 0u)), gamma(lane_channel(c, 1u)), gamma(lane_channel(c, 2u)), gamma(lane_channel(c, 3u)));
+        let l = lane_channels4(c);
+        return lanes4(gamma(l.x), gamma(l.y), gamma(l.z), gamma(l.w));
     }
     return V(gamma(c));
 }
 
 fn weights_of(c: u32) -> Weights {
     if (has(FLAG_LANES_ARE_CHANNELS)) {
-        let b = lanes4(beta(lane_channel(c, 0u)), beta(lane_channel(c, 1u)), beta(lane_channel(c, 2u)), beta(lane_channel(c, 3u)));
-        return Weights(gammas_of(c), b);
+        let l = lane_channels4(c);
+        return Weights(gammas_of(c), lanes4(beta(l.x), beta(l.y), beta(l.z), beta(l.w)));
     }
     return Weights(V(gamma(c)), V(beta(c)));
-}
-
-// A stat row's entry (rows or rows_dx) over the lanes of V.
-struct Entry {
-    a: V,
-    b: V,
-    c: V,
-    d: V,
-}
-
-fn splat(k: vec4<f32>) -> Entry {
-    return Entry(V(k.x), V(k.y), V(k.z), V(k.w));
-}
-
-fn spread(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Entry {
-    return Entry(lanes4(k0.x, k1.x, k2.x, k3.x), lanes4(k0.y, k1.y, k2.y, k3.y), lanes4(k0.z, k1.z, k2.z, k3.z), lanes4(k0.w, k1.w, k2.w, k3.w));
 }
 
 // On lavapipe every division and every load is paid lane by lane per SIMD
@@ -254,8 +240,7 @@ fn lane_groups(c: u32) -> vec4<u32> {
     if (!has(FLAG_LANES_ARE_CHANNELS)) {
         return vec4<u32>(c / p.cpg);
     }
-    let w = vec4<u32>(lane_channel(c, 0u), lane_channel(c, 1u), lane_channel(c, 2u), lane_channel(c, 3u));
-    return w / p.cpg;
+    return lane_channels4(c) / p.cpg;
 }
 
 // A view channel's weights and group; with a stat row's entry, the
@@ -267,7 +252,8 @@ struct Chan {
 
 struct RowCoef {
     w: Weights,
-    s: Entry,
+    // The stat row's entry (rows or rows_dx; Coef: lanes.wgsl).
+    s: Coef,
 }
 
 // y = (x - centre) * rstd * gamma + beta; s = rows' (centre, rstd, ...).
@@ -312,22 +298,6 @@ fn quotient(o: u32) -> u32 {
     return q;
 }
 
-// Where invocation t walks an interleaved view: column `col` (channel
-// col / inner), rows [first, end) (group_rows in walks.wgsl).
-struct Walk {
-    owned: bool,
-    col: u32,
-    c: u32,
-    first: u32,
-    end: u32,
-}
-
-fn walk_of(wg: vec3<u32>, t: u32) -> Walk {
-    let at = column_of(wg, t);
-    let rows = group_rows(wg.y, at.g, at.groups);
-    return Walk(at.owned, at.col, at.col / p.inner, rows.x, rows.y);
-}
-
 // The per-op part, appended once per op (src/kernels.rs): from here on OP is
 // apply or dx.
 // ---- per op ----
@@ -349,10 +319,7 @@ fn OP_segment(k: Chan, o: u32) -> RowCoef {
 // loops: inside them, the unused branch costs as much as the used one.
 @compute @workgroup_size(256)
 fn OP_interleaved(ids: Ids) {
-    let a = walk_of(ids.wg, ids.t);
-    if (!a.owned) {
-        return;
-    }
+    let a = walk_of(ids);
     let cols = p.channels * p.inner;
     let w = OP_weights(a.c);
     let g = lane_groups(a.c);

@@ -79,6 +79,22 @@ fn column_of(wg: vec3<u32>, t: u32) -> Column {
     return Column(groups, g, col, g < groups && col < p.channels * p.inner);
 }
 
+// Where invocation t walks an interleaved view in the elementwise passes:
+// column `col` (channel c = col / inner), rows [first, end) (group_rows);
+// no rows where it owns no column.
+struct Walk {
+    col: u32,
+    c: u32,
+    first: u32,
+    end: u32,
+}
+
+fn walk_of(ids: Ids) -> Walk {
+    let at = column_of(ids.wg, ids.t);
+    let rows = group_rows(ids.wg.y, at.g, at.groups);
+    return Walk(at.col, at.col / p.inner, rows.x, select(rows.x, max(rows.x, rows.y), at.owned));
+}
+
 // Rows plans: `width` lanes per channel, 256 / width channels per
 // workgroup, workgroup (x, y) block y * num_workgroups.x + x; invocation t's
 // channel.
@@ -101,6 +117,10 @@ fn group_rows(s: u32, g: u32, groups: u32) -> vec2<u32> {
 // streams each is (0 when the channels are a multiple of four).
 fn lane_channel(c: u32, l: u32) -> u32 {
     return (4u * c + l) % p.lane_channels;
+}
+
+fn lane_channels4(c: u32) -> vec4<u32> {
+    return vec4<u32>(lane_channel(c, 0u), lane_channel(c, 1u), lane_channel(c, 2u), lane_channel(c, 3u));
 }
 
 fn lane_stream(c: u32, l: u32) -> u32 {

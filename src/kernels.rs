@@ -129,21 +129,17 @@ impl Shader {
             (false, false) => "vec4<f32>",
         };
         let scalar = if f16 { "f16" } else { "f32" };
-        let gather4 = "fn gather4(k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> Coef {\n";
+        // The elementwise shaders' value type V, and what they share over it.
+        let lanes = include_str!("../shaders/lanes.wgsl");
         let lanes4 = "fn lanes4(a: f32, b: f32, c: f32, d: f32) -> V {\n";
         let prelude = match self {
-            Shader::Elementwise { vec4: true, .. } | Shader::ElementwiseRows { .. } => format!(
-                "alias V = vec4<f32>;\nalias S = {memory};\n{gather4}    return Coef(V(k0.x, k1.x, k2.x, k3.x), \
-                 V(k0.y, k1.y, k2.y, k3.y), V(k0.z, k1.z, k2.z, k3.z), V(k0.w, k1.w, k2.w, k3.w));\n}}\n"
-            ),
-            Shader::Elementwise { vec4: false, .. } => {
-                format!("alias V = f32;\nalias S = {scalar};\n{gather4}    return splat(k0);\n}}\n")
+            Shader::Elementwise { vec4: true, .. }
+            | Shader::ElementwiseRows { .. }
+            | Shader::RowNorm { vec4: true, .. } => {
+                format!("alias V = vec4<f32>;\nalias S = {memory};\n{lanes4}    return V(a, b, c, d);\n}}\n{lanes}")
             }
-            Shader::RowNorm { vec4: true, .. } => {
-                format!("alias V = vec4<f32>;\nalias S = {memory};\n{lanes4}    return V(a, b, c, d);\n}}\n")
-            }
-            Shader::RowNorm { vec4: false, .. } => {
-                format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n")
+            Shader::Elementwise { vec4: false, .. } | Shader::RowNorm { vec4: false, .. } => {
+                format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n{lanes}")
             }
             Shader::ReduceVec4 { .. } | Shader::ReduceTeams { .. } | Shader::Resident { .. } => {
                 format!("alias S = {memory};\n")
@@ -184,7 +180,11 @@ impl Shader {
             }
             _ => "",
         };
-        format!("{enable}{}\n{prelude}{conversions}{}\n{merge}\n{walks}", include_str!("../shaders/common.wgsl"), body)
+        format!(
+            "{enable}{}\n{FLAGS_WGSL}{prelude}{conversions}{}\n{merge}\n{walks}",
+            include_str!("../shaders/common.wgsl"),
+            body
+        )
     }
 }
 
@@ -386,14 +386,33 @@ impl ChannelParams {
     }
 }
 
-pub(crate) const FLAG_AFFINE: u32 = 1;
-pub(crate) const FLAG_UPDATE_RUNNING: u32 = 2;
-pub(crate) const FLAG_BATCH_STATS: u32 = 4;
-pub(crate) const FLAG_LAYER_BIAS: u32 = 8;
-pub(crate) const FLAG_CHECK_FINITE: u32 = 16;
-pub(crate) const FLAG_BIAS: u32 = 32;
-pub(crate) const FLAG_RMS: u32 = 64;
-pub(crate) const FLAG_LANES_ARE_CHANNELS: u32 = 128;
+/// The bits of `ChannelParams::flags`, defined once: these constants and
+/// their WGSL twins (`FLAGS_WGSL`), which every shader gets.
+macro_rules! flags {
+    ($($(#[doc = $doc:literal])* $name:ident = $bit:literal;)*) => {
+        $($(#[doc = $doc])* pub(crate) const $name: u32 = $bit;)*
+        const FLAGS_WGSL: &str = concat!($("const ", stringify!($name), ": u32 = ", stringify!($bit), "u;\n"),*);
+    };
+}
+
+flags! {
+    /// The layer's weight (and BatchNorm's bias) apply.
+    FLAG_AFFINE = 1;
+    /// BatchNorm: update the running statistics.
+    FLAG_UPDATE_RUNNING = 2;
+    /// Normalize with the batch's statistics (not the running ones).
+    FLAG_BATCH_STATS = 4;
+    /// Folding: the preceding layer has a bias.
+    FLAG_LAYER_BIAS = 8;
+    /// BatchNorm: reject a batch whose statistics are not finite.
+    FLAG_CHECK_FINITE = 16;
+    /// Family: a bias is added (LayerNorm's bias can be off while its weight is on).
+    FLAG_BIAS = 32;
+    /// Family: RMSNorm (no centring: normalize by sqrt(mean(x^2) + eps)).
+    FLAG_RMS = 64;
+    /// vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
+    FLAG_LANES_ARE_CHANNELS = 128;
+}
 
 /// The grid of a 64-invocation kernel that loops grid-stride over `n`
 /// items (`struct Grid` in common.wgsl): one invocation an item, up to a

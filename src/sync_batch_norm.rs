@@ -34,10 +34,7 @@ impl BatchNorm {
 
     /// [`Self::partial_stats`] without blocking.
     pub async fn partial_stats_async(&self, x: &TensorView<'_>) -> Result<PartialStats> {
-        let ctx = self.context();
-        ctx.run_async(|e| self.record_local(e, x, None, true)).await?;
-        let values: Vec<[f32; 4]> = ctx.read_async(self.local_values(false), 0, self.config().num_features).await?;
-        Ok(PartialStats::from_gpu(&values, per_channel(x)))
+        Ok(PartialStats::from_gpu(&self.local_half(x, None, true).await?, per_channel(x)))
     }
 
     /// SyncBatchNorm's second forward half: normalizes x with `stats` (the
@@ -83,10 +80,20 @@ impl BatchNorm {
 
     /// [`Self::grad_sums`] without blocking.
     pub async fn grad_sums_async(&self, x: &TensorView<'_>, dy: &TensorView<'_>, mode: Mode) -> Result<GradSums> {
+        Ok(GradSums::from_gpu(&self.local_half(x, Some(dy), mode.is_training()).await?, per_channel(x)))
+    }
+
+    /// A first half's values per channel: records and submits the local
+    /// statistics of x (`dy` None) or gradient sums of (x, dy), and reads them.
+    async fn local_half(
+        &self,
+        x: &TensorView<'_>,
+        dy: Option<&TensorView<'_>>,
+        training: bool,
+    ) -> Result<Vec<[f32; 4]>> {
         let ctx = self.context();
-        ctx.run_async(|e| self.record_local(e, x, Some(dy), mode.is_training())).await?;
-        let values: Vec<[f32; 4]> = ctx.read_async(self.local_values(true), 0, self.config().num_features).await?;
-        Ok(GradSums::from_gpu(&values, per_channel(x)))
+        ctx.run_async(|e| self.record_local(e, x, dy, training)).await?;
+        ctx.read_async(self.local_values(dy.is_some()), 0, self.config().num_features).await
     }
 
     /// SyncBatchNorm's second backward half: dx of this rank's slice from

@@ -84,17 +84,16 @@ impl BatchNorm {
                     }
                     self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
                     let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
-                    let entries = [
+                    let entries: Vec<_> = [
                         (0, params_buf.as_entire_binding()),
                         (1, partials.as_entire_binding()),
-                        (2, self.affine.weight().as_entire_binding()),
-                        (3, self.affine.bias().as_entire_binding()),
-                        (4, self.running_mean.as_entire_binding()),
-                        (5, self.running_var.as_entire_binding()),
                         (6, self.counter.as_entire_binding()),
                         (7, self.saved.as_entire_binding()),
                         (17, self.pending.as_entire_binding()),
-                    ];
+                    ]
+                    .into_iter()
+                    .chain(self.parameter_entries())
+                    .collect();
                     rec.dispatch(merge, &entries, self.per_channel_workgroups())?;
                     if update_running {
                         let commit = KernelKey::new(Shader::BatchNorm, "commit_running");
@@ -220,15 +219,22 @@ impl BatchNorm {
 
     /// Eval coefficients from the running statistics into `eval_chan`.
     pub(crate) fn record_prepare_eval(&self, rec: &mut Recording, params: &wgpu::Buffer) -> Result<()> {
-        let entries = [
-            (0, params.as_entire_binding()),
+        let entries: Vec<_> = [(0, params.as_entire_binding()), (7, self.eval_chan.as_entire_binding())]
+            .into_iter()
+            .chain(self.parameter_entries())
+            .collect();
+        rec.dispatch(KernelKey::new(Shader::BatchNorm, "prepare_eval"), &entries, self.per_channel_workgroups())
+    }
+
+    /// Weight, bias and the running statistics, at the bindings (2 to 5)
+    /// the per-channel kernels read them from.
+    fn parameter_entries(&self) -> [(u32, wgpu::BindingResource<'_>); 4] {
+        [
             (2, self.affine.weight().as_entire_binding()),
             (3, self.affine.bias().as_entire_binding()),
             (4, self.running_mean.as_entire_binding()),
             (5, self.running_var.as_entire_binding()),
-            (7, self.eval_chan.as_entire_binding()),
-        ];
-        rec.dispatch(KernelKey::new(Shader::BatchNorm, "prepare_eval"), &entries, self.per_channel_workgroups())
+        ]
     }
 
     /// Records SyncBatchNorm's first half: this layer's local partial
