@@ -98,10 +98,22 @@ fn merge_stats(g: Grid) {
                 f = 1.0 / (batches + 1.0);
             }
             let var_unbiased = non_negative(acc.z / max(n - 1.0, 1.0));
-            let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
-            pending[c] = (1.0 - f) * running_mean[c] + f * mean;
-            pending[p.channels + c] = (1.0 - f) * running_var[c] + f * var_unbiased;
-            pending[2u * p.channels + c] = select(0.0, 1.0, finite);
+            let new_mean = (1.0 - f) * running_mean[c] + f * mean;
+            let new_var = (1.0 - f) * running_var[c] + f * var_unbiased;
+            if (has(FLAG_RUNNING_IN_MERGE)) {
+                // No batch to reject and no channel reads the counter: each
+                // channel commits its own, one bumps the counter.
+                running_mean[c] = new_mean;
+                running_var[c] = new_var;
+                if (c == 0u) {
+                    bump_counter();
+                }
+            } else {
+                let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
+                pending[c] = new_mean;
+                pending[p.channels + c] = new_var;
+                pending[2u * p.channels + c] = select(0.0, 1.0, finite);
+            }
         }
     }
 }
@@ -154,23 +166,26 @@ fn commit_running(@builtin(local_invocation_index) t: u32) {
         running_var[c] = pending[p.channels + c];
     }
     if (t == 0u) {
-        let low = counter[0] + 1u;
-        counter[0] = low;
-        if (low == 0u) {
-            counter[1] = counter[1] + 1u;
-        }
-        counter[2] = 0u;
+        bump_counter();
     }
+}
+
+// num_batches_tracked + 1 (a 64-bit count in two words), and the last batch
+// was accepted.
+fn bump_counter() {
+    let low = counter[0] + 1u;
+    counter[0] = low;
+    if (low == 0u) {
+        counter[1] = counter[1] + 1u;
+    }
+    counter[2] = 0u;
 }
 
 // Eval statistics: coefficients from the running statistics.
 @compute @workgroup_size(64)
 fn prepare_eval(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += stride(g)) {
-        let mean = running_mean[c];
-        let invstd = 1.0 / sqrt(running_var[c] + p.eps);
-        let scale = gamma(c) * invstd;
-        chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
+        chan[c] = running_entry(c);
     }
 }
 

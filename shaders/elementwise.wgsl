@@ -14,8 +14,8 @@
 //
 // MODE: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
 // Needs common.wgsl, a prelude (alias V, alias S, fn lanes4, fn
-// from_memory, fn to_memory) and lanes.wgsl in front of it, and walks.wgsl
-// and elementwise_ops.wgsl (appended).
+// from_memory, fn to_memory) and lanes.wgsl in front of it, and walks.wgsl,
+// running.wgsl and elementwise_ops.wgsl (appended).
 
 override MODE: u32 = 0u;
 const WG: u32 = 256u;
@@ -27,6 +27,12 @@ const WG: u32 = 256u;
 @group(0) @binding(9) var<storage, read_write> y: array<S>;
 @group(0) @binding(10) var<storage, read> dy: array<S>;
 @group(0) @binding(11) var<storage, read_write> dx: array<S>;
+// The eval forward's apply (FLAG_RUNNING_COEFFICIENTS) computes its
+// channels' entries from these (running.wgsl) instead of reading `chan`.
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> running_var: array<f32>;
 // Per channel dx coefficients (A, B, mean, C).
 @group(0) @binding(12) var<storage, read> grad: array<vec4<f32>>;
 // MODE 2: the residual input and its gradient; other modes bind stand-ins.
@@ -101,7 +107,14 @@ alias dx_Chan = DxCoef;
 alias dx_Coef = DxCoef;
 
 fn apply_channel(c: u32) -> Coef {
-    return chan_coef(c);
+    if (!has(FLAG_RUNNING_COEFFICIENTS)) {
+        return chan_coef(c);
+    }
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        let l = p.chan_base + lane_channels4(c);
+        return spread(running_entry(l.x), running_entry(l.y), running_entry(l.z), running_entry(l.w));
+    }
+    return splat(running_entry(p.chan_base + c));
 }
 
 fn dx_channel(c: u32) -> DxCoef {

@@ -85,7 +85,9 @@ impl Shader {
                 );
                 &generated
             }
-            Shader::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
+            Shader::BatchNorm => {
+                concat!(include_str!("../shaders/batch_norm.wgsl"), include_str!("../shaders/running.wgsl"))
+            }
             Shader::RowNorm { .. } => {
                 generated = format!(
                     "{}{}",
@@ -95,12 +97,12 @@ impl Shader {
                 &generated
             }
             Shader::Elementwise { .. } => {
-                generated = per_op(include_str!("../shaders/elementwise.wgsl"));
+                generated = format!("{}{RUNNING}", per_op(include_str!("../shaders/elementwise.wgsl")));
                 &generated
             }
             Shader::ElementwiseRows { per_lane, .. } => {
                 generated = format!(
-                    "{}{}",
+                    "{}{RUNNING}{}",
                     per_op(include_str!("../shaders/elementwise.wgsl")),
                     crate::row_teams::source(per_lane.into())
                 );
@@ -187,6 +189,9 @@ impl Shader {
         )
     }
 }
+
+/// BatchNorm's eval coefficients from the running statistics.
+const RUNNING: &str = include_str!("../shaders/running.wgsl");
 
 /// The line after which an elementwise shader is written once for both of
 /// its ops, with `OP` standing for the op's name.
@@ -412,6 +417,11 @@ flags! {
     FLAG_RMS = 64;
     /// vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
     FLAG_LANES_ARE_CHANNELS = 128;
+    /// BatchNorm's eval apply: coefficients from the running statistics, not `chan`.
+    FLAG_RUNNING_COEFFICIENTS = 256;
+    /// BatchNorm's merge_stats writes the running statistics itself (no
+    /// commit_running: momentum given, no check_finite).
+    FLAG_RUNNING_IN_MERGE = 512;
 }
 
 /// The grid of a 64-invocation kernel that loops grid-stride over `n`

@@ -62,6 +62,7 @@ mod strategy;
 pub mod sync_batch_norm;
 pub mod tensor;
 mod tiling;
+mod uniforms;
 mod validate;
 
 pub use affine::Affine;

@@ -5,7 +5,7 @@
 //! it was, so the caller can still finish and submit it.
 
 use crate::context::Context;
-use crate::kernels::{bind, create_init, dispatch3, ChannelParams, KernelKey};
+use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey};
 use crate::reduce::{bind_group, ReduceBindings};
 use crate::Result;
 use std::sync::Arc;
@@ -45,10 +45,11 @@ impl<'c> Recording<'c> {
         self.ctx.device()
     }
 
-    /// A uniform buffer holding `params`. Each recorded op gets its own, so
-    /// two ops recorded into one encoder never see each other's parameters.
+    /// A uniform buffer holding `params`, never written after it is made
+    /// (src/uniforms.rs), so ops recorded into one encoder never see each
+    /// other's parameters.
     pub fn uniform(&self, params: &ChannelParams) -> Result<wgpu::Buffer> {
-        create_init(self.device(), "wgpu-norm params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
+        self.ctx.uniform(params)
     }
 
     /// The pipeline of `key`, compiled on first use.

@@ -53,6 +53,15 @@ impl BatchNorm {
         if self.config.check_finite {
             params.flags |= FLAG_CHECK_FINITE;
         }
+        // Without a batch to reject or a counter to read, merge_stats
+        // commits the running statistics and commit_running is not needed.
+        let commit_in_merge = update_running && !self.config.check_finite && self.config.momentum.is_some();
+        if commit_in_merge {
+            params.flags |= FLAG_RUNNING_IN_MERGE;
+        }
+        if !batch {
+            params.flags |= FLAG_RUNNING_COEFFICIENTS;
+        }
         let mut tensors: [Option<&TensorView>; 6] = Default::default();
         tensors[X] = Some(x);
         tensors[Y] = Some(y);
@@ -72,52 +81,53 @@ impl BatchNorm {
         };
 
         Recording::run(&self.ctx, encoder, "batch_norm forward", |rec| {
-            let params_buf = rec.uniform(&params)?;
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            match &partials {
-                Some(partials) => {
-                    if !given {
-                        if cut.needs_clear {
-                            rec.clear(partials);
-                        }
-                        self.record_reduces(rec, &cut, ReduceMode::Stats, chan, partials)?;
+            // Batch statistics; the eval apply computes its own (FLAG_RUNNING_COEFFICIENTS).
+            if let Some(partials) = &partials {
+                let params_buf = rec.uniform(&params)?;
+                if !given {
+                    if cut.needs_clear {
+                        rec.clear(partials);
                     }
-                    self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
-                    let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
-                    let entries: Vec<_> = [
-                        (0, params_buf.as_entire_binding()),
-                        (1, partials.as_entire_binding()),
-                        (6, self.counter.as_entire_binding()),
-                        (7, self.saved.as_entire_binding()),
-                        (17, self.pending.as_entire_binding()),
-                    ]
-                    .into_iter()
-                    .chain(self.parameter_entries())
-                    .collect();
-                    rec.dispatch(merge, &entries, self.per_channel_workgroups())?;
-                    if update_running {
-                        let commit = KernelKey::new(Shader::BatchNorm, "commit_running");
-                        let entries = [
-                            (0, params_buf.as_entire_binding()),
-                            (4, self.running_mean.as_entire_binding()),
-                            (5, self.running_var.as_entire_binding()),
-                            (6, self.counter.as_entire_binding()),
-                            (17, self.pending.as_entire_binding()),
-                        ];
-                        rec.dispatch(commit, &entries, (1, 1))?;
-                    }
+                    self.record_reduces(rec, &cut, ReduceMode::Stats, chan, partials)?;
                 }
-                None => self.record_prepare_eval(rec, &params_buf)?,
+                self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
+                let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
+                let entries: Vec<_> = [
+                    (0, params_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (6, self.counter.as_entire_binding()),
+                    (7, self.saved.as_entire_binding()),
+                    (17, self.pending.as_entire_binding()),
+                ]
+                .into_iter()
+                .chain(self.parameter_entries())
+                .collect();
+                rec.dispatch(merge, &entries, self.per_channel_workgroups())?;
+                if update_running && !commit_in_merge {
+                    let commit = KernelKey::new(Shader::BatchNorm, "commit_running");
+                    let entries = [
+                        (0, params_buf.as_entire_binding()),
+                        (4, self.running_mean.as_entire_binding()),
+                        (5, self.running_var.as_entire_binding()),
+                        (6, self.counter.as_entire_binding()),
+                        (17, self.pending.as_entire_binding()),
+                    ];
+                    rec.dispatch(commit, &entries, (1, 1))?;
+                }
             }
             for chunk in &cut.chunks {
                 let chunk_params = rec.uniform(&chunk.apply_params)?;
-                let entries = [
+                let entries: Vec<_> = [
                     (0, chunk_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
                     (8, chunk.resource(X)),
                     (9, chunk.resource(Y)),
                     (15, chunk.resource(Z)),
-                ];
+                ]
+                .into_iter()
+                .chain(self.parameter_entries())
+                .collect();
                 rec.dispatch(chunk.tiling.kernel("apply", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
             }
             Ok(())

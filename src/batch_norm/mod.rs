@@ -14,7 +14,7 @@ use crate::context::block_on;
 use crate::context::Context;
 use crate::kernels::{
     grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
-    FLAG_UPDATE_RUNNING,
+    FLAG_RUNNING_COEFFICIENTS, FLAG_RUNNING_IN_MERGE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
 use crate::recording::Recording;
