@@ -27,8 +27,8 @@ const WG: u32 = 256u;
 @group(0) @binding(9) var<storage, read_write> y: array<S>;
 @group(0) @binding(10) var<storage, read> dy: array<S>;
 @group(0) @binding(11) var<storage, read_write> dx: array<S>;
-// The eval forward's apply (FLAG_RUNNING_COEFFICIENTS) computes its
-// channels' entries from these (running.wgsl) instead of reading `chan`.
+// The eval entry points compute their channels' entries from these
+// (running.wgsl) instead of reading `chan`.
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> running_mean: array<f32>;
@@ -107,9 +107,15 @@ alias dx_Chan = DxCoef;
 alias dx_Coef = DxCoef;
 
 fn apply_channel(c: u32) -> Coef {
-    if (!has(FLAG_RUNNING_COEFFICIENTS)) {
-        return chan_coef(c);
-    }
+    return chan_coef(c);
+}
+
+// The eval forward on GPUs: apply with each channel's entries computed from
+// the running statistics (running.wgsl) instead of read from `chan`.
+alias eval_Chan = Coef;
+alias eval_Coef = Coef;
+
+fn eval_channel(c: u32) -> Coef {
     if (has(FLAG_LANES_ARE_CHANNELS)) {
         let l = p.chan_base + lane_channels4(c);
         return spread(running_entry(l.x), running_entry(l.y), running_entry(l.z), running_entry(l.w));
@@ -117,12 +123,16 @@ fn apply_channel(c: u32) -> Coef {
     return splat(running_entry(p.chan_base + c));
 }
 
+fn eval_at(e: u32, k: Coef) {
+    apply_at(e, k);
+}
+
 fn dx_channel(c: u32) -> DxCoef {
     return DxCoef(chan_coef(c), grad_coef(c));
 }
 
 // The per-op part, appended once per op (src/kernels.rs): from here on OP is
-// apply or dx.
+// apply, eval or dx.
 // ---- per op ----
 
 fn OP_segment(k: OP_Chan, o: u32) -> OP_Coef {

@@ -105,8 +105,7 @@ fn rows_channel(wg: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
 // Interleaved walks: row group g of `groups` in workgroup row slice s takes
 // a contiguous range of the slice's rows, [x, y): a SIMD batch then streams
 // down neighbouring rows, where rows g, g + groups, ... jumped `groups`
-// rows at every step (BatchNorm 32x64x56x56 channels-last on lavapipe:
-// eval forward 0.56 -> 0.95 of the copy ceiling, backward 0.26 -> 0.49).
+// rows at every step (PERF_NOTES.md).
 fn group_rows(s: u32, g: u32, groups: u32) -> vec2<u32> {
     let per = (p.slice_len + groups - 1u) / groups;
     let first = s * p.slice_len + g * per;

@@ -4,9 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::kernels::{create_init, ChannelParams, KernelCache};
+use crate::kernels::{create_init, KernelCache};
 use crate::strategy::{Access, Reduction};
-use crate::uniforms::Uniforms;
 use crate::{Error, Result};
 
 /// A wgpu device and queue with this crate's compiled pipelines.
@@ -22,7 +21,6 @@ struct Inner {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     kernels: KernelCache,
-    uniforms: Uniforms,
     lost: Arc<AtomicBool>,
     lost_reason: Arc<Mutex<String>>,
     /// The [`Reduction`] strategy, as its discriminant.
@@ -142,7 +140,6 @@ impl Context {
         Context {
             inner: Arc::new(Inner {
                 kernels: KernelCache::new(&device, words),
-                uniforms: Uniforms::default(),
                 device,
                 queue,
                 info,
@@ -205,12 +202,6 @@ impl Context {
     /// The adapter behind the device.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
-    }
-
-    /// The uniform buffer holding `params`, shared with every recording
-    /// that uses the same ones.
-    pub(crate) fn uniform(&self, params: &ChannelParams) -> Result<wgpu::Buffer> {
-        self.inner.uniforms.get(&self.inner.device, params)
     }
 
     pub(crate) fn kernels(&self) -> &KernelCache {

@@ -92,18 +92,19 @@ impl Shader {
                 generated = format!(
                     "{}{}",
                     include_str!("../shaders/row_bindings.wgsl"),
-                    per_op(include_str!("../shaders/row_norm.wgsl"))
+                    per_op(include_str!("../shaders/row_norm.wgsl"), &["apply", "dx"])
                 );
                 &generated
             }
             Shader::Elementwise { .. } => {
-                generated = format!("{}{RUNNING}", per_op(include_str!("../shaders/elementwise.wgsl")));
+                generated =
+                    format!("{}{RUNNING}", per_op(include_str!("../shaders/elementwise.wgsl"), ELEMENTWISE_OPS));
                 &generated
             }
             Shader::ElementwiseRows { per_lane, .. } => {
                 generated = format!(
                     "{}{RUNNING}{}",
-                    per_op(include_str!("../shaders/elementwise.wgsl")),
+                    per_op(include_str!("../shaders/elementwise.wgsl"), ELEMENTWISE_OPS),
                     crate::row_teams::source(per_lane.into())
                 );
                 &generated
@@ -197,15 +198,19 @@ const RUNNING: &str = include_str!("../shaders/running.wgsl");
 /// its ops, with `OP` standing for the op's name.
 const PER_OP: &str = "// ---- per op ----\n";
 
+/// BatchNorm's elementwise passes: apply, its eval form on running
+/// coefficients, and dx.
+const ELEMENTWISE_OPS: &[&str] = &["apply", "eval", "dx"];
+
 /// An elementwise shader (elementwise.wgsl, row_norm.wgsl) with its per-op
-/// part and the shared walks (elementwise_ops.wgsl) appended once with `OP`
-/// = apply and once with `OP` = dx: the two passes walk a view alike and
-/// differ only in what they do at each value.
-fn per_op(shader: &str) -> String {
+/// part and the shared walks (elementwise_ops.wgsl) appended once for each
+/// of `ops` in place of `OP`: the passes walk a view alike and differ only
+/// in what they do at each value.
+fn per_op(shader: &str, ops: &[&str]) -> String {
     let (common, template) = shader.split_once(PER_OP).unwrap_or((shader, ""));
     let template = format!("{template}{}", include_str!("../shaders/elementwise_ops.wgsl"));
     let mut s = common.to_string();
-    for op in ["apply", "dx"] {
+    for op in ops {
         s.push_str(&template.replace("OP_", &format!("{op}_")));
     }
     s
@@ -417,11 +422,9 @@ flags! {
     FLAG_RMS = 64;
     /// vec4 views of channels-last data: a vec4 holds four channels (see lane_channels).
     FLAG_LANES_ARE_CHANNELS = 128;
-    /// BatchNorm's eval apply: coefficients from the running statistics, not `chan`.
-    FLAG_RUNNING_COEFFICIENTS = 256;
     /// BatchNorm's merge_stats writes the running statistics itself (no
     /// commit_running: momentum given, no check_finite).
-    FLAG_RUNNING_IN_MERGE = 512;
+    FLAG_RUNNING_IN_MERGE = 256;
 }
 
 /// The grid of a 64-invocation kernel that loops grid-stride over `n`

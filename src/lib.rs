@@ -62,7 +62,6 @@ mod strategy;
 pub mod sync_batch_norm;
 pub mod tensor;
 mod tiling;
-mod uniforms;
 mod validate;
 
 pub use affine::Affine;

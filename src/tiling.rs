@@ -132,22 +132,24 @@ impl Tiling {
         self.reducer.params_for(base, &self.apply)
     }
 
-    /// The entry point of elementwise pass `op` (`apply` or `dx`), in
-    /// elementwise.wgsl or row_norm.wgsl.
+    /// The entry point of elementwise pass `op` (`apply`, `dx`, or `eval`:
+    /// BatchNorm's apply on running coefficients), in elementwise.wgsl or
+    /// row_norm.wgsl.
     pub fn entry(&self, op: &str) -> &'static str {
-        let runs = self.apply.shape == Shape::Runs;
-        if self.reducer.teams.is_some() {
-            return if op == "apply" { "apply_rows" } else { "dx_rows" };
-        }
-        match (op, runs) {
-            ("apply", true) => "apply_runs",
-            ("apply", false) => "apply_interleaved",
-            (_, true) => "dx_runs",
-            (_, false) => "dx_interleaved",
-        }
+        let walk = match (self.reducer.teams.is_some(), self.apply.shape == Shape::Runs) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => 2,
+        };
+        let names = match op {
+            "apply" => ["apply_rows", "apply_runs", "apply_interleaved"],
+            "eval" => ["eval_rows", "eval_runs", "eval_interleaved"],
+            _ => ["dx_rows", "dx_runs", "dx_interleaved"],
+        };
+        names[walk]
     }
 
-    /// BatchNorm's pipeline of `op` (`apply` or `dx`) for this tiling and `mode`.
+    /// BatchNorm's pipeline of `op` (`apply`, `eval` or `dx`) for this tiling and `mode`.
     pub fn kernel(&self, op: &str, mode: u32) -> KernelKey {
         let Reducer { f16, vec4, teams, .. } = self.reducer;
         let shader = match teams {

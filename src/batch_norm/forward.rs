@@ -59,9 +59,7 @@ impl BatchNorm {
         if commit_in_merge {
             params.flags |= FLAG_RUNNING_IN_MERGE;
         }
-        if !batch {
-            params.flags |= FLAG_RUNNING_COEFFICIENTS;
-        }
+        let running_in_apply = !batch && running_coefficients_in_apply(self.ctx.reduction());
         let mut tensors: [Option<&TensorView>; 6] = Default::default();
         tensors[X] = Some(x);
         tensors[Y] = Some(y);
@@ -82,7 +80,10 @@ impl BatchNorm {
 
         Recording::run(&self.ctx, encoder, "batch_norm forward", |rec| {
             let chan = if batch { &self.saved } else { &self.eval_chan };
-            // Batch statistics; the eval apply computes its own (FLAG_RUNNING_COEFFICIENTS).
+            if !batch && !running_in_apply {
+                let params_buf = rec.uniform(&params)?;
+                self.record_prepare_eval(rec, &params_buf)?;
+            }
             if let Some(partials) = &partials {
                 let params_buf = rec.uniform(&params)?;
                 if !given {
@@ -118,17 +119,21 @@ impl BatchNorm {
             }
             for chunk in &cut.chunks {
                 let chunk_params = rec.uniform(&chunk.apply_params)?;
-                let entries: Vec<_> = [
+                let tensors = [
                     (0, chunk_params.as_entire_binding()),
-                    (7, chan.as_entire_binding()),
                     (8, chunk.resource(X)),
                     (9, chunk.resource(Y)),
                     (15, chunk.resource(Z)),
-                ]
-                .into_iter()
-                .chain(self.parameter_entries())
-                .collect();
-                rec.dispatch(chunk.tiling.kernel("apply", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
+                ];
+                // The eval entry points read the running statistics where
+                // apply reads `chan`.
+                let (op, coefficients): (_, Vec<_>) = if running_in_apply {
+                    ("eval", self.parameter_entries().into())
+                } else {
+                    ("apply", vec![(7, chan.as_entire_binding())])
+                };
+                let entries: Vec<_> = tensors.into_iter().chain(coefficients).collect();
+                rec.dispatch(chunk.tiling.kernel(op, epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
             }
             Ok(())
         })?;
@@ -212,7 +217,7 @@ impl BatchNorm {
         &self,
         rec: &mut Recording,
         params: &ChannelParams,
-        params_buf: &wgpu::Buffer,
+        params_buf: &Uniform,
         partials: &wgpu::Buffer,
         welford: bool,
     ) -> Result<()> {
@@ -228,7 +233,7 @@ impl BatchNorm {
     }
 
     /// Eval coefficients from the running statistics into `eval_chan`.
-    pub(crate) fn record_prepare_eval(&self, rec: &mut Recording, params: &wgpu::Buffer) -> Result<()> {
+    pub(crate) fn record_prepare_eval(&self, rec: &mut Recording, params: &Uniform) -> Result<()> {
         let entries: Vec<_> = [(0, params.as_entire_binding()), (7, self.eval_chan.as_entire_binding())]
             .into_iter()
             .chain(self.parameter_entries())
@@ -324,6 +329,15 @@ impl BatchNorm {
 pub(super) const BLOCK_MERGE_FROM: u32 = 64;
 
 /// `ChannelParams::merge_block` for `parts` partials a channel.
+/// Whether the eval forward's apply computes each channel's coefficients
+/// from the running statistics (one dispatch, no prepare_eval): on GPUs,
+/// where a dispatch costs more than the few cached loads every invocation
+/// then repeats. CPU adapters pay those loads lane by lane and keep
+/// prepare_eval (PERF_NOTES.md).
+fn running_coefficients_in_apply(reduction: Reduction) -> bool {
+    reduction == Reduction::Tree
+}
+
 pub(super) fn merge_block(parts: u32, reduction: Reduction) -> u32 {
     if reduction == Reduction::PerInvocation || parts < BLOCK_MERGE_FROM {
         1

@@ -14,10 +14,10 @@ use crate::context::block_on;
 use crate::context::Context;
 use crate::kernels::{
     grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_CHECK_FINITE,
-    FLAG_RUNNING_COEFFICIENTS, FLAG_RUNNING_IN_MERGE, FLAG_UPDATE_RUNNING,
+    FLAG_RUNNING_IN_MERGE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::recording::Recording;
+use crate::recording::{Recording, Uniform};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
 use crate::scratch::Scratch;
 use crate::strategy::Reduction;

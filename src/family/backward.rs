@@ -255,7 +255,7 @@ impl Core {
     pub(super) fn record_merge_columns(
         &self,
         rec: &mut Recording,
-        params: &wgpu::Buffer,
+        params: &Uniform,
         partials: &wgpu::Buffer,
         resident: Option<Resident>,
     ) -> Result<()> {

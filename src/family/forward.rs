@@ -182,7 +182,7 @@ impl Core {
         &self,
         rec: &mut Recording,
         entry: &'static str,
-        params: &wgpu::Buffer,
+        params: &Uniform,
         rows: &wgpu::Buffer,
         grid: (u32, u32),
     ) -> Result<()> {

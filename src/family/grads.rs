@@ -13,8 +13,8 @@ impl Core {
         rec: &mut Recording,
         piece: &Piece,
         out: &PartDx,
-        (row_buf, row_plan): (&wgpu::Buffer, &ReducePlan),
-        (col_buf, col_plan): (&wgpu::Buffer, &ReducePlan),
+        (row_buf, row_plan): (&Uniform, &ReducePlan),
+        (col_buf, col_plan): (&Uniform, &ReducePlan),
         columns: &Columns,
     ) -> Result<()> {
         let Piece { geo, x: xw, rows, partials, f16, .. } = *piece;

@@ -108,7 +108,7 @@ use crate::kernels::{
     grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::recording::Recording;
+use crate::recording::{Recording, Uniform};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
 use crate::scratch::Scratch;
