@@ -79,7 +79,8 @@ fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
 // Training statistics: merge the partials of channel c and write its
 // coefficients; when asked, compute the new running statistics (PyTorch
 // rules: normalize with the biased variance, track the unbiased one) into
-// `pending` for commit_running.
+// `pending` for commit_running, or, with FLAG_RUNNING_IN_MERGE, into the
+// running statistics themselves.
 @compute @workgroup_size(64)
 fn merge_stats(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += stride(g)) {

@@ -40,7 +40,8 @@ pub(crate) struct Uniform {
 }
 
 impl Uniform {
-    /// The slot as a binding.
+    /// The slot as a binding (named as `wgpu::Buffer`'s method, for which
+    /// it stands in).
     pub fn as_entire_binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,

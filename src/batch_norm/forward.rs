@@ -328,7 +328,6 @@ impl BatchNorm {
 /// not pay.
 pub(super) const BLOCK_MERGE_FROM: u32 = 64;
 
-/// `ChannelParams::merge_block` for `parts` partials a channel.
 /// Whether the eval forward's apply computes each channel's coefficients
 /// from the running statistics (one dispatch, no prepare_eval): on GPUs,
 /// where a dispatch costs more than the few cached loads every invocation
@@ -338,6 +337,7 @@ fn running_coefficients_in_apply(reduction: Reduction) -> bool {
     reduction == Reduction::Tree
 }
 
+/// `ChannelParams::merge_block` for `parts` partials a channel.
 pub(super) fn merge_block(parts: u32, reduction: Reduction) -> u32 {
     if reduction == Reduction::PerInvocation || parts < BLOCK_MERGE_FROM {
         1
