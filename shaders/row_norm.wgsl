@@ -133,15 +133,10 @@ fn instance_centres(g: Grid) {
     }
 }
 
-// Instance i's partials (p.parts of them) merged into its sums.
-@compute @workgroup_size(64)
-fn merge_instances(g: Grid) {
-    for (var i = g.id.x; i < p.rows * p.cpg; i += stride(g)) {
-        instances[i] = merge_partials(i * p.parts, p.parts, false);
-    }
-}
-
-// Row r's dx coefficients from its channels' instance sums.
+// Row r's dx coefficients from its channels' instances: each instance's
+// partials (p.parts of them) merged into its sums, kept in `instances` for
+// instance_columns (merged here, by the row's invocation, rather than in a
+// dispatch of their own).
 @compute @workgroup_size(64)
 fn group_row_grads(g: Grid) {
     let channels = p.groups * p.cpg;
@@ -149,7 +144,8 @@ fn group_row_grads(g: Grid) {
         var sums = vec4<f32>(0.0);
         for (var k = 0u; k < p.cpg; k++) {
             let i = r * p.cpg + k;
-            let s = instances[i];
+            let s = merge_partials(i * p.parts, p.parts, false);
+            instances[i] = s;
             let w = gamma(i % channels);
             sums += vec4<f32>(w * s.x, w * s.y, s.z, 0.0);
         }

@@ -3,7 +3,7 @@
 //! instance): with reduce_vec4.wgsl, four values per load, wherever the
 //! values allow it, else with reduce.wgsl over the stat view. Either way the
 //! partials of stat row r are one run of `merge_parts` from
-//! `r * merge_parts`, as `merge_rows` and `merge_instances` read them.
+//! `r * merge_parts`, as `merge_rows` and `group_row_grads` read them.
 
 use crate::geometry::Geometry;
 use crate::layout::ChannelView;

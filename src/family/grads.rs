@@ -96,14 +96,9 @@ impl Core {
             z: None,
         };
         plan.reducer.record(rec, ReduceMode::GradSums, sums)?;
-        let partials = partials.as_entire_binding();
-        rec.dispatch(
-            row_norm("merge_instances"),
-            &[(0, params.clone()), (1, partials), (14, instances.clone())],
-            per_instance,
-        )?;
         let entries = [
             (0, params.clone()),
+            (1, partials.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),
             (6, rows.clone()),
             (7, rows_dx.as_entire_binding()),
