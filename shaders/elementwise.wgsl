@@ -27,12 +27,6 @@ const WG: u32 = 256u;
 @group(0) @binding(9) var<storage, read_write> y: array<S>;
 @group(0) @binding(10) var<storage, read> dy: array<S>;
 @group(0) @binding(11) var<storage, read_write> dx: array<S>;
-// The eval entry points compute their channels' entries from these
-// (running.wgsl) instead of reading `chan`.
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> running_mean: array<f32>;
-@group(0) @binding(5) var<storage, read> running_var: array<f32>;
 // Per channel dx coefficients (A, B, mean, C).
 @group(0) @binding(12) var<storage, read> grad: array<vec4<f32>>;
 // MODE 2: the residual input and its gradient; other modes bind stand-ins.
@@ -111,7 +105,13 @@ fn apply_channel(c: u32) -> Coef {
 }
 
 // The eval forward on GPUs: apply with each channel's entries computed from
-// the running statistics (running.wgsl) instead of read from `chan`.
+// the running statistics (running.wgsl) instead of read from `chan`; only
+// its entry points bind these.
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> running_var: array<f32>;
+
 alias eval_Chan = Coef;
 alias eval_Coef = Coef;
 

@@ -404,8 +404,19 @@ pub(crate) struct ReduceBindings<'a> {
     pub weight: Option<wgpu::BindingResource<'a>>,
 }
 
-/// Compiles (once) the reduction pipeline for `plan` and `mode`, over f16
-/// tensors with `f16`.
+impl<'a> ReduceBindings<'a> {
+    /// The bindings of a reduction of x and dy (x again for statistics),
+    /// with `chan`, into `partials`; no residual, no weight.
+    pub fn new(
+        params: wgpu::BindingResource<'a>,
+        (x, dy): (wgpu::BindingResource<'a>, wgpu::BindingResource<'a>),
+        chan: wgpu::BindingResource<'a>,
+        partials: wgpu::BindingResource<'a>,
+    ) -> ReduceBindings<'a> {
+        ReduceBindings { params, x, dy, chan, partials, z: None, weight: None }
+    }
+}
+
 impl ReducePlan {
     /// The grid of a dispatch: (x, y, views).
     pub fn grid3(&self) -> (u32, u32, u32) {

@@ -196,14 +196,16 @@ impl BatchNorm {
     ) -> Result<()> {
         for chunk in &cut.chunks {
             let chunk_params = rec.uniform(&chunk.params)?;
+            let stats = mode == ReduceMode::Stats;
+            let tensors = (chunk.resource(X), chunk.resource(if stats { X } else { DY }));
             let bindings = ReduceBindings {
-                params: chunk_params.as_entire_binding(),
-                x: chunk.resource(X),
-                dy: chunk.resource(if mode == ReduceMode::Stats { X } else { DY }),
-                chan: chan.as_entire_binding(),
-                partials: partials.as_entire_binding(),
-                z: if mode == ReduceMode::Stats { None } else { Some(chunk.resource(Z)) },
-                weight: None,
+                z: (!stats).then(|| chunk.resource(Z)),
+                ..ReduceBindings::new(
+                    chunk_params.as_entire_binding(),
+                    tensors,
+                    chan.as_entire_binding(),
+                    partials.as_entire_binding(),
+                )
             };
             chunk.tiling.reducer.record(rec, mode, bindings)?;
         }

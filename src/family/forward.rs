@@ -106,15 +106,13 @@ impl Core {
         let apply_buf = rec.uniform(&apply_params)?;
         match source {
             Source::Input { update_running } => {
-                let bindings = ReduceBindings {
-                    params: reduce_buf.as_entire_binding(),
-                    x: xw.resource(),
-                    dy: xw.resource(),
-                    chan: rows.as_entire_binding(),
-                    partials: partials.as_entire_binding(),
-                    weight: None,
-                    z: None,
-                };
+                let tensors = (xw.resource(), xw.resource());
+                let bindings = ReduceBindings::new(
+                    reduce_buf.as_entire_binding(),
+                    tensors,
+                    rows.as_entire_binding(),
+                    partials.as_entire_binding(),
+                );
                 plan.reducer.record(rec, ReduceMode::Stats, bindings)?;
                 let entries = [
                     (0, stat_buf.as_entire_binding()),

@@ -21,14 +21,15 @@ impl Core {
         let PartDx { dy: dyw, rows_dx, .. } = *out;
         let trailing = !geo.is_grouped();
         let reduce = |plan: &ReducePlan, mode| reduce::kernel(plan, mode, f16).trailing(trailing);
+        let tensors = || (xw.resource(), dyw.resource());
         let row_sums = ReduceBindings {
-            params: row_buf.as_entire_binding(),
-            x: xw.resource(),
-            dy: dyw.resource(),
-            chan: rows.as_entire_binding(),
-            partials: partials.as_entire_binding(),
             weight: Some(self.affine.weight().as_entire_binding()),
-            z: None,
+            ..ReduceBindings::new(
+                row_buf.as_entire_binding(),
+                tensors(),
+                rows.as_entire_binding(),
+                partials.as_entire_binding(),
+            )
         };
         rec.reduce(reduce(row_plan, ReduceMode::WeightedGradSums), row_sums, false, row_plan.grid3())?;
         let entries = [
@@ -38,15 +39,12 @@ impl Core {
             (7, rows_dx.as_entire_binding()),
         ];
         rec.dispatch(row_norm("merge_row_grads"), &entries, Self::row_workgroups(&geo))?;
-        let column_sums = ReduceBindings {
-            params: col_buf.as_entire_binding(),
-            x: xw.resource(),
-            dy: dyw.resource(),
-            chan: rows.as_entire_binding(),
-            partials: columns.partials.as_entire_binding(),
-            weight: None,
-            z: None,
-        };
+        let column_sums = ReduceBindings::new(
+            col_buf.as_entire_binding(),
+            tensors(),
+            rows.as_entire_binding(),
+            columns.partials.as_entire_binding(),
+        );
         rec.reduce(reduce(col_plan, ReduceMode::ColumnGrads), column_sums, false, col_plan.grid3())?;
         if columns.merge {
             self.record_merge_columns(rec, col_buf, columns.partials, None)?;
@@ -86,15 +84,13 @@ impl Core {
             &[(0, params.clone()), (6, rows.clone()), (14, instances.clone())],
             per_instance,
         )?;
-        let sums = ReduceBindings {
-            params: reduce_buf.as_entire_binding(),
-            x: xw.resource(),
-            dy: dyw.resource(),
-            chan: instances.clone(),
-            partials: partials.as_entire_binding(),
-            weight: None,
-            z: None,
-        };
+        let tensors = (xw.resource(), dyw.resource());
+        let sums = ReduceBindings::new(
+            reduce_buf.as_entire_binding(),
+            tensors,
+            instances.clone(),
+            partials.as_entire_binding(),
+        );
         plan.reducer.record(rec, ReduceMode::GradSums, sums)?;
         let entries = [
             (0, params.clone()),
