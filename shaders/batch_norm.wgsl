@@ -83,7 +83,7 @@ fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
 // running statistics themselves.
 @compute @workgroup_size(64)
 fn merge_stats(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let acc = merge_channel(c, true);
         let n = acc.x;
         let mean = acc.y;
@@ -123,7 +123,7 @@ fn merge_stats(g: Grid) {
 // one (count, mean, M2, 0), without normalizing anything.
 @compute @workgroup_size(64)
 fn gather_stats(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         local_out[c] = merge_channel(c, true);
     }
 }
@@ -131,7 +131,7 @@ fn gather_stats(g: Grid) {
 // The same for the backward's sums (sum dy, sum dy * (x - mean), sum (x - mean)).
 @compute @workgroup_size(64)
 fn gather_sums(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         local_out[c] = merge_channel(c, false);
     }
 }
@@ -185,7 +185,7 @@ fn bump_counter() {
 // Eval statistics: coefficients from the running statistics.
 @compute @workgroup_size(64)
 fn prepare_eval(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         chan[c] = running_entry(c);
     }
 }
@@ -195,7 +195,7 @@ fn prepare_eval(g: Grid) {
 // variance depend on x (training); otherwise they are constants (eval).
 @compute @workgroup_size(64)
 fn merge_grads(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let sums = merge_channel(c, false);
         let stats = chan[c];
         let mean = stats.x;
@@ -241,7 +241,7 @@ fn fold_weight(
 // layer's bias when FLAG_LAYER_BIAS is set (a missing bias is zeros).
 @compute @workgroup_size(64)
 fn fold_bias(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let k = chan[c];
         var b = 0.0;
         if (has(FLAG_LAYER_BIAS)) {

@@ -93,7 +93,6 @@ fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
 
-
 // The ids the 256-invocation tiled entry points take (walks.wgsl's tilings).
 struct Ids {
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -108,6 +107,6 @@ struct Grid {
     @builtin(num_workgroups) nwg: vec3<u32>,
 }
 
-fn stride(g: Grid) -> u32 {
+fn grid_stride(g: Grid) -> u32 {
     return g.nwg.x * 64u;
 }

@@ -1,9 +1,9 @@
-// The elementwise passes' shared walks, written once for both ops: a
-// template that src/kernels.rs appends with OP = apply and again with
-// OP = dx, after a shader (elementwise.wgsl, row_norm.wgsl) that defines for
-// each op its coefficients per view channel (`OP_channel(c) -> OP_Chan`),
-// their form for the values of outer index o (`OP_segment(k, o) ->
-// OP_Coef`) and the pass over value e (`OP_at(e, k: OP_Coef)`).
+// The elementwise passes' shared walks, written once for every op: a
+// template that src/kernels.rs appends once per op (OP = apply, dx, and
+// BatchNorm's eval), after a shader (elementwise.wgsl, row_norm.wgsl) that
+// defines for each op its coefficients per view channel (`OP_channel(c) ->
+// OP_Chan`), their form for the values of outer index o (`OP_segment(k, o)
+// -> OP_Coef`) and the pass over value e (`OP_at(e, k: OP_Coef)`).
 
 // Values first, first + stride, ... (n of them), four a loop iteration: on
 // lavapipe an iteration's bookkeeping costs about as much as a load.

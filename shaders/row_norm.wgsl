@@ -39,7 +39,7 @@ fn beta(c: u32) -> f32 {
 // M2 / n + mean^2: two non-negative terms, no cancellation.
 @compute @workgroup_size(64)
 fn merge_rows(g: Grid) {
-    for (var r = g.id.x; r < p.rows; r += stride(g)) {
+    for (var r = g.id.x; r < p.rows; r += grid_stride(g)) {
         let acc = merge_partials(r * p.parts, p.parts, true);
         let var_biased = max(acc.z / acc.x, 0.0);
         if (has(FLAG_RMS)) {
@@ -55,7 +55,7 @@ fn merge_rows(g: Grid) {
 // unbiased variance, as PyTorch.
 @compute @workgroup_size(64)
 fn update_running(g: Grid) {
-    for (var c = g.id.x; c < p.groups; c += stride(g)) {
+    for (var c = g.id.x; c < p.groups; c += grid_stride(g)) {
         let samples = p.rows / p.groups;
         let unbias = p.count / max(p.count - 1.0, 1.0);
         var sum_mean = 0.0;
@@ -75,7 +75,7 @@ fn update_running(g: Grid) {
 // channel c's.
 @compute @workgroup_size(64)
 fn prepare_running(g: Grid) {
-    for (var r = g.id.x; r < p.rows; r += stride(g)) {
+    for (var r = g.id.x; r < p.rows; r += grid_stride(g)) {
         let c = p.weight_base + r % p.groups;
         rows[r] = vec4<f32>(running_mean[c], 1.0 / sqrt(running_var[c] + p.eps), 0.0, running_var[c]);
     }
@@ -89,7 +89,7 @@ fn prepare_running(g: Grid) {
 // Without FLAG_BATCH_STATS the statistics are constants: dx = rstd * g.
 @compute @workgroup_size(64)
 fn merge_row_grads(g: Grid) {
-    for (var r = g.id.x; r < p.rows; r += stride(g)) {
+    for (var r = g.id.x; r < p.rows; r += grid_stride(g)) {
         row_grads(r, merge_partials(r * p.parts, p.parts, false));
     }
 }
@@ -128,7 +128,7 @@ fn row_grads(r: u32, sums: vec4<f32>) {
 // twice each.
 @compute @workgroup_size(64)
 fn instance_centres(g: Grid) {
-    for (var i = g.id.x; i < p.rows * p.cpg; i += stride(g)) {
+    for (var i = g.id.x; i < p.rows * p.cpg; i += grid_stride(g)) {
         instances[i] = vec4<f32>(rows[i / p.cpg].x, 0.0, 0.0, 0.0);
     }
 }
@@ -140,7 +140,7 @@ fn instance_centres(g: Grid) {
 @compute @workgroup_size(64)
 fn group_row_grads(g: Grid) {
     let channels = p.groups * p.cpg;
-    for (var r = g.id.x; r < p.rows; r += stride(g)) {
+    for (var r = g.id.x; r < p.rows; r += grid_stride(g)) {
         var sums = vec4<f32>(0.0);
         for (var k = 0u; k < p.cpg; k++) {
             let i = r * p.cpg + k;
@@ -159,7 +159,7 @@ fn group_row_grads(g: Grid) {
 fn instance_columns(g: Grid) {
     let channels = p.groups * p.cpg;
     let samples = p.rows / p.groups;
-    for (var c = g.id.x; c < channels; c += stride(g)) {
+    for (var c = g.id.x; c < channels; c += grid_stride(g)) {
         var dw = 0.0;
         var db = 0.0;
         for (var n = 0u; n < samples; n++) {
@@ -177,7 +177,7 @@ fn instance_columns(g: Grid) {
 // dweight and dbias of weight c from its MODE 3 partials.
 @compute @workgroup_size(64)
 fn merge_columns(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let sums = merge_partials(c * p.parts, p.parts, false);
         dweight[c] = sums.x;
         dbias[c] = sums.y;

@@ -194,7 +194,7 @@ impl Shader {
 /// BatchNorm's eval coefficients from the running statistics.
 const RUNNING: &str = include_str!("../shaders/running.wgsl");
 
-/// The line after which an elementwise shader is written once for both of
+/// The line after which an elementwise shader is written once for all of
 /// its ops, with `OP` standing for the op's name.
 const PER_OP: &str = "// ---- per op ----\n";
 

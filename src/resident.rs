@@ -342,7 +342,7 @@ fn fixed_subgroup_size(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Op
 const MERGE: &str = "
 @compute @workgroup_size(64)
 fn merge_columns_resident(g: Grid) {
-    for (var c = g.id.x; c < p.channels; c += stride(g)) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let block = max(u32(sqrt(f32(p.parts))), 1u);
         var total = vec2<f32>(0.0);
         var part = vec2<f32>(0.0);
