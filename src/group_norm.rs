@@ -63,7 +63,8 @@ impl GroupNorm {
     family_layer!(
         GroupNormConfig,
         "A layer with weight 1 and bias 0. `Err(Parameter)` when `num_groups` does not divide `num_channels` or `eps` is bad.",
-        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before."
+    );
     mean_rstd_reads!();
 
     fn options(&self) -> Options {
@@ -165,7 +166,8 @@ impl InstanceNorm {
     family_layer!(
         InstanceNormConfig,
         "A layer in PyTorch's initial state.",
-        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before.");
+        "The statistics saved by the last input-statistics forward: (mean, rstd, _, _) per (sample, group), 4 f32 each; `None` before."
+    );
     mean_rstd_reads!();
 
     /// The running mean buffer.

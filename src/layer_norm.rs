@@ -107,7 +107,8 @@ impl LayerNorm {
     family_layer!(
         LayerNormConfig,
         "A layer with weight 1 and bias 0. `Err(Parameter)` on an empty or zero-sized `normalized_shape` or a bad `eps`.",
-        "The per-row statistics saved by the last forward: (mean, rstd, _, _) per row, 4 f32 each; `None` before the first forward.");
+        "The per-row statistics saved by the last forward: (mean, rstd, _, _) per row, 4 f32 each; `None` before the first forward."
+    );
     mean_rstd_reads!();
 
     family_ops!(

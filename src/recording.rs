@@ -27,6 +27,9 @@ pub(crate) struct Recording<'c> {
     blocks: Vec<wgpu::Buffer>,
     /// Slots used in the last block.
     used: u64,
+    /// Bytes between two slots ([`slot_bytes`]), read from the device once
+    /// per recording.
+    stride: u64,
 }
 
 /// Parameter slots a uniform block holds: every op but a cut one fits one.
@@ -62,7 +65,8 @@ impl<'c> Recording<'c> {
         label: &str,
         build: impl FnOnce(&mut Recording<'c>) -> Result<()>,
     ) -> Result<()> {
-        let mut recording = Recording { ctx, steps: Vec::new(), blocks: Vec::new(), used: 0 };
+        let stride = slot_bytes(ctx.device());
+        let mut recording = Recording { ctx, steps: Vec::new(), blocks: Vec::new(), used: 0, stride };
         ctx.scoped(|| build(&mut recording))?;
         recording.write(encoder, label);
         Ok(())
@@ -78,7 +82,7 @@ impl<'c> Recording<'c> {
     /// an op makes one buffer for all its kernels (making one costs about
     /// 4 µs of the host's time on lavapipe).
     pub fn uniform(&mut self, params: &ChannelParams) -> Result<Uniform> {
-        let stride = slot_bytes(self.device());
+        let stride = self.stride;
         if self.blocks.is_empty() || self.used == SLOTS {
             self.blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-norm params"),
