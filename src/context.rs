@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::kernels::{create_init, KernelCache};
+use crate::plan_support::PlanSupport;
 use crate::strategy::{Access, Reduction};
 use crate::{Error, Result};
 
@@ -21,6 +22,7 @@ struct Inner {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     kernels: KernelCache,
+    plans: PlanSupport,
     lost: Arc<AtomicBool>,
     lost_reason: Arc<Mutex<String>>,
     /// The [`Reduction`] strategy, as its discriminant.
@@ -140,6 +142,7 @@ impl Context {
         Context {
             inner: Arc::new(Inner {
                 kernels: KernelCache::new(&device, words),
+                plans: PlanSupport::new(),
                 device,
                 queue,
                 info,
@@ -206,6 +209,20 @@ impl Context {
 
     pub(crate) fn kernels(&self) -> &KernelCache {
         &self.inner.kernels
+    }
+
+    pub(crate) fn plan_support(&self) -> &PlanSupport {
+        &self.inner.plans
+    }
+
+    /// Whether layers keep the wgpu objects of an op (its bind groups,
+    /// parameters and pipelines) for later calls that bind the same buffers
+    /// the same way (on by default). Recording such a call then makes
+    /// nothing; the price is that a layer holds the buffers of its last few
+    /// such calls alive. Off: ops recorded from now on make everything
+    /// afresh, and each layer drops what it kept at its next op.
+    pub fn set_plan_cache(&self, on: bool) {
+        self.inner.plans.set_keep(on);
     }
 
     /// `Err(DeviceLost)` once the device has been lost or destroyed.

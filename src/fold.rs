@@ -189,7 +189,7 @@ impl BatchNorm {
         if bias.is_some() {
             bias_params.flags |= FLAG_LAYER_BIAS;
         }
-        Recording::run(ctx, encoder, "fold batch_norm", |rec| {
+        Recording::run(ctx, None, encoder, "fold batch_norm", |rec| {
             let bias_buf = rec.uniform(&bias_params)?;
             let eval_chan = self.eval_coefficients();
             self.record_prepare_eval(rec, &bias_buf)?;

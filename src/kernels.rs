@@ -289,13 +289,19 @@ impl KernelCache {
         self.words.store(words, Ordering::Relaxed);
     }
 
-    /// The pipeline for `key`, compiled on first use (over 64-bit words
-    /// where the access says so). Call inside `Context::scoped` so compile
-    /// errors become `Err`.
-    pub fn get(&self, mut key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+    /// `key` as it is compiled: over 64-bit words where the access says so.
+    pub fn resolve(&self, mut key: KernelKey) -> KernelKey {
         if self.words() {
             key.shader = key.shader.in_words();
         }
+        key
+    }
+
+    /// The pipeline for `key`, compiled on first use (over 64-bit words
+    /// where the access says so). Call inside `Context::scoped` so compile
+    /// errors become `Err`.
+    pub fn get(&self, key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = self.resolve(key);
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }

@@ -50,6 +50,8 @@ pub mod layout;
 #[cfg(feature = "mpi")]
 mod mpi_exchange;
 pub mod partial_stats;
+mod plan_support;
+mod plans;
 mod recording;
 mod reduce;
 mod reducer;
@@ -77,6 +79,7 @@ pub use layout::{ChannelView, Layout};
 #[cfg(feature = "mpi")]
 pub use mpi_exchange::MpiExchange;
 pub use partial_stats::{GradSums, PartialStats};
+pub use plans::plans_made;
 pub use strategy::{Access, Reduction};
 pub use sync_batch_norm::SyncBatchNorm;
 pub use tensor::{DType, Tensor, TensorView};

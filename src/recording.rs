@@ -1,45 +1,29 @@
-//! How every op reaches the caller's encoder: it first builds a
-//! [`Recording`] (pipelines, uniforms and bind groups made on the device,
-//! with wgpu's errors caught), and only when all of it is valid are its
-//! steps written into the encoder. An op that fails leaves the encoder as
-//! it was, so the caller can still finish and submit it.
+//! How every op reaches the caller's encoder: it first describes what it
+//! records (a [`Recording`]: each dispatch's kernel, bindings and grid, each
+//! kernel's parameters, clears and copies), then takes the wgpu objects of
+//! that description from its layer's [`Plans`] or makes them, with wgpu's
+//! errors caught. Only when all of it is valid are the steps written into
+//! the encoder. An op that fails leaves the encoder as it was, so the
+//! caller can still finish and submit it.
 
 use crate::context::Context;
-use crate::kernels::{bind, dispatch3, ChannelParams, KernelKey};
-use crate::reduce::{bind_group, ReduceBindings};
-use crate::Error;
-use crate::Result;
-use std::sync::Arc;
+use crate::kernels::{ChannelParams, KernelKey};
+use crate::plans::{Bound, Description, Plan, Plans, Step};
+use crate::reduce::{entries, ReduceBindings};
+use crate::{Error, Result};
 
-/// One thing an op does to the encoder, in order.
-enum Step {
-    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, group: wgpu::BindGroup, grid: (u32, u32, u32) },
-    Clear(wgpu::Buffer),
-    Copy { from: wgpu::Buffer, from_offset: u64, to: wgpu::Buffer, to_offset: u64, bytes: u64 },
-}
-
-/// The steps of one op, built before anything is written to the encoder.
+/// The description of one op, built before anything is made or written.
 pub(crate) struct Recording<'c> {
     ctx: &'c Context,
-    steps: Vec<Step>,
-    /// The op's kernel parameters, slot by slot (blocks of [`SLOTS`]),
-    /// mapped until the steps are written.
-    blocks: Vec<wgpu::Buffer>,
-    /// Slots used in the last block.
-    used: u64,
-    /// Bytes between two slots ([`slot_bytes`]), read from the device once
-    /// per recording.
-    stride: u64,
+    description: Description,
 }
 
-/// Parameter slots a uniform block holds: every op but a cut one fits one.
-const SLOTS: u64 = 8;
-
-/// Kernel parameters bound as a uniform: one slot of a recording's block.
+/// Kernel parameters bound as a uniform: one slot of the op's block.
 #[derive(Clone)]
 pub(crate) struct Uniform {
-    buffer: wgpu::Buffer,
-    offset: u64,
+    /// Stands for the block, which is made with the plan.
+    placeholder: wgpu::Buffer,
+    slot: usize,
 }
 
 impl Uniform {
@@ -47,65 +31,56 @@ impl Uniform {
     /// it stands in).
     pub fn as_entire_binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(std::mem::size_of::<ChannelParams>() as u64),
+            buffer: &self.placeholder,
+            offset: self.slot as u64,
+            size: None,
         })
     }
 }
 
 impl<'c> Recording<'c> {
-    /// Builds a recording with `build` (wgpu's validation and out-of-memory
-    /// errors become `Err`), then writes it into `encoder`: dispatches in
-    /// compute passes labelled `label`, clears and copies between them.
-    /// On `Err` nothing has been written.
+    /// Describes an op with `describe`, takes its plan from `plans` (or
+    /// makes one where `plans` is `None`), then writes it into `encoder`:
+    /// dispatches in compute passes labelled `label`, clears and copies
+    /// between them. wgpu's validation and out-of-memory errors become
+    /// `Err`; on `Err` nothing has been written.
     pub fn run(
         ctx: &'c Context,
+        plans: Option<&Plans>,
         encoder: &mut wgpu::CommandEncoder,
         label: &str,
-        build: impl FnOnce(&mut Recording<'c>) -> Result<()>,
+        describe: impl FnOnce(&mut Recording<'c>) -> Result<()>,
     ) -> Result<()> {
-        let stride = slot_bytes(ctx.device());
-        let mut recording = Recording { ctx, steps: Vec::new(), blocks: Vec::new(), used: 0, stride };
-        ctx.scoped(|| build(&mut recording))?;
-        recording.write(encoder, label);
+        let mut recording = Recording { ctx, description: Description { steps: Vec::new(), params: Vec::new() } };
+        let mut used = None;
+        let plan = ctx.scoped(|| {
+            describe(&mut recording)?;
+            match plans {
+                Some(plans) => {
+                    let (plan, hash) = plans.plan(ctx, recording.description)?;
+                    used = Some(hash);
+                    Ok(plan)
+                }
+                None => Ok(std::sync::Arc::new(Plan::make(ctx, recording.description)?)),
+            }
+        });
+        let plan = match (plan, plans, used) {
+            (Err(e), Some(plans), Some(hash)) => {
+                plans.forget(hash);
+                return Err(e);
+            }
+            (plan, ..) => plan?,
+        };
+        plan.write(encoder, label);
         Ok(())
     }
 
-    /// The device the recording is for.
-    pub fn device(&self) -> &'c wgpu::Device {
-        self.ctx.device()
-    }
-
-    /// `params` as a uniform: a slot of a block made for this recording, so
-    /// ops recorded into one encoder never see each other's parameters, and
-    /// an op makes one buffer for all its kernels (making one costs about
-    /// 4 µs of the host's time on lavapipe).
+    /// `params` as a uniform: a slot of the op's parameter block, so ops
+    /// recorded into one encoder never see each other's parameters.
     pub fn uniform(&mut self, params: &ChannelParams) -> Result<Uniform> {
-        let stride = self.stride;
-        if self.blocks.is_empty() || self.used == SLOTS {
-            self.blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-norm params"),
-                size: SLOTS * stride,
-                usage: wgpu::BufferUsages::UNIFORM,
-                mapped_at_creation: true,
-            }));
-            self.used = 0;
-        }
-        let buffer = self.blocks[self.blocks.len() - 1].clone();
-        let offset = self.used * stride;
-        let bytes = bytemuck::bytes_of(params);
-        buffer
-            .get_mapped_range_mut(offset..offset + bytes.len() as u64)
-            .map_err(|e| Error::DeviceLost(format!("could not fill a parameter block: {e}")))?
-            .copy_from_slice(bytes);
-        self.used += 1;
-        Ok(Uniform { buffer, offset })
-    }
-
-    /// The pipeline of `key`, compiled on first use.
-    pub fn pipeline(&self, key: KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
-        self.ctx.kernels().get(key)
+        let placeholder = self.ctx.plan_support().placeholder(self.ctx.device()).clone();
+        self.description.params.push(bytemuck::cast(*params));
+        Ok(Uniform { placeholder, slot: self.description.params.len() - 1 })
     }
 
     /// Dispatches `key`'s pipeline over `grid` workgroups with `entries`
@@ -116,10 +91,7 @@ impl<'c> Recording<'c> {
         entries: &[(u32, wgpu::BindingResource<'_>)],
         grid: (u32, u32),
     ) -> Result<()> {
-        let pipeline = self.pipeline(key)?;
-        let group = bind(self.device(), &pipeline, entries);
-        self.dispatch_group(pipeline, group, (grid.0, grid.1, 1));
-        Ok(())
+        self.dispatch3(key, entries, (grid.0, grid.1, 1))
     }
 
     /// Dispatches the reduction kernel `key` over `grid` (x, y, views);
@@ -131,63 +103,44 @@ impl<'c> Recording<'c> {
         vec4: bool,
         grid: (u32, u32, u32),
     ) -> Result<()> {
-        let pipeline = self.pipeline(key)?;
-        let group = bind_group(self.device(), &pipeline, bindings, vec4);
-        self.dispatch_group(pipeline, group, grid);
-        Ok(())
+        self.dispatch3(key, &entries(bindings, vec4), grid)
     }
 
-    /// Dispatches `pipeline` with a bind group made for it.
-    pub fn dispatch_group(
+    fn dispatch3(
         &mut self,
-        pipeline: Arc<wgpu::ComputePipeline>,
-        group: wgpu::BindGroup,
+        key: KernelKey,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
         grid: (u32, u32, u32),
-    ) {
-        self.steps.push(Step::Dispatch { pipeline, group, grid });
+    ) -> Result<()> {
+        let placeholder = self.ctx.plan_support().placeholder(self.ctx.device());
+        let entries = entries
+            .iter()
+            .map(|(binding, resource)| {
+                let wgpu::BindingResource::Buffer(b) = resource else {
+                    return Err(Error::Parameter("internal: a kernel binds something other than a buffer".into()));
+                };
+                let bound = if b.buffer == placeholder {
+                    Bound::Params(b.offset as usize)
+                } else {
+                    Bound::Buffer { buffer: b.buffer.clone(), offset: b.offset, size: b.size }
+                };
+                Ok((*binding, bound))
+            })
+            .collect::<Result<_>>()?;
+        // The kernel as it will be compiled (f32 tensors as words or not).
+        let key = self.ctx.kernels().resolve(key);
+        self.description.steps.push(Step::Dispatch { key, entries, grid });
+        Ok(())
     }
 
     /// Zeroes `buffer`.
     pub fn clear(&mut self, buffer: &wgpu::Buffer) {
-        self.steps.push(Step::Clear(buffer.clone()));
+        self.description.steps.push(Step::Clear(buffer.clone()));
     }
 
     /// Copies `bytes` from `from` at `from_offset` to `to` at `to_offset`.
     pub fn copy(&mut self, from: &wgpu::Buffer, from_offset: u64, to: &wgpu::Buffer, to_offset: u64, bytes: u64) {
         let (from, to) = (from.clone(), to.clone());
-        self.steps.push(Step::Copy { from, from_offset, to, to_offset, bytes });
+        self.description.steps.push(Step::Copy { from, from_offset, to, to_offset, bytes });
     }
-
-    /// Writes the steps: runs of dispatches share one compute pass.
-    fn write(self, encoder: &mut wgpu::CommandEncoder, label: &str) {
-        for block in &self.blocks {
-            block.unmap();
-        }
-        let mut steps = self.steps.into_iter().peekable();
-        while let Some(step) = steps.next() {
-            match step {
-                Step::Clear(buffer) => encoder.clear_buffer(&buffer, 0, None),
-                Step::Copy { from, from_offset, to, to_offset, bytes } => {
-                    encoder.copy_buffer_to_buffer(&from, from_offset, &to, to_offset, bytes)
-                }
-                Step::Dispatch { pipeline, group, grid } => {
-                    let descriptor = wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None };
-                    let mut pass = encoder.begin_compute_pass(&descriptor);
-                    dispatch3(&mut pass, &pipeline, &group, grid);
-                    while let Some(Step::Dispatch { .. }) = steps.peek() {
-                        if let Some(Step::Dispatch { pipeline, group, grid }) = steps.next() {
-                            dispatch3(&mut pass, &pipeline, &group, grid);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Bytes between two parameter slots: the parameters, rounded up to the
-/// device's uniform offset alignment.
-fn slot_bytes(device: &wgpu::Device) -> u64 {
-    let align = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(1);
-    (std::mem::size_of::<ChannelParams>() as u64).div_ceil(align) * align
 }

@@ -10,7 +10,7 @@
 //! rows share a workgroup (rows), and strided ones go column-wise
 //! (interleaved).
 
-use crate::kernels::{bind, ChannelParams, KernelKey, Shader};
+use crate::kernels::{ChannelParams, KernelKey, Shader};
 use crate::layout::ChannelView;
 use crate::row_teams;
 use crate::strategy::Reduction;
@@ -429,20 +429,15 @@ pub(crate) fn kernel(plan: &ReducePlan, mode: ReduceMode, f16: bool) -> KernelKe
     KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32)
 }
 
-/// The bind group of a reduction `pipeline`: reduce.wgsl, or (`vec4`)
-/// reduce_vec4.wgsl, which binds no weight.
-pub(crate) fn bind_group(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    b: ReduceBindings<'_>,
-    vec4: bool,
-) -> wgpu::BindGroup {
+/// The bindings of a reduction kernel: reduce.wgsl's, or (`vec4`)
+/// reduce_vec4.wgsl's, which bind no weight.
+pub(crate) fn entries(b: ReduceBindings<'_>, vec4: bool) -> Vec<(u32, wgpu::BindingResource<'_>)> {
     let z = b.z.unwrap_or_else(|| b.x.clone());
     let mut entries = vec![(0, b.params), (1, b.x.clone()), (2, b.dy), (3, b.chan), (4, b.partials), (6, z)];
     if !vec4 {
         entries.push((5, b.weight.unwrap_or(b.x)));
     }
-    bind(device, pipeline, &entries)
+    entries
 }
 
 #[cfg(test)]

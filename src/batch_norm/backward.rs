@@ -75,7 +75,7 @@ impl BatchNorm {
         };
         let chan = if batch { &self.saved } else { &self.eval_chan };
 
-        Recording::run(&self.ctx, encoder, "batch_norm backward", |rec| {
+        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm backward", |rec| {
             let params_buf = rec.uniform(&params)?;
             if cut.needs_clear && !given {
                 rec.clear(&partials);

@@ -78,7 +78,7 @@ impl BatchNorm {
             }
         };
 
-        Recording::run(&self.ctx, encoder, "batch_norm forward", |rec| {
+        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm forward", |rec| {
             let chan = if batch { &self.saved } else { &self.eval_chan };
             if !batch && !running_in_apply {
                 let params_buf = rec.uniform(&params)?;
@@ -297,7 +297,7 @@ impl BatchNorm {
         params.merge_block = merge_block(params.parts, self.ctx.reduction());
         let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
-        Recording::run(&self.ctx, encoder, "batch_norm local partials", |rec| {
+        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm local partials", |rec| {
             let params_buf = rec.uniform(&params)?;
             if cut.needs_clear {
                 rec.clear(&partials);

@@ -17,6 +17,7 @@ use crate::kernels::{
     FLAG_RUNNING_IN_MERGE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
+use crate::plans::Plans;
 use crate::recording::{Recording, Uniform};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
 use crate::scratch::Scratch;
@@ -140,6 +141,8 @@ pub struct BatchNorm {
     grad_coef: wgpu::Buffer,
     /// Partial statistics, grown on demand and reused.
     scratch: Scratch,
+    /// The wgpu objects of recent ops, for calls that repeat them.
+    plans: Plans,
     /// Shape and layout of the input whose statistics `saved` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout)>>,
     /// Stand-in for output bindings a kernel variant never writes.
@@ -191,6 +194,7 @@ impl BatchNorm {
             eval_chan: ctx.zeros("bn eval coefficients", vec4)?,
             grad_coef: ctx.zeros("bn dx coefficients", vec4)?,
             scratch: Scratch::new(ctx, "bn"),
+            plans: Plans::default(),
             saved_for: Mutex::new(None),
             unused: ctx.zeros("bn unused binding", 16)?,
             local_stats: ctx.zeros("bn local partial statistics", vec4)?,

@@ -108,6 +108,7 @@ use crate::kernels::{
     grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
+use crate::plans::Plans;
 use crate::recording::{Recording, Uniform};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
@@ -157,6 +158,8 @@ pub(crate) struct Core {
     pub running_var: wgpu::Buffer,
     /// Row statistics, partials and the buffers of a cut op.
     scratch: Scratch,
+    /// The wgpu objects of recent ops, for calls that repeat them.
+    plans: Plans,
     /// Shape, layout and row count of the input whose statistics `rows` holds.
     saved_for: Mutex<Option<(Vec<usize>, Layout, usize)>>,
 }
@@ -171,6 +174,7 @@ impl Core {
             running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
             running_var: ctx.upload("norm running_var", &vec![1.0f32; len])?,
             scratch: Scratch::new(ctx, "norm"),
+            plans: Plans::default(),
             saved_for: Mutex::new(None),
             ctx: ctx.clone(),
             len,

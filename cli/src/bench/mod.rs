@@ -180,8 +180,12 @@ pub struct BenchResult {
     /// `gbps / copy_gbps`: the headline.
     pub ratio_to_copy: f64,
     /// Median host time to record the op into an encoder (pipelines warm,
-    /// nothing submitted), in microseconds.
+    /// nothing submitted), in microseconds: a call that repeats an earlier
+    /// one's buffers, whose wgpu objects its layer kept.
     pub record_us: f64,
+    /// The same with the plan cache off: what a call with buffers its
+    /// layer has not kept costs.
+    pub record_fresh_us: f64,
     /// Compute dispatches one recording of the op makes.
     pub dispatches: u64,
     /// Median of the naive baseline, where the op has one.
@@ -310,6 +314,10 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
             clock.measure(ctx, warmup, min_warmup_ms, iters, &mut [&mut |e| work.record(e), &mut |e| copy.record(e)])?
         };
         let (record_us, dispatches) = record_cost(ctx, &work)?;
+        ctx.set_plan_cache(false);
+        let fresh = record_cost(ctx, &work);
+        ctx.set_plan_cache(true);
+        let record_fresh_us = fresh?.0;
         let (times, copy_ms, naive_ms) = (&times[0], median(&times[1]), times.get(2).map(|t| median(t)));
         let median_ms = median(times);
         let op_gbps = gbps(bytes, median_ms);
@@ -329,6 +337,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
             copy_kernel: copy.kernel.name(),
             ratio_to_copy: op_gbps / copy_gbps,
             record_us,
+            record_fresh_us,
             dispatches,
             naive_ms,
             speedup_vs_naive: naive_ms.map(|n| n / median_ms),

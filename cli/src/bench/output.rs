@@ -220,6 +220,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
                 "ratio_to_copy": num(r.ratio_to_copy),
                 "copy_kernel": r.copy_kernel,
                 "record_us": num(r.record_us),
+                "record_fresh_us": num(r.record_fresh_us),
                 "dispatches": r.dispatches,
             });
             if let Some(layer) = &r.layer {
