@@ -1,5 +1,6 @@
-//! LayerNorm's and RMSNorm's forward and backward in one pass on CPU
-//! adapters, for rows short enough to stay in registers. The forward reads
+//! LayerNorm's and RMSNorm's forward and backward in one pass, for rows
+//! short enough to stay in registers (on GPUs, the forward, and the
+//! backward of rows of 512 values or more). The forward reads
 //! each row once, takes its exact statistics over the registers and writes
 //! y from them: two accesses per value, where statistics-then-apply take
 //! three plus a stat load per value. The backward reads x and dy once,
@@ -38,6 +39,11 @@ pub(crate) const MAX_ONE_LANE: usize = 32;
 /// lavapipe: rows of up to 512 values).
 pub(crate) const MAX_PER_LANE: usize = 16;
 
+/// On GPUs, the shortest rows whose backward takes one pass: on an H200
+/// the one pass won at rows of 512 values (8192x512: 0.109 ms against
+/// 0.121) and lost at 256 and shorter (2048x256: 0.071 against 0.051).
+const GPU_BACKWARD_ROWS: usize = 512;
+
 /// Invocations per workgroup.
 const WG: usize = 64;
 
@@ -59,18 +65,20 @@ pub(crate) struct Resident {
 }
 
 impl Resident {
-    /// The plan for rows of `row_len` values whose views start at the
-    /// element offsets `offsets`, or `None` where the two passes run: GPUs
-    /// (their reductions are trees; this path was measured on lavapipe
-    /// only), views not in whole vec4s, and rows too long to hold.
-    /// `device` gives the subgroup size.
+    /// The plan of `pass` for rows of `row_len` values whose views start
+    /// at the element offsets `offsets`, or `None` where the two passes
+    /// run: views not in whole vec4s, rows too long to hold, and on GPUs
+    /// (`Reduction::Tree`) backwards of rows under [`GPU_BACKWARD_ROWS`]
+    /// values. `device` gives the subgroup size.
     pub fn choose(
         reduction: Reduction,
         device: (&wgpu::AdapterInfo, wgpu::Features),
         row_len: usize,
         offsets: &[u32],
+        pass: Pass,
     ) -> Option<Resident> {
-        if reduction != Reduction::PerInvocation || offsets.iter().any(|o| o % 4 != 0) {
+        let gpu_backward = reduction == Reduction::Tree && pass != Pass::Forward;
+        if offsets.iter().any(|o| o % 4 != 0) || (gpu_backward && row_len < GPU_BACKWARD_ROWS) {
             return None;
         }
         Self::for_rows(row_len, fixed_subgroup_size(device.0, device.1))
@@ -91,11 +99,13 @@ impl Resident {
         (vectors <= MAX_PER_LANE).then_some(Resident { lanes: lanes as u32, vectors: vectors as u32 })
     }
 
-    /// Workgroups for `rows` rows.
-    pub fn workgroups(&self, rows: usize, pass: Pass) -> u32 {
+    /// Workgroups for `rows` rows of `pass` under `reduction`.
+    pub fn workgroups(&self, rows: usize, pass: Pass, reduction: Reduction) -> u32 {
         let rows_per_workgroup = WG / self.lanes as usize;
-        let most = match pass {
-            Pass::Backward if self.lanes == 1 => ONE_LANE_BACKWARD_WORKGROUPS,
+        let most = match (pass, reduction) {
+            // GPUs: a workgroup for each group of rows, to fill the device.
+            (Pass::Forward, Reduction::Tree) => 65535,
+            (Pass::Backward, _) if self.lanes == 1 => ONE_LANE_BACKWARD_WORKGROUPS,
             _ => WORKGROUPS,
         };
         rows.div_ceil(rows_per_workgroup).clamp(1, most) as u32
@@ -104,7 +114,8 @@ impl Resident {
     /// Column partial slots of the backward over `rows` rows: one per
     /// invocation, or per subgroup (each lane its own columns).
     pub fn slots(&self, rows: usize) -> u32 {
-        self.workgroups(rows, Pass::Backward) * (WG as u32 / self.lanes)
+        // The backward's workgroups are the same under both reductions.
+        self.workgroups(rows, Pass::Backward, Reduction::PerInvocation) * (WG as u32 / self.lanes)
     }
 
     /// The WGSL of the three kernels (the [`Pass`]es' entry points),
@@ -445,14 +456,20 @@ mod tests {
 
     #[test]
     fn workgroups_cover_the_rows_up_to_the_cap() {
+        let (cpu, gpu) = (Reduction::PerInvocation, Reduction::Tree);
         let one = Resident { lanes: 1, vectors: 14 };
-        assert_eq!(one.workgroups(1, Pass::Forward), 1);
-        assert_eq!(one.workgroups(65, Pass::Forward), 2);
-        assert_eq!(one.workgroups(1 << 20, Pass::Forward), WORKGROUPS as u32);
-        assert_eq!(one.workgroups(1 << 20, Pass::Backward), ONE_LANE_BACKWARD_WORKGROUPS as u32);
+        assert_eq!(one.workgroups(1, Pass::Forward, cpu), 1);
+        assert_eq!(one.workgroups(65, Pass::Forward, cpu), 2);
+        assert_eq!(one.workgroups(1 << 20, Pass::Forward, cpu), WORKGROUPS as u32);
+        assert_eq!(one.workgroups(1 << 20, Pass::Forward, gpu), 1 << 14);
+        assert_eq!(one.workgroups(1 << 24, Pass::Forward, gpu), 65535);
+        assert_eq!(one.workgroups(1 << 12, Pass::Forward, gpu), 64);
+        for reduction in [cpu, gpu] {
+            assert_eq!(one.workgroups(1 << 20, Pass::Backward, reduction), ONE_LANE_BACKWARD_WORKGROUPS as u32);
+        }
         assert_eq!(one.slots(1 << 20), 64 * ONE_LANE_BACKWARD_WORKGROUPS as u32);
         let eight = Resident { lanes: 8, vectors: 16 };
-        assert_eq!(eight.workgroups(9, Pass::Forward), 2);
+        assert_eq!(eight.workgroups(9, Pass::Forward, cpu), 2);
         assert_eq!(eight.slots(1 << 20), 8 * WORKGROUPS as u32);
     }
 }

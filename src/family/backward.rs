@@ -48,7 +48,7 @@ impl Core {
             .iter()
             .map(|part| {
                 let offsets: Vec<u32> = part.windows.iter().map(|w| w.elem_offset).collect();
-                self.resident(&part.geo, source, &offsets).filter(|r| {
+                self.resident(&part.geo, source, &offsets, Pass::Backward).filter(|r| {
                     let total = r.slots(part.geo.rows()) * slots;
                     total <= MAX_MERGE_PARTS && u64::from(total) * geo.weights.channels as u64 * 16 <= max_binding
                 })

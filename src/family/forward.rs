@@ -1,6 +1,6 @@
 //! The family's forward as recorded: statistics per stat row over each part
-//! (or the one-pass kernels of src/resident.rs for short rows on CPU
-//! adapters), the apply, and InstanceNorm's running statistics.
+//! (or the one-pass kernels of src/resident.rs for LayerNorm's and
+//! RMSNorm's short rows), the apply, and InstanceNorm's running statistics.
 
 use super::*;
 
@@ -79,7 +79,7 @@ impl Core {
         stat_params.x_off = xw.elem_offset;
         stat_params.weight_base = weight_base;
         // LayerNorm's and RMSNorm's rows, where they fit: one pass.
-        if let Some(resident) = self.resident(geo, source, &[xw.elem_offset, yw.elem_offset]) {
+        if let Some(resident) = self.resident(geo, source, &[xw.elem_offset, yw.elem_offset], Pass::Forward) {
             let mut params = stat_params;
             params.y_off = yw.elem_offset;
             let views = [(9, yw.resource())];
@@ -139,17 +139,17 @@ impl Core {
         rec.dispatch(tile_kernel(&tile, "apply"), &entries, tile.apply.grid)
     }
 
-    /// The one-pass plan (src/resident.rs) for `geo` on input statistics,
-    /// with views at element offsets `offsets`: LayerNorm's and RMSNorm's
-    /// rows on CPU adapters, where they fit.
-    pub(super) fn resident(&self, geo: &Geometry, source: Source, offsets: &[u32]) -> Option<Resident> {
+    /// The one-pass plan (src/resident.rs) of `pass` for `geo` on input
+    /// statistics, with views at element offsets `offsets`: LayerNorm's and
+    /// RMSNorm's rows, where they fit.
+    pub(super) fn resident(&self, geo: &Geometry, source: Source, offsets: &[u32], pass: Pass) -> Option<Resident> {
         let trailing = *geo == Geometry::trailing(geo.rows(), geo.row_len());
         let input = source == Source::Input { update_running: false };
         if !(trailing && input) {
             return None;
         }
         let device = (self.ctx.adapter_info(), self.ctx.device().features());
-        Resident::choose(self.ctx.reduction(), device, geo.row_len(), offsets)
+        Resident::choose(self.ctx.reduction(), device, geo.row_len(), offsets, pass)
     }
 
     /// Records `kernel` of the one-pass plan over `piece`'s rows: its
@@ -173,7 +173,8 @@ impl Core {
             (8, piece.x.resource()),
         ];
         entries.extend_from_slice(views);
-        rec.dispatch(key, &entries, (resident.workgroups(piece.geo.rows(), kernel), 1))
+        let workgroups = resident.workgroups(piece.geo.rows(), kernel, self.ctx.reduction());
+        rec.dispatch(key, &entries, (workgroups, 1))
     }
 
     pub(super) fn record_running(
