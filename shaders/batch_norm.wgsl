@@ -7,6 +7,9 @@
 // The elementwise passes (apply, dx) live in elementwise.wgsl.
 // Needs common.wgsl in front of it and merge.wgsl (appended).
 
+// channel_forward's epilogue: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
+override MODE: u32 = 0u;
+
 @group(0) @binding(0) var<uniform> p: Params;
 // read_write for merge_blocks_*, which merge in place.
 @group(0) @binding(1) var<storage, read_write> partials: array<vec4<f32>>;
@@ -23,6 +26,8 @@
 @group(0) @binding(12) var<storage, read_write> grad: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
+// channel_forward's residual input (MODE 2).
+@group(0) @binding(15) var<storage, read> z: array<f32>;
 // New running statistics waiting for commit_running: mean[C], var[C], and
 // per channel 1.0 when both are finite.
 @group(0) @binding(17) var<storage, read_write> pending: array<f32>;
@@ -214,6 +219,105 @@ fn merge_grads(g: Grid) {
         } else {
             dweight[c] = sums.y * invstd;
             grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
+        }
+    }
+}
+
+// The training forward in one pass, for channels whose values one workgroup
+// walks (src/batch_norm/forward.rs says which, and why GPUs only): the
+// workgroup of channel c takes its mean, then its variance about that mean
+// (two exact passes over values its caches still hold), writes the
+// channel's coefficients and, with FLAG_UPDATE_RUNNING (always with a
+// momentum: see merge_stats), its running statistics, then y as apply does.
+const CHANNEL_WG: u32 = 256u;
+
+var<workgroup> team: array<f32, CHANNEL_WG>;
+
+// The sum of every invocation's `v` (all of the workgroup call it).
+fn team_sum(t: u32, v: f32) -> f32 {
+    team[t] = v;
+    workgroupBarrier();
+    for (var s = CHANNEL_WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            team[t] += team[t + s];
+        }
+        workgroupBarrier();
+    }
+    let total = team[0];
+    workgroupBarrier();
+    return total;
+}
+
+// An invocation's place in a channel's values: run o (of `outer`), value i
+// of the run (of `inner`). Invocations start at their index and step the
+// workgroup's size at a time, without a division per value.
+struct Cursor {
+    o: u32,
+    i: u32,
+}
+
+fn cursor(first: u32) -> Cursor {
+    let o = first / p.inner;
+    return Cursor(o, first - o * p.inner);
+}
+
+fn next(at: Cursor) -> Cursor {
+    var n = Cursor(at.o, at.i + CHANNEL_WG);
+    while (n.i >= p.inner) {
+        n.i -= p.inner;
+        n.o += 1u;
+    }
+    return n;
+}
+
+// The view index of channel c's value at `at`.
+fn index_of(c: u32, at: Cursor) -> u32 {
+    return (at.o * p.channels + c) * p.inner + at.i;
+}
+
+@compute @workgroup_size(CHANNEL_WG)
+fn channel_forward(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = wg.x; c < p.channels; c += nwg.x) {
+        var sum = 0.0;
+        for (var at = cursor(t); at.o < p.outer; at = next(at)) {
+            sum += x[p.x_off + index_of(c, at)];
+        }
+        let mean = team_sum(t, sum) / p.count;
+        var squares = 0.0;
+        for (var at = cursor(t); at.o < p.outer; at = next(at)) {
+            let d = x[p.x_off + index_of(c, at)] - mean;
+            squares += d * d;
+        }
+        let m2 = team_sum(t, squares);
+        let invstd = 1.0 / sqrt(m2 / p.count + p.eps);
+        let scale = gamma(c) * invstd;
+        let shift = beta(c);
+        if (t == 0u) {
+            chan[c] = vec4<f32>(mean, invstd, scale, shift);
+            if (has(FLAG_UPDATE_RUNNING)) {
+                let f = p.momentum;
+                running_mean[c] = (1.0 - f) * running_mean[c] + f * mean;
+                running_var[c] = (1.0 - f) * running_var[c] + f * m2 / max(p.count - 1.0, 1.0);
+                if (c == 0u) {
+                    bump_counter();
+                }
+            }
+        }
+        for (var at = cursor(t); at.o < p.outer; at = next(at)) {
+            let e = index_of(c, at);
+            var v = fma(x[p.x_off + e] - mean, scale, shift);
+            if (MODE == 2u) {
+                v += z[p.z_off + e];
+            }
+            if (MODE != 0u) {
+                // ReLU that keeps NaN, as apply's.
+                v = select(v, p.relu_zero, v <= 0.0);
+            }
+            y[p.y_off + e] = v;
         }
     }
 }

@@ -24,7 +24,7 @@ pub(crate) enum Shader {
     /// (generated: src/row_teams.rs), of f16 in memory with `f16`, of f32
     /// as two 64-bit words with `words`.
     ReduceTeams { per_lane: u8, f16: bool, words: bool },
-    /// BatchNorm's per-channel and elementwise kernels.
+    /// BatchNorm's per-channel kernels.
     BatchNorm,
     /// The family's (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) per-row and
     /// elementwise kernels, over f16 tensors with `f16`, the elementwise
@@ -168,7 +168,9 @@ impl Shader {
         let enable = if f16 { "enable f16;\n" } else { "" };
         // The merge kernels' shared loop (WGSL resolves declarations in any order).
         let merge = match self {
-            Shader::BatchNorm | Shader::RowNorm { .. } => include_str!("../shaders/merge.wgsl"),
+            Shader::BatchNorm | Shader::RowNorm { .. } => {
+                include_str!("../shaders/merge.wgsl")
+            }
             _ => "",
         };
         // How invocations walk a view (runs, interleaved row ranges).

@@ -18,9 +18,16 @@ use common::family::{group_norm_case, instance_norm_case, layer_norm_case, rms_n
 use common::{assert_close, ctx, Rng};
 use wgpu_norm::{
     Access, BatchNorm, BatchNormConfig, BatchNormState, Epilogue, LayerNorm, LayerNormConfig, Layout, Mode, Reduction,
-    Tensor,
+    Tensor, TensorView,
 };
-use wgpu_norm_reference::reference::{self, BatchNormArgs, LayerNormArgs};
+use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused, LayerNormArgs};
+
+/// The context's reduction and access are switched by these tests: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();
@@ -112,6 +119,7 @@ fn f16_layer_norm_case(rng: &mut Rng, what: &str, rows: usize, d: usize) {
 
 #[test]
 fn both_reduction_strategies_match_the_reference() {
+    let _serial = serial();
     let ctx = ctx();
     let default = ctx.reduction();
     let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
@@ -148,6 +156,7 @@ fn both_reduction_strategies_match_the_reference() {
 
 #[test]
 fn both_accesses_match_the_reference() {
+    let _serial = serial();
     let ctx = ctx();
     let default = ctx.access();
     let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
@@ -178,4 +187,102 @@ fn both_accesses_match_the_reference() {
         layer_norm_case(&mut rng, &[3, 2052], 1, 1.5, true, true);
     }
     ctx.set_access(default).unwrap();
+}
+
+/// GPUs take the training forward of channels that fit a workgroup in one
+/// dispatch (batch_norm.wgsl's channel_forward): y, the saved statistics,
+/// the running ones and the counter as the reference has them, with each
+/// epilogue, views at offsets, no affine; and the configurations it leaves
+/// to the three passes (a cumulative average, check_finite) still right.
+#[test]
+fn one_pass_training_forward_on_gpus_matches_the_reference() {
+    let _serial = serial();
+    let ctx = ctx();
+    let default = ctx.reduction();
+    ctx.set_reduction(Reduction::Tree);
+    let mut rng = Rng(79);
+    // (shape, layout, config, epilogue, offset in values, one dispatch expected)
+    let base = |c| BatchNormConfig::new(c);
+    let (nchw, nhwc) = (Layout::Nchw, Layout::Nhwc);
+    type Case = (Vec<usize>, Layout, BatchNormConfig, Fused, u64, bool);
+    let cases: Vec<Case> = vec![
+        (vec![32, 20, 7, 7], nchw, base(20), Fused::None, 0, true),
+        (vec![4, 6, 30, 40], nchw, base(6).momentum(Some(0.3)), Fused::Relu, 0, true),
+        (vec![2, 3, 16], nchw, base(3).affine(false), Fused::AddRelu, 7, true),
+        (vec![8, 5, 1024], nchw, base(5), Fused::None, 0, true),
+        (vec![2, 4, 3, 3, 5], nchw, base(4).track_running_stats(false), Fused::None, 3, true),
+        // What the three passes keep: a cumulative average, check_finite,
+        // more values a channel than a workgroup walks, runs under 16
+        // values, channels-last.
+        (vec![4, 6, 30, 40], nchw, base(6).momentum(None), Fused::None, 0, false),
+        (vec![4, 6, 30, 40], nchw, base(6).check_finite(true), Fused::Relu, 0, false),
+        (vec![3, 2, 64, 64], nchw, base(2), Fused::None, 0, false),
+        (vec![4, 3, 2, 5], nchw, base(3), Fused::None, 0, false),
+        (vec![4, 6, 30, 40], nhwc, base(6), Fused::None, 0, false),
+    ];
+    for (shape, layout, config, fused, offset, one) in cases {
+        let c = shape[1];
+        let len: usize = shape.iter().product();
+        let (x, z) = (rng.normal_vec(len, 2.0, 3.0), rng.normal_vec(len, 0.0, 1.0));
+        let mut state = BatchNormState::initial(c);
+        state.weight = rng.normal_vec(c, 1.0, 0.3);
+        state.bias = rng.normal_vec(c, 0.0, 0.3);
+        state.num_batches_tracked = 3;
+        let bn = BatchNorm::new(ctx, config.clone()).unwrap();
+        bn.write_state(&state).unwrap();
+        let padded = |v: &[f32]| {
+            let mut all = vec![0.25; offset as usize];
+            all.extend_from_slice(v);
+            Tensor::from_slice(ctx, &all, &[all.len()], Layout::Nchw).unwrap()
+        };
+        let (xt, zt, yt) = (padded(&x), padded(&z), padded(&vec![0.0; len]));
+        fn view<'a>(t: &'a Tensor, shape: &[usize], layout: Layout, offset: u64) -> TensorView<'a> {
+            TensorView::new(&t.buffer, shape).with_layout(layout).at_offset(offset * 4)
+        }
+        let z_view = view(&zt, &shape, layout, offset);
+        let epilogue = match fused {
+            Fused::None => Epilogue::None,
+            Fused::Relu => Epilogue::Relu,
+            Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: None },
+        };
+        let before = wgpu_norm::recorded_dispatches();
+        bn.context()
+            .run(|e| {
+                bn.forward(
+                    e,
+                    &view(&xt, &shape, layout, offset),
+                    &view(&yt, &shape, layout, offset),
+                    Mode::Training,
+                    epilogue,
+                )
+            })
+            .unwrap();
+        let dispatches = wgpu_norm::recorded_dispatches() - before;
+        let what = format!("{shape:?} {layout:?} {fused:?} at {offset}");
+        assert_eq!(dispatches == 1, one, "{what}: {dispatches} dispatches");
+        let args = BatchNormArgs {
+            weight: config.affine.then_some(&state.weight[..]),
+            bias: config.affine.then_some(&state.bias[..]),
+            running_mean: config.track_running_stats.then_some(&state.running_mean[..]),
+            running_var: config.track_running_stats.then_some(&state.running_var[..]),
+            training: true,
+            momentum: config.momentum.map(f64::from),
+            num_batches_tracked: state.num_batches_tracked,
+            eps: f64::from(config.eps),
+            fused,
+            ..BatchNormArgs::new(&shape, layout)
+        };
+        let want = reference::batch_norm_forward(&args, &x, (fused == Fused::AddRelu).then_some(&z[..]));
+        assert_close(&format!("{what} y"), &yt.read(ctx).unwrap()[offset as usize..], &want.y);
+        let (mean, invstd) = bn.read_saved().unwrap();
+        assert_close(&format!("{what} save_mean"), &mean, &want.save_mean);
+        assert_close(&format!("{what} save_invstd"), &invstd, &want.save_invstd);
+        let after = bn.read_state().unwrap();
+        if let (Some(rm), Some(rv)) = (&want.running_mean, &want.running_var) {
+            assert_close(&format!("{what} running_mean"), &after.running_mean, rm);
+            assert_close(&format!("{what} running_var"), &after.running_var, rv);
+        }
+        assert_eq!(after.num_batches_tracked, want.num_batches_tracked, "{what}");
+    }
+    ctx.set_reduction(default);
 }

@@ -4,6 +4,15 @@
 //! SyncBatchNorm's local halves, which stop after the partials.
 
 use super::*;
+use crate::tiling::Chunk;
+
+/// Most values a channel may have for the one-pass training forward: a
+/// workgroup of 256 walks them in 32 steps a pass.
+const ONE_PASS_VALUES: usize = 8192;
+
+/// Shortest runs of a channel (its `inner`) the one-pass forward takes: a
+/// workgroup's neighbouring invocations read neighbouring values.
+const ONE_PASS_RUN: usize = 16;
 
 impl BatchNorm {
     /// The partial-statistics scratch for `parts` vec4 partials per channel.
@@ -65,8 +74,9 @@ impl BatchNorm {
         tensors[Y] = Some(y);
         tensors[Z] = epilogue.z();
         let cut = self.cut(view, tensors, &params)?;
+        let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running);
         let partials = match source {
-            _ if !batch => None,
+            _ if !batch || one_pass => None,
             Source::Given { values, .. } => {
                 params.parts = 1;
                 Some(values.clone())
@@ -79,6 +89,9 @@ impl BatchNorm {
         };
 
         Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm forward", |rec| {
+            if one_pass {
+                return self.record_channel_forward(rec, &params, &cut.chunks[0], epilogue);
+            }
             let chan = if batch { &self.saved } else { &self.eval_chan };
             if !batch && !running_in_apply {
                 let params_buf = rec.uniform(&params)?;
@@ -141,6 +154,52 @@ impl BatchNorm {
             *lock(&self.saved_for) = Some((x.shape.clone(), x.layout));
         }
         Ok(())
+    }
+
+    /// Whether the training forward of `view` takes one dispatch
+    /// (batch_norm.wgsl's channel_forward, a workgroup a channel): on GPUs,
+    /// for f32 channels-first views in one binding, runs of at least
+    /// [`ONE_PASS_RUN`] values, at most [`ONE_PASS_VALUES`] a channel, and
+    /// running statistics that the channel's workgroup may commit itself (a
+    /// momentum, no `check_finite`), or none to update. Not on lavapipe,
+    /// where it ran at a third of the three passes' speed (scalar loads
+    /// read three times, against vec4 words read twice).
+    fn one_pass(&self, view: ChannelView, x: &TensorView, cut: &Chunks, update_running: bool) -> bool {
+        let c = &self.config;
+        let commits_alone = !update_running || (c.momentum.is_some() && !c.check_finite);
+        self.ctx.reduction() == Reduction::Tree
+            && x.dtype == DType::F32
+            && cut.chunks.len() == 1
+            && view.inner >= ONE_PASS_RUN
+            && view.per_channel() <= ONE_PASS_VALUES
+            && commits_alone
+    }
+
+    /// The training forward in one dispatch, a workgroup per channel.
+    fn record_channel_forward(
+        &self,
+        rec: &mut Recording,
+        params: &ChannelParams,
+        chunk: &Chunk,
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        let mut params = *params;
+        let offset = |role: usize| chunk.windows[role].as_ref().map_or(0, |w| w.elem_offset);
+        (params.x_off, params.y_off, params.z_off) = (offset(X), offset(Y), offset(Z));
+        let uniform = rec.uniform(&params)?;
+        let entries: Vec<_> = [
+            (0, uniform.as_entire_binding()),
+            (6, self.counter.as_entire_binding()),
+            (7, self.saved.as_entire_binding()),
+            (8, chunk.resource(X)),
+            (9, chunk.resource(Y)),
+            (15, chunk.resource(Z)),
+        ]
+        .into_iter()
+        .chain(self.parameter_entries())
+        .collect();
+        let key = KernelKey::with_mode(Shader::BatchNorm, "channel_forward", epilogue.apply_mode());
+        rec.dispatch(key, &entries, (params.channels.clamp(1, 65535), 1))
     }
 
     /// Chunks of `view` for one binding each; none when the view is empty.
