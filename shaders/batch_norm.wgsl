@@ -7,7 +7,8 @@
 // The elementwise passes (apply, dx) live in elementwise.wgsl.
 // Needs common.wgsl in front of it and merge.wgsl (appended).
 
-// channel_forward's epilogue: 0 none, 1 relu(bn(x)), 2 relu(bn(x) + z).
+// channel_forward's and channel_backward's epilogue: 0 none, 1 relu(bn(x)),
+// 2 relu(bn(x) + z).
 override MODE: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,8 +27,12 @@ override MODE: u32 = 0u;
 @group(0) @binding(12) var<storage, read_write> grad: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
-// channel_forward's residual input (MODE 2).
+// channel_forward's and channel_backward's tensors (f32): the upstream
+// gradient, dx, and with MODE 2 the residual input and its gradient.
+@group(0) @binding(10) var<storage, read> dy: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(15) var<storage, read> z: array<f32>;
+@group(0) @binding(16) var<storage, read_write> dz: array<f32>;
 // New running statistics waiting for commit_running: mean[C], var[C], and
 // per channel 1.0 when both are finite.
 @group(0) @binding(17) var<storage, read_write> pending: array<f32>;
@@ -231,10 +236,10 @@ fn merge_grads(g: Grid) {
 // momentum: see merge_stats), its running statistics, then y as apply does.
 const CHANNEL_WG: u32 = 256u;
 
-var<workgroup> team: array<f32, CHANNEL_WG>;
+var<workgroup> team: array<vec4<f32>, CHANNEL_WG>;
 
 // The sum of every invocation's `v` (all of the workgroup call it).
-fn team_sum(t: u32, v: f32) -> f32 {
+fn team_sum(t: u32, v: vec4<f32>) -> vec4<f32> {
     team[t] = v;
     workgroupBarrier();
     for (var s = CHANNEL_WG / 2u; s > 0u; s >>= 1u) {
@@ -286,13 +291,13 @@ fn channel_forward(
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             sum += x[p.x_off + index_of(c, at)];
         }
-        let mean = team_sum(t, sum) / p.count;
+        let mean = team_sum(t, vec4<f32>(sum)).x / p.count;
         var squares = 0.0;
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             let d = x[p.x_off + index_of(c, at)] - mean;
             squares += d * d;
         }
-        let m2 = team_sum(t, squares);
+        let m2 = team_sum(t, vec4<f32>(squares)).x;
         let invstd = 1.0 / sqrt(m2 / p.count + p.eps);
         let scale = gamma(c) * invstd;
         let shift = beta(c);
@@ -320,6 +325,84 @@ fn channel_forward(
             y[p.y_off + e] = v;
         }
     }
+}
+
+// The backward in one pass, for the channels channel_forward takes: the
+// workgroup of channel c sums g, g * (x - mean) and x - mean over the
+// channel (as reduce.wgsl's MODE 1, 4 and 5), merges them as merge_grads
+// into dweight and dbias, then writes dx (and dz) as the dx pass does, with
+// k the channel's (mean, invstd, scale, beta): the saved ones
+// (channel_backward, with FLAG_BATCH_STATS) or the running statistics'
+// (channel_backward_eval). Two entry points, so that each binds only what
+// it reads (devices may allow as few as eight storage buffers).
+fn backward_channel(t: u32, c: u32, k: vec4<f32>) {
+    var sums = vec4<f32>(0.0);
+    for (var at = cursor(t); at.o < p.outer; at = next(at)) {
+        let e = index_of(c, at);
+        let d = x[p.x_off + e] - k.x;
+        let g = masked_grad(e, d, k);
+        sums += vec4<f32>(g, g * d, d, 0.0);
+    }
+    sums = team_sum(t, sums);
+    // (A, B, mean, C) with dx = A * g + B * (x - mean) + C, as merge_grads.
+    var coef = vec4<f32>(k.z, 0.0, k.x, 0.0);
+    var dw = sums.y * k.y;
+    if (has(FLAG_BATCH_STATS)) {
+        // The exact mean is k.x + delta.
+        let inv_m = 1.0 / p.count;
+        let delta = sums.z * inv_m;
+        dw = (sums.y - delta * sums.x) * k.y;
+        let b = -k.z * k.y * dw * inv_m;
+        coef = vec4<f32>(k.z, b, k.x, -k.z * sums.x * inv_m - b * delta);
+    }
+    if (t == 0u) {
+        dweight[c] = dw;
+        dbias[c] = sums.x;
+    }
+    for (var at = cursor(t); at.o < p.outer; at = next(at)) {
+        let e = index_of(c, at);
+        let v = x[p.x_off + e];
+        let g = masked_grad(e, v - k.x, k);
+        if (MODE == 2u) {
+            dz[p.dz_off + e] = g;
+        }
+        dx[p.dx_off + e] = coef.x * g + coef.y * (v - coef.z) + coef.w;
+    }
+}
+
+@compute @workgroup_size(CHANNEL_WG)
+fn channel_backward(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = wg.x; c < p.channels; c += nwg.x) {
+        backward_channel(t, c, chan[c]);
+    }
+}
+
+@compute @workgroup_size(CHANNEL_WG)
+fn channel_backward_eval(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = wg.x; c < p.channels; c += nwg.x) {
+        backward_channel(t, c, running_entry(c));
+    }
+}
+
+// dy at e behind the epilogue's ReLU (d = x - mean, k the channel's entry).
+fn masked_grad(e: u32, d: f32, k: vec4<f32>) -> f32 {
+    let g = dy[p.dy_off + e];
+    if (MODE == 0u) {
+        return g;
+    }
+    var pre = fma(d, k.z, k.w);
+    if (MODE == 2u) {
+        pre += z[p.z_off + e];
+    }
+    return select(0.0, g, pre > 0.0);
 }
 
 fn channel_of(e: u32) -> u32 {

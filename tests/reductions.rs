@@ -189,19 +189,23 @@ fn both_accesses_match_the_reference() {
     ctx.set_access(default).unwrap();
 }
 
-/// GPUs take the training forward of channels that fit a workgroup in one
-/// dispatch (batch_norm.wgsl's channel_forward): y, the saved statistics,
-/// the running ones and the counter as the reference has them, with each
-/// epilogue, views at offsets, no affine; and the configurations it leaves
-/// to the three passes (a cumulative average, check_finite) still right.
+/// GPUs take the training forward and the backward of channels that fit a
+/// workgroup in one dispatch each (batch_norm.wgsl's channel_forward and
+/// channel_backward): y, the saved statistics, the running ones, the
+/// counter, dx, dz, dweight and dbias as the reference has them, with each
+/// epilogue, views at offsets, no affine, both modes of the backward; and
+/// what they leave to the passes before them (the forward of a cumulative
+/// average or with check_finite, longer channels, short runs,
+/// channels-last) still right.
 #[test]
-fn one_pass_training_forward_on_gpus_matches_the_reference() {
+fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
     let _serial = serial();
     let ctx = ctx();
     let default = ctx.reduction();
     ctx.set_reduction(Reduction::Tree);
     let mut rng = Rng(79);
-    // (shape, layout, config, epilogue, offset in values, one dispatch expected)
+    // (shape, layout, config, epilogue, offset in values, whether the view
+    // fits one workgroup a channel)
     let base = |c| BatchNormConfig::new(c);
     let (nchw, nhwc) = (Layout::Nchw, Layout::Nhwc);
     type Case = (Vec<usize>, Layout, BatchNormConfig, Fused, u64, bool);
@@ -211,16 +215,18 @@ fn one_pass_training_forward_on_gpus_matches_the_reference() {
         (vec![2, 3, 16], nchw, base(3).affine(false), Fused::AddRelu, 7, true),
         (vec![8, 5, 1024], nchw, base(5), Fused::None, 0, true),
         (vec![2, 4, 3, 3, 5], nchw, base(4).track_running_stats(false), Fused::None, 3, true),
-        // What the three passes keep: a cumulative average, check_finite,
-        // more values a channel than a workgroup walks, runs under 16
-        // values, channels-last.
-        (vec![4, 6, 30, 40], nchw, base(6).momentum(None), Fused::None, 0, false),
-        (vec![4, 6, 30, 40], nchw, base(6).check_finite(true), Fused::Relu, 0, false),
+        // Forwards the three passes keep: a cumulative average,
+        // check_finite (their backwards take one pass); more values a
+        // channel than a workgroup walks, runs under 16 values,
+        // channels-last.
+        (vec![4, 6, 30, 40], nchw, base(6).momentum(None), Fused::None, 0, true),
+        (vec![4, 6, 30, 40], nchw, base(6).check_finite(true), Fused::AddRelu, 0, true),
         (vec![3, 2, 64, 64], nchw, base(2), Fused::None, 0, false),
         (vec![4, 3, 2, 5], nchw, base(3), Fused::None, 0, false),
         (vec![4, 6, 30, 40], nhwc, base(6), Fused::None, 0, false),
     ];
-    for (shape, layout, config, fused, offset, one) in cases {
+    for (shape, layout, config, fused, offset, fits) in cases {
+        let commits_alone = !config.track_running_stats || (config.momentum.is_some() && !config.check_finite);
         let c = shape[1];
         let len: usize = shape.iter().product();
         let (x, z) = (rng.normal_vec(len, 2.0, 3.0), rng.normal_vec(len, 0.0, 1.0));
@@ -235,7 +241,9 @@ fn one_pass_training_forward_on_gpus_matches_the_reference() {
             all.extend_from_slice(v);
             Tensor::from_slice(ctx, &all, &[all.len()], Layout::Nchw).unwrap()
         };
+        let dy = rng.normal_vec(len, 0.0, 1.0);
         let (xt, zt, yt) = (padded(&x), padded(&z), padded(&vec![0.0; len]));
+        let (dyt, dxt, dzt) = (padded(&dy), padded(&vec![0.0; len]), padded(&vec![0.0; len]));
         fn view<'a>(t: &'a Tensor, shape: &[usize], layout: Layout, offset: u64) -> TensorView<'a> {
             TensorView::new(&t.buffer, shape).with_layout(layout).at_offset(offset * 4)
         }
@@ -259,7 +267,7 @@ fn one_pass_training_forward_on_gpus_matches_the_reference() {
             .unwrap();
         let dispatches = wgpu_norm::recorded_dispatches() - before;
         let what = format!("{shape:?} {layout:?} {fused:?} at {offset}");
-        assert_eq!(dispatches == 1, one, "{what}: {dispatches} dispatches");
+        assert_eq!(dispatches == 1, fits && commits_alone, "{what}: {dispatches} dispatches");
         let args = BatchNormArgs {
             weight: config.affine.then_some(&state.weight[..]),
             bias: config.affine.then_some(&state.bias[..]),
@@ -283,6 +291,35 @@ fn one_pass_training_forward_on_gpus_matches_the_reference() {
             assert_close(&format!("{what} running_var"), &after.running_var, rv);
         }
         assert_eq!(after.num_batches_tracked, want.num_batches_tracked, "{what}");
+        for mode in [Mode::Training, Mode::Eval] {
+            let v = |t| view(t, &shape, layout, offset);
+            let dz_view = v(&dzt);
+            let epilogue = match fused {
+                Fused::None => Epilogue::None,
+                Fused::Relu => Epilogue::Relu,
+                Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: Some(&dz_view) },
+            };
+            let before = wgpu_norm::recorded_dispatches();
+            bn.context().run(|e| bn.backward(e, &v(&xt), &v(&dyt), &v(&dxt), mode, epilogue)).unwrap();
+            let dispatches = wgpu_norm::recorded_dispatches() - before;
+            let what = format!("{what} {mode:?} backward");
+            assert_eq!(dispatches == 1, fits, "{what}: {dispatches} dispatches");
+            let training = mode == Mode::Training || !config.track_running_stats;
+            let args = BatchNormArgs {
+                running_mean: config.track_running_stats.then_some(&after.running_mean[..]),
+                running_var: config.track_running_stats.then_some(&after.running_var[..]),
+                training,
+                ..args
+            };
+            let want = reference::batch_norm_backward(&args, &x, (fused == Fused::AddRelu).then_some(&z[..]), &dy);
+            assert_close(&format!("{what} dx"), &dxt.read(ctx).unwrap()[offset as usize..], &want.dx);
+            let (dw, db) = bn.affine().read_grads().unwrap();
+            assert_close(&format!("{what} dweight"), &dw, &want.dweight);
+            assert_close(&format!("{what} dbias"), &db, &want.dbias);
+            if let Some(dz) = &want.dz {
+                assert_close(&format!("{what} dz"), &dzt.read(ctx).unwrap()[offset as usize..], dz);
+            }
+        }
     }
     ctx.set_reduction(default);
 }

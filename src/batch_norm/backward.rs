@@ -4,6 +4,7 @@
 
 use super::forward::merge_block;
 use super::*;
+use crate::tiling::Chunk;
 
 impl BatchNorm {
     /// Records a backward: gradient sums from `source`, their merge into
@@ -61,6 +62,15 @@ impl BatchNorm {
         tensors[Z] = epilogue.z();
         tensors[DZ] = dz;
         let cut = self.cut(view, tensors, &params)?;
+        let chan = if batch { &self.saved } else { &self.eval_chan };
+        // The eval form reads the weight, bias and running statistics where
+        // the training form reads the saved coefficients.
+        let storage = if batch { 8 } else { 11 };
+        if matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, false, storage) {
+            return Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm backward", |rec| {
+                self.record_channel_backward(rec, &params, &cut.chunks[0], epilogue, batch)
+            });
+        }
         let partials = match source {
             Source::Given { values, count } => {
                 params.parts = 1;
@@ -73,7 +83,6 @@ impl BatchNorm {
                 self.partials(params.parts, view.channels)?
             }
         };
-        let chan = if batch { &self.saved } else { &self.eval_chan };
 
         Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm backward", |rec| {
             let params_buf = rec.uniform(&params)?;
@@ -117,5 +126,44 @@ impl BatchNorm {
             }
             Ok(())
         })
+    }
+
+    /// The backward in one dispatch, a workgroup per channel (for the views
+    /// [`Self::one_pass`] gives the forward in one), with the saved
+    /// statistics (`batch`) or the running ones.
+    fn record_channel_backward(
+        &self,
+        rec: &mut Recording,
+        params: &ChannelParams,
+        chunk: &Chunk,
+        epilogue: Epilogue,
+        batch: bool,
+    ) -> Result<()> {
+        let mut params = *params;
+        let offset = |role: usize| chunk.windows[role].as_ref().map_or(0, |w| w.elem_offset);
+        (params.x_off, params.dy_off, params.dx_off) = (offset(X), offset(DY), offset(DX));
+        (params.z_off, params.dz_off) = (offset(Z), offset(DZ));
+        let uniform = rec.uniform(&params)?;
+        let dz = match &chunk.windows[DZ] {
+            Some(w) => w.resource(),
+            None => self.unused.as_entire_binding(),
+        };
+        let tensors = [
+            (0, uniform.as_entire_binding()),
+            (8, chunk.resource(X)),
+            (10, chunk.resource(DY)),
+            (11, chunk.resource(DX)),
+            (13, self.affine.grad_weight().as_entire_binding()),
+            (14, self.affine.grad_bias().as_entire_binding()),
+            (15, chunk.resource(Z)),
+            (16, dz),
+        ];
+        let (entry, coefficients): (_, Vec<_>) = match batch {
+            true => ("channel_backward", vec![(7, self.saved.as_entire_binding())]),
+            false => ("channel_backward_eval", self.parameter_entries().into()),
+        };
+        let entries: Vec<_> = tensors.into_iter().chain(coefficients).collect();
+        let key = KernelKey::with_mode(Shader::BatchNorm, entry, epilogue.apply_mode());
+        rec.dispatch(key, &entries, (params.channels.clamp(1, 65535), 1))
     }
 }

@@ -74,7 +74,8 @@ impl BatchNorm {
         tensors[Y] = Some(y);
         tensors[Z] = epilogue.z();
         let cut = self.cut(view, tensors, &params)?;
-        let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running);
+        // channel_forward binds nine storage buffers.
+        let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running, 9);
         let partials = match source {
             _ if !batch || one_pass => None,
             Source::Given { values, .. } => {
@@ -156,18 +157,28 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// Whether the training forward of `view` takes one dispatch
-    /// (batch_norm.wgsl's channel_forward, a workgroup a channel): on GPUs,
-    /// for f32 channels-first views in one binding, runs of at least
-    /// [`ONE_PASS_RUN`] values, at most [`ONE_PASS_VALUES`] a channel, and
-    /// running statistics that the channel's workgroup may commit itself (a
-    /// momentum, no `check_finite`), or none to update. Not on lavapipe,
-    /// where it ran at a third of the three passes' speed (scalar loads
-    /// read three times, against vec4 words read twice).
-    fn one_pass(&self, view: ChannelView, x: &TensorView, cut: &Chunks, update_running: bool) -> bool {
+    /// Whether the op over `view` takes one dispatch, a workgroup a channel
+    /// (batch_norm.wgsl's channel_forward and channel_backward), with a
+    /// kernel that binds `storage` storage buffers: on GPUs whose stage may
+    /// bind that many, for f32 channels-first views in one binding, runs of
+    /// at least [`ONE_PASS_RUN`] values, at most [`ONE_PASS_VALUES`] a
+    /// channel, and running statistics that the channel's workgroup may
+    /// commit itself (a momentum, no `check_finite`), or none to update.
+    /// Not on lavapipe, where the forward ran at a third of the three
+    /// passes' speed (scalar loads read three times, against vec4 words
+    /// read twice).
+    pub(super) fn one_pass(
+        &self,
+        view: ChannelView,
+        x: &TensorView,
+        cut: &Chunks,
+        update_running: bool,
+        storage: u32,
+    ) -> bool {
         let c = &self.config;
         let commits_alone = !update_running || (c.momentum.is_some() && !c.check_finite);
         self.ctx.reduction() == Reduction::Tree
+            && storage <= self.ctx.device().limits().max_storage_buffers_per_shader_stage
             && x.dtype == DType::F32
             && cut.chunks.len() == 1
             && view.inner >= ONE_PASS_RUN
@@ -304,7 +315,7 @@ impl BatchNorm {
 
     /// Weight, bias and the running statistics, at the bindings (2 to 5)
     /// the per-channel kernels read them from.
-    fn parameter_entries(&self) -> [(u32, wgpu::BindingResource<'_>); 4] {
+    pub(super) fn parameter_entries(&self) -> [(u32, wgpu::BindingResource<'_>); 4] {
         [
             (2, self.affine.weight().as_entire_binding()),
             (3, self.affine.bias().as_entire_binding()),

@@ -6,7 +6,7 @@ use wgpu_norm::{
     InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, Layout, Mode, Result, RmsNorm, RmsNormConfig, Tensor,
 };
 use wgpu_norm_reference::normalized_error;
-use wgpu_norm_reference::reference::{self, BatchNormArgs, Fused};
+use wgpu_norm_reference::reference::{self, BatchNormArgs, BatchNormBackward, Fused};
 
 use super::naive::Naive;
 use super::{group_count, Kind, Op};
@@ -299,6 +299,30 @@ impl Workload {
         Ok(())
     }
 
+    /// The reference backward of `args`. Behind a fused ReLU, a value whose
+    /// pre-activation lies within f32 rounding of zero takes its mask from
+    /// the GPU's forward output `y` where there is one (y > 0, as PyTorch's
+    /// autograd), since an f32 forward may round it either way: the
+    /// backward of the plain BatchNorm over the masked dy.
+    fn backward_reference(&self, args: &BatchNormArgs, z: Option<&[f32]>, y: Option<&[f32]>) -> BatchNormBackward {
+        if args.fused == Fused::None {
+            return reference::batch_norm_backward(args, &self.x_host, z, &self.dy_host);
+        }
+        let mask = reference::relu_mask(args, &self.x_host, z);
+        let g: Vec<f32> = (self.dy_host.iter().zip(&mask).enumerate())
+            .map(|(i, (&d, m))| match m.unwrap_or_else(|| y.is_some_and(|y| y[i] > 0.0)) {
+                true => d,
+                false => 0.0,
+            })
+            .collect();
+        let plain = BatchNormArgs { fused: Fused::None, ..*args };
+        let mut want = reference::batch_norm_backward(&plain, &self.x_host, None, &g);
+        if args.fused == Fused::AddRelu {
+            want.dz = Some(g.iter().map(|&v| f64::from(v)).collect());
+        }
+        want
+    }
+
     /// Runs the op once from the layer's initial random state and compares
     /// every output with the f64 reference (y and running statistics of a
     /// forward; dx, dweight, dbias of a backward); then the naive baseline's
@@ -338,8 +362,8 @@ impl Workload {
                 take(normalized_error(&state.running_var, fwd_ref.running_var.as_deref().unwrap_or(&[])));
             }
         }
-        let bwd_ref =
-            self.op.runs_backward().then(|| reference::batch_norm_backward(&args, &self.x_host, z, &self.dy_host));
+        let y_gpu = if self.op.runs_forward() { Some(self.y.read(ctx)?) } else { None };
+        let bwd_ref = self.op.runs_backward().then(|| self.backward_reference(&args, z, y_gpu.as_deref()));
         if let Some(want) = &bwd_ref {
             ctx.run(|e| self.bn_backward(e, training))?;
             take(normalized_error(&self.dx.read(ctx)?, &want.dx));

@@ -212,6 +212,26 @@ impl BnPlan {
     }
 }
 
+/// The mask of the fused ReLU (`args.fused` Relu or AddRelu) per value:
+/// `Some(pre > 0)` where the f64 pre-activation is clear of zero, `None`
+/// where it lies within f32 rounding of zero (1e-5 of its terms), where an
+/// f32 implementation may round it either way and only its own forward
+/// says which (PyTorch takes the mask from its f32 output, y > 0).
+pub fn relu_mask(args: &BatchNormArgs, x: &[f32], z: Option<&[f32]>) -> Vec<Option<bool>> {
+    let plan = BnPlan::new(args, x, z);
+    let (xhat, pre) = plan.normalize(x, z);
+    (0..x.len())
+        .map(|i| {
+            let c = plan.view.channel_of(i);
+            let terms = (xhat[i] * plan.weight[c]).abs()
+                + plan.bias[c].abs()
+                + z.map_or(0.0, |z| f64::from(z[i]).abs())
+                + (plan.mean[c] * plan.invstd[c] * plan.weight[c]).abs();
+            (pre[i].abs() > 1e-5 * terms).then_some(pre[i] > 0.0)
+        })
+        .collect()
+}
+
 /// BatchNorm forward with PyTorch's `F.batch_norm` semantics (see
 /// [`BatchNormArgs`]), with the activation in `args.fused` applied after it.
 ///
@@ -300,4 +320,19 @@ pub fn batch_norm_backward(args: &BatchNormArgs, x: &[f32], z: Option<&[f32]>, d
     }
     let dz = (args.fused == Fused::AddRelu).then(|| g.clone());
     BatchNormBackward { dx, dweight, dbias, dz }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pre_activation_at_zero_is_left_to_the_implementation() {
+        // One channel of x = [-1, 0, 1]: mean 0, so x = 0 normalizes to 0
+        // exactly; with z = [0, 0, 0.5] the third stays clear of zero.
+        let x = [-1.0, 0.0, 1.0];
+        let z = [0.0, 0.0, 0.5];
+        let args = BatchNormArgs { training: true, fused: Fused::AddRelu, ..BatchNormArgs::new(&[3, 1], Layout::Nchw) };
+        assert_eq!(relu_mask(&args, &x, Some(&z)), vec![Some(false), None, Some(true)]);
+    }
 }
