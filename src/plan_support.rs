@@ -5,18 +5,21 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+/// Most buffers a probe binds: the per-stage storage buffers every device allows.
+const PROBE_WIDTH: usize = 8;
+
 /// Per device: what descriptions and probes need, and whether plans are kept.
 pub(crate) struct PlanSupport {
     keep: AtomicBool,
     /// Stands for a parameter slot in a description's bindings.
     placeholder: OnceLock<wgpu::Buffer>,
-    /// The probe's layout and how many buffers it binds.
-    probe: OnceLock<(wgpu::BindGroupLayout, usize)>,
+    /// Probe layouts of 1 to [`PROBE_WIDTH`] read-only storage buffers.
+    probes: [OnceLock<wgpu::BindGroupLayout>; PROBE_WIDTH],
 }
 
 impl PlanSupport {
     pub fn new() -> PlanSupport {
-        PlanSupport { keep: AtomicBool::new(true), placeholder: OnceLock::new(), probe: OnceLock::new() }
+        PlanSupport { keep: AtomicBool::new(true), placeholder: OnceLock::new(), probes: Default::default() }
     }
 
     pub fn keep(&self) -> bool {
@@ -40,11 +43,17 @@ impl PlanSupport {
         })
     }
 
-    /// A layout of read-only storage bindings for probes, and how many it has.
-    pub fn probe_layout(&self, device: &wgpu::Device) -> &(wgpu::BindGroupLayout, usize) {
-        self.probe.get_or_init(|| {
-            let width = device.limits().max_storage_buffers_per_shader_stage.clamp(1, 8);
-            let entries: Vec<_> = (0..width)
+    /// How many buffers one probe binds at most: the device's per-stage
+    /// storage limit, up to [`PROBE_WIDTH`].
+    pub fn probe_width(&self, device: &wgpu::Device) -> usize {
+        (device.limits().max_storage_buffers_per_shader_stage as usize).clamp(1, PROBE_WIDTH)
+    }
+
+    /// The probe layout of `width` read-only storage buffers (1 to
+    /// [`PROBE_WIDTH`]): a probe binds each buffer once, no more.
+    pub fn probe_layout(&self, device: &wgpu::Device, width: usize) -> &wgpu::BindGroupLayout {
+        self.probes[width.clamp(1, PROBE_WIDTH) - 1].get_or_init(|| {
+            let entries: Vec<_> = (0..width as u32)
                 .map(|binding| wgpu::BindGroupLayoutEntry {
                     binding,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -56,11 +65,10 @@ impl PlanSupport {
                     count: None,
                 })
                 .collect();
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-norm probe"),
                 entries: &entries,
-            });
-            (layout, width as usize)
+            })
         })
     }
 }

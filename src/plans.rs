@@ -57,6 +57,14 @@ const KEPT: usize = 8;
 /// Descriptions (their hashes) a layer remembers having seen once.
 const SEEN: usize = 32;
 
+/// A layer that keeps plans: its plans, and which of its buffers no caller
+/// can reach (so none destroys them behind its back, and a kept plan's
+/// probe may leave them out).
+pub(crate) trait Keeper {
+    fn plans(&self) -> &Plans;
+    fn private(&self, buffer: &wgpu::Buffer) -> bool;
+}
+
 /// The plans one layer keeps.
 #[derive(Default)]
 pub(crate) struct Plans {
@@ -115,10 +123,16 @@ pub(crate) struct Plan {
 
 impl Plans {
     /// The plan of `description`: a kept one made for the same description
-    /// (its buffers probed), else one made now, kept if the description was
-    /// seen before. Call inside `Context::scoped`; where it then fails, call
+    /// (its buffers probed, but for those `private` claims: the layer's own
+    /// that no caller can reach), else one made now, kept if the description
+    /// was seen before. Call inside `Context::scoped`; where it then fails, call
     /// [`Plans::forget`] with the hash returned.
-    pub fn plan(&self, ctx: &Context, description: Description) -> Result<(Arc<Plan>, u64)> {
+    pub fn plan(
+        &self,
+        ctx: &Context,
+        description: Description,
+        private: &dyn Fn(&wgpu::Buffer) -> bool,
+    ) -> Result<(Arc<Plan>, u64)> {
         let hash = {
             let mut h = DefaultHasher::new();
             description.hash(&mut h);
@@ -132,7 +146,7 @@ impl Plans {
             }
             if let Some(plan) = cache.find(hash, |p| p.description == description) {
                 drop(cache);
-                probe(ctx, &plan.description);
+                probe(ctx, &plan.description, private);
                 return Ok((plan, hash));
             }
         }
@@ -247,16 +261,17 @@ pub fn plans_made() -> u64 {
     MADE.with(|m| m.get())
 }
 
-/// Makes (and drops) bind groups of every buffer `description` binds, each
-/// over the range bound there, so that wgpu reports a buffer destroyed since
-/// the plan was made. Call inside `Context::scoped`.
-fn probe(ctx: &Context, description: &Description) {
+/// Makes (and drops) bind groups of every buffer `description` binds that
+/// `private` does not claim, each over the range bound there, so that wgpu
+/// reports a buffer destroyed since the plan was made. Call inside
+/// `Context::scoped`.
+fn probe(ctx: &Context, description: &Description, private: &dyn Fn(&wgpu::Buffer) -> bool) {
     let mut buffers: Vec<(&wgpu::Buffer, u64, Option<wgpu::BufferSize>)> = Vec::new();
     for step in &description.steps {
         if let Step::Dispatch { entries, .. } = step {
             for (_, bound) in entries {
                 if let Bound::Buffer { buffer, offset, size } = bound {
-                    if !buffers.iter().any(|(b, ..)| *b == buffer) {
+                    if !buffers.iter().any(|(b, ..)| *b == buffer) && !private(buffer) {
                         buffers.push((buffer, *offset, *size));
                     }
                 }
@@ -264,21 +279,17 @@ fn probe(ctx: &Context, description: &Description) {
         }
     }
     let device = ctx.device();
-    let (layout, width) = ctx.plan_support().probe_layout(device);
-    for chunk in buffers.chunks(*width) {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = (0..*width)
-            .map(|i| {
-                let (buffer, offset, size) = chunk.get(i).unwrap_or(&chunk[0]);
-                wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer,
-                        offset: *offset,
-                        size: *size,
-                    }),
-                }
+    let support = ctx.plan_support();
+    for chunk in buffers.chunks(support.probe_width(device)) {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &(buffer, offset, size))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size }),
             })
             .collect();
+        let layout = support.probe_layout(device, chunk.len());
         let _probe = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("wgpu-norm probe"),
             layout,

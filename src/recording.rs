@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::kernels::{ChannelParams, KernelKey};
-use crate::plans::{Bound, Description, Plan, Plans, Step};
+use crate::plans::{Bound, Description, Keeper, Plan, Step};
 use crate::reduce::{entries, ReduceBindings};
 use crate::{Error, Result};
 
@@ -39,14 +39,15 @@ impl Uniform {
 }
 
 impl<'c> Recording<'c> {
-    /// Describes an op with `describe`, takes its plan from `plans` (or
-    /// makes one where `plans` is `None`), then writes it into `encoder`:
+    /// Describes an op with `describe`, takes its plan from the layer that
+    /// keeps them (or makes one where there is none), then writes it into
+    /// `encoder`:
     /// dispatches in compute passes labelled `label`, clears and copies
     /// between them. wgpu's validation and out-of-memory errors become
     /// `Err`; on `Err` nothing has been written.
     pub fn run(
         ctx: &'c Context,
-        plans: Option<&Plans>,
+        keeper: Option<&dyn Keeper>,
         encoder: &mut wgpu::CommandEncoder,
         label: &str,
         describe: impl FnOnce(&mut Recording<'c>) -> Result<()>,
@@ -55,18 +56,18 @@ impl<'c> Recording<'c> {
         let mut used = None;
         let plan = ctx.scoped(|| {
             describe(&mut recording)?;
-            match plans {
-                Some(plans) => {
-                    let (plan, hash) = plans.plan(ctx, recording.description)?;
+            match keeper {
+                Some(keeper) => {
+                    let (plan, hash) = keeper.plans().plan(ctx, recording.description, &|b| keeper.private(b))?;
                     used = Some(hash);
                     Ok(plan)
                 }
                 None => Ok(std::sync::Arc::new(Plan::make(ctx, recording.description)?)),
             }
         });
-        let plan = match (plan, plans, used) {
-            (Err(e), Some(plans), Some(hash)) => {
-                plans.forget(hash);
+        let plan = match (plan, keeper, used) {
+            (Err(e), Some(keeper), Some(hash)) => {
+                keeper.plans().forget(hash);
                 return Err(e);
             }
             (plan, ..) => plan?,

@@ -137,3 +137,32 @@ fn new_buffers_every_call_make_new_plans() {
     }
     assert_eq!(plans_made() - before, 5);
 }
+
+/// The layer's own buffers that a caller can reach (parameters, running
+/// statistics) are rechecked too: destroying one after its plan was kept
+/// gives `Err`, and the encoder still submits.
+#[test]
+fn a_layer_buffer_destroyed_by_the_caller_is_refused_too() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = ctx();
+    ctx.set_plan_cache(true);
+    let x =
+        Tensor::from_slice(ctx, &Rng(9).normal_vec(SHAPE.iter().product(), 0.0, 1.0), &SHAPE, Layout::Nchw).unwrap();
+    let y = Tensor::zeros(ctx, &SHAPE, Layout::Nchw).unwrap();
+    for which in ["running_mean", "weight"] {
+        let bn = BatchNorm::new(ctx, BatchNormConfig::new(SHAPE[1])).unwrap();
+        let forward = |e: &mut wgpu::CommandEncoder| bn.forward(e, &x.view(), &y.view(), Mode::Eval, Epilogue::None);
+        for _ in 0..3 {
+            ctx.run(forward).unwrap();
+        }
+        match which {
+            "running_mean" => bn.running_mean().destroy(),
+            _ => bn.affine().weight().destroy(),
+        }
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let err = forward(&mut encoder).unwrap_err();
+        assert!(matches!(err, Error::Validation(_)), "{which}: {err}");
+        ctx.scoped(|| Ok(ctx.queue().submit([encoder.finish()]))).expect("the encoder still submits");
+        ctx.wait(None).unwrap();
+    }
+}

@@ -67,7 +67,7 @@ impl BatchNorm {
         // the training form reads the saved coefficients.
         let storage = if batch { 8 } else { 11 };
         if matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, false, storage) {
-            return Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm backward", |rec| {
+            return Recording::run(&self.ctx, Some(self), encoder, "batch_norm backward", |rec| {
                 self.record_channel_backward(rec, &params, &cut.chunks[0], epilogue, batch)
             });
         }
@@ -84,7 +84,7 @@ impl BatchNorm {
             }
         };
 
-        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm backward", |rec| {
+        Recording::run(&self.ctx, Some(self), encoder, "batch_norm backward", |rec| {
             let params_buf = rec.uniform(&params)?;
             if cut.needs_clear && !given {
                 rec.clear(&partials);

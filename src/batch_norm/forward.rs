@@ -89,7 +89,7 @@ impl BatchNorm {
             }
         };
 
-        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm forward", |rec| {
+        Recording::run(&self.ctx, Some(self), encoder, "batch_norm forward", |rec| {
             if one_pass {
                 return self.record_channel_forward(rec, &params, &cut.chunks[0], epilogue);
             }
@@ -239,19 +239,7 @@ impl BatchNorm {
     /// Whether `buffer` is one of the layer's own: its parameters,
     /// statistics, gradients or scratch.
     pub(super) fn owns(&self, buffer: &wgpu::Buffer) -> bool {
-        let own = [
-            &self.running_mean,
-            &self.running_var,
-            &self.counter,
-            &self.pending,
-            &self.saved,
-            &self.eval_chan,
-            &self.grad_coef,
-            &self.unused,
-            &self.local_stats,
-            &self.local_sums,
-        ];
-        self.affine.owns(buffer) || own.contains(&buffer) || self.scratch.owns(buffer)
+        self.affine.owns(buffer) || [&self.running_mean, &self.running_var].contains(&buffer) || self.private(buffer)
     }
 
     /// One reduction per chunk, writing `mode`'s partials of every channel
@@ -367,7 +355,7 @@ impl BatchNorm {
         params.merge_block = merge_block(params.parts, self.ctx.reduction());
         let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
-        Recording::run(&self.ctx, Some(&self.plans), encoder, "batch_norm local partials", |rec| {
+        Recording::run(&self.ctx, Some(self), encoder, "batch_norm local partials", |rec| {
             let params_buf = rec.uniform(&params)?;
             if cut.needs_clear {
                 rec.clear(&partials);

@@ -17,7 +17,7 @@ use crate::kernels::{
     FLAG_RUNNING_IN_MERGE, FLAG_UPDATE_RUNNING,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::plans::Plans;
+use crate::plans::{Keeper, Plans};
 use crate::recording::{Recording, Uniform};
 use crate::reduce::{ReduceBindings, ReduceMode, MAX_MERGE_PARTS};
 use crate::scratch::Scratch;
@@ -464,6 +464,28 @@ impl Mode {
     /// Whether this is `Training`.
     pub fn is_training(self) -> bool {
         self == Mode::Training
+    }
+}
+
+impl Keeper for BatchNorm {
+    fn plans(&self) -> &Plans {
+        &self.plans
+    }
+
+    /// Its statistics, coefficients, counter and scratch: no method hands
+    /// them out (the parameters, gradients and running statistics it does).
+    fn private(&self, buffer: &wgpu::Buffer) -> bool {
+        let private = [
+            &self.counter,
+            &self.pending,
+            &self.saved,
+            &self.eval_chan,
+            &self.grad_coef,
+            &self.unused,
+            &self.local_stats,
+            &self.local_sums,
+        ];
+        private.contains(&buffer) || self.scratch.owns(buffer)
     }
 }
 

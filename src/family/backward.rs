@@ -96,7 +96,7 @@ impl Core {
             }
         };
         let (rows, rows_dx, partials) = self.scratch(&geo, partial_bytes)?;
-        Recording::run(&self.ctx, Some(&self.plans), encoder, "norm backward", |rec| {
+        Recording::run(&self.ctx, Some(self), encoder, "norm backward", |rec| {
             if let [part] = &parts[..] {
                 let (row_plan, col_plan, resident) = &plans[0];
                 let columns = Columns { partials: &partials, parts: col_plan.parts, part_base: 0, merge: true };

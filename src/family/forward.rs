@@ -29,7 +29,7 @@ impl Core {
             .collect::<Result<Vec<_>>>()?;
         let bytes = plans.iter().map(StatPlan::partial_bytes).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;
-        Recording::run(&self.ctx, Some(&self.plans), encoder, "norm forward", |rec| {
+        Recording::run(&self.ctx, Some(self), encoder, "norm forward", |rec| {
             if let [part] = &parts[..] {
                 let piece = part.piece(&rows, &partials, f16);
                 return self.forward_part(rec, &piece, &plans[0], &part.windows[1], &opt, source);

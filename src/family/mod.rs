@@ -108,7 +108,7 @@ use crate::kernels::{
     grid_stride, lock, ChannelParams, KernelKey, Shader, FLAG_AFFINE, FLAG_BATCH_STATS, FLAG_BIAS, FLAG_RMS,
 };
 use crate::layout::{ChannelView, Layout};
-use crate::plans::Plans;
+use crate::plans::{Keeper, Plans};
 use crate::recording::{Recording, Uniform};
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, MAX_MERGE_PARTS};
 use crate::resident::{Pass, Resident};
@@ -146,6 +146,17 @@ pub(crate) struct Call {
     pub geo: Geometry,
     pub opt: Options,
     pub source: Source,
+}
+
+impl Keeper for Core {
+    fn plans(&self) -> &Plans {
+        &self.plans
+    }
+
+    /// Its scratch (statistics rows, partials): no method hands it out.
+    fn private(&self, buffer: &wgpu::Buffer) -> bool {
+        self.scratch.owns(buffer)
+    }
 }
 
 /// The state of one family layer on the GPU.
@@ -287,9 +298,7 @@ impl Core {
     /// Whether `buffer` is one of the layer's own: its parameters, running
     /// statistics or scratch.
     fn owns(&self, buffer: &wgpu::Buffer) -> bool {
-        self.affine.owns(buffer)
-            || [&self.running_mean, &self.running_var].contains(&buffer)
-            || self.scratch.owns(buffer)
+        self.affine.owns(buffer) || [&self.running_mean, &self.running_var].contains(&buffer) || self.private(buffer)
     }
 
     fn scratch(&self, geo: &Geometry, partial_bytes: u64) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> {
