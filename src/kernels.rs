@@ -88,11 +88,12 @@ impl Shader {
             Shader::BatchNorm => {
                 concat!(include_str!("../shaders/batch_norm.wgsl"), include_str!("../shaders/running.wgsl"))
             }
-            Shader::RowNorm { .. } => {
+            Shader::RowNorm { vec4, .. } => {
                 generated = format!(
-                    "{}{}",
+                    "{}{}{}",
                     include_str!("../shaders/row_bindings.wgsl"),
-                    per_op(include_str!("../shaders/row_norm.wgsl"), &["apply", "dx"])
+                    per_op(include_str!("../shaders/row_norm.wgsl"), &["apply", "dx"]),
+                    if vec4 { "" } else { include_str!("../shaders/row_forward.wgsl") }
                 );
                 &generated
             }

@@ -323,3 +323,44 @@ fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
     }
     ctx.set_reduction(default);
 }
+
+/// GPUs take the family's forward of contiguous stat rows of up to 8,192
+/// values in one dispatch (row_norm's row_forward; InstanceNorm's running
+/// statistics one more): rows of 7 and of 3,000 values, channels-first
+/// GroupNorm and InstanceNorm, against the reference (forward and the
+/// backward after it); channels-last groups keep the passes.
+#[test]
+fn one_pass_family_forward_on_gpus_matches_the_reference() {
+    use wgpu_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, RmsNorm, RmsNormConfig};
+    let _serial = serial();
+    let ctx = ctx();
+    let default = ctx.reduction();
+    ctx.set_reduction(Reduction::Tree);
+    let mut rng = Rng(80);
+    layer_norm_case(&mut rng, &[6, 5, 7], 1, 2.0, true, true);
+    rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
+    group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nchw, 1.0, true);
+    instance_norm_case(&mut rng, &[3, 5, 7, 7], Layout::Nchw, Some(0.2));
+    let forward_dispatches = |record: &dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_norm::Result<()>| {
+        let before = wgpu_norm::recorded_dispatches();
+        ctx.run(record).unwrap();
+        wgpu_norm::recorded_dispatches() - before
+    };
+    let t = |shape: &[usize], layout| Tensor::zeros(ctx, shape, layout).unwrap();
+    let (x, y) = (t(&[6, 5, 7], Layout::Nchw), t(&[6, 5, 7], Layout::Nchw));
+    let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[7])).unwrap();
+    assert_eq!(forward_dispatches(&|e| ln.forward(e, &x.view(), &y.view())), 1, "layer norm, rows of 7");
+    let (x, y) = (t(&[4, 3000], Layout::Nchw), t(&[4, 3000], Layout::Nchw));
+    let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[3000])).unwrap();
+    assert_eq!(forward_dispatches(&|e| rms.forward(e, &x.view(), &y.view())), 1, "rms norm, rows of 3,000");
+    for (layout, want) in [(Layout::Nchw, 1), (Layout::Nhwc, 3)] {
+        let (x, y) = (t(&[3, 8, 9, 10], layout), t(&[3, 8, 9, 10], layout));
+        let gn = GroupNorm::new(ctx, GroupNormConfig::new(4, 8)).unwrap();
+        assert_eq!(forward_dispatches(&|e| gn.forward(e, &x.view(), &y.view())), want, "group norm {layout:?}");
+    }
+    let (x, y) = (t(&[3, 5, 7, 7], Layout::Nchw), t(&[3, 5, 7, 7], Layout::Nchw));
+    let inorm = InstanceNorm::new(ctx, InstanceNormConfig::new(5).track_running_stats(true)).unwrap();
+    let forward = |e: &mut wgpu::CommandEncoder| inorm.forward(e, &x.view(), &y.view(), true);
+    assert_eq!(forward_dispatches(&forward), 2, "instance norm with running statistics");
+    ctx.set_reduction(default);
+}

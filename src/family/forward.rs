@@ -3,6 +3,14 @@
 //! RMSNorm's short rows), the apply, and InstanceNorm's running statistics.
 
 use super::*;
+use crate::strategy::Reduction;
+
+/// Most values of a stat row row_forward takes (a workgroup's team walks
+/// them in 32 steps a pass).
+const ROW_TEAM_VALUES: usize = 8192;
+
+/// row_forward's workgroup (ROW_WG in row_norm.wgsl).
+const ROW_TEAM_WG: u32 = 256;
 
 impl Core {
     /// Records a forward of `x` into `y`. A tensor above one binding runs in
@@ -85,6 +93,27 @@ impl Core {
             let views = [(9, yw.resource())];
             return self.record_resident(rec, resident, Pass::Forward, &params, piece, &views);
         }
+        if let (Some(width), Source::Input { update_running }) = (self.row_team(geo), source) {
+            let mut params = stat_params;
+            params.y_off = yw.elem_offset;
+            params.width = width;
+            let uniform = rec.uniform(&params)?;
+            let entries = [
+                (0, uniform.as_entire_binding()),
+                (2, self.affine.weight().as_entire_binding()),
+                (3, self.affine.bias().as_entire_binding()),
+                (6, rows.as_entire_binding()),
+                (8, xw.resource()),
+                (9, yw.resource()),
+            ];
+            let key = KernelKey::new(Shader::RowNorm { f16, vec4: false, words: false }, "row_forward");
+            let teams = geo.rows().div_ceil((ROW_TEAM_WG / width) as usize);
+            rec.dispatch(key, &entries, (teams.clamp(1, 65535) as u32, 1))?;
+            if update_running {
+                self.record_running(rec, "update_running", &uniform, rows, self.weight_workgroups())?;
+            }
+            return Ok(());
+        }
         let reduce_params = plan.reducer.params(&stat_params);
         stat_params.parts = plan.merge_parts;
         let mut apply_params = self.params(geo.weights, geo, opt);
@@ -150,6 +179,23 @@ impl Core {
         }
         let device = (self.ctx.adapter_info(), self.ctx.device().features());
         Resident::choose(self.ctx.reduction(), device, geo.row_len(), offsets, pass)
+    }
+
+    /// The team (invocations a stat row, a power of two) with which
+    /// row_norm.wgsl's row_forward takes `geo`'s forward in one pass, if
+    /// it may: on GPUs, for stat rows that are contiguous runs (LayerNorm's
+    /// and RMSNorm's rows, GroupNorm's and InstanceNorm's channels-first
+    /// groups) of up to [`ROW_TEAM_VALUES`] values. About eight values a
+    /// lane; short rows a lane each. Not on lavapipe, whose workgroup
+    /// barriers cost it more than the passes (as BatchNorm's channel_forward).
+    fn row_team(&self, geo: &Geometry) -> Option<u32> {
+        let len = geo.row_len();
+        let fits = self.ctx.reduction() == Reduction::Tree
+            && geo.stat.outer == 1
+            && geo.batch == 1
+            && len <= ROW_TEAM_VALUES
+            && 5 <= self.ctx.device().limits().max_storage_buffers_per_shader_stage;
+        fits.then(|| ((len / 8).next_power_of_two() as u32).clamp(1, ROW_TEAM_WG))
     }
 
     /// Records `kernel` of the one-pass plan over `piece`'s rows: its

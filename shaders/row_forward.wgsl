@@ -1,0 +1,70 @@
+// The forward in one pass for stat rows that are contiguous runs (a stat
+// view with outer 1: LayerNorm's and RMSNorm's rows, GroupNorm's and
+// InstanceNorm's channels-first groups) of up to 8,192 values, on GPUs
+// (src/family/forward.rs says which): a team of p.width invocations (a
+// power of two up to the workgroup) takes its row's mean, then the
+// variance about it, writes the row's entry as merge_rows does, then y as
+// apply does (weight (r % groups) * cpg + i / wdiv of value i).
+// Appended to row_norm.wgsl in its scalar variant (V = f32) only.
+const ROW_WG: u32 = 256u;
+
+var<workgroup> row_team: array<f32, ROW_WG>;
+
+// The sum of `v` over invocation t's team (every invocation calls it).
+fn row_team_sum(t: u32, v: f32) -> f32 {
+    row_team[t] = v;
+    workgroupBarrier();
+    for (var s = p.width / 2u; s > 0u; s >>= 1u) {
+        if (t % p.width < s) {
+            row_team[t] += row_team[t + s];
+        }
+        workgroupBarrier();
+    }
+    let total = row_team[t - t % p.width];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn row_forward(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let teams = ROW_WG / p.width;
+    let lane = t % p.width;
+    for (var first = wg.x * teams; first < p.channels; first += nwg.x * teams) {
+        let r = first + t / p.width;
+        let live = r < p.channels;
+        let base = r * p.inner;
+        var sum = 0.0;
+        if (live) {
+            for (var i = lane; i < p.inner; i += p.width) {
+                sum += from_memory(x[p.x_off + base + i]);
+            }
+        }
+        let mean = row_team_sum(t, sum) / p.count;
+        var squares = 0.0;
+        if (live) {
+            for (var i = lane; i < p.inner; i += p.width) {
+                let d = from_memory(x[p.x_off + base + i]) - mean;
+                squares += d * d;
+            }
+        }
+        let var_biased = row_team_sum(t, squares) / p.count;
+        var entry = vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
+        if (has(FLAG_RMS)) {
+            entry = vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
+        }
+        if (live) {
+            if (lane == 0u) {
+                rows[r] = entry;
+            }
+            for (var i = lane; i < p.inner; i += p.width) {
+                let w = (r % p.groups) * p.cpg + i / p.wdiv;
+                let v = from_memory(x[p.x_off + base + i]);
+                y[p.y_off + base + i] = to_memory(fma((v - entry.x) * entry.y, gamma(w), beta(w)));
+            }
+        }
+    }
+}
