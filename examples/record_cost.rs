@@ -1,7 +1,8 @@
 //! Where recording an op spends the host's time: BatchNorm's ops recorded
-//! into one encoder, next to the wgpu calls a recording makes (a uniform
-//! buffer, a bind group, a compute pass with one dispatch). Microseconds
-//! per call, median of rounds. `cargo run --release --example record_cost`.
+//! into one encoder, with the layer's plans kept and made afresh, next to
+//! the wgpu calls a recording makes (a uniform buffer, a bind group, a
+//! compute pass with one dispatch). Microseconds per call, median of
+//! rounds. `cargo run --release --example record_cost`.
 
 use std::time::Instant;
 
@@ -72,8 +73,8 @@ fn main() -> wgpu_norm::Result<()> {
             ],
         })
     };
-    println!("{:48} {:8.2} µs", "uniform buffer (create_buffer_init)", per_call(500, || drop(uniform(&device))));
-    println!("{:48} {:8.2} µs", "bind group of three buffers", per_call(500, || drop(group())));
+    println!("{:56} {:8.2} µs", "uniform buffer (create_buffer_init)", per_call(500, || drop(uniform(&device))));
+    println!("{:56} {:8.2} µs", "bind group of three buffers", per_call(500, || drop(group())));
     let g = group();
     let mut encoder = device.create_command_encoder(&Default::default());
     let pass_cost = per_call(500, || {
@@ -82,24 +83,30 @@ fn main() -> wgpu_norm::Result<()> {
         pass.set_bind_group(0, &g, &[]);
         pass.dispatch_workgroups(1, 1, 1);
     });
-    println!("{:48} {:8.2} µs", "compute pass with one dispatch", pass_cost);
+    println!("{:56} {:8.2} µs", "compute pass with one dispatch", pass_cost);
 
     let shape = [32, 64, 56, 56];
     let tensor = || Tensor::zeros(&ctx, &shape, Layout::Nchw);
     let (x, y, dy, dx) = (tensor()?, tensor()?, tensor()?, tensor()?);
     let bn = BatchNorm::new(&ctx, BatchNormConfig::new(64))?;
-    let mut encoder = device.create_command_encoder(&Default::default());
-    for (name, mode) in [("eval", Mode::Eval), ("training", Mode::Training)] {
+    // With the plan cache (the layer reuses what it made for the same
+    // buffers) and without (everything made afresh, as for new buffers).
+    for (cache, kept) in [("kept", true), ("fresh", false)] {
+        ctx.set_plan_cache(kept);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for (name, mode) in [("eval", Mode::Eval), ("training", Mode::Training)] {
+            let cost = per_call(200, || {
+                let before = wgpu_norm::recorded_dispatches();
+                bn.forward(&mut encoder, &x.view(), &y.view(), mode, Epilogue::None).expect("forward");
+                assert!(wgpu_norm::recorded_dispatches() > before);
+            });
+            println!("{:56} {:8.2} µs", format!("BatchNorm {name} forward, {shape:?}, {cache}"), cost);
+        }
         let cost = per_call(200, || {
-            let before = wgpu_norm::recorded_dispatches();
-            bn.forward(&mut encoder, &x.view(), &y.view(), mode, Epilogue::None).expect("forward");
-            assert!(wgpu_norm::recorded_dispatches() > before);
+            let (x, dy, dx) = (x.view(), dy.view(), dx.view());
+            bn.backward(&mut encoder, &x, &dy, &dx, Mode::Training, Epilogue::None).expect("backward");
         });
-        println!("{:48} {:8.2} µs", format!("BatchNorm {name} forward, {shape:?}"), cost);
+        println!("{:56} {:8.2} µs", format!("BatchNorm training backward, {shape:?}, {cache}"), cost);
     }
-    let cost = per_call(200, || {
-        bn.backward(&mut encoder, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None).expect("backward");
-    });
-    println!("{:48} {:8.2} µs", format!("BatchNorm training backward, {shape:?}"), cost);
     Ok(())
 }
