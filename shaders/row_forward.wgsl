@@ -5,13 +5,14 @@
 // power of two up to the workgroup) takes its row's mean, then the
 // variance about it, writes the row's entry as merge_rows does, then y as
 // apply does (weight (r % groups) * cpg + i / wdiv of value i).
-// Appended to row_norm.wgsl in its scalar variant (V = f32) only.
+// Appended to row_norm.wgsl in its scalar variant (V = f32) only, with
+// group_backward below.
 const ROW_WG: u32 = 256u;
 
-var<workgroup> row_team: array<f32, ROW_WG>;
+var<workgroup> row_team: array<vec4<f32>, ROW_WG>;
 
 // The sum of `v` over invocation t's team (every invocation calls it).
-fn row_team_sum(t: u32, v: f32) -> f32 {
+fn row_team_sum(t: u32, v: vec4<f32>) -> vec4<f32> {
     row_team[t] = v;
     workgroupBarrier();
     for (var s = p.width / 2u; s > 0u; s >>= 1u) {
@@ -43,7 +44,7 @@ fn row_forward(
                 sum += from_memory(x[p.x_off + base + i]);
             }
         }
-        let mean = row_team_sum(t, sum) / p.count;
+        let mean = row_team_sum(t, vec4<f32>(sum)).x / p.count;
         var squares = 0.0;
         if (live) {
             for (var i = lane; i < p.inner; i += p.width) {
@@ -51,7 +52,7 @@ fn row_forward(
                 squares += d * d;
             }
         }
-        let var_biased = row_team_sum(t, squares) / p.count;
+        let var_biased = row_team_sum(t, vec4<f32>(squares)).x / p.count;
         var entry = vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
         if (has(FLAG_RMS)) {
             entry = vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
@@ -64,6 +65,61 @@ fn row_forward(
                 let w = (r % p.groups) * p.cpg + i / p.wdiv;
                 let v = from_memory(x[p.x_off + base + i]);
                 y[p.y_off + base + i] = to_memory(fma((v - entry.x) * entry.y, gamma(w), beta(w)));
+            }
+        }
+    }
+}
+
+// GroupNorm's and InstanceNorm's backward in one pass for the stat rows
+// row_forward takes (channels-first groups, p.cpg channels of p.inner /
+// p.cpg values each): the row's team sums each channel's (dy, dy * (x -
+// centre), x - centre) into `instances` (as group_row_grads leaves them
+// for instance_columns), adds them weighted into the row's sums, takes the
+// row's dx coefficients as merge_row_grads does, then writes dx.
+@compute @workgroup_size(256)
+fn group_backward(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let teams = ROW_WG / p.width;
+    let lane = t % p.width;
+    let channels = p.groups * p.cpg;
+    let run = p.inner / p.cpg;
+    for (var first = wg.x * teams; first < p.channels; first += nwg.x * teams) {
+        let r = first + t / p.width;
+        let live = r < p.channels;
+        let s = rows[min(r, p.channels - 1u)];
+        var row_sums = vec4<f32>(0.0);
+        for (var k = 0u; k < p.cpg; k++) {
+            var acc = vec4<f32>(0.0);
+            if (live) {
+                let base = r * p.inner + k * run;
+                for (var i = lane; i < run; i += p.width) {
+                    let d = from_memory(x[p.x_off + base + i]) - s.x;
+                    let g = from_memory(dy[p.dy_off + base + i]);
+                    acc += vec4<f32>(g, g * d, d, 0.0);
+                }
+            }
+            let sums = row_team_sum(t, acc);
+            let instance = r * p.cpg + k;
+            if (live && lane == 0u) {
+                instances[instance] = sums;
+            }
+            let w = gamma(instance % channels);
+            row_sums += vec4<f32>(w * sums.x, w * sums.y, sums.z, 0.0);
+        }
+        if (live) {
+            let k = grads_of(s, row_sums);
+            if (lane == 0u) {
+                rows[r] = k.stats;
+            }
+            let base = r * p.inner;
+            for (var i = lane; i < p.inner; i += p.width) {
+                let v = from_memory(x[p.x_off + base + i]);
+                let g = from_memory(dy[p.dy_off + base + i]);
+                let w = (r % p.groups) * p.cpg + i / p.wdiv;
+                dx[p.dx_off + base + i] = to_memory(k.dx.x * g * gamma(w) + k.dx.y * (v - k.dx.w) + k.dx.z);
             }
         }
     }

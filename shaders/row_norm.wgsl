@@ -97,7 +97,19 @@ fn merge_row_grads(g: Grid) {
 // Row r's dx coefficients from its sums (sum g, sum g * (x - centre),
 // sum (x - centre)).
 fn row_grads(r: u32, sums: vec4<f32>) {
-    let s = rows[r];
+    let k = grads_of(rows[r], sums);
+    rows[r] = k.stats;
+    rows_dx[r] = k.dx;
+}
+
+// A stat row's entry again (its delta filled in) and its dx coefficients
+// (rstd, B, C, centre), from its entry `s` and its sums.
+struct RowGrads {
+    stats: vec4<f32>,
+    dx: vec4<f32>,
+}
+
+fn grads_of(s: vec4<f32>, sums: vec4<f32>) -> RowGrads {
     let rstd = s.y;
     let inv_m = 1.0 / p.count;
     var delta = 0.0;
@@ -114,8 +126,7 @@ fn row_grads(r: u32, sums: vec4<f32>) {
             c = -rstd * sums.x * inv_m - b * delta;
         }
     }
-    rows[r] = vec4<f32>(s.x, rstd, delta, s.w);
-    rows_dx[r] = vec4<f32>(rstd, b, c, s.x);
+    return RowGrads(vec4<f32>(s.x, rstd, delta, s.w), vec4<f32>(rstd, b, c, s.x));
 }
 
 // GroupNorm's and InstanceNorm's backward from one reduction instead of

@@ -325,8 +325,10 @@ fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
 }
 
 /// GPUs take the family's forward of contiguous stat rows of up to 8,192
-/// values in one dispatch (row_norm's row_forward; InstanceNorm's running
-/// statistics one more): rows of 7 and of 3,000 values, channels-first
+/// values in one dispatch (row_forward.wgsl's row_forward; InstanceNorm's
+/// running statistics one more), and GroupNorm's and InstanceNorm's
+/// backward over channels-first groups in two (group_backward, then
+/// instance_columns): rows of 7 and of 3,000 values, channels-first
 /// GroupNorm and InstanceNorm, against the reference (forward and the
 /// backward after it); channels-last groups keep the passes.
 #[test]
@@ -340,6 +342,8 @@ fn one_pass_family_forward_on_gpus_matches_the_reference() {
     layer_norm_case(&mut rng, &[6, 5, 7], 1, 2.0, true, true);
     rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
     group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nchw, 1.0, true);
+    group_norm_case(&mut rng, &[2, 12, 5, 7], 3, Layout::Nchw, -3.0, false);
+    group_norm_case(&mut rng, &[2, 64, 7, 7], 32, Layout::Nchw, 0.5, true);
     instance_norm_case(&mut rng, &[3, 5, 7, 7], Layout::Nchw, Some(0.2));
     let forward_dispatches = |record: &dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_norm::Result<()>| {
         let before = wgpu_norm::recorded_dispatches();
@@ -353,14 +357,20 @@ fn one_pass_family_forward_on_gpus_matches_the_reference() {
     let (x, y) = (t(&[4, 3000], Layout::Nchw), t(&[4, 3000], Layout::Nchw));
     let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[3000])).unwrap();
     assert_eq!(forward_dispatches(&|e| rms.forward(e, &x.view(), &y.view())), 1, "rms norm, rows of 3,000");
-    for (layout, want) in [(Layout::Nchw, 1), (Layout::Nhwc, 3)] {
-        let (x, y) = (t(&[3, 8, 9, 10], layout), t(&[3, 8, 9, 10], layout));
+    for (layout, forward, backward) in [(Layout::Nchw, 1, 2), (Layout::Nhwc, 3, 5)] {
+        let shape = [3, 8, 9, 10];
+        let (x, y, dy, dx) = (t(&shape, layout), t(&shape, layout), t(&shape, layout), t(&shape, layout));
         let gn = GroupNorm::new(ctx, GroupNormConfig::new(4, 8)).unwrap();
-        assert_eq!(forward_dispatches(&|e| gn.forward(e, &x.view(), &y.view())), want, "group norm {layout:?}");
+        assert_eq!(forward_dispatches(&|e| gn.forward(e, &x.view(), &y.view())), forward, "group norm {layout:?}");
+        let record = |e: &mut wgpu::CommandEncoder| gn.backward(e, &x.view(), &dy.view(), &dx.view());
+        assert_eq!(forward_dispatches(&record), backward, "group norm {layout:?} backward");
     }
     let (x, y) = (t(&[3, 5, 7, 7], Layout::Nchw), t(&[3, 5, 7, 7], Layout::Nchw));
     let inorm = InstanceNorm::new(ctx, InstanceNormConfig::new(5).track_running_stats(true)).unwrap();
     let forward = |e: &mut wgpu::CommandEncoder| inorm.forward(e, &x.view(), &y.view(), true);
     assert_eq!(forward_dispatches(&forward), 2, "instance norm with running statistics");
+    let (dy, dx) = (t(&[3, 5, 7, 7], Layout::Nchw), t(&[3, 5, 7, 7], Layout::Nchw));
+    let backward = |e: &mut wgpu::CommandEncoder| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), true);
+    assert_eq!(forward_dispatches(&backward), 2, "instance norm backward");
     ctx.set_reduction(default);
 }

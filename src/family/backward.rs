@@ -204,6 +204,11 @@ impl Core {
             return self.backward_resident(rec, resident, &params, &col_params, piece, out, columns);
         }
 
+        if let (Some(team), Some(instances), Source::Input { .. }) = (self.row_team(geo), out.instances, source) {
+            let mut params = row_params;
+            params.dx_off = dxw.elem_offset;
+            return self.record_group_backward(rec, team, params, piece, out, instances.1);
+        }
         let row_buf = rec.uniform(&row_params)?;
         let col_buf = rec.uniform(&col_params)?;
         let dx_buf = rec.uniform(&dx_params)?;
@@ -272,5 +277,41 @@ impl Core {
             (13, self.affine.grad_bias().as_entire_binding()),
         ];
         rec.dispatch(key, &entries, self.weight_workgroups())
+    }
+
+    /// GroupNorm's and InstanceNorm's backward over channels-first groups
+    /// in two dispatches (GPUs, see `row_team`): row_forward.wgsl's
+    /// group_backward (the instances' sums, the rows' coefficients, dx),
+    /// then dweight and dbias from the instances.
+    fn record_group_backward(
+        &self,
+        rec: &mut Recording,
+        (width, grid): (u32, (u32, u32)),
+        mut params: ChannelParams,
+        piece: &Piece,
+        out: &PartDx,
+        instances: &wgpu::Buffer,
+    ) -> Result<()> {
+        params.width = width;
+        let uniform = rec.uniform(&params)?;
+        let entries = [
+            (0, uniform.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (6, piece.rows.as_entire_binding()),
+            (8, piece.x.resource()),
+            (10, out.dy.resource()),
+            (11, out.dx.resource()),
+            (14, instances.as_entire_binding()),
+        ];
+        let key = KernelKey::new(Shader::RowNorm { f16: piece.f16, vec4: false, words: false }, "group_backward");
+        rec.dispatch(key, &entries, grid)?;
+        let entries = [
+            (0, uniform.as_entire_binding()),
+            (6, piece.rows.as_entire_binding()),
+            (12, self.affine.grad_weight().as_entire_binding()),
+            (13, self.affine.grad_bias().as_entire_binding()),
+            (14, instances.as_entire_binding()),
+        ];
+        rec.dispatch(row_norm("instance_columns"), &entries, self.weight_workgroups())
     }
 }

@@ -93,7 +93,7 @@ impl Core {
             let views = [(9, yw.resource())];
             return self.record_resident(rec, resident, Pass::Forward, &params, piece, &views);
         }
-        if let (Some(width), Source::Input { update_running }) = (self.row_team(geo), source) {
+        if let (Some((width, grid)), Source::Input { update_running }) = (self.row_team(geo), source) {
             let mut params = stat_params;
             params.y_off = yw.elem_offset;
             params.width = width;
@@ -107,8 +107,7 @@ impl Core {
                 (9, yw.resource()),
             ];
             let key = KernelKey::new(Shader::RowNorm { f16, vec4: false, words: false }, "row_forward");
-            let teams = geo.rows().div_ceil((ROW_TEAM_WG / width) as usize);
-            rec.dispatch(key, &entries, (teams.clamp(1, 65535) as u32, 1))?;
+            rec.dispatch(key, &entries, grid)?;
             if update_running {
                 self.record_running(rec, "update_running", &uniform, rows, self.weight_workgroups())?;
             }
@@ -181,21 +180,24 @@ impl Core {
         Resident::choose(self.ctx.reduction(), device, geo.row_len(), offsets, pass)
     }
 
-    /// The team (invocations a stat row, a power of two) with which
-    /// row_norm.wgsl's row_forward takes `geo`'s forward in one pass, if
-    /// it may: on GPUs, for stat rows that are contiguous runs (LayerNorm's
-    /// and RMSNorm's rows, GroupNorm's and InstanceNorm's channels-first
+    /// The team (invocations a stat row, a power of two) and the grid with
+    /// which row_forward.wgsl's kernels take `geo`'s forward (and
+    /// GroupNorm's and InstanceNorm's backward) in one pass, if they may: on
+    /// GPUs, for stat rows that are contiguous runs (LayerNorm's and
+    /// RMSNorm's rows, GroupNorm's and InstanceNorm's channels-first
     /// groups) of up to [`ROW_TEAM_VALUES`] values. About eight values a
     /// lane; short rows a lane each. Not on lavapipe, whose workgroup
     /// barriers cost it more than the passes (as BatchNorm's channel_forward).
-    fn row_team(&self, geo: &Geometry) -> Option<u32> {
+    pub(super) fn row_team(&self, geo: &Geometry) -> Option<(u32, (u32, u32))> {
         let len = geo.row_len();
         let fits = self.ctx.reduction() == Reduction::Tree
             && geo.stat.outer == 1
             && geo.batch == 1
             && len <= ROW_TEAM_VALUES
             && 5 <= self.ctx.device().limits().max_storage_buffers_per_shader_stage;
-        fits.then(|| ((len / 8).next_power_of_two() as u32).clamp(1, ROW_TEAM_WG))
+        let width = ((len / 8).next_power_of_two() as u32).clamp(1, ROW_TEAM_WG);
+        let teams = geo.rows().div_ceil((ROW_TEAM_WG / width) as usize);
+        fits.then_some((width, (teams.clamp(1, 65535) as u32, 1)))
     }
 
     /// Records `kernel` of the one-pass plan over `piece`'s rows: its
