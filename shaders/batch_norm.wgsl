@@ -236,23 +236,6 @@ fn merge_grads(g: Grid) {
 // momentum: see merge_stats), its running statistics, then y as apply does.
 const CHANNEL_WG: u32 = 256u;
 
-var<workgroup> team: array<vec4<f32>, CHANNEL_WG>;
-
-// The sum of every invocation's `v` (all of the workgroup call it).
-fn team_sum(t: u32, v: vec4<f32>) -> vec4<f32> {
-    team[t] = v;
-    workgroupBarrier();
-    for (var s = CHANNEL_WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            team[t] += team[t + s];
-        }
-        workgroupBarrier();
-    }
-    let total = team[0];
-    workgroupBarrier();
-    return total;
-}
-
 // An invocation's place in a channel's values: run o (of `outer`), value i
 // of the run (of `inner`). Invocations start at their index and step the
 // workgroup's size at a time, without a division per value.
@@ -291,13 +274,13 @@ fn channel_forward(
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             sum += x[p.x_off + index_of(c, at)];
         }
-        let mean = team_sum(t, vec4<f32>(sum)).x / p.count;
+        let mean = team_sum(t, CHANNEL_WG, vec4<f32>(sum)).x / p.count;
         var squares = 0.0;
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             let d = x[p.x_off + index_of(c, at)] - mean;
             squares += d * d;
         }
-        let m2 = team_sum(t, vec4<f32>(squares)).x;
+        let m2 = team_sum(t, CHANNEL_WG, vec4<f32>(squares)).x;
         let invstd = 1.0 / sqrt(m2 / p.count + p.eps);
         let scale = gamma(c) * invstd;
         let shift = beta(c);
@@ -343,7 +326,7 @@ fn backward_channel(t: u32, c: u32, k: vec4<f32>) {
         let g = masked_grad(e, d, k);
         sums += vec4<f32>(g, g * d, d, 0.0);
     }
-    sums = team_sum(t, sums);
+    sums = team_sum(t, CHANNEL_WG, sums);
     // (A, B, mean, C) with dx = A * g + B * (x - mean) + C, as merge_grads.
     var coef = vec4<f32>(k.z, 0.0, k.x, 0.0);
     var dw = sums.y * k.y;

@@ -110,3 +110,22 @@ struct Grid {
 fn grid_stride(g: Grid) -> u32 {
     return g.nwg.x * 64u;
 }
+
+// A workgroup's teams: invocations t of a team of `width` (a power of two
+// dividing the workgroup, at most 256) sum `v` through workgroup memory;
+// every invocation of the workgroup calls it, in uniform control flow.
+var<workgroup> team_sums: array<vec4<f32>, 256>;
+
+fn team_sum(t: u32, width: u32, v: vec4<f32>) -> vec4<f32> {
+    team_sums[t] = v;
+    workgroupBarrier();
+    for (var s = width / 2u; s > 0u; s >>= 1u) {
+        if (t % width < s) {
+            team_sums[t] += team_sums[t + s];
+        }
+        workgroupBarrier();
+    }
+    let total = team_sums[t - t % width];
+    workgroupBarrier();
+    return total;
+}

@@ -9,23 +9,6 @@
 // group_backward below.
 const ROW_WG: u32 = 256u;
 
-var<workgroup> row_team: array<vec4<f32>, ROW_WG>;
-
-// The sum of `v` over invocation t's team (every invocation calls it).
-fn row_team_sum(t: u32, v: vec4<f32>) -> vec4<f32> {
-    row_team[t] = v;
-    workgroupBarrier();
-    for (var s = p.width / 2u; s > 0u; s >>= 1u) {
-        if (t % p.width < s) {
-            row_team[t] += row_team[t + s];
-        }
-        workgroupBarrier();
-    }
-    let total = row_team[t - t % p.width];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(256)
 fn row_forward(
     @builtin(local_invocation_index) t: u32,
@@ -44,7 +27,7 @@ fn row_forward(
                 sum += from_memory(x[p.x_off + base + i]);
             }
         }
-        let mean = row_team_sum(t, vec4<f32>(sum)).x / p.count;
+        let mean = team_sum(t, p.width, vec4<f32>(sum)).x / p.count;
         var squares = 0.0;
         if (live) {
             for (var i = lane; i < p.inner; i += p.width) {
@@ -52,7 +35,7 @@ fn row_forward(
                 squares += d * d;
             }
         }
-        let var_biased = row_team_sum(t, vec4<f32>(squares)).x / p.count;
+        let var_biased = team_sum(t, p.width, vec4<f32>(squares)).x / p.count;
         var entry = vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
         if (has(FLAG_RMS)) {
             entry = vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
@@ -101,7 +84,7 @@ fn group_backward(
                     acc += vec4<f32>(g, g * d, d, 0.0);
                 }
             }
-            let sums = row_team_sum(t, acc);
+            let sums = team_sum(t, p.width, acc);
             let instance = r * p.cpg + k;
             if (live && lane == 0u) {
                 instances[instance] = sums;

@@ -10,9 +10,10 @@
 //! old ones held. [`crate::Context::set_plan_cache`] turns keeping off.
 //!
 //! wgpu checks a buffer when a bind group is made, not when one is used;
-//! a kept plan's buffers are checked again on every reuse by a throwaway
-//! bind group of them all (a probe), so a buffer destroyed since is still
-//! refused with `Err` before anything is recorded.
+//! a kept plan's buffers that a caller can reach (its tensors, the layer's
+//! parameters and running statistics) are checked again on every reuse by
+//! a throwaway bind group of them (a probe), so a buffer destroyed since is
+//! still refused with `Err` before anything is recorded.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;

@@ -9,7 +9,7 @@ use crate::strategy::Reduction;
 /// them in 32 steps a pass).
 const ROW_TEAM_VALUES: usize = 8192;
 
-/// row_forward's workgroup (ROW_WG in row_norm.wgsl).
+/// row_forward.wgsl's workgroup (ROW_WG).
 const ROW_TEAM_WG: u32 = 256;
 
 impl Core {
@@ -194,7 +194,8 @@ impl Core {
             && geo.stat.outer == 1
             && geo.batch == 1
             && len <= ROW_TEAM_VALUES
-            && 5 <= self.ctx.device().limits().max_storage_buffers_per_shader_stage;
+            // group_backward binds six storage buffers, row_forward five.
+            && 6 <= self.ctx.device().limits().max_storage_buffers_per_shader_stage;
         let width = ((len / 8).next_power_of_two() as u32).clamp(1, ROW_TEAM_WG);
         let teams = geo.rows().div_ceil((ROW_TEAM_WG / width) as usize);
         fits.then_some((width, (teams.clamp(1, 65535) as u32, 1)))
