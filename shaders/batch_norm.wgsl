@@ -264,12 +264,9 @@ fn index_of(c: u32, at: Cursor) -> u32 {
 }
 
 @compute @workgroup_size(CHANNEL_WG)
-fn channel_forward(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = wg.x; c < p.channels; c += nwg.x) {
+fn channel_forward(ids: Ids) {
+    let t = ids.t;
+    for (var c = ids.wg.x; c < p.channels; c += ids.nwg.x) {
         var sum = 0.0;
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             sum += x[p.x_off + index_of(c, at)];
@@ -354,24 +351,16 @@ fn backward_channel(t: u32, c: u32, k: vec4<f32>) {
 }
 
 @compute @workgroup_size(CHANNEL_WG)
-fn channel_backward(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = wg.x; c < p.channels; c += nwg.x) {
-        backward_channel(t, c, chan[c]);
+fn channel_backward(ids: Ids) {
+    for (var c = ids.wg.x; c < p.channels; c += ids.nwg.x) {
+        backward_channel(ids.t, c, chan[c]);
     }
 }
 
 @compute @workgroup_size(CHANNEL_WG)
-fn channel_backward_eval(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = wg.x; c < p.channels; c += nwg.x) {
-        backward_channel(t, c, running_entry(c));
+fn channel_backward_eval(ids: Ids) {
+    for (var c = ids.wg.x; c < p.channels; c += ids.nwg.x) {
+        backward_channel(ids.t, c, running_entry(c));
     }
 }
 

@@ -93,7 +93,8 @@ fn chan_merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(n, a.y + d * fb, a.z + b.z + d * d * a.x * fb, 0.0);
 }
 
-// The ids the 256-invocation tiled entry points take (walks.wgsl's tilings).
+// The ids the 256-invocation entry points take (walks.wgsl's tilings, the
+// team kernels of batch_norm.wgsl and row_forward.wgsl).
 struct Ids {
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

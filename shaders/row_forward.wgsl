@@ -10,14 +10,11 @@
 const ROW_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
-fn row_forward(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+fn row_forward(ids: Ids) {
+    let t = ids.t;
     let teams = ROW_WG / p.width;
     let lane = t % p.width;
-    for (var first = wg.x * teams; first < p.channels; first += nwg.x * teams) {
+    for (var first = ids.wg.x * teams; first < p.channels; first += ids.nwg.x * teams) {
         let r = first + t / p.width;
         let live = r < p.channels;
         let base = r * p.inner;
@@ -60,16 +57,13 @@ fn row_forward(
 // for instance_columns), adds them weighted into the row's sums, takes the
 // row's dx coefficients as merge_row_grads does, then writes dx.
 @compute @workgroup_size(256)
-fn group_backward(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+fn group_backward(ids: Ids) {
+    let t = ids.t;
     let teams = ROW_WG / p.width;
     let lane = t % p.width;
     let channels = p.groups * p.cpg;
     let run = p.inner / p.cpg;
-    for (var first = wg.x * teams; first < p.channels; first += nwg.x * teams) {
+    for (var first = ids.wg.x * teams; first < p.channels; first += ids.nwg.x * teams) {
         let r = first + t / p.width;
         let live = r < p.channels;
         let s = rows[min(r, p.channels - 1u)];
