@@ -21,6 +21,8 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// The device's limits, which never change: read once, not on every op.
+    limits: wgpu::Limits,
     kernels: KernelCache,
     plans: PlanSupport,
     lost: Arc<AtomicBool>,
@@ -143,6 +145,7 @@ impl Context {
             inner: Arc::new(Inner {
                 kernels: KernelCache::new(&device, words),
                 plans: PlanSupport::new(),
+                limits: device.limits(),
                 device,
                 queue,
                 info,
@@ -205,6 +208,11 @@ impl Context {
     /// The adapter behind the device.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
+    }
+
+    /// The device's limits (`wgpu::Device::limits` copies them on every call).
+    pub(crate) fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
     }
 
     pub(crate) fn kernels(&self) -> &KernelCache {

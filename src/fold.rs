@@ -153,7 +153,7 @@ impl BatchNorm {
         if outputs[0] == outputs[1] || [Some(weight), bias].into_iter().flatten().any(|t| outputs.contains(&t.buffer)) {
             return Err(Error::Buffer("folding does not run in place: outputs need their own buffers".into()));
         }
-        let limits = ctx.device().limits();
+        let limits = ctx.limits();
         for (t, name) in [(weight, "weight"), (folded_weight, "folded_weight")] {
             if t.dtype != DType::F32 {
                 return Err(Error::Unsupported(format!("{name}: {:?} tensors are not supported here", t.dtype)));
@@ -168,8 +168,8 @@ impl BatchNorm {
             split_subs: true,
             split_values: false,
         };
-        let cuts = units.cut(cut::max_values(&limits, 4))?;
-        let windows = cut::windows(&cuts, &[(weight, "weight"), (folded_weight, "folded_weight")], &limits)?;
+        let cuts = units.cut(cut::max_values(limits, 4))?;
+        let windows = cut::windows(&cuts, &[(weight, "weight"), (folded_weight, "folded_weight")], limits)?;
         let mut pieces = Vec::with_capacity(cuts.len());
         for (piece, windows) in cuts.iter().zip(windows) {
             let (ww, fww) = (windows[0].clone(), windows[1].clone());
@@ -180,8 +180,8 @@ impl BatchNorm {
             params.chan_base = piece.subs.start as u32;
             pieces.push((ww, fww, params));
         }
-        let bw = bias.map(|b| b.window_f32("bias", &limits)).transpose()?;
-        let fbw = folded_bias.window_f32("folded_bias", &limits)?;
+        let bw = bias.map(|b| b.window_f32("bias", limits)).transpose()?;
+        let fbw = folded_bias.window_f32("folded_bias", limits)?;
 
         let mut bias_params = self.channel_params(ChannelView { outer: 1, channels: c, inner: 1 });
         bias_params.x_off = bw.as_ref().map_or(0, |w| w.elem_offset);
@@ -190,11 +190,11 @@ impl BatchNorm {
             bias_params.flags |= FLAG_LAYER_BIAS;
         }
         Recording::run(ctx, None, encoder, "fold batch_norm", |rec| {
-            let bias_buf = rec.uniform(&bias_params)?;
+            let bias_buf = rec.uniform(&bias_params);
             let eval_chan = self.eval_coefficients();
             self.record_prepare_eval(rec, &bias_buf)?;
             for (ww, fww, params) in &pieces {
-                let params_buf = rec.uniform(params)?;
+                let params_buf = rec.uniform(params);
                 let entries = [
                     (0, params_buf.as_entire_binding()),
                     (7, eval_chan.as_entire_binding()),

@@ -45,8 +45,8 @@ impl PlanSupport {
 
     /// How many buffers one probe binds at most: the device's per-stage
     /// storage limit, up to [`PROBE_WIDTH`].
-    pub fn probe_width(&self, device: &wgpu::Device) -> usize {
-        (device.limits().max_storage_buffers_per_shader_stage as usize).clamp(1, PROBE_WIDTH)
+    pub fn probe_width(&self, limits: &wgpu::Limits) -> usize {
+        (limits.max_storage_buffers_per_shader_stage as usize).clamp(1, PROBE_WIDTH)
     }
 
     /// The probe layout of `width` read-only storage buffers (1 to

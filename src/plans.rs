@@ -169,7 +169,7 @@ impl Plan {
     /// Makes the wgpu objects of `description`. Call inside `Context::scoped`.
     pub fn make(ctx: &Context, description: Description) -> Result<Plan> {
         let device = ctx.device();
-        let stride = slot_bytes(device);
+        let stride = slot_bytes(ctx.limits());
         let params = match description.params.as_slice() {
             [] => None,
             slots => {
@@ -281,7 +281,7 @@ fn probe(ctx: &Context, description: &Description, private: &dyn Fn(&wgpu::Buffe
     }
     let device = ctx.device();
     let support = ctx.plan_support();
-    for chunk in buffers.chunks(support.probe_width(device)) {
+    for chunk in buffers.chunks(support.probe_width(ctx.limits())) {
         let entries: Vec<wgpu::BindGroupEntry<'_>> = chunk
             .iter()
             .enumerate()
@@ -305,8 +305,8 @@ fn no_block() -> Error {
 
 /// Bytes between two parameter slots: the parameters, rounded up to the
 /// device's uniform offset alignment.
-fn slot_bytes(device: &wgpu::Device) -> u64 {
-    let align = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(1);
+fn slot_bytes(limits: &wgpu::Limits) -> u64 {
+    let align = u64::from(limits.min_uniform_buffer_offset_alignment).max(1);
     (std::mem::size_of::<ChannelParams>() as u64).div_ceil(align) * align
 }
 

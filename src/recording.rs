@@ -41,9 +41,8 @@ impl Uniform {
 impl<'c> Recording<'c> {
     /// Describes an op with `describe`, takes its plan from the layer that
     /// keeps them (or makes one where there is none), then writes it into
-    /// `encoder`:
-    /// dispatches in compute passes labelled `label`, clears and copies
-    /// between them. wgpu's validation and out-of-memory errors become
+    /// `encoder`: dispatches in compute passes labelled `label`, clears and
+    /// copies between them. wgpu's validation and out-of-memory errors become
     /// `Err`; on `Err` nothing has been written.
     pub fn run(
         ctx: &'c Context,
@@ -78,10 +77,10 @@ impl<'c> Recording<'c> {
 
     /// `params` as a uniform: a slot of the op's parameter block, so ops
     /// recorded into one encoder never see each other's parameters.
-    pub fn uniform(&mut self, params: &ChannelParams) -> Result<Uniform> {
+    pub fn uniform(&mut self, params: &ChannelParams) -> Uniform {
         let placeholder = self.ctx.plan_support().placeholder(self.ctx.device()).clone();
         self.description.params.push(bytemuck::cast(*params));
-        Ok(Uniform { placeholder, slot: self.description.params.len() - 1 })
+        Uniform { placeholder, slot: self.description.params.len() - 1 }
     }
 
     /// Dispatches `key`'s pipeline over `grid` workgroups with `entries`
@@ -92,7 +91,7 @@ impl<'c> Recording<'c> {
         entries: &[(u32, wgpu::BindingResource<'_>)],
         grid: (u32, u32),
     ) -> Result<()> {
-        self.dispatch3(key, entries, (grid.0, grid.1, 1))
+        self.push_dispatch(key, entries, (grid.0, grid.1, 1))
     }
 
     /// Dispatches the reduction kernel `key` over `grid` (x, y, views);
@@ -104,10 +103,11 @@ impl<'c> Recording<'c> {
         vec4: bool,
         grid: (u32, u32, u32),
     ) -> Result<()> {
-        self.dispatch3(key, &entries(bindings, vec4), grid)
+        self.push_dispatch(key, &entries(bindings, vec4), grid)
     }
 
-    fn dispatch3(
+    /// Adds a dispatch of `key` to the description, its bindings as `Bound`s.
+    fn push_dispatch(
         &mut self,
         key: KernelKey,
         entries: &[(u32, wgpu::BindingResource<'_>)],

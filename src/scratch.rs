@@ -25,7 +25,7 @@ impl Scratch {
     /// `Err(Unsupported)`, allocating nothing, above the device's buffer
     /// size limit.
     pub fn get(&self, purpose: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
-        self.within(purpose, bytes, self.ctx.device().limits().max_buffer_size, "buffer size")?;
+        self.within(purpose, bytes, self.ctx.limits().max_buffer_size, "buffer size")?;
         let mut slots = lock(&self.slots);
         let slot = slots.iter().position(|(p, _)| *p == purpose);
         if let Some(i) = slot {
@@ -44,7 +44,7 @@ impl Scratch {
     /// [`Self::get`], refused with `Err(Unsupported)` when the buffer would
     /// not fit one storage binding (it is bound whole).
     pub fn get_bound(&self, purpose: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
-        self.within(purpose, bytes, self.ctx.device().limits().max_storage_buffer_binding_size, "storage binding")?;
+        self.within(purpose, bytes, self.ctx.limits().max_storage_buffer_binding_size, "storage binding")?;
         self.get(purpose, bytes)
     }
 

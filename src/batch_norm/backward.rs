@@ -85,7 +85,7 @@ impl BatchNorm {
         };
 
         Recording::run(&self.ctx, Some(self), encoder, "batch_norm backward", |rec| {
-            let params_buf = rec.uniform(&params)?;
+            let params_buf = rec.uniform(&params);
             if cut.needs_clear && !given {
                 rec.clear(&partials);
             }
@@ -107,7 +107,7 @@ impl BatchNorm {
             ];
             rec.dispatch(KernelKey::new(Shader::BatchNorm, "merge_grads"), &entries, self.per_channel_workgroups())?;
             for chunk in &cut.chunks {
-                let chunk_params = rec.uniform(&chunk.apply_params)?;
+                let chunk_params = rec.uniform(&chunk.apply_params);
                 let dz = match &chunk.windows[DZ] {
                     Some(w) => w.resource(),
                     None => self.unused.as_entire_binding(),
@@ -143,7 +143,7 @@ impl BatchNorm {
         let offset = |role: usize| chunk.windows[role].as_ref().map_or(0, |w| w.elem_offset);
         (params.x_off, params.dy_off, params.dx_off) = (offset(X), offset(DY), offset(DX));
         (params.z_off, params.dz_off) = (offset(Z), offset(DZ));
-        let uniform = rec.uniform(&params)?;
+        let uniform = rec.uniform(&params);
         let dz = match &chunk.windows[DZ] {
             Some(w) => w.resource(),
             None => self.unused.as_entire_binding(),

@@ -95,11 +95,11 @@ impl BatchNorm {
             }
             let chan = if batch { &self.saved } else { &self.eval_chan };
             if !batch && !running_in_apply {
-                let params_buf = rec.uniform(&params)?;
+                let params_buf = rec.uniform(&params);
                 self.record_prepare_eval(rec, &params_buf)?;
             }
             if let Some(partials) = &partials {
-                let params_buf = rec.uniform(&params)?;
+                let params_buf = rec.uniform(&params);
                 if !given {
                     if cut.needs_clear {
                         rec.clear(partials);
@@ -132,7 +132,7 @@ impl BatchNorm {
                 }
             }
             for chunk in &cut.chunks {
-                let chunk_params = rec.uniform(&chunk.apply_params)?;
+                let chunk_params = rec.uniform(&chunk.apply_params);
                 let tensors = [
                     (0, chunk_params.as_entire_binding()),
                     (8, chunk.resource(X)),
@@ -178,7 +178,7 @@ impl BatchNorm {
         let c = &self.config;
         let commits_alone = !update_running || (c.momentum.is_some() && !c.check_finite);
         self.ctx.reduction() == Reduction::Tree
-            && storage <= self.ctx.device().limits().max_storage_buffers_per_shader_stage
+            && storage <= self.ctx.limits().max_storage_buffers_per_shader_stage
             && x.dtype == DType::F32
             && cut.chunks.len() == 1
             && view.inner >= ONE_PASS_RUN
@@ -197,7 +197,7 @@ impl BatchNorm {
         let mut params = *params;
         let offset = |role: usize| chunk.windows[role].as_ref().map_or(0, |w| w.elem_offset);
         (params.x_off, params.y_off, params.z_off) = (offset(X), offset(Y), offset(Z));
-        let uniform = rec.uniform(&params)?;
+        let uniform = rec.uniform(&params);
         let entries: Vec<_> = [
             (0, uniform.as_entire_binding()),
             (6, self.counter.as_entire_binding()),
@@ -223,8 +223,8 @@ impl BatchNorm {
         if view.is_empty() {
             return Ok(Chunks { chunks: Vec::new(), parts: 1, needs_clear: false });
         }
-        let limits = self.ctx.device().limits();
-        let cut = Chunks::new(view, tensors, params, &limits, self.ctx.reduction())?;
+        let limits = self.ctx.limits();
+        let cut = Chunks::new(view, tensors, params, limits, self.ctx.reduction())?;
         let bytes = view.channels as u64 * u64::from(cut.parts) * 16;
         if self.ctx.reduction() == Reduction::Tree
             || (bytes <= limits.max_storage_buffer_binding_size && cut.parts <= MAX_MERGE_PARTS)
@@ -233,7 +233,7 @@ impl BatchNorm {
         }
         // Partials per invocation over many chunks would outgrow a binding,
         // or the merge's loop: one per workgroup instead.
-        Chunks::new(view, tensors, params, &limits, Reduction::Tree)
+        Chunks::new(view, tensors, params, limits, Reduction::Tree)
     }
 
     /// Whether `buffer` is one of the layer's own: its parameters,
@@ -253,7 +253,7 @@ impl BatchNorm {
         partials: &wgpu::Buffer,
     ) -> Result<()> {
         for chunk in &cut.chunks {
-            let chunk_params = rec.uniform(&chunk.params)?;
+            let chunk_params = rec.uniform(&chunk.params);
             let stats = mode == ReduceMode::Stats;
             let tensors = (chunk.resource(X), chunk.resource(if stats { X } else { DY }));
             let bindings = ReduceBindings {
@@ -356,7 +356,7 @@ impl BatchNorm {
         let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
         Recording::run(&self.ctx, Some(self), encoder, "batch_norm local partials", |rec| {
-            let params_buf = rec.uniform(&params)?;
+            let params_buf = rec.uniform(&params);
             if cut.needs_clear {
                 rec.clear(&partials);
             }

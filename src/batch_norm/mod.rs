@@ -181,7 +181,7 @@ impl BatchNorm {
         config.validate()?;
         let c = config.num_features;
         // (mean, invstd, scale, beta) per channel is the widest buffer.
-        check_features_fit(&ctx.device().limits(), c, 16)?;
+        check_features_fit(ctx.limits(), c, 16)?;
         let init = BatchNormState::initial(c);
         let vec4 = (c * 16) as u64;
         let bn = BatchNorm {

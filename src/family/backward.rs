@@ -40,7 +40,7 @@ impl Core {
         let parts = self.parts(&geo, &[(x, "x"), (dy, "dy"), (dx, "dx")])?;
         let mut plans = Vec::with_capacity(parts.len());
         let slots = parts.iter().map(|p| p.slot + 1).max().unwrap_or(1);
-        let max_binding = self.ctx.device().limits().max_storage_buffer_binding_size;
+        let max_binding = self.ctx.limits().max_storage_buffer_binding_size;
         // The one-pass backward, where every part takes it (its column
         // partials are laid out its own way) and they fit the merge's loop
         // and one binding.
@@ -142,7 +142,7 @@ impl Core {
             }
             let mut params = self.params(geo.weights, &geo, &opt);
             params.parts = total;
-            let params = rec.uniform(&params)?;
+            let params = rec.uniform(&params);
             self.record_merge_columns(rec, &params, &column_partials, resident[0])
         })?;
         if source == Source::Running {
@@ -209,9 +209,9 @@ impl Core {
             params.dx_off = dxw.elem_offset;
             return self.record_group_backward(rec, team, params, piece, out, instances.1);
         }
-        let row_buf = rec.uniform(&row_params)?;
-        let col_buf = rec.uniform(&col_params)?;
-        let dx_buf = rec.uniform(&dx_params)?;
+        let row_buf = rec.uniform(&row_params);
+        let col_buf = rec.uniform(&col_params);
+        let dx_buf = rec.uniform(&dx_params);
         if source == Source::Running {
             self.record_running(rec, "prepare_running", &row_buf, rows, Self::row_workgroups(geo))?;
         }
@@ -249,7 +249,7 @@ impl Core {
         let views = [(1, columns.partials.as_entire_binding()), (10, out.dy.resource()), (11, out.dx.resource())];
         self.record_resident(rec, resident, Pass::Backward, params, piece, &views)?;
         if columns.merge {
-            let col_buf = rec.uniform(col_params)?;
+            let col_buf = rec.uniform(col_params);
             self.record_merge_columns(rec, &col_buf, columns.partials, Some(resident))?;
         }
         Ok(())
@@ -293,7 +293,7 @@ impl Core {
         instances: &wgpu::Buffer,
     ) -> Result<()> {
         params.width = width;
-        let uniform = rec.uniform(&params)?;
+        let uniform = rec.uniform(&params);
         let entries = [
             (0, uniform.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),

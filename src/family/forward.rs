@@ -57,7 +57,7 @@ impl Core {
                 }
             }
             if source == (Source::Input { update_running: true }) {
-                let params = rec.uniform(&self.params(geo.stat, &geo, &opt))?;
+                let params = rec.uniform(&self.params(geo.stat, &geo, &opt));
                 self.record_running(rec, "update_running", &params, &rows, self.weight_workgroups())?;
             }
             Ok(())
@@ -97,17 +97,9 @@ impl Core {
             let mut params = stat_params;
             params.y_off = yw.elem_offset;
             params.width = width;
-            let uniform = rec.uniform(&params)?;
-            let entries = [
-                (0, uniform.as_entire_binding()),
-                (2, self.affine.weight().as_entire_binding()),
-                (3, self.affine.bias().as_entire_binding()),
-                (6, rows.as_entire_binding()),
-                (8, xw.resource()),
-                (9, yw.resource()),
-            ];
+            let uniform = rec.uniform(&params);
             let key = KernelKey::new(Shader::RowNorm { f16, vec4: false, words: false }, "row_forward");
-            rec.dispatch(key, &entries, grid)?;
+            rec.dispatch(key, &self.apply_entries(&uniform, rows, xw, yw), grid)?;
             if update_running {
                 self.record_running(rec, "update_running", &uniform, rows, self.weight_workgroups())?;
             }
@@ -129,9 +121,9 @@ impl Core {
         let mut apply_params = tile.apply_params(&apply_params);
         apply_params.row_div /= tile.rows_per_view_row() as u32;
 
-        let stat_buf = rec.uniform(&stat_params)?;
-        let reduce_buf = rec.uniform(&reduce_params)?;
-        let apply_buf = rec.uniform(&apply_params)?;
+        let stat_buf = rec.uniform(&stat_params);
+        let reduce_buf = rec.uniform(&reduce_params);
+        let apply_buf = rec.uniform(&apply_params);
         match source {
             Source::Input { update_running } => {
                 let tensors = (xw.resource(), xw.resource());
@@ -156,15 +148,26 @@ impl Core {
                 self.record_running(rec, "prepare_running", &stat_buf, rows, Self::row_workgroups(geo))?
             }
         }
-        let entries = [
-            (0, apply_buf.as_entire_binding()),
+        rec.dispatch(tile_kernel(&tile, "apply"), &self.apply_entries(&apply_buf, rows, xw, yw), tile.apply.grid)
+    }
+
+    /// What the passes that write y (apply, row_forward) bind: `params`,
+    /// the weight and bias, the stat rows, x and y.
+    fn apply_entries<'b>(
+        &'b self,
+        params: &'b Uniform,
+        rows: &'b wgpu::Buffer,
+        xw: &Window<'b>,
+        yw: &Window<'b>,
+    ) -> [(u32, wgpu::BindingResource<'b>); 6] {
+        [
+            (0, params.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),
             (3, self.affine.bias().as_entire_binding()),
             (6, rows.as_entire_binding()),
             (8, xw.resource()),
             (9, yw.resource()),
-        ];
-        rec.dispatch(tile_kernel(&tile, "apply"), &entries, tile.apply.grid)
+        ]
     }
 
     /// The one-pass plan (src/resident.rs) of `pass` for `geo` on input
@@ -195,7 +198,7 @@ impl Core {
             && geo.batch == 1
             && len <= ROW_TEAM_VALUES
             // group_backward binds six storage buffers, row_forward five.
-            && 6 <= self.ctx.device().limits().max_storage_buffers_per_shader_stage;
+            && 6 <= self.ctx.limits().max_storage_buffers_per_shader_stage;
         let width = ((len / 8).next_power_of_two() as u32).clamp(1, ROW_TEAM_WG);
         let teams = geo.rows().div_ceil((ROW_TEAM_WG / width) as usize);
         fits.then_some((width, (teams.clamp(1, 65535) as u32, 1)))
@@ -213,7 +216,7 @@ impl Core {
         views: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
         let key = KernelKey::new(Shader::Resident { plan: resident, f16: piece.f16, words: false }, kernel.entry());
-        let params = rec.uniform(params)?;
+        let params = rec.uniform(params);
         let mut entries = vec![
             (0, params.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),

@@ -72,10 +72,10 @@ impl Core {
         base.x_off = xw.elem_offset;
         base.dy_off = dyw.elem_offset;
         base.weight_base = weight_base;
-        let reduce_buf = rec.uniform(&plan.reducer.params(&base))?;
+        let reduce_buf = rec.uniform(&plan.reducer.params(&base));
         let mut params = *row_params;
         params.parts = plan.merge_parts;
-        let params = rec.uniform(&params)?;
+        let params = rec.uniform(&params);
         let per_instance = grid_stride(inst.rows());
         let (params, rows, instances) =
             (params.as_entire_binding(), rows.as_entire_binding(), instances.as_entire_binding());

@@ -179,7 +179,7 @@ impl Core {
     /// A layer with `len` weights (ones), biases (zeros) and, for
     /// InstanceNorm, running statistics (0 and 1).
     pub fn new(ctx: &Context, len: usize) -> Result<Core> {
-        check_features_fit(&ctx.device().limits(), len, 4)?;
+        check_features_fit(ctx.limits(), len, 4)?;
         Ok(Core {
             affine: Affine::new(ctx, len, "norm")?,
             running_mean: ctx.zeros("norm running_mean", len as u64 * 4)?,
@@ -256,7 +256,7 @@ impl Core {
     /// of one sample. Returns every part with its windows of `tensors`, all
     /// checked before anything is recorded. One part when the op fits.
     fn parts<'a>(&self, geo: &Geometry, tensors: &[(&TensorView<'a>, &str)]) -> Result<Vec<Part<'a>>> {
-        let limits = self.ctx.device().limits();
+        let limits = self.ctx.limits();
         for (i, (t, name)) in tensors.iter().enumerate() {
             if self.owns(t.buffer) {
                 return Err(Error::Buffer(format!("{name} is one of the layer's own buffers; pass a tensor of yours")));
@@ -275,8 +275,8 @@ impl Core {
             split_subs: geo.group_run(0, 1).is_some(),
             split_values: false,
         };
-        let pieces = units.cut(cut::max_values(&limits, tensors[0].0.dtype.size()))?;
-        let windows = cut::windows(&pieces, tensors, &limits)?;
+        let pieces = units.cut(cut::max_values(limits, tensors[0].0.dtype.size()))?;
+        let windows = cut::windows(&pieces, tensors, limits)?;
         let mut parts = Vec::with_capacity(pieces.len());
         for (piece, windows) in pieces.into_iter().zip(windows) {
             let (subs, o) = (piece.subs, piece.units.start);
