@@ -16,6 +16,21 @@ use wgpu_norm::{
 /// The plan cache and the reduction are the context's: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records `op` into a fresh encoder, expecting wgpu's refusal
+/// (`Err(Validation)`, named `what`); the encoder must still submit.
+fn refused(what: &str, op: impl FnOnce(&mut wgpu::CommandEncoder) -> wgpu_norm::Result<()>) {
+    let ctx = ctx();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let err = op(&mut encoder).unwrap_err();
+    assert!(matches!(err, Error::Validation(_)), "{what}: {err}");
+    ctx.scoped(|| Ok(ctx.queue().submit([encoder.finish()]))).expect("the encoder still submits");
+    ctx.wait(None).unwrap();
+}
+
 const SHAPE: [usize; 4] = [4, 8, 5, 3];
 
 /// Outputs of a sequence of ops over the same buffers, with new data in x
@@ -64,7 +79,7 @@ fn outputs_of_rounds(rounds: usize) -> (Vec<Vec<f32>>, u64) {
 
 #[test]
 fn kept_plans_record_what_fresh_ones_record() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let ctx = ctx();
     // Four settings (reduction x access), each seen three times.
     let rounds = 12;
@@ -87,7 +102,7 @@ fn kept_plans_record_what_fresh_ones_record() {
 /// the layer then works with new buffers.
 #[test]
 fn a_buffer_destroyed_after_its_plan_was_kept_is_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let ctx = ctx();
     ctx.set_plan_cache(true);
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(SHAPE[1])).unwrap();
@@ -109,11 +124,7 @@ fn a_buffer_destroyed_after_its_plan_was_kept_is_refused() {
     let y_before = y.read(ctx).unwrap();
     doomed.buffer.destroy();
     for (input, output) in [(&x, &doomed), (&doomed, &y)] {
-        let mut encoder = ctx.device().create_command_encoder(&Default::default());
-        let err = bn.forward(&mut encoder, &input.view(), &output.view(), Mode::Eval, Epilogue::None).unwrap_err();
-        assert!(matches!(err, Error::Validation(_)), "{err}");
-        ctx.scoped(|| Ok(ctx.queue().submit([encoder.finish()]))).expect("the encoder still submits");
-        ctx.wait(None).unwrap();
+        refused("a destroyed tensor", |e| bn.forward(e, &input.view(), &output.view(), Mode::Eval, Epilogue::None));
     }
     assert_eq!(y.read(ctx).unwrap(), y_before, "y untouched");
     let fresh = Tensor::zeros(ctx, &SHAPE, Layout::Nchw).unwrap();
@@ -124,7 +135,7 @@ fn a_buffer_destroyed_after_its_plan_was_kept_is_refused() {
 /// Buffers handed over once each are never kept: every call makes its plan.
 #[test]
 fn new_buffers_every_call_make_new_plans() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let ctx = ctx();
     ctx.set_plan_cache(true);
     let bn = BatchNorm::new(ctx, BatchNormConfig::new(SHAPE[1])).unwrap();
@@ -143,7 +154,7 @@ fn new_buffers_every_call_make_new_plans() {
 /// gives `Err`, and the encoder still submits.
 #[test]
 fn a_layer_buffer_destroyed_by_the_caller_is_refused_too() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let ctx = ctx();
     ctx.set_plan_cache(true);
     let x =
@@ -159,10 +170,6 @@ fn a_layer_buffer_destroyed_by_the_caller_is_refused_too() {
             "running_mean" => bn.running_mean().destroy(),
             _ => bn.affine().weight().destroy(),
         }
-        let mut encoder = ctx.device().create_command_encoder(&Default::default());
-        let err = forward(&mut encoder).unwrap_err();
-        assert!(matches!(err, Error::Validation(_)), "{which}: {err}");
-        ctx.scoped(|| Ok(ctx.queue().submit([encoder.finish()]))).expect("the encoder still submits");
-        ctx.wait(None).unwrap();
+        refused(which, forward);
     }
 }

@@ -29,6 +29,26 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The tests' lock, with the context on the GPUs' reduction until dropped
+/// (then back on its own, even after a failed assertion).
+struct OnGpuPath {
+    default: Reduction,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn on_gpu_path() -> OnGpuPath {
+    let serial = serial();
+    let default = ctx().reduction();
+    ctx().set_reduction(Reduction::Tree);
+    OnGpuPath { default, _serial: serial }
+}
+
+impl Drop for OnGpuPath {
+    fn drop(&mut self) {
+        ctx().set_reduction(self.default);
+    }
+}
+
 fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     let ctx = ctx();
     let c = shape[1];
@@ -199,10 +219,8 @@ fn both_accesses_match_the_reference() {
 /// channels-last) still right.
 #[test]
 fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
-    let _serial = serial();
+    let _gpu_path = on_gpu_path();
     let ctx = ctx();
-    let default = ctx.reduction();
-    ctx.set_reduction(Reduction::Tree);
     let mut rng = Rng(79);
     // (shape, layout, config, epilogue, offset in values, whether the view
     // fits one workgroup a channel)
@@ -321,7 +339,6 @@ fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
             }
         }
     }
-    ctx.set_reduction(default);
 }
 
 /// GPUs take the family's forward of contiguous stat rows of up to 8,192
@@ -334,10 +351,8 @@ fn one_pass_forward_and_backward_on_gpus_match_the_reference() {
 #[test]
 fn one_pass_family_forward_on_gpus_matches_the_reference() {
     use wgpu_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, RmsNorm, RmsNormConfig};
-    let _serial = serial();
+    let _gpu_path = on_gpu_path();
     let ctx = ctx();
-    let default = ctx.reduction();
-    ctx.set_reduction(Reduction::Tree);
     let mut rng = Rng(80);
     layer_norm_case(&mut rng, &[6, 5, 7], 1, 2.0, true, true);
     rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
@@ -372,5 +387,4 @@ fn one_pass_family_forward_on_gpus_matches_the_reference() {
     let (dy, dx) = (t(&[3, 5, 7, 7], Layout::Nchw), t(&[3, 5, 7, 7], Layout::Nchw));
     let backward = |e: &mut wgpu::CommandEncoder| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), true);
     assert_eq!(forward_dispatches(&backward), 2, "instance norm backward");
-    ctx.set_reduction(default);
 }
