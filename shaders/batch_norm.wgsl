@@ -39,20 +39,6 @@ override MODE: u32 = 0u;
 // A channel's merged partials, for SyncBatchNorm to exchange between ranks.
 @group(0) @binding(18) var<storage, read_write> local_out: array<vec4<f32>>;
 
-fn gamma(c: u32) -> f32 {
-    return select(1.0, weight[c], has(FLAG_AFFINE));
-}
-
-fn beta(c: u32) -> f32 {
-    return select(0.0, bias[c], has(FLAG_AFFINE));
-}
-
-
-// Clamps a rounding-negative variance to 0 but keeps NaN (max() may not).
-fn non_negative(v: f32) -> f32 {
-    return select(v, 0.0, v < 0.0);
-}
-
 // Channel c's partials merged into one: those at c * parts + k * block,
 // where merge_blocks_* left each block's merge in its first slot (every
 // partial, block 1, when they did not run).
@@ -94,13 +80,8 @@ fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_
 @compute @workgroup_size(64)
 fn merge_stats(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
-        let acc = merge_channel(c, true);
-        let n = acc.x;
-        let mean = acc.y;
-        let var_biased = non_negative(acc.z / n);
-        let invstd = 1.0 / sqrt(var_biased + p.eps);
-        let scale = gamma(c) * invstd;
-        chan[c] = vec4<f32>(mean, invstd, scale, beta(c));
+        let s = merge_channel(c, true).xyz;
+        chan[c] = batch_entry(c, s);
         if (has(FLAG_UPDATE_RUNNING)) {
             var f = p.momentum;
             if (f < 0.0) {
@@ -108,21 +89,19 @@ fn merge_stats(g: Grid) {
                 let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
                 f = 1.0 / (batches + 1.0);
             }
-            let var_unbiased = non_negative(acc.z / max(n - 1.0, 1.0));
-            let new_mean = (1.0 - f) * running_mean[c] + f * mean;
-            let new_var = (1.0 - f) * running_var[c] + f * var_unbiased;
+            let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, f);
             if (has(FLAG_RUNNING_IN_MERGE)) {
                 // No batch to reject and no channel reads the counter: each
                 // channel commits its own, one bumps the counter.
-                running_mean[c] = new_mean;
-                running_var[c] = new_var;
+                running_mean[c] = updated.x;
+                running_var[c] = updated.y;
                 if (c == 0u) {
                     bump_counter();
                 }
             } else {
-                let finite = abs(mean) <= 3.4e38 && abs(var_biased) <= 3.4e38;
-                pending[c] = new_mean;
-                pending[p.channels + c] = new_var;
+                let finite = abs(s.y) <= 3.4e38 && abs(non_negative(s.z / s.x)) <= 3.4e38;
+                pending[c] = updated.x;
+                pending[p.channels + c] = updated.y;
                 pending[2u * p.channels + c] = select(0.0, 1.0, finite);
             }
         }
@@ -181,17 +160,6 @@ fn commit_running(@builtin(local_invocation_index) t: u32) {
     }
 }
 
-// num_batches_tracked + 1 (a 64-bit count in two words), and the last batch
-// was accepted.
-fn bump_counter() {
-    let low = counter[0] + 1u;
-    counter[0] = low;
-    if (low == 0u) {
-        counter[1] = counter[1] + 1u;
-    }
-    counter[2] = 0u;
-}
-
 // Eval statistics: coefficients from the running statistics.
 @compute @workgroup_size(64)
 fn prepare_eval(g: Grid) {
@@ -200,31 +168,16 @@ fn prepare_eval(g: Grid) {
     }
 }
 
-// Backward: merge channel c's (sum dy, sum dy * (x - mean)) partials into
-// dweight, dbias and the dx coefficients. With batch statistics the mean and
-// variance depend on x (training); otherwise they are constants (eval).
+// Backward: merge channel c's gradient sums into dweight, dbias and the dx
+// coefficients (grad_entry, running.wgsl).
 @compute @workgroup_size(64)
 fn merge_grads(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         let sums = merge_channel(c, false);
-        let stats = chan[c];
-        let mean = stats.x;
-        let invstd = stats.y;
-        let a = gamma(c) * invstd;
-        let sum_dy = sums.x;
-        dbias[c] = sum_dy;
-        if (has(FLAG_BATCH_STATS)) {
-            // mean is the batch mean rounded to f32; the exact one is mean + delta.
-            let inv_m = 1.0 / p.count;
-            let delta = sums.z * inv_m;
-            let sum_dy_xhat = (sums.y - delta * sum_dy) * invstd;
-            dweight[c] = sum_dy_xhat;
-            let b = -a * invstd * sum_dy_xhat * inv_m;
-            grad[c] = vec4<f32>(a, b, mean, -a * sum_dy * inv_m - b * delta);
-        } else {
-            dweight[c] = sums.y * invstd;
-            grad[c] = vec4<f32>(a, 0.0, mean, 0.0);
-        }
+        let e = grad_entry(chan[c], sums);
+        dweight[c] = e.dweight;
+        dbias[c] = sums.x;
+        grad[c] = e.coef;
     }
 }
 
@@ -277,16 +230,14 @@ fn channel_forward(ids: Ids) {
             let d = x[p.x_off + index_of(c, at)] - mean;
             squares += d * d;
         }
-        let m2 = team_sum(t, CHANNEL_WG, vec4<f32>(squares)).x;
-        let invstd = 1.0 / sqrt(m2 / p.count + p.eps);
-        let scale = gamma(c) * invstd;
-        let shift = beta(c);
+        let s = vec3<f32>(p.count, mean, team_sum(t, CHANNEL_WG, vec4<f32>(squares)).x);
+        let k = batch_entry(c, s);
         if (t == 0u) {
-            chan[c] = vec4<f32>(mean, invstd, scale, shift);
+            chan[c] = k;
             if (has(FLAG_UPDATE_RUNNING)) {
-                let f = p.momentum;
-                running_mean[c] = (1.0 - f) * running_mean[c] + f * mean;
-                running_var[c] = (1.0 - f) * running_var[c] + f * m2 / max(p.count - 1.0, 1.0);
+                let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, p.momentum);
+                running_mean[c] = updated.x;
+                running_var[c] = updated.y;
                 if (c == 0u) {
                     bump_counter();
                 }
@@ -294,7 +245,7 @@ fn channel_forward(ids: Ids) {
         }
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {
             let e = index_of(c, at);
-            var v = fma(x[p.x_off + e] - mean, scale, shift);
+            var v = fma(x[p.x_off + e] - k.x, k.z, k.w);
             if (MODE == 2u) {
                 v += z[p.z_off + e];
             }
@@ -324,19 +275,9 @@ fn backward_channel(t: u32, c: u32, k: vec4<f32>) {
         sums += vec4<f32>(g, g * d, d, 0.0);
     }
     sums = team_sum(t, CHANNEL_WG, sums);
-    // (A, B, mean, C) with dx = A * g + B * (x - mean) + C, as merge_grads.
-    var coef = vec4<f32>(k.z, 0.0, k.x, 0.0);
-    var dw = sums.y * k.y;
-    if (has(FLAG_BATCH_STATS)) {
-        // The exact mean is k.x + delta.
-        let inv_m = 1.0 / p.count;
-        let delta = sums.z * inv_m;
-        dw = (sums.y - delta * sums.x) * k.y;
-        let b = -k.z * k.y * dw * inv_m;
-        coef = vec4<f32>(k.z, b, k.x, -k.z * sums.x * inv_m - b * delta);
-    }
+    let entry = grad_entry(k, sums);
     if (t == 0u) {
-        dweight[c] = dw;
+        dweight[c] = entry.dweight;
         dbias[c] = sums.x;
     }
     for (var at = cursor(t); at.o < p.outer; at = next(at)) {
@@ -346,6 +287,7 @@ fn backward_channel(t: u32, c: u32, k: vec4<f32>) {
         if (MODE == 2u) {
             dz[p.dz_off + e] = g;
         }
+        let coef = entry.coef;
         dx[p.dx_off + e] = coef.x * g + coef.y * (v - coef.z) + coef.w;
     }
 }

@@ -98,13 +98,15 @@ impl Shader {
                 &generated
             }
             Shader::Elementwise { .. } => {
-                generated =
-                    format!("{}{RUNNING}", per_op(include_str!("../shaders/elementwise.wgsl"), ELEMENTWISE_OPS));
+                generated = format!(
+                    "{}{RUNNING}{MERGED}",
+                    per_op(include_str!("../shaders/elementwise.wgsl"), ELEMENTWISE_OPS)
+                );
                 &generated
             }
             Shader::ElementwiseRows { per_lane, .. } => {
                 generated = format!(
-                    "{}{RUNNING}{}",
+                    "{}{RUNNING}{MERGED}{}",
                     per_op(include_str!("../shaders/elementwise.wgsl"), ELEMENTWISE_OPS),
                     crate::row_teams::source(per_lane.into())
                 );
@@ -194,8 +196,12 @@ impl Shader {
     }
 }
 
-/// BatchNorm's eval coefficients from the running statistics.
+/// BatchNorm's per-channel arithmetic (entries, running statistics, dx
+/// coefficients), shared by its merge kernels and elementwise passes.
 const RUNNING: &str = include_str!("../shaders/running.wgsl");
+
+/// BatchNorm's elementwise passes that merge the partials themselves.
+const MERGED: &str = include_str!("../shaders/merged.wgsl");
 
 /// The line after which an elementwise shader is written once for all of
 /// its ops, with `OP` standing for the op's name.

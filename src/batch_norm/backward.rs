@@ -94,12 +94,14 @@ impl BatchNorm {
             }
             if !given {
                 self.record_reduces(rec, &cut, epilogue.grad_mode(), chan, &partials)?;
+                if self.merges_in_dx(&cut) {
+                    return self.record_dx_merged(rec, &cut.chunks[0], cut.parts, &partials, chan, epilogue);
+                }
             }
             self.record_merge_blocks(rec, &params, &params_buf, &partials, false)?;
             let entries = [
                 (0, params_buf.as_entire_binding()),
                 (1, partials.as_entire_binding()),
-                (2, self.affine.weight().as_entire_binding()),
                 (7, chan.as_entire_binding()),
                 (12, self.grad_coef.as_entire_binding()),
                 (13, self.affine.grad_weight().as_entire_binding()),

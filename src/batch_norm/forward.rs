@@ -76,6 +76,8 @@ impl BatchNorm {
         let cut = self.cut(view, tensors, &params)?;
         // channel_forward binds nine storage buffers.
         let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running, 9);
+        let merged =
+            batch && matches!(source, Source::Reduce) && !one_pass && self.merges_in_apply(&cut, update_running);
         let partials = match source {
             _ if !batch || one_pass => None,
             Source::Given { values, .. } => {
@@ -99,13 +101,16 @@ impl BatchNorm {
                 self.record_prepare_eval(rec, &params_buf)?;
             }
             if let Some(partials) = &partials {
-                let params_buf = rec.uniform(&params);
                 if !given {
                     if cut.needs_clear {
                         rec.clear(partials);
                     }
                     self.record_reduces(rec, &cut, ReduceMode::Stats, chan, partials)?;
                 }
+                if merged {
+                    return self.record_apply_merged(rec, &cut.chunks[0], cut.parts, partials, epilogue);
+                }
+                let params_buf = rec.uniform(&params);
                 self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
                 let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
                 let entries: Vec<_> = [
@@ -175,15 +180,23 @@ impl BatchNorm {
         update_running: bool,
         storage: u32,
     ) -> bool {
-        let c = &self.config;
-        let commits_alone = !update_running || (c.momentum.is_some() && !c.check_finite);
         self.ctx.reduction() == Reduction::Tree
             && storage <= self.ctx.limits().max_storage_buffers_per_shader_stage
             && x.dtype == DType::F32
             && cut.chunks.len() == 1
             && view.inner >= ONE_PASS_RUN
             && view.per_channel() <= ONE_PASS_VALUES
-            && commits_alone
+            && self.commits_alone(update_running)
+    }
+
+    /// Whether a pass that merges a channel's statistics may also commit
+    /// its running statistics, without a commit after every channel's
+    /// merge: nothing to update, or a momentum (the cumulative average
+    /// reads the counter one channel bumps) and no `check_finite` (whose
+    /// rejection is all channels' or none).
+    pub(super) fn commits_alone(&self, update_running: bool) -> bool {
+        let c = &self.config;
+        !update_running || (c.momentum.is_some() && !c.check_finite)
     }
 
     /// The training forward in one dispatch, a workgroup per channel.

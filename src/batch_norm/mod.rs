@@ -4,10 +4,14 @@
 //!
 //! Every op validates first, then records into the caller's encoder:
 //! partial statistics (reduce.wgsl), a per-channel merge (batch_norm.wgsl),
-//! then one elementwise pass. Nothing comes back to the host.
+//! then one elementwise pass. On GPUs a channel one workgroup walks takes
+//! one dispatch (forward.rs's `one_pass`), and a longer channel of long
+//! runs two, its elementwise pass merging the partials (merged.rs).
+//! Nothing comes back to the host.
 
 mod backward;
 mod forward;
+mod merged;
 
 use crate::affine::Affine;
 use crate::context::block_on;
