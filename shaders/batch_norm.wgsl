@@ -12,8 +12,7 @@
 override MODE: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-// read_write for merge_blocks_*, which merge in place.
-@group(0) @binding(1) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
@@ -39,71 +38,48 @@ override MODE: u32 = 0u;
 // A channel's merged partials, for SyncBatchNorm to exchange between ranks.
 @group(0) @binding(18) var<storage, read_write> local_out: array<vec4<f32>>;
 
-// Channel c's partials merged into one: those at c * parts + k * block,
-// where merge_blocks_* left each block's merge in its first slot (every
-// partial, block 1, when they did not run).
+// Channel c's partials merged into one (CPU adapters: one invocation a
+// channel).
 fn merge_channel(c: u32, welford: bool) -> vec4<f32> {
-    let block = max(p.merge_block, 1u);
-    return merge_strided(c * p.parts, (p.parts + block - 1u) / block, block, welford);
+    return merge_partials(c * p.parts, p.parts, welford);
 }
 
-// Blocks of `merge_block` partials, each merged into its first slot, one
-// invocation a block: on a GPU one invocation per channel merging hundreds
-// of partials in a chain is a long serial latency (8x3x512x512
-// channels-last leaves 768 a channel).
-fn merge_blocks(i: u32, welford: bool) {
-    let blocks = (p.parts + p.merge_block - 1u) / p.merge_block;
-    if (i >= p.channels * blocks) {
-        return;
-    }
-    let c = i / blocks;
-    let first = (i - c * blocks) * p.merge_block;
-    let at = c * p.parts + first;
-    partials[at] = merge_partials(at, min(p.merge_block, p.parts - first), welford);
-}
-
-@compute @workgroup_size(64)
-fn merge_blocks_stats(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    merge_blocks(id.y * nwg.x * 64u + id.x, true);
-}
-
-@compute @workgroup_size(64)
-fn merge_blocks_sums(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    merge_blocks(id.y * nwg.x * 64u + id.x, false);
-}
-
-// Training statistics: merge the partials of channel c and write its
-// coefficients; when asked, compute the new running statistics (PyTorch
-// rules: normalize with the biased variance, track the unbiased one) into
-// `pending` for commit_running, or, with FLAG_RUNNING_IN_MERGE, into the
-// running statistics themselves.
+// Training statistics: merge the partials of channel c and store its
+// entry (commit_stats).
 @compute @workgroup_size(64)
 fn merge_stats(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
-        let s = merge_channel(c, true).xyz;
-        chan[c] = batch_entry(c, s);
-        if (has(FLAG_UPDATE_RUNNING)) {
-            var f = p.momentum;
-            if (f < 0.0) {
-                // Cumulative average: commit_running bumps the counter afterwards.
-                let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
-                f = 1.0 / (batches + 1.0);
+        commit_stats(c, merge_channel(c, true).xyz);
+    }
+}
+
+// Channel c's entry from its batch's (count, mean, M2); when asked, the new
+// running statistics (PyTorch rules: normalize with the biased variance,
+// track the unbiased one) into `pending` for commit_running, or, with
+// FLAG_RUNNING_IN_MERGE, into the running statistics themselves.
+fn commit_stats(c: u32, s: vec3<f32>) {
+    chan[c] = batch_entry(c, s);
+    if (has(FLAG_UPDATE_RUNNING)) {
+        var f = p.momentum;
+        if (f < 0.0) {
+            // Cumulative average: commit_running bumps the counter afterwards.
+            let batches = f32(counter[0]) + f32(counter[1]) * 4294967296.0;
+            f = 1.0 / (batches + 1.0);
+        }
+        let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, f);
+        if (has(FLAG_RUNNING_IN_MERGE)) {
+            // No batch to reject and no channel reads the counter: each
+            // channel commits its own, one bumps the counter.
+            running_mean[c] = updated.x;
+            running_var[c] = updated.y;
+            if (c == 0u) {
+                bump_counter();
             }
-            let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, f);
-            if (has(FLAG_RUNNING_IN_MERGE)) {
-                // No batch to reject and no channel reads the counter: each
-                // channel commits its own, one bumps the counter.
-                running_mean[c] = updated.x;
-                running_var[c] = updated.y;
-                if (c == 0u) {
-                    bump_counter();
-                }
-            } else {
-                let finite = abs(s.y) <= 3.4e38 && abs(non_negative(s.z / s.x)) <= 3.4e38;
-                pending[c] = updated.x;
-                pending[p.channels + c] = updated.y;
-                pending[2u * p.channels + c] = select(0.0, 1.0, finite);
-            }
+        } else {
+            let finite = abs(s.y) <= 3.4e38 && abs(non_negative(s.z / s.x)) <= 3.4e38;
+            pending[c] = updated.x;
+            pending[p.channels + c] = updated.y;
+            pending[2u * p.channels + c] = select(0.0, 1.0, finite);
         }
     }
 }
@@ -123,6 +99,64 @@ fn gather_sums(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
         local_out[c] = merge_channel(c, false);
     }
+}
+
+// The same four kernels on GPUs: a team of MERGE_TEAM invocations a
+// channel, eight channels a workgroup (team_merge_*, merge.wgsl), where one
+// invocation merging a channel's partials in a chain is a long serial
+// latency (8x3x512x512 channels-last leaves 768 a channel).
+const MERGE_TEAM: u32 = 32u;
+const TEAMS: u32 = 256u / MERGE_TEAM;
+
+// The channel a team stores in block b, where it exists and t leads its team.
+fn team_stores(ids: Ids, b: u32) -> bool {
+    return b * TEAMS + ids.t / MERGE_TEAM < p.channels && ids.t % MERGE_TEAM == 0u;
+}
+
+@compute @workgroup_size(256)
+fn merge_stats_teams(ids: Ids) {
+    for (var b = ids.wg.x; b * TEAMS < p.channels; b += ids.nwg.x) {
+        let s = team_merge_stats(ids.t, MERGE_TEAM, team_first(ids, b), p.parts);
+        if (team_stores(ids, b)) {
+            commit_stats(b * TEAMS + ids.t / MERGE_TEAM, s.xyz);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn merge_grads_teams(ids: Ids) {
+    for (var b = ids.wg.x; b * TEAMS < p.channels; b += ids.nwg.x) {
+        let sums = team_merge_sums(ids.t, MERGE_TEAM, team_first(ids, b), p.parts);
+        if (team_stores(ids, b)) {
+            commit_grads(b * TEAMS + ids.t / MERGE_TEAM, sums);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn gather_stats_teams(ids: Ids) {
+    for (var b = ids.wg.x; b * TEAMS < p.channels; b += ids.nwg.x) {
+        let s = team_merge_stats(ids.t, MERGE_TEAM, team_first(ids, b), p.parts);
+        if (team_stores(ids, b)) {
+            local_out[b * TEAMS + ids.t / MERGE_TEAM] = s;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn gather_sums_teams(ids: Ids) {
+    for (var b = ids.wg.x; b * TEAMS < p.channels; b += ids.nwg.x) {
+        let sums = team_merge_sums(ids.t, MERGE_TEAM, team_first(ids, b), p.parts);
+        if (team_stores(ids, b)) {
+            local_out[b * TEAMS + ids.t / MERGE_TEAM] = sums;
+        }
+    }
+}
+
+// The first partial of t's channel in block b (the last channel's for
+// teams past the end, which merge and store nothing).
+fn team_first(ids: Ids, b: u32) -> u32 {
+    return min(b * TEAMS + ids.t / MERGE_TEAM, p.channels - 1u) * p.parts;
 }
 
 var<workgroup> all_finite: atomic<u32>;
@@ -168,17 +202,21 @@ fn prepare_eval(g: Grid) {
     }
 }
 
-// Backward: merge channel c's gradient sums into dweight, dbias and the dx
-// coefficients (grad_entry, running.wgsl).
+// Backward: merge channel c's gradient sums (commit_grads).
 @compute @workgroup_size(64)
 fn merge_grads(g: Grid) {
     for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
-        let sums = merge_channel(c, false);
-        let e = grad_entry(chan[c], sums);
-        dweight[c] = e.dweight;
-        dbias[c] = sums.x;
-        grad[c] = e.coef;
+        commit_grads(c, merge_channel(c, false));
     }
+}
+
+// dweight, dbias and the dx coefficients of channel c (grad_entry,
+// running.wgsl).
+fn commit_grads(c: u32, sums: vec4<f32>) {
+    let e = grad_entry(chan[c], sums);
+    dweight[c] = e.dweight;
+    dbias[c] = sums.x;
+    grad[c] = e.coef;
 }
 
 // The training forward in one pass, for channels whose values one workgroup

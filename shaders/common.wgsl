@@ -1,5 +1,5 @@
 // Parameters shared by every per-channel kernel; mirrored by `ChannelParams`
-// in src/kernels.rs (same field order, 120 bytes). A tensor is seen as
+// in src/kernels.rs (same field order, 116 bytes). A tensor is seen as
 // [outer][channels][inner]: element (o, c, i) sits at (o * channels + c) * inner + i.
 struct Params {
     outer: u32,
@@ -55,9 +55,6 @@ struct Params {
     // column c holds channel (4c + l) % lane_channels (channels-last rows
     // regrouped in runs of lcm(channels, 4) values when channels % 4 != 0).
     lane_channels: u32,
-    // BatchNorm's merges: 0 or 1, or the block of partials merge_blocks_*
-    // merged into each block's first slot (see batch_norm.wgsl).
-    merge_block: u32,
     // Always 0.0: the value a fused ReLU gives negatives, a zero the shader
     // compiler cannot fold (see apply_at in elementwise.wgsl).
     relu_zero: f32,

@@ -1,6 +1,7 @@
-// The merge kernels' one loop: a channel's (or row's) run of partials, in
-// blocks, because per-invocation reductions (CPU adapters) leave thousands of
-// partials per channel and one long chain of merges would round at each.
+// How a channel's (or row's) run of partials merges: in one invocation's
+// loop, in blocks, because per-invocation reductions (CPU adapters) leave
+// thousands of partials per channel and one long chain of merges would
+// round at each; or by a team of invocations (GPUs).
 // Needs common.wgsl, and a `partials: array<vec4<f32>>` binding in its module.
 
 fn merge_two(a: vec4<f32>, b: vec4<f32>, welford: bool) -> vec4<f32> {
@@ -36,4 +37,40 @@ fn merge_strided(first: u32, count: u32, stride: u32, welford: bool) -> vec4<f32
         }
     }
     return merge_two(total, part, welford);
+}
+
+// Partials [first, first + count) merged by a team of `width` invocations
+// (t's team: a power of two dividing the workgroup, team_sum), every lane
+// getting the result; all of the workgroup's invocations call it, in
+// uniform control flow. Statistics (count, mean, M2, _): the team sums the
+// counts and count-weighted means, then each partial's M2 and its spread
+// about the mean (the law of total variance). Empty partials add nothing.
+fn team_merge_stats(t: u32, width: u32, first: u32, count: u32) -> vec4<f32> {
+    var mass = vec4<f32>(0.0);
+    for (var k = t % width; k < count; k += width) {
+        let q = partials[first + k];
+        if (q.x > 0.0) {
+            mass += vec4<f32>(q.x, q.x * q.y, 0.0, 0.0);
+        }
+    }
+    mass = team_sum(t, width, mass);
+    let mean = select(0.0, mass.y / mass.x, mass.x > 0.0);
+    var m2 = 0.0;
+    for (var k = t % width; k < count; k += width) {
+        let q = partials[first + k];
+        if (q.x > 0.0) {
+            let d = q.y - mean;
+            m2 += q.z + q.x * d * d;
+        }
+    }
+    return vec4<f32>(mass.x, mean, team_sum(t, width, vec4<f32>(m2)).x, 0.0);
+}
+
+// Sums, by a team as team_merge_stats.
+fn team_merge_sums(t: u32, width: u32, first: u32, count: u32) -> vec4<f32> {
+    var sums = vec4<f32>(0.0);
+    for (var k = t % width; k < count; k += width) {
+        sums += partials[first + k];
+    }
+    return team_sum(t, width, sums);
 }

@@ -6,7 +6,7 @@
 // and merge_grads would have: the saved statistics and the running ones,
 // or dweight and dbias. One dispatch fewer per op, for a few dozen partials
 // a workgroup reads from the cache.
-// Appended to elementwise.wgsl, after running.wgsl.
+// Appended to elementwise.wgsl, with running.wgsl and merge.wgsl.
 
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
 // num_batches_tracked as (low, high) words, as batch_norm.wgsl's.
@@ -18,41 +18,6 @@
 @group(0) @binding(7) var<storage, read_write> saved: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
-
-// Channel g's (count, mean, M2) from its `parts` partials (count, mean,
-// M2, _): the workgroup sums the counts and count-weighted means, then each
-// partial's M2 and its spread about the mean (the law of total variance).
-// Empty partials add nothing. Every invocation calls it, in uniform flow.
-fn merged_stats(t: u32, g: u32) -> vec3<f32> {
-    let first = g * p.parts;
-    var mass = vec4<f32>(0.0);
-    for (var k = t; k < p.parts; k += WG) {
-        let q = partials[first + k];
-        if (q.x > 0.0) {
-            mass += vec4<f32>(q.x, q.x * q.y, 0.0, 0.0);
-        }
-    }
-    mass = team_sum(t, WG, mass);
-    let mean = mass.y / mass.x;
-    var m2 = 0.0;
-    for (var k = t; k < p.parts; k += WG) {
-        let q = partials[first + k];
-        if (q.x > 0.0) {
-            let d = q.y - mean;
-            m2 += q.z + q.x * d * d;
-        }
-    }
-    return vec3<f32>(mass.x, mean, team_sum(t, WG, vec4<f32>(m2)).x);
-}
-
-// Channel g's gradient sums from its partials.
-fn merged_sums(t: u32, g: u32) -> vec4<f32> {
-    var sums = vec4<f32>(0.0);
-    for (var k = t; k < p.parts; k += WG) {
-        sums += partials[g * p.parts + k];
-    }
-    return team_sum(t, WG, sums);
-}
 
 // Whether this invocation stores its channel's results: the first of the
 // channel's first workgroup.
@@ -67,7 +32,7 @@ fn stores(ids: Ids) -> bool {
 fn apply_runs_merged(ids: Ids) {
     for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
         let g = p.chan_base + c;
-        let s = merged_stats(ids.t, g);
+        let s = team_merge_stats(ids.t, WG, g * p.parts, p.parts).xyz;
         let entry = batch_entry(g, s);
         if (stores(ids)) {
             saved[g] = entry;
@@ -97,7 +62,7 @@ fn apply_runs_merged(ids: Ids) {
 fn dx_runs_merged(ids: Ids) {
     for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
         let g = p.chan_base + c;
-        let sums = merged_sums(ids.t, g);
+        let sums = team_merge_sums(ids.t, WG, g * p.parts, p.parts);
         let k = chan[g];
         let entry = grad_entry(k, sums);
         if (stores(ids)) {

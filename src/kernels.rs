@@ -171,7 +171,10 @@ impl Shader {
         let enable = if f16 { "enable f16;\n" } else { "" };
         // The merge kernels' shared loop (WGSL resolves declarations in any order).
         let merge = match self {
-            Shader::BatchNorm | Shader::RowNorm { .. } => {
+            Shader::BatchNorm
+            | Shader::RowNorm { .. }
+            | Shader::Elementwise { .. }
+            | Shader::ElementwiseRows { .. } => {
                 include_str!("../shaders/merge.wgsl")
             }
             _ => "",
@@ -351,7 +354,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Mirror of `struct Params` in shaders/common.wgsl (120 bytes).
+/// Mirror of `struct Params` in shaders/common.wgsl (116 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ChannelParams {
@@ -386,9 +389,6 @@ pub(crate) struct ChannelParams {
     /// With FLAG_LANES_ARE_CHANNELS: the tensor's channels; lane l of view
     /// column c holds channel (4c + l) % lane_channels.
     pub lane_channels: u32,
-    /// BatchNorm's merges: 0 or 1, or the block of partials a
-    /// `merge_blocks_*` dispatch merged into each block's first slot.
-    pub merge_block: u32,
     /// Always 0.0 (see `relu_zero` in common.wgsl).
     pub relu_zero: f32,
 }

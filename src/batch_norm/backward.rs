@@ -2,7 +2,7 @@
 //! given ones), their merge into dweight, dbias and the dx coefficients,
 //! and the elementwise dx (and dz after add-ReLU).
 
-use super::forward::merge_block;
+use super::forward::MergeKernel;
 use super::*;
 use crate::tiling::Chunk;
 
@@ -79,7 +79,6 @@ impl BatchNorm {
             }
             Source::Reduce => {
                 params.parts = cut.parts;
-                params.merge_block = merge_block(params.parts, self.ctx.reduction());
                 self.partials(params.parts, view.channels)?
             }
         };
@@ -98,7 +97,6 @@ impl BatchNorm {
                     return self.record_dx_merged(rec, &cut.chunks[0], cut.parts, &partials, chan, epilogue);
                 }
             }
-            self.record_merge_blocks(rec, &params, &params_buf, &partials, false)?;
             let entries = [
                 (0, params_buf.as_entire_binding()),
                 (1, partials.as_entire_binding()),
@@ -107,7 +105,7 @@ impl BatchNorm {
                 (13, self.affine.grad_weight().as_entire_binding()),
                 (14, self.affine.grad_bias().as_entire_binding()),
             ];
-            rec.dispatch(KernelKey::new(Shader::BatchNorm, "merge_grads"), &entries, self.per_channel_workgroups())?;
+            self.record_merge(rec, MergeKernel::Grads, &entries)?;
             for chunk in &cut.chunks {
                 let chunk_params = rec.uniform(&chunk.apply_params);
                 let dz = match &chunk.windows[DZ] {

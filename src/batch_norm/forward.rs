@@ -86,7 +86,6 @@ impl BatchNorm {
             }
             Source::Reduce => {
                 params.parts = cut.parts;
-                params.merge_block = merge_block(params.parts, self.ctx.reduction());
                 Some(self.partials(params.parts, view.channels)?)
             }
         };
@@ -111,8 +110,6 @@ impl BatchNorm {
                     return self.record_apply_merged(rec, &cut.chunks[0], cut.parts, partials, epilogue);
                 }
                 let params_buf = rec.uniform(&params);
-                self.record_merge_blocks(rec, &params, &params_buf, partials, true)?;
-                let merge = KernelKey::new(Shader::BatchNorm, "merge_stats");
                 let entries: Vec<_> = [
                     (0, params_buf.as_entire_binding()),
                     (1, partials.as_entire_binding()),
@@ -123,7 +120,7 @@ impl BatchNorm {
                 .into_iter()
                 .chain(self.parameter_entries())
                 .collect();
-                rec.dispatch(merge, &entries, self.per_channel_workgroups())?;
+                self.record_merge(rec, MergeKernel::Stats, &entries)?;
                 if update_running && !commit_in_merge {
                     let commit = KernelKey::new(Shader::BatchNorm, "commit_running");
                     let entries = [
@@ -283,26 +280,26 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// Before a merge over many partials a channel (`params.merge_block` >
-    /// 1): the in-place block merges, of statistics when `welford`, else of
-    /// sums.
-    pub(super) fn record_merge_blocks(
+    /// A merge of every channel's partials (bound in `entries`): on GPUs a
+    /// team of invocations a channel, on CPU adapters one invocation.
+    pub(super) fn record_merge(
         &self,
         rec: &mut Recording,
-        params: &ChannelParams,
-        params_buf: &Uniform,
-        partials: &wgpu::Buffer,
-        welford: bool,
+        kernel: MergeKernel,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
-        if params.merge_block <= 1 {
-            return Ok(());
+        let (one, team) = match kernel {
+            MergeKernel::Stats => ("merge_stats", "merge_stats_teams"),
+            MergeKernel::Grads => ("merge_grads", "merge_grads_teams"),
+            MergeKernel::GatherStats => ("gather_stats", "gather_stats_teams"),
+            MergeKernel::GatherSums => ("gather_sums", "gather_sums_teams"),
+        };
+        if self.ctx.reduction() == Reduction::Tree {
+            let workgroups = self.config.num_features.div_ceil(MERGE_TEAMS).min(65535) as u32;
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, team), entries, (workgroups, 1))
+        } else {
+            rec.dispatch(KernelKey::new(Shader::BatchNorm, one), entries, self.per_channel_workgroups())
         }
-        let entry = if welford { "merge_blocks_stats" } else { "merge_blocks_sums" };
-        let blocks = u64::from(params.channels) * u64::from(params.parts.div_ceil(params.merge_block));
-        let workgroups = blocks.div_ceil(64);
-        let x = workgroups.min(65535);
-        let entries = [(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding())];
-        rec.dispatch(KernelKey::new(Shader::BatchNorm, entry), &entries, (x as u32, workgroups.div_ceil(x) as u32))
     }
 
     /// Eval coefficients from the running statistics into `eval_chan`.
@@ -365,7 +362,6 @@ impl BatchNorm {
             return Ok(());
         }
         params.parts = cut.parts;
-        params.merge_block = merge_block(params.parts, self.ctx.reduction());
         let partials = self.partials(params.parts, view.channels)?;
         let chan = if batch { &self.saved } else { &self.eval_chan };
         Recording::run(&self.ctx, Some(self), encoder, "batch_norm local partials", |rec| {
@@ -377,11 +373,10 @@ impl BatchNorm {
                 self.record_prepare_eval(rec, &params_buf)?;
             }
             self.record_reduces(rec, &cut, mode, chan, &partials)?;
-            self.record_merge_blocks(rec, &params, &params_buf, &partials, dy.is_none())?;
-            let entry = if dy.is_some() { "gather_sums" } else { "gather_stats" };
+            let kernel = if dy.is_some() { MergeKernel::GatherSums } else { MergeKernel::GatherStats };
             let entries =
                 [(0, params_buf.as_entire_binding()), (1, partials.as_entire_binding()), (18, out.as_entire_binding())];
-            rec.dispatch(KernelKey::new(Shader::BatchNorm, entry), &entries, self.per_channel_workgroups())
+            self.record_merge(rec, kernel, &entries)
         })
     }
 
@@ -395,11 +390,20 @@ impl BatchNorm {
     }
 }
 
-/// Partials a channel from which GPUs merge in two dispatches: blocks of
-/// about their square root merged in place by many invocations, then the
-/// blocks' results per channel. CPU adapters keep one merge: there it did
-/// not pay.
-pub(super) const BLOCK_MERGE_FROM: u32 = 64;
+/// The merge kernels: of statistics or gradient sums, into the entries
+/// (`merge_stats`, `merge_grads`) or into SyncBatchNorm's local values
+/// (`gather_*`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum MergeKernel {
+    Stats,
+    Grads,
+    GatherStats,
+    GatherSums,
+}
+
+/// Channels a workgroup of the team merge kernels takes (`TEAMS` in
+/// batch_norm.wgsl).
+const MERGE_TEAMS: usize = 8;
 
 /// Whether the eval forward's apply computes each channel's coefficients
 /// from the running statistics (one dispatch, no prepare_eval): on GPUs,
@@ -408,31 +412,4 @@ pub(super) const BLOCK_MERGE_FROM: u32 = 64;
 /// prepare_eval (PERF_NOTES.md).
 fn running_coefficients_in_apply(reduction: Reduction) -> bool {
     reduction == Reduction::Tree
-}
-
-/// `ChannelParams::merge_block` for `parts` partials a channel.
-pub(super) fn merge_block(parts: u32, reduction: Reduction) -> u32 {
-    if reduction == Reduction::PerInvocation || parts < BLOCK_MERGE_FROM {
-        1
-    } else {
-        f64::from(parts).sqrt().ceil() as u32
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gpus_merge_many_partials_in_blocks() {
-        assert_eq!(merge_block(768, Reduction::Tree), 28);
-        assert_eq!(merge_block(64, Reduction::Tree), 8);
-        assert_eq!(merge_block(63, Reduction::Tree), 1);
-        assert_eq!(merge_block(5632, Reduction::PerInvocation), 1);
-        // Every partial lies in one block, and the blocks fit one dispatch's merge.
-        for parts in [64u32, 65, 100, 768, 16384, 65535] {
-            let block = merge_block(parts, Reduction::Tree);
-            assert!(parts.div_ceil(block) * block >= parts && parts.div_ceil(block) <= block + 1, "{parts}");
-        }
-    }
 }
