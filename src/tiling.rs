@@ -116,6 +116,11 @@ impl Tiling {
         (false, false, view)
     }
 
+    /// Whether the elementwise passes walk runs: one channel a workgroup.
+    pub fn walks_runs(&self) -> bool {
+        self.apply.shape == Shape::Runs && self.reducer.teams.is_none()
+    }
+
     /// Tensor rows per row of the view: more than one where channels-last
     /// rows are regrouped in runs of lcm(channels, 4) values.
     pub fn rows_per_view_row(&self) -> usize {

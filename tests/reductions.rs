@@ -49,7 +49,10 @@ impl Drop for OnGpuPath {
     }
 }
 
-fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
+/// A training forward and backward, then an eval forward on the running
+/// statistics the first left, against the reference; the eval forward's
+/// dispatches.
+fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) -> u64 {
     let ctx = ctx();
     let c = shape[1];
     let len: usize = shape.iter().product();
@@ -78,6 +81,18 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) {
     assert_close(&format!("{what} bn {shape:?} dbias"), &db, &b.dbias);
     let s = bn.read_state().unwrap();
     assert_close(&format!("{what} bn {shape:?} running_var"), &s.running_var, f.running_var.as_ref().unwrap());
+    let before = wgpu_norm::recorded_dispatches();
+    bn.context().run(|e| bn.forward(e, &xt.view(), &y.view(), Mode::Eval, Epilogue::None)).unwrap();
+    let dispatches = wgpu_norm::recorded_dispatches() - before;
+    let eval = BatchNormArgs {
+        running_mean: Some(&s.running_mean),
+        running_var: Some(&s.running_var),
+        training: false,
+        ..args
+    };
+    let want = reference::batch_norm_forward(&eval, &x, None);
+    assert_close(&format!("{what} bn {shape:?} eval y"), &y.read(ctx).unwrap(), &want.y);
+    dispatches
 }
 
 fn family_cases(rng: &mut Rng, what: &str) {
@@ -152,9 +167,12 @@ fn both_reduction_strategies_match_the_reference() {
         let what = format!("{reduction:?}");
         batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what); // planar, vec4
         batch_norm_case(&[3, 5, 17, 19], Layout::Nchw, &mut rng, &what); // planar, scalar
-        batch_norm_case(&[4, 2, 100, 100], Layout::Nchw, &mut rng, &what); // planar, several slices a channel
-                                                                           // 2.9 M rows of one channel: per invocation would leave 90,112
-                                                                           // partials for the merge, past lavapipe's 65,535 iterations per loop.
+                                                                         // Planar, several slices a channel; its eval forward is one
+                                                                         // dispatch either way (a workgroup a channel takes its coefficients).
+        let eval = batch_norm_case(&[4, 2, 100, 100], Layout::Nchw, &mut rng, &what);
+        assert_eq!(eval, 1, "{what}: the eval forward's dispatches");
+        // 2.9 M rows of one channel: per invocation would leave 90,112
+        // partials for the merge, past lavapipe's 65,535 iterations per loop.
         batch_norm_case(&[8, 1, 600, 600], Layout::Nhwc, &mut rng, &what);
         // Channels-last with channels not a multiple of four: rows regrouped
         // in runs of lcm(C, 4) values (3 and 6 channels), or scalar when the

@@ -68,12 +68,12 @@ impl BatchNorm {
         if commit_in_merge {
             params.flags |= FLAG_RUNNING_IN_MERGE;
         }
-        let running_in_apply = !batch && running_coefficients_in_apply(self.ctx.reduction());
         let mut tensors: [Option<&TensorView>; 6] = Default::default();
         tensors[X] = Some(x);
         tensors[Y] = Some(y);
         tensors[Z] = epilogue.z();
         let cut = self.cut(view, tensors, &params)?;
+        let running_in_apply = !batch && running_coefficients_in_apply(self.ctx.reduction(), &cut);
         // channel_forward binds nine storage buffers.
         let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running, 9);
         let merged =
@@ -405,11 +405,13 @@ pub(super) enum MergeKernel {
 /// batch_norm.wgsl).
 const MERGE_TEAMS: usize = 8;
 
-/// Whether the eval forward's apply computes each channel's coefficients
-/// from the running statistics (one dispatch, no prepare_eval): on GPUs,
-/// where a dispatch costs more than the few cached loads every invocation
-/// then repeats. CPU adapters pay those loads lane by lane and keep
+/// Whether the eval forward's apply over `cut` computes each channel's
+/// coefficients from the running statistics (one dispatch, no
+/// prepare_eval): on GPUs, where a dispatch costs more than the few cached
+/// loads every invocation then repeats, and on CPU adapters where every
+/// chunk walks runs (a workgroup computes its channel's once). Other CPU
+/// tilings compute them per invocation, lane by lane, and keep
 /// prepare_eval (PERF_NOTES.md).
-fn running_coefficients_in_apply(reduction: Reduction) -> bool {
-    reduction == Reduction::Tree
+fn running_coefficients_in_apply(reduction: Reduction, cut: &Chunks) -> bool {
+    reduction == Reduction::Tree || cut.chunks.iter().all(|chunk| chunk.tiling.walks_runs())
 }

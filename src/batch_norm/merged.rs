@@ -14,7 +14,6 @@
 //! invocation merged: a barrier anywhere in a kernel slows its whole walk.
 
 use super::*;
-use crate::reduce::Shape;
 use crate::tiling::Chunk;
 
 /// Storage buffers apply_runs_merged and dx_runs_merged bind.
@@ -38,7 +37,7 @@ impl BatchNorm {
     fn merges(&self, cut: &Chunks, storage: u32) -> bool {
         self.ctx.reduction() == Reduction::Tree
             && storage <= self.ctx.limits().max_storage_buffers_per_shader_stage
-            && matches!(cut.chunks.as_slice(), [chunk] if runs_tiled(chunk))
+            && matches!(cut.chunks.as_slice(), [chunk] if chunk.tiling.walks_runs())
     }
 
     /// The apply of the statistics' `parts` partials a channel in
@@ -99,9 +98,4 @@ impl BatchNorm {
         ];
         rec.dispatch(chunk.tiling.kernel("dx_merged", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)
     }
-}
-
-/// A chunk whose elementwise passes walk runs: one channel a workgroup.
-fn runs_tiled(chunk: &Chunk) -> bool {
-    chunk.tiling.apply.shape == Shape::Runs && chunk.tiling.reducer.teams.is_none()
 }
