@@ -6,7 +6,7 @@
 // variance about it, writes the row's entry as merge_rows does, then y as
 // apply does (weight (r % groups) * cpg + i / wdiv of value i).
 // Appended to row_norm.wgsl in its scalar variant (V = f32) only, with
-// group_backward below.
+// group_backward and row_backward below.
 const ROW_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
@@ -92,6 +92,46 @@ fn group_backward(ids: Ids) {
                 rows[r] = k.stats;
             }
             let base = r * p.inner;
+            for (var i = lane; i < p.inner; i += p.width) {
+                let v = from_memory(x[p.x_off + base + i]);
+                let g = from_memory(dy[p.dy_off + base + i]);
+                let w = (r % p.groups) * p.cpg + i / p.wdiv;
+                dx[p.dx_off + base + i] = to_memory(k.dx.x * g * gamma(w) + k.dx.y * (v - k.dx.w) + k.dx.z);
+            }
+        }
+    }
+}
+
+// LayerNorm's and RMSNorm's backward (any stat rows row_forward takes,
+// whose instances are not summed apart) in one pass: the row's team sums
+// (gamma dy, gamma dy * (x - centre), x - centre) as reduce MODE 2 does,
+// takes the row's dx coefficients and its entry's delta as merge_row_grads
+// does, then writes dx. dweight and dbias follow from the column sums,
+// which read the delta.
+@compute @workgroup_size(256)
+fn row_backward(ids: Ids) {
+    let t = ids.t;
+    let teams = ROW_WG / p.width;
+    let lane = t % p.width;
+    for (var first = ids.wg.x * teams; first < p.channels; first += ids.nwg.x * teams) {
+        let r = first + t / p.width;
+        let live = r < p.channels;
+        let s = rows[min(r, p.channels - 1u)];
+        let base = r * p.inner;
+        var acc = vec4<f32>(0.0);
+        if (live) {
+            for (var i = lane; i < p.inner; i += p.width) {
+                let d = from_memory(x[p.x_off + base + i]) - s.x;
+                let g = from_memory(dy[p.dy_off + base + i]) * gamma((r % p.groups) * p.cpg + i / p.wdiv);
+                acc += vec4<f32>(g, g * d, d, 0.0);
+            }
+        }
+        let sums = team_sum(t, p.width, acc);
+        if (live) {
+            let k = grads_of(s, sums);
+            if (lane == 0u) {
+                rows[r] = k.stats;
+            }
             for (var i = lane; i < p.inner; i += p.width) {
                 let v = from_memory(x[p.x_off + base + i]);
                 let g = from_memory(dy[p.dy_off + base + i]);

@@ -204,10 +204,15 @@ impl Core {
             return self.backward_resident(rec, resident, &params, &col_params, piece, out, columns);
         }
 
-        if let (Some(team), Some(instances), Source::Input { .. }) = (self.row_team(geo), out.instances, source) {
+        if let (Some(team), Source::Input { .. }) = (self.row_team(geo), source) {
             let mut params = row_params;
             params.dx_off = dxw.elem_offset;
-            return self.record_group_backward(rec, team, params, piece, out, instances.1);
+            if let Some(instances) = out.instances {
+                return self.record_group_backward(rec, team, params, piece, out, instances.1);
+            }
+            self.record_row_backward(rec, team, params, piece, out)?;
+            let col_buf = rec.uniform(&col_params);
+            return self.record_column_grads(rec, piece, out, (&col_buf, col_plan), columns);
         }
         let row_buf = rec.uniform(&row_params);
         let col_buf = rec.uniform(&col_params);
@@ -277,6 +282,31 @@ impl Core {
             (13, self.affine.grad_bias().as_entire_binding()),
         ];
         rec.dispatch(key, &entries, self.weight_workgroups())
+    }
+
+    /// dx of stat rows a team of `width` invocations takes (GPUs, see
+    /// `row_team`) in one pass: row_forward.wgsl's row_backward, which also
+    /// leaves each row's delta for the column sums after it.
+    fn record_row_backward(
+        &self,
+        rec: &mut Recording,
+        (width, grid): (u32, (u32, u32)),
+        mut params: ChannelParams,
+        piece: &Piece,
+        out: &PartDx,
+    ) -> Result<()> {
+        params.width = width;
+        let uniform = rec.uniform(&params);
+        let entries = [
+            (0, uniform.as_entire_binding()),
+            (2, self.affine.weight().as_entire_binding()),
+            (6, piece.rows.as_entire_binding()),
+            (8, piece.x.resource()),
+            (10, out.dy.resource()),
+            (11, out.dx.resource()),
+        ];
+        let key = KernelKey::new(Shader::RowNorm { f16: piece.f16, vec4: false, words: false }, "row_backward");
+        rec.dispatch(key, &entries, grid)
     }
 
     /// GroupNorm's and InstanceNorm's backward over channels-first groups

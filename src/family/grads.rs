@@ -5,9 +5,8 @@
 use super::*;
 
 impl Core {
-    /// The backward's row sums (reduce MODE 2) into dx coefficients, and its
-    /// column partials (MODE 3), merged into dweight and dbias when `columns`
-    /// says so.
+    /// The backward's row sums (reduce MODE 2) into dx coefficients, then
+    /// its column sums ([`Self::record_column_grads`]).
     pub(super) fn record_row_and_column_grads(
         &self,
         rec: &mut Recording,
@@ -19,19 +18,17 @@ impl Core {
     ) -> Result<()> {
         let Piece { geo, x: xw, rows, partials, f16, .. } = *piece;
         let PartDx { dy: dyw, rows_dx, .. } = *out;
-        let trailing = !geo.is_grouped();
-        let reduce = |plan: &ReducePlan, mode| reduce::kernel(plan, mode, f16).trailing(trailing);
-        let tensors = || (xw.resource(), dyw.resource());
         let row_sums = ReduceBindings {
             weight: Some(self.affine.weight().as_entire_binding()),
             ..ReduceBindings::new(
                 row_buf.as_entire_binding(),
-                tensors(),
+                (xw.resource(), dyw.resource()),
                 rows.as_entire_binding(),
                 partials.as_entire_binding(),
             )
         };
-        rec.reduce(reduce(row_plan, ReduceMode::WeightedGradSums), row_sums, false, row_plan.grid3())?;
+        let kernel = reduce::kernel(row_plan, ReduceMode::WeightedGradSums, f16).trailing(!geo.is_grouped());
+        rec.reduce(kernel, row_sums, false, row_plan.grid3())?;
         let entries = [
             (0, row_buf.as_entire_binding()),
             (1, partials.as_entire_binding()),
@@ -39,13 +36,29 @@ impl Core {
             (7, rows_dx.as_entire_binding()),
         ];
         rec.dispatch(row_norm("merge_row_grads"), &entries, Self::row_workgroups(&geo))?;
+        self.record_column_grads(rec, piece, out, (col_buf, col_plan), columns)
+    }
+
+    /// The backward's column partials (reduce MODE 3, over rows whose
+    /// entries hold their delta), merged into dweight and dbias when
+    /// `columns` says so.
+    pub(super) fn record_column_grads(
+        &self,
+        rec: &mut Recording,
+        piece: &Piece,
+        out: &PartDx,
+        (col_buf, col_plan): (&Uniform, &ReducePlan),
+        columns: &Columns,
+    ) -> Result<()> {
+        let Piece { geo, x: xw, rows, f16, .. } = *piece;
         let column_sums = ReduceBindings::new(
             col_buf.as_entire_binding(),
-            tensors(),
+            (xw.resource(), out.dy.resource()),
             rows.as_entire_binding(),
             columns.partials.as_entire_binding(),
         );
-        rec.reduce(reduce(col_plan, ReduceMode::ColumnGrads), column_sums, false, col_plan.grid3())?;
+        let kernel = reduce::kernel(col_plan, ReduceMode::ColumnGrads, f16).trailing(!geo.is_grouped());
+        rec.reduce(kernel, column_sums, false, col_plan.grid3())?;
         if columns.merge {
             self.record_merge_columns(rec, col_buf, columns.partials, None)?;
         }
