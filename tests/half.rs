@@ -98,6 +98,10 @@ fn f16_tensors_with_f32_statistics_match_the_reference() {
         (&[4, 3, 5][..], Layout::Nhwc),
         (&[3, 5, 5, 5][..], Layout::Nchw),
         (&[7, 3][..], Layout::Nchw),
+        // Long channel runs: on GPUs the apply and dx passes merge the
+        // partials (src/batch_norm/merged.rs), in vec4s and in scalars.
+        (&[2, 3, 40, 40][..], Layout::Nchw),
+        (&[2, 3, 1025][..], Layout::Nchw),
     ] {
         for (fused, training) in [(Fused::None, true), (Fused::None, false), (Fused::AddRelu, true)] {
             case(shape, layout, fused, training, &mut rng);

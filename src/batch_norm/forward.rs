@@ -1,6 +1,6 @@
 //! BatchNorm's forward passes as recorded: partial statistics over x (or
-//! given ones), their merge per channel (in blocks on GPUs when a channel
-//! has many), the eval coefficients, and the elementwise apply; also
+//! given ones), their merge per channel (a team of invocations a channel on
+//! GPUs), the eval coefficients, and the elementwise apply; also
 //! SyncBatchNorm's local halves, which stop after the partials.
 
 use super::*;

@@ -9,9 +9,10 @@
 //! the merged results once. Channels-last tilings keep the merge kernel: an
 //! apply workgroup there spans every channel, and would merge all of them.
 //!
-//! Not on CPU adapters: on lavapipe the merged passes ran 1.4 to 2.6 times
-//! as long as the three (PERF_NOTES.md), whether the workgroup or one
-//! invocation merged: a barrier anywhere in a kernel slows its whole walk.
+//! Not on CPU adapters: on lavapipe the merged passes ran 1.4 to 2.9 times
+//! as long as the three (PERF_NOTES.md), whether the workgroup, one
+//! invocation or each SIMD batch (`subgroupAdd`) merged: with a merge in
+//! front of it, the walk itself ran slower there.
 
 use super::*;
 use crate::tiling::Chunk;
@@ -41,8 +42,8 @@ impl BatchNorm {
     }
 
     /// The apply of the statistics' `parts` partials a channel in
-    /// `partials`: y, the saved statistics and, with `update_running`, the
-    /// running ones.
+    /// `partials`: y, the saved statistics and, with FLAG_UPDATE_RUNNING,
+    /// the running ones.
     pub(super) fn record_apply_merged(
         &self,
         rec: &mut Recording,
