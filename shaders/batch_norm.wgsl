@@ -210,6 +210,30 @@ fn merge_grads(g: Grid) {
     }
 }
 
+// The eval backward's dweight and dbias from gradient sums taken about
+// the running mean (merged.wgsl's dx_eval_runs_*, which wrote dx).
+@compute @workgroup_size(64)
+fn merge_grads_eval(g: Grid) {
+    for (var c = g.id.x; c < p.channels; c += grid_stride(g)) {
+        commit_eval_grads(c, merge_channel(c, false));
+    }
+}
+
+@compute @workgroup_size(256)
+fn merge_grads_eval_teams(ids: Ids) {
+    for (var b = ids.wg.x; b * TEAMS < p.channels; b += ids.nwg.x) {
+        let sums = team_merge_sums(ids.t, MERGE_TEAM, team_first(ids, b), p.parts);
+        if (team_stores(ids, b)) {
+            commit_eval_grads(b * TEAMS + ids.t / MERGE_TEAM, sums);
+        }
+    }
+}
+
+fn commit_eval_grads(c: u32, sums: vec4<f32>) {
+    dweight[c] = grad_entry(running_entry(c), sums).dweight;
+    dbias[c] = sums.x;
+}
+
 // dweight, dbias and the dx coefficients of channel c (grad_entry,
 // running.wgsl).
 fn commit_grads(c: u32, sums: vec4<f32>) {

@@ -79,3 +79,65 @@ fn dx_runs_merged(ids: Ids) {
         }
     }
 }
+
+// BatchNorm's eval backward in one walk where a workgroup walks one
+// channel: dx (and dz) from the running statistics' entry, which does not
+// wait for any sum, and the channel's sum g and sum g * (x - mean) (as
+// reduce MODE 1, 4 and 5 take them) on the way, into partials that merge_grads_eval turns
+// into dweight and dbias. x and dy are read once. Partials: one a
+// workgroup on GPUs (dx_eval_runs_team: a team sum), one an invocation on
+// CPU adapters (dx_eval_runs_lanes: no barrier, which lavapipe pays for
+// across the whole kernel); `p.parts` a channel either way.
+@group(0) @binding(1) var<storage, read_write> partials_out: array<vec4<f32>>;
+
+// sum g and sum g * (x - mean) (the eval backward needs no sum (x - mean)).
+struct GradAcc {
+    g: V,
+    gd: V,
+}
+
+fn eval_grads_walk(ids: Ids, c: u32, k: vec4<f32>) -> vec4<f32> {
+    let coef = DxCoef(splat(k), splat(vec4<f32>(k.z, 0.0, k.x, 0.0)));
+    var acc = GradAcc(V(0.0), V(0.0));
+    for (var sl = ids.wg.x; sl < p.slices; sl += ids.nwg.x) {
+        for (var r = run_start(sl, ids.t); r.j < r.end; ) {
+            let stop = segment_stop(r);
+            var e = (r.o * p.channels + c) * p.inner + r.i;
+            for (var m = segment_values(r, stop); m > 0u; m--) {
+                let v = from_memory(x[p.x_off + e]);
+                var g = from_memory(dy[p.dy_off + e]);
+                if (MODE != 0u) {
+                    g = select(V(0.0), g, pre_activation(v, coef.k, e) > V(0.0));
+                    if (MODE == 2u) {
+                        dz[p.dz_off + e] = to_memory(g);
+                    }
+                }
+                dx[p.dx_off + e] = to_memory(coef.g.a * g);
+                acc.g += g;
+                acc.gd += g * (v - coef.k.a);
+                e += 8u;
+            }
+            r = next_segment(r, stop);
+        }
+    }
+    return vec4<f32>(lanes_total(acc.g), lanes_total(acc.gd), 0.0, 0.0);
+}
+
+@compute @workgroup_size(256)
+fn dx_eval_runs_team(ids: Ids) {
+    for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
+        let g = p.chan_base + c;
+        let sums = team_sum(ids.t, WG, eval_grads_walk(ids, c, running_entry(g)));
+        if (ids.t == 0u) {
+            partials_out[g * p.parts + ids.wg.x] = sums;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn dx_eval_runs_lanes(ids: Ids) {
+    for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
+        let g = p.chan_base + c;
+        partials_out[g * p.parts + ids.wg.x * WG + ids.t] = eval_grads_walk(ids, c, running_entry(g));
+    }
+}

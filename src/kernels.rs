@@ -138,14 +138,21 @@ impl Shader {
         // The elementwise shaders' value type V, and what they share over it.
         let lanes = include_str!("../shaders/lanes.wgsl");
         let lanes4 = "fn lanes4(a: f32, b: f32, c: f32, d: f32) -> V {\n";
+        // The sum of a V's lanes.
+        let total = "fn lanes_total(v: V) -> f32 {\n";
         let prelude = match self {
             Shader::Elementwise { vec4: true, .. }
             | Shader::ElementwiseRows { .. }
             | Shader::RowNorm { vec4: true, .. } => {
-                format!("alias V = vec4<f32>;\nalias S = {memory};\n{lanes4}    return V(a, b, c, d);\n}}\n{lanes}")
+                format!(
+                    "alias V = vec4<f32>;\nalias S = {memory};\n{lanes4}    return V(a, b, c, d);\n}}\n\
+                     {total}    return v.x + v.y + v.z + v.w;\n}}\n{lanes}"
+                )
             }
             Shader::Elementwise { vec4: false, .. } | Shader::RowNorm { vec4: false, .. } => {
-                format!("alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n{lanes}")
+                format!(
+                    "alias V = f32;\nalias S = {scalar};\n{lanes4}    return a;\n}}\n{total}    return v;\n}}\n{lanes}"
+                )
             }
             Shader::ReduceVec4 { .. } | Shader::ReduceTeams { .. } | Shader::Resident { .. } => {
                 format!("alias S = {memory};\n")

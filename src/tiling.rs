@@ -138,13 +138,15 @@ impl Tiling {
     }
 
     /// The entry point of elementwise pass `op` (`apply`, `dx`, or `eval`:
-    /// BatchNorm's apply on running coefficients; `apply_merged` and
-    /// `dx_merged`: merged.wgsl's), in elementwise.wgsl or row_norm.wgsl.
+    /// BatchNorm's apply on running coefficients; `apply_merged`,
+    /// `dx_merged` and `dx_eval_*`: merged.wgsl's), in elementwise.wgsl or row_norm.wgsl.
     pub fn entry(&self, op: &str) -> &'static str {
         // Runs tilings only (src/batch_norm/merged.rs).
         match op {
             "apply_merged" => return "apply_runs_merged",
             "dx_merged" => return "dx_runs_merged",
+            "dx_eval_team" => return "dx_eval_runs_team",
+            "dx_eval_lanes" => return "dx_eval_runs_lanes",
             _ => {}
         }
         let walk = match (self.reducer.teams.is_some(), self.apply.shape == Shape::Runs) {

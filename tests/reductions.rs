@@ -49,10 +49,10 @@ impl Drop for OnGpuPath {
     }
 }
 
-/// A training forward and backward, then an eval forward on the running
-/// statistics the first left, against the reference; the eval forward's
-/// dispatches.
-fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) -> u64 {
+/// A training forward and backward, then an eval forward and backward on
+/// the running statistics the first left, against the reference; the eval
+/// forward's and backward's dispatches.
+fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) -> (u64, u64) {
     let ctx = ctx();
     let c = shape[1];
     let len: usize = shape.iter().product();
@@ -92,7 +92,72 @@ fn batch_norm_case(shape: &[usize], layout: Layout, rng: &mut Rng, what: &str) -
     };
     let want = reference::batch_norm_forward(&eval, &x, None);
     assert_close(&format!("{what} bn {shape:?} eval y"), &y.read(ctx).unwrap(), &want.y);
-    dispatches
+    let before = wgpu_norm::recorded_dispatches();
+    bn.context().run(|e| bn.backward(e, &xt.view(), &dyt.view(), &dx.view(), Mode::Eval, Epilogue::None)).unwrap();
+    let backward_dispatches = wgpu_norm::recorded_dispatches() - before;
+    let want = reference::batch_norm_backward(&eval, &x, None, &dy);
+    assert_close(&format!("{what} bn {shape:?} eval dx"), &dx.read(ctx).unwrap(), &want.dx);
+    let (dw, db) = bn.affine().read_grads().unwrap();
+    assert_close(&format!("{what} bn {shape:?} eval dweight"), &dw, &want.dweight);
+    assert_close(&format!("{what} bn {shape:?} eval dbias"), &db, &want.dbias);
+    (dispatches, backward_dispatches)
+}
+
+/// BatchNorm's eval backward over channels of long runs writes dx and takes
+/// its sums in one walk, then merges them (src/batch_norm/merged.rs): two
+/// dispatches on either path, with each epilogue, against the reference.
+#[test]
+fn eval_backward_walks_match_the_reference_on_both_paths() {
+    let _serial = serial();
+    let ctx = ctx();
+    let default = ctx.reduction();
+    let mut rng = Rng(81);
+    // 9,800 values a channel: more than the GPUs' one-pass kernels take.
+    let shape = [2, 3, 70, 70];
+    let len: usize = shape.iter().product();
+    for reduction in [Reduction::Tree, Reduction::PerInvocation] {
+        ctx.set_reduction(reduction);
+        for fused in [Fused::None, Fused::Relu, Fused::AddRelu] {
+            let (x, z, dy) =
+                (rng.normal_vec(len, 1.0, 2.0), rng.normal_vec(len, 0.0, 1.0), rng.normal_vec(len, 0.0, 1.0));
+            let mut state = BatchNormState::initial(3);
+            (state.weight, state.bias) = (rng.normal_vec(3, 1.0, 0.3), rng.normal_vec(3, 0.0, 0.3));
+            state.running_mean = rng.normal_vec(3, 1.0, 0.5);
+            state.running_var = rng.normal_vec(3, 4.0, 0.5);
+            let bn = BatchNorm::new(ctx, BatchNormConfig::new(3)).unwrap();
+            bn.write_state(&state).unwrap();
+            let t = |v: &[f32]| Tensor::from_slice(ctx, v, &shape, Layout::Nchw).unwrap();
+            let (xt, zt, dyt, dxt, dzt) = (t(&x), t(&z), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
+            let (z_view, dz_view) = (zt.view(), dzt.view());
+            let epilogue = match fused {
+                Fused::None => Epilogue::None,
+                Fused::Relu => Epilogue::Relu,
+                Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: Some(&dz_view) },
+            };
+            let before = wgpu_norm::recorded_dispatches();
+            ctx.run(|e| bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::Eval, epilogue)).unwrap();
+            let what = format!("{reduction:?} {fused:?}");
+            assert_eq!(wgpu_norm::recorded_dispatches() - before, 2, "{what}");
+            let args = BatchNormArgs {
+                weight: Some(&state.weight),
+                bias: Some(&state.bias),
+                running_mean: Some(&state.running_mean),
+                running_var: Some(&state.running_var),
+                training: false,
+                fused,
+                ..BatchNormArgs::new(&shape, Layout::Nchw)
+            };
+            let want = reference::batch_norm_backward(&args, &x, (fused == Fused::AddRelu).then_some(&z[..]), &dy);
+            assert_close(&format!("{what} dx"), &dxt.read(ctx).unwrap(), &want.dx);
+            let (dw, db) = bn.affine().read_grads().unwrap();
+            assert_close(&format!("{what} dweight"), &dw, &want.dweight);
+            assert_close(&format!("{what} dbias"), &db, &want.dbias);
+            if let Some(dz) = &want.dz {
+                assert_close(&format!("{what} dz"), &dzt.read(ctx).unwrap(), dz);
+            }
+        }
+    }
+    ctx.set_reduction(default);
 }
 
 fn family_cases(rng: &mut Rng, what: &str) {
@@ -165,12 +230,15 @@ fn both_reduction_strategies_match_the_reference() {
     for reduction in [Reduction::Tree, Reduction::PerInvocation] {
         ctx.set_reduction(reduction);
         let what = format!("{reduction:?}");
-        batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what); // planar, vec4
-        batch_norm_case(&[3, 5, 17, 19], Layout::Nchw, &mut rng, &what); // planar, scalar
-                                                                         // Planar, several slices a channel; its eval forward is one
-                                                                         // dispatch either way (a workgroup a channel takes its coefficients).
+        // Planar: vec4, scalar.
+        batch_norm_case(&[4, 6, 30, 40], Layout::Nchw, &mut rng, &what);
+        batch_norm_case(&[3, 5, 17, 19], Layout::Nchw, &mut rng, &what);
+        // Planar, several slices a channel; its eval forward is one
+        // dispatch either way (a workgroup a channel takes its
+        // coefficients), its eval backward two (dx and the sums in one
+        // walk, then their merge).
         let eval = batch_norm_case(&[4, 2, 100, 100], Layout::Nchw, &mut rng, &what);
-        assert_eq!(eval, 1, "{what}: the eval forward's dispatches");
+        assert_eq!(eval, (1, 2), "{what}: the eval forward's and backward's dispatches");
         // 2.9 M rows of one channel: per invocation would leave 90,112
         // partials for the merge, past lavapipe's 65,535 iterations per loop.
         batch_norm_case(&[8, 1, 600, 600], Layout::Nhwc, &mut rng, &what);
@@ -241,12 +309,12 @@ enum GpuPath {
 impl GpuPath {
     /// Whether `dispatches` is what this path records for the training
     /// forward (`commits_alone`: its running statistics need no commit
-    /// after every channel), the training backward, or the eval backward
-    /// (`eval`: one more, its coefficients from the running statistics).
-    fn records(self, dispatches: u64, forward: bool, commits_alone: bool, eval: bool) -> bool {
+    /// after every channel) or a backward, training or eval (the eval one
+    /// writes dx and takes its sums in one walk, then merges them).
+    fn records(self, dispatches: u64, forward: bool, commits_alone: bool) -> bool {
         match self {
             GpuPath::OnePass if !forward || commits_alone => dispatches == 1,
-            GpuPath::Merged if !forward || commits_alone => dispatches == 2 + u64::from(eval),
+            GpuPath::Merged if !forward || commits_alone => dispatches == 2,
             _ => dispatches >= 3,
         }
     }
@@ -338,7 +406,7 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
             .unwrap();
         let dispatches = wgpu_norm::recorded_dispatches() - before;
         let what = format!("{shape:?} {layout:?} {fused:?} at {offset}");
-        assert!(path.records(dispatches, true, commits_alone, false), "{what}: {dispatches} dispatches, {path:?}");
+        assert!(path.records(dispatches, true, commits_alone), "{what}: {dispatches} dispatches, {path:?}");
         let args = BatchNormArgs {
             weight: config.affine.then_some(&state.weight[..]),
             bias: config.affine.then_some(&state.bias[..]),
@@ -375,7 +443,7 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
             let dispatches = wgpu_norm::recorded_dispatches() - before;
             let what = format!("{what} {mode:?} backward");
             let training = mode == Mode::Training || !config.track_running_stats;
-            assert!(path.records(dispatches, false, true, !training), "{what}: {dispatches} dispatches, {path:?}");
+            assert!(path.records(dispatches, false, true), "{what}: {dispatches} dispatches, {path:?}");
             let args = BatchNormArgs {
                 running_mean: config.track_running_stats.then_some(&after.running_mean[..]),
                 running_var: config.track_running_stats.then_some(&after.running_var[..]),

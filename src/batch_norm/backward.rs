@@ -71,6 +71,15 @@ impl BatchNorm {
                 self.record_channel_backward(rec, &params, &cut.chunks[0], epilogue, batch)
             });
         }
+        if !batch && matches!(source, Source::Reduce) && self.walks_eval_backward(&cut) {
+            let chunk = &cut.chunks[0];
+            let (grid, parts) = self.eval_walk(chunk);
+            let partials = self.partials(parts, view.channels)?;
+            params.parts = parts;
+            return Recording::run(&self.ctx, Some(self), encoder, "batch_norm backward", |rec| {
+                self.record_eval_walk(rec, &params, chunk, (grid, parts), &partials, epilogue)
+            });
+        }
         let partials = match source {
             Source::Given { values, count } => {
                 params.parts = 1;

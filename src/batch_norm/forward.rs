@@ -291,6 +291,7 @@ impl BatchNorm {
         let (one, team) = match kernel {
             MergeKernel::Stats => ("merge_stats", "merge_stats_teams"),
             MergeKernel::Grads => ("merge_grads", "merge_grads_teams"),
+            MergeKernel::GradsEval => ("merge_grads_eval", "merge_grads_eval_teams"),
             MergeKernel::GatherStats => ("gather_stats", "gather_stats_teams"),
             MergeKernel::GatherSums => ("gather_sums", "gather_sums_teams"),
         };
@@ -397,6 +398,8 @@ impl BatchNorm {
 pub(super) enum MergeKernel {
     Stats,
     Grads,
+    /// dweight and dbias of sums about the running mean (no coefficients).
+    GradsEval,
     GatherStats,
     GatherSums,
 }

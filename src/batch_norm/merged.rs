@@ -14,12 +14,17 @@
 //! invocation or each SIMD batch (`subgroupAdd`) merged: with a merge in
 //! front of it, the walk itself ran slower there.
 
+use super::forward::MergeKernel;
 use super::*;
 use crate::tiling::Chunk;
 
-/// Storage buffers apply_runs_merged and dx_runs_merged bind.
+/// Invocations a workgroup of the elementwise passes.
+const WALK_WG: u32 = 256;
+
+/// Storage buffers apply_runs_merged, dx_runs_merged and dx_eval_runs_* bind.
 const APPLY_STORAGE: u32 = 10;
 const DX_STORAGE: u32 = 9;
+const EVAL_STORAGE: u32 = 10;
 
 impl BatchNorm {
     /// Whether the training forward over `cut` merges in its apply: on
@@ -33,6 +38,70 @@ impl BatchNorm {
     /// Whether the backward over `cut` merges in its dx pass.
     pub(super) fn merges_in_dx(&self, cut: &Chunks) -> bool {
         self.merges(cut, DX_STORAGE)
+    }
+
+    /// Whether the eval backward over `cut` writes dx and takes its sums
+    /// in one walk (dx_eval_runs_*), then merges them: on either path, one
+    /// chunk of a runs tiling.
+    pub(super) fn walks_eval_backward(&self, cut: &Chunks) -> bool {
+        EVAL_STORAGE <= self.ctx.limits().max_storage_buffers_per_shader_stage
+            && matches!(cut.chunks.as_slice(), [chunk] if chunk.tiling.walks_runs())
+    }
+
+    /// The eval walk's grid over `chunk` and its partials a channel: one a
+    /// workgroup on GPUs; one an invocation on CPU adapters, in as many
+    /// workgroups a channel as the merge's loop takes.
+    pub(super) fn eval_walk(&self, chunk: &Chunk) -> ((u32, u32), u32) {
+        let (x, y) = chunk.tiling.apply.grid;
+        if self.ctx.reduction() == Reduction::Tree {
+            ((x, y), x)
+        } else {
+            let x = x.min(MAX_MERGE_PARTS / WALK_WG);
+            ((x, y), x * WALK_WG)
+        }
+    }
+
+    /// The eval backward in two dispatches: dx (and dz) with the channel's
+    /// gradient sums as `parts` partials a channel, then dweight and dbias.
+    pub(super) fn record_eval_walk(
+        &self,
+        rec: &mut Recording,
+        params: &ChannelParams,
+        chunk: &Chunk,
+        (grid, parts): ((u32, u32), u32),
+        partials: &wgpu::Buffer,
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        let uniform = rec.uniform(&ChannelParams { parts, ..chunk.apply_params });
+        let dz = match &chunk.windows[DZ] {
+            Some(w) => w.resource(),
+            None => self.unused.as_entire_binding(),
+        };
+        let entries: Vec<_> = [
+            (0, uniform.as_entire_binding()),
+            (1, partials.as_entire_binding()),
+            (8, chunk.resource(X)),
+            (10, chunk.resource(DY)),
+            (11, chunk.resource(DX)),
+            (15, chunk.resource(Z)),
+            (16, dz),
+        ]
+        .into_iter()
+        .chain(self.parameter_entries())
+        .collect();
+        let op = if self.ctx.reduction() == Reduction::Tree { "dx_eval_team" } else { "dx_eval_lanes" };
+        rec.dispatch(chunk.tiling.kernel(op, epilogue.apply_mode()), &entries, grid)?;
+        let uniform = rec.uniform(params);
+        let entries: Vec<_> = [
+            (0, uniform.as_entire_binding()),
+            (1, partials.as_entire_binding()),
+            (13, self.affine.grad_weight().as_entire_binding()),
+            (14, self.affine.grad_bias().as_entire_binding()),
+        ]
+        .into_iter()
+        .chain(self.parameter_entries())
+        .collect();
+        self.record_merge(rec, MergeKernel::GradsEval, &entries)
     }
 
     fn merges(&self, cut: &Chunks, storage: u32) -> bool {
