@@ -1,5 +1,6 @@
-//! BatchNorm's training passes that merge the reduction's partials
-//! themselves (shaders/merged.wgsl): on GPUs, a forward of a reduction and
+//! BatchNorm's passes that fold a reduction into the elementwise walk
+//! (shaders/merged.wgsl). The training passes merge the reduction's
+//! partials themselves: on GPUs, a forward of a reduction and
 //! an apply, and a backward of a reduction and a dx pass, two dispatches
 //! each where a merge kernel between them made three.
 //!
@@ -13,6 +14,11 @@
 //! as long as the three (PERF_NOTES.md), whether the workgroup, one
 //! invocation or each SIMD batch (`subgroupAdd`) merged: with a merge in
 //! front of it, the walk itself ran slower there.
+//!
+//! The eval backward, whose dx waits for no sum, goes the other way on
+//! every device: one walk writes dx and leaves the sums as partials (a
+//! workgroup's on GPUs, an invocation's on CPU adapters), and a merge
+//! kernel after it writes dweight and dbias.
 
 use super::forward::MergeKernel;
 use super::*;

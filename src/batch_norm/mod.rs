@@ -6,7 +6,9 @@
 //! partial statistics (reduce.wgsl), a per-channel merge (batch_norm.wgsl),
 //! then one elementwise pass. On GPUs a channel one workgroup walks takes
 //! one dispatch (forward.rs's `one_pass`), and a longer channel of long
-//! runs two, its elementwise pass merging the partials (merged.rs).
+//! runs two, its elementwise pass merging the partials (merged.rs). The
+//! eval backward of such channels is two on every device: a walk that
+//! writes dx and takes the sums, then their merge (merged.rs).
 //! Nothing comes back to the host.
 
 mod backward;
