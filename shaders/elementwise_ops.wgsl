@@ -28,13 +28,18 @@ fn OP_strided(first: u32, n: u32, stride: u32, k: OP_Coef) {
 @compute @workgroup_size(256)
 fn OP_runs(ids: Ids) {
     for (var c = ids.wg.y; c < p.channels; c += ids.nwg.y) {
-        let k = OP_channel(c);
-        for (var s = ids.wg.x; s < p.slices; s += ids.nwg.x) {
-            for (var r = run_start(s, ids.t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                OP_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, OP_segment(k, r.o));
-                r = next_segment(r, stop);
-            }
+        OP_channel_runs(ids, c, OP_channel(c));
+    }
+}
+
+// Workgroup (x, _)'s slices of channel c, with the channel's coefficients
+// k (also the walk of merged.wgsl's passes, which take k their own way).
+fn OP_channel_runs(ids: Ids, c: u32, k: OP_Chan) {
+    for (var s = ids.wg.x; s < p.slices; s += ids.nwg.x) {
+        for (var r = run_start(s, ids.t); r.j < r.end; ) {
+            let stop = segment_stop(r);
+            OP_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, OP_segment(k, r.o));
+            r = next_segment(r, stop);
         }
     }
 }

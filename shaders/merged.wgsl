@@ -2,10 +2,11 @@
 // the pass that consumes them, on GPUs (src/batch_norm/merged.rs says
 // when): every workgroup of a runs tiling (one channel a workgroup) merges
 // its channel's partials itself, then walks its slices as apply_runs and
-// dx_runs do. The channel's first workgroup also stores what merge_stats
-// and merge_grads would have: the saved statistics and the running ones,
-// or dweight and dbias. One dispatch fewer per op, for a few dozen partials
-// a workgroup reads from the cache.
+// dx_runs do (apply_channel_runs, dx_channel_runs). The channel's first
+// workgroup also stores what merge_stats and merge_grads would have: the
+// saved statistics and the running ones, or dweight and dbias. One
+// dispatch fewer per op, for a few dozen partials a workgroup reads from
+// the cache.
 // Appended to elementwise.wgsl, with running.wgsl and merge.wgsl.
 
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;
@@ -45,14 +46,7 @@ fn apply_runs_merged(ids: Ids) {
                 }
             }
         }
-        let k = splat(entry);
-        for (var sl = ids.wg.x; sl < p.slices; sl += ids.nwg.x) {
-            for (var r = run_start(sl, ids.t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                apply_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, k);
-                r = next_segment(r, stop);
-            }
-        }
+        apply_channel_runs(ids, c, splat(entry));
     }
 }
 
@@ -69,14 +63,7 @@ fn dx_runs_merged(ids: Ids) {
             dweight[g] = entry.dweight;
             dbias[g] = sums.x;
         }
-        let coef = DxCoef(splat(k), splat(entry.coef));
-        for (var sl = ids.wg.x; sl < p.slices; sl += ids.nwg.x) {
-            for (var r = run_start(sl, ids.t); r.j < r.end; ) {
-                let stop = segment_stop(r);
-                dx_strided((r.o * p.channels + c) * p.inner + r.i, segment_values(r, stop), 8u, coef);
-                r = next_segment(r, stop);
-            }
-        }
+        dx_channel_runs(ids, c, DxCoef(splat(k), splat(entry.coef)));
     }
 }
 

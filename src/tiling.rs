@@ -218,6 +218,15 @@ impl<'a> Chunk<'a> {
     pub fn resource(&self, role: usize) -> wgpu::BindingResource<'a> {
         self.windows[role].as_ref().or(self.windows[X].as_ref()).expect("x is always bound").resource()
     }
+
+    /// The window of tensor `role`, or `fallback` where the op has none: a
+    /// binding the kernel writes (dz) may not stand on x.
+    pub fn resource_or<'b>(&'b self, role: usize, fallback: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
+        match &self.windows[role] {
+            Some(w) => w.resource(),
+            None => fallback.as_entire_binding(),
+        }
+    }
 }
 
 /// A tensor (and its companions) cut into chunks that each fit one binding.

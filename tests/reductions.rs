@@ -49,6 +49,15 @@ impl Drop for OnGpuPath {
     }
 }
 
+/// The epilogue `fused` names, over the residual z and, in a backward, dz.
+fn epilogue_of<'v, 'a>(fused: Fused, z: &'v TensorView<'a>, dz: Option<&'v TensorView<'a>>) -> Epilogue<'v, 'a> {
+    match fused {
+        Fused::None => Epilogue::None,
+        Fused::Relu => Epilogue::Relu,
+        Fused::AddRelu => Epilogue::AddRelu { z, dz },
+    }
+}
+
 /// A training forward and backward, then an eval forward and backward on
 /// the running statistics the first left, against the reference; the eval
 /// forward's and backward's dispatches.
@@ -129,11 +138,7 @@ fn eval_backward_walks_match_the_reference_on_both_paths() {
             let t = |v: &[f32]| Tensor::from_slice(ctx, v, &shape, Layout::Nchw).unwrap();
             let (xt, zt, dyt, dxt, dzt) = (t(&x), t(&z), t(&dy), t(&vec![0.0; len]), t(&vec![0.0; len]));
             let (z_view, dz_view) = (zt.view(), dzt.view());
-            let epilogue = match fused {
-                Fused::None => Epilogue::None,
-                Fused::Relu => Epilogue::Relu,
-                Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: Some(&dz_view) },
-            };
+            let epilogue = epilogue_of(fused, &z_view, Some(&dz_view));
             let before = wgpu_norm::recorded_dispatches();
             ctx.run(|e| bn.backward(e, &xt.view(), &dyt.view(), &dxt.view(), Mode::Eval, epilogue)).unwrap();
             let what = format!("{reduction:?} {fused:?}");
@@ -387,11 +392,7 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
             TensorView::new(&t.buffer, shape).with_layout(layout).at_offset(offset * 4)
         }
         let z_view = view(&zt, &shape, layout, offset);
-        let epilogue = match fused {
-            Fused::None => Epilogue::None,
-            Fused::Relu => Epilogue::Relu,
-            Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: None },
-        };
+        let epilogue = epilogue_of(fused, &z_view, None);
         let before = wgpu_norm::recorded_dispatches();
         bn.context()
             .run(|e| {
@@ -433,11 +434,7 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
         for mode in [Mode::Training, Mode::Eval] {
             let v = |t| view(t, &shape, layout, offset);
             let dz_view = v(&dzt);
-            let epilogue = match fused {
-                Fused::None => Epilogue::None,
-                Fused::Relu => Epilogue::Relu,
-                Fused::AddRelu => Epilogue::AddRelu { z: &z_view, dz: Some(&dz_view) },
-            };
+            let epilogue = epilogue_of(fused, &z_view, Some(&dz_view));
             let before = wgpu_norm::recorded_dispatches();
             bn.context().run(|e| bn.backward(e, &v(&xt), &v(&dyt), &v(&dxt), mode, epilogue)).unwrap();
             let dispatches = wgpu_norm::recorded_dispatches() - before;

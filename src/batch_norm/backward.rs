@@ -117,10 +117,6 @@ impl BatchNorm {
             self.record_merge(rec, MergeKernel::Grads, &entries)?;
             for chunk in &cut.chunks {
                 let chunk_params = rec.uniform(&chunk.apply_params);
-                let dz = match &chunk.windows[DZ] {
-                    Some(w) => w.resource(),
-                    None => self.unused.as_entire_binding(),
-                };
                 let entries = [
                     (0, chunk_params.as_entire_binding()),
                     (7, chan.as_entire_binding()),
@@ -129,7 +125,7 @@ impl BatchNorm {
                     (11, chunk.resource(DX)),
                     (12, self.grad_coef.as_entire_binding()),
                     (15, chunk.resource(Z)),
-                    (16, dz),
+                    (16, chunk.resource_or(DZ, &self.unused)),
                 ];
                 rec.dispatch(chunk.tiling.kernel("dx", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)?;
             }
@@ -153,10 +149,6 @@ impl BatchNorm {
         (params.x_off, params.dy_off, params.dx_off) = (offset(X), offset(DY), offset(DX));
         (params.z_off, params.dz_off) = (offset(Z), offset(DZ));
         let uniform = rec.uniform(&params);
-        let dz = match &chunk.windows[DZ] {
-            Some(w) => w.resource(),
-            None => self.unused.as_entire_binding(),
-        };
         let tensors = [
             (0, uniform.as_entire_binding()),
             (8, chunk.resource(X)),
@@ -165,7 +157,7 @@ impl BatchNorm {
             (13, self.affine.grad_weight().as_entire_binding()),
             (14, self.affine.grad_bias().as_entire_binding()),
             (15, chunk.resource(Z)),
-            (16, dz),
+            (16, chunk.resource_or(DZ, &self.unused)),
         ];
         let (entry, coefficients): (_, Vec<_>) = match batch {
             true => ("channel_backward", vec![(7, self.saved.as_entire_binding())]),

@@ -50,8 +50,7 @@ impl BatchNorm {
     /// in one walk (dx_eval_runs_*), then merges them: on either path, one
     /// chunk of a runs tiling.
     pub(super) fn walks_eval_backward(&self, cut: &Chunks) -> bool {
-        EVAL_STORAGE <= self.ctx.limits().max_storage_buffers_per_shader_stage
-            && matches!(cut.chunks.as_slice(), [chunk] if chunk.tiling.walks_runs())
+        self.one_runs_chunk(cut, EVAL_STORAGE)
     }
 
     /// The eval walk's grid over `chunk` and its partials a channel: one a
@@ -79,10 +78,6 @@ impl BatchNorm {
         epilogue: Epilogue,
     ) -> Result<()> {
         let uniform = rec.uniform(&ChannelParams { parts, ..chunk.apply_params });
-        let dz = match &chunk.windows[DZ] {
-            Some(w) => w.resource(),
-            None => self.unused.as_entire_binding(),
-        };
         let entries: Vec<_> = [
             (0, uniform.as_entire_binding()),
             (1, partials.as_entire_binding()),
@@ -90,7 +85,7 @@ impl BatchNorm {
             (10, chunk.resource(DY)),
             (11, chunk.resource(DX)),
             (15, chunk.resource(Z)),
-            (16, dz),
+            (16, chunk.resource_or(DZ, &self.unused)),
         ]
         .into_iter()
         .chain(self.parameter_entries())
@@ -111,8 +106,13 @@ impl BatchNorm {
     }
 
     fn merges(&self, cut: &Chunks, storage: u32) -> bool {
-        self.ctx.reduction() == Reduction::Tree
-            && storage <= self.ctx.limits().max_storage_buffers_per_shader_stage
+        self.ctx.reduction() == Reduction::Tree && self.one_runs_chunk(cut, storage)
+    }
+
+    /// `cut` is one chunk of a runs tiling, and the stage may bind a
+    /// kernel's `storage` storage buffers.
+    fn one_runs_chunk(&self, cut: &Chunks, storage: u32) -> bool {
+        storage <= self.ctx.limits().max_storage_buffers_per_shader_stage
             && matches!(cut.chunks.as_slice(), [chunk] if chunk.tiling.walks_runs())
     }
 
@@ -156,10 +156,6 @@ impl BatchNorm {
         epilogue: Epilogue,
     ) -> Result<()> {
         let uniform = rec.uniform(&ChannelParams { parts, ..chunk.apply_params });
-        let dz = match &chunk.windows[DZ] {
-            Some(w) => w.resource(),
-            None => self.unused.as_entire_binding(),
-        };
         let entries = [
             (0, uniform.as_entire_binding()),
             (1, partials.as_entire_binding()),
@@ -170,7 +166,7 @@ impl BatchNorm {
             (13, self.affine.grad_weight().as_entire_binding()),
             (14, self.affine.grad_bias().as_entire_binding()),
             (15, chunk.resource(Z)),
-            (16, dz),
+            (16, chunk.resource_or(DZ, &self.unused)),
         ];
         rec.dispatch(chunk.tiling.kernel("dx_merged", epilogue.apply_mode()), &entries, chunk.tiling.apply.grid)
     }

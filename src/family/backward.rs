@@ -210,7 +210,7 @@ impl Core {
             if let Some(instances) = out.instances {
                 return self.record_group_backward(rec, team, params, piece, out, instances.1);
             }
-            self.record_row_backward(rec, team, params, piece, out)?;
+            self.record_team_backward(rec, "row_backward", team, params, piece, out, None)?;
             let col_buf = rec.uniform(&col_params);
             return self.record_column_grads(rec, piece, out, (&col_buf, col_plan), columns);
         }
@@ -284,29 +284,38 @@ impl Core {
         rec.dispatch(key, &entries, self.weight_workgroups())
     }
 
-    /// dx of stat rows a team of `width` invocations takes (GPUs, see
-    /// `row_team`) in one pass: row_forward.wgsl's row_backward, which also
-    /// leaves each row's delta for the column sums after it.
-    fn record_row_backward(
+    /// One of row_forward.wgsl's team backwards over stat rows a team of
+    /// `width` invocations takes (GPUs, see `row_team`), each writing dx in
+    /// one pass: `row_backward`, which leaves each row's delta for the
+    /// column sums after it, or `group_backward`, which leaves the
+    /// `instances`' sums. Returns its parameters' uniform.
+    #[allow(clippy::too_many_arguments)]
+    fn record_team_backward(
         &self,
         rec: &mut Recording,
+        entry: &'static str,
         (width, grid): (u32, (u32, u32)),
         mut params: ChannelParams,
         piece: &Piece,
         out: &PartDx,
-    ) -> Result<()> {
+        instances: Option<&wgpu::Buffer>,
+    ) -> Result<Uniform> {
         params.width = width;
         let uniform = rec.uniform(&params);
-        let entries = [
+        let entries: Vec<_> = [
             (0, uniform.as_entire_binding()),
             (2, self.affine.weight().as_entire_binding()),
             (6, piece.rows.as_entire_binding()),
             (8, piece.x.resource()),
             (10, out.dy.resource()),
             (11, out.dx.resource()),
-        ];
-        let key = KernelKey::new(Shader::RowNorm { f16: piece.f16, vec4: false, words: false }, "row_backward");
-        rec.dispatch(key, &entries, grid)
+        ]
+        .into_iter()
+        .chain(instances.map(|b| (14, b.as_entire_binding())))
+        .collect();
+        let key = KernelKey::new(Shader::RowNorm { f16: piece.f16, vec4: false, words: false }, entry);
+        rec.dispatch(key, &entries, grid)?;
+        Ok(uniform)
     }
 
     /// GroupNorm's and InstanceNorm's backward over channels-first groups
@@ -316,25 +325,13 @@ impl Core {
     fn record_group_backward(
         &self,
         rec: &mut Recording,
-        (width, grid): (u32, (u32, u32)),
-        mut params: ChannelParams,
+        team: (u32, (u32, u32)),
+        params: ChannelParams,
         piece: &Piece,
         out: &PartDx,
         instances: &wgpu::Buffer,
     ) -> Result<()> {
-        params.width = width;
-        let uniform = rec.uniform(&params);
-        let entries = [
-            (0, uniform.as_entire_binding()),
-            (2, self.affine.weight().as_entire_binding()),
-            (6, piece.rows.as_entire_binding()),
-            (8, piece.x.resource()),
-            (10, out.dy.resource()),
-            (11, out.dx.resource()),
-            (14, instances.as_entire_binding()),
-        ];
-        let key = KernelKey::new(Shader::RowNorm { f16: piece.f16, vec4: false, words: false }, "group_backward");
-        rec.dispatch(key, &entries, grid)?;
+        let uniform = self.record_team_backward(rec, "group_backward", team, params, piece, out, Some(instances))?;
         let entries = [
             (0, uniform.as_entire_binding()),
             (6, piece.rows.as_entire_binding()),
