@@ -22,6 +22,41 @@ const WG: u32 = 256u;
 // MODE 5 only: the residual input; other modes bind x here again.
 @group(0) @binding(6) var<storage, read> z: array<S>;
 
+// The workgroups whose partials cover the same channels, for a tree
+// reduction whose last workgroup merges them (finish.wgsl; elsewhere
+// finish_reduction does nothing): its count's index, how many workgroups
+// count in, and its channels first, first + step, ... below end. The
+// per-invocation entries have no such form: on lavapipe a barrier anywhere
+// in them slowed their walk several times over (PERF_NOTES.md).
+struct Block {
+    index: u32,
+    members: u32,
+    first: u32,
+    step: u32,
+    end: u32,
+}
+
+// Planar: the workgroups of one grid row take the same channels.
+fn row_block(ids: Ids) -> Block {
+    return Block(ids.wg.y, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels);
+}
+
+// Interleaved: the workgroups of one column block take its columns'
+// channels; with lanes of channels-last channels, four a column, or all
+// where one block takes every column (src/batch_norm/finishing.rs picks
+// only tilings whose channels lie in one block each).
+fn column_block(ids: Ids) -> Block {
+    let lo = ids.wg.x * p.width;
+    let hi = min(lo + p.width, p.channels * p.inner);
+    if (has(FLAG_LANES_ARE_CHANNELS)) {
+        if (ids.nwg.x == 1u) {
+            return Block(ids.wg.x, ids.nwg.y, 0u, 1u, p.lane_channels);
+        }
+        return Block(ids.wg.x, ids.nwg.y, 4u * lo, 1u, 4u * hi);
+    }
+    return Block(ids.wg.x, ids.nwg.y, lo / p.inner, 1u, (hi + p.inner - 1u) / p.inner);
+}
+
 // Planar: long contiguous runs, workgroup (slice, channel, view). Walks
 // element j of channel c of view z, counted over (o, i). Used when inner >=
 // WG, so an invocation crosses at most one row boundary per step. This is
@@ -78,6 +113,7 @@ fn reduce_planar(ids: Ids) {
         }
         workgroupBarrier();
     }
+    finish_reduction(row_block(ids), ids.t);
 }
 
 // Planar, one partial per invocation and no barrier: for CPU adapters, which
@@ -110,6 +146,7 @@ fn reduce_interleaved(ids: Ids) {
     if (at.g == 0u && at.owned) {
         store_column(ids.wg.z, at.col, ids.wg.y, 1u, 0u, load_shared(ids.t));
     }
+    finish_reduction(column_block(ids), ids.t);
 }
 
 // Interleaved, one partial per invocation and no barrier (CPU adapters): row

@@ -29,6 +29,8 @@ struct Inner {
     lost_reason: Arc<Mutex<String>>,
     /// The [`Reduction`] strategy, as its discriminant.
     reduction: AtomicU8,
+    /// Reductions' last workgroups merge ([`Context::last_workgroup_merges`]).
+    last_merge: AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -52,13 +54,25 @@ fn shared_instance() -> &'static wgpu::Instance {
 
 /// Features this crate uses when the adapter offers them: timestamps for
 /// the bench, f16 tensors, subgroups for the one-pass LayerNorm and
-/// RMSNorm over longer rows (src/resident.rs), and 64-bit integers for
-/// [`Access::Words64`].
+/// RMSNorm over longer rows (src/resident.rs), 64-bit integers for
+/// [`Access::Words64`], and coherent storage for reductions whose last
+/// workgroup merges ([`Context::last_workgroup_merges`]).
 fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::SHADER_INT64
+        | wgpu::Features::MEMORY_DECORATION_COHERENT
+}
+
+/// Whether reductions on `device` may merge in their last workgroup: its
+/// storage barriers have device scope where naga writes them for Vulkan
+/// (OpControlBarrier with Device memory scope) and DX12
+/// (DeviceMemoryBarrierWithGroupSync), not for Metal or GL, and the
+/// partials need the `@coherent` decoration.
+fn can_merge_last(device: &wgpu::Device, backend: wgpu::Backend) -> bool {
+    matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12)
+        && device.features().contains(wgpu::Features::MEMORY_DECORATION_COHERENT)
 }
 
 impl Context {
@@ -90,10 +104,11 @@ impl Context {
         Ok(ctx)
     }
 
-    /// `WGPU_NORM_REDUCTION` (`tree`, `per-invocation`) and
-    /// `WGPU_NORM_ACCESS` (`floats`, `words64`) override the device's
-    /// defaults, as `WGPU_BACKEND` picks the backend: to run a CPU adapter
-    /// the way GPUs run (the test suite does so on lavapipe).
+    /// `WGPU_NORM_REDUCTION` (`tree`, `per-invocation`),
+    /// `WGPU_NORM_ACCESS` (`floats`, `words64`) and `WGPU_NORM_LAST_MERGE`
+    /// (`on`, `off`) override the device's defaults, as `WGPU_BACKEND`
+    /// picks the backend: to run a CPU adapter the way GPUs run (the test
+    /// suite does so on lavapipe), or to compare.
     fn strategy_from_env(&self) -> Result<()> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let Some(v) = var("WGPU_NORM_REDUCTION") {
@@ -105,6 +120,14 @@ impl Context {
             let a = Access::from_name(&v)
                 .ok_or_else(|| Error::Parameter(format!("WGPU_NORM_ACCESS={v}: expected floats or words64")))?;
             self.set_access(a)?;
+        }
+        if let Some(v) = var("WGPU_NORM_LAST_MERGE") {
+            let on = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(Error::Parameter(format!("WGPU_NORM_LAST_MERGE={v}: expected on or off"))),
+            };
+            self.set_last_workgroup_merges(on)?;
         }
         Ok(())
     }
@@ -141,6 +164,7 @@ impl Context {
         let cpu = info.device_type == wgpu::DeviceType::Cpu;
         let reduction = if cpu { Reduction::PerInvocation } else { Reduction::Tree };
         let words = cpu && device.features().contains(wgpu::Features::SHADER_INT64);
+        let last_merge = can_merge_last(&device, info.backend);
         Context {
             inner: Arc::new(Inner {
                 kernels: KernelCache::new(&device, words),
@@ -152,6 +176,7 @@ impl Context {
                 lost,
                 lost_reason,
                 reduction: AtomicU8::new(reduction as u8),
+                last_merge: AtomicBool::new(last_merge),
             }),
         }
     }
@@ -170,6 +195,31 @@ impl Context {
     /// (by every clone of this context).
     pub fn set_reduction(&self, reduction: Reduction) {
         self.inner.reduction.store(reduction as u8, Ordering::Relaxed);
+    }
+
+    /// Whether a reduction's last workgroup merges the partials of every
+    /// workgroup, where an op allows: BatchNorm's training forward and
+    /// backward then take two dispatches where a merge kernel between
+    /// the reduction and the elementwise pass made three. On by default
+    /// where the device can: Vulkan or DX12 with
+    /// `wgpu::Features::MEMORY_DECORATION_COHERENT` enabled (a device from
+    /// [`Context::new`] has it where the adapter offers it; an application's
+    /// own device needs it requested).
+    pub fn last_workgroup_merges(&self) -> bool {
+        self.inner.last_merge.load(Ordering::Relaxed)
+    }
+
+    /// Turns [`Context::last_workgroup_merges`] off, or on again, for the
+    /// ops recorded from now on (by every clone of this context). `Err`
+    /// turning it on where the device cannot.
+    pub fn set_last_workgroup_merges(&self, on: bool) -> Result<()> {
+        if on && !can_merge_last(self.device(), self.inner.info.backend) {
+            return Err(Error::Unsupported(
+                "a reduction's last workgroup merges only on Vulkan or DX12, with MEMORY_DECORATION_COHERENT".into(),
+            ));
+        }
+        self.inner.last_merge.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How the vec4 kernels move f32 tensors: chosen from the adapter's

@@ -14,11 +14,11 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
     /// Partial per-channel reductions (statistics and backward sums), of f16
-    /// tensors with `f16`.
-    Reduce { f16: bool },
+    /// tensors with `f16`; with `finish`, the last workgroup merges.
+    Reduce { f16: bool, finish: Finish },
     /// BatchNorm's partial reductions over vec4 values (of f16 in memory
     /// with `f16`, of f32 as two 64-bit words with `words`).
-    ReduceVec4 { f16: bool, words: bool },
+    ReduceVec4 { f16: bool, words: bool, finish: Finish },
     /// BatchNorm's partial reductions over channels-last vec4 rows walked
     /// by teams of eight invocations, `per_lane` columns a lane
     /// (generated: src/row_teams.rs), of f16 in memory with `f16`, of f32
@@ -57,7 +57,7 @@ impl Shader {
             Shader::ElementwiseRows { per_lane, f16: false, .. } => {
                 Shader::ElementwiseRows { per_lane, f16: false, words: true }
             }
-            Shader::ReduceVec4 { f16: false, .. } => Shader::ReduceVec4 { f16: false, words: true },
+            Shader::ReduceVec4 { f16: false, finish, .. } => Shader::ReduceVec4 { f16: false, words: true, finish },
             Shader::ReduceTeams { per_lane, f16: false, .. } => {
                 Shader::ReduceTeams { per_lane, f16: false, words: true }
             }
@@ -120,8 +120,8 @@ impl Shader {
         // The compile-time differences between variants: the value type, how
         // four channels' entries spread over it, and the type in memory (`S`).
         let (f16, words) = match self {
-            Shader::Reduce { f16 } => (f16, false),
-            Shader::ReduceVec4 { f16, words }
+            Shader::Reduce { f16, .. } => (f16, false),
+            Shader::ReduceVec4 { f16, words, .. }
             | Shader::ReduceTeams { f16, words, .. }
             | Shader::RowNorm { f16, words, .. }
             | Shader::Elementwise { f16, words, .. }
@@ -198,10 +198,57 @@ impl Shader {
             }
             _ => "",
         };
-        format!(
-            "{enable}{}\n{FLAGS_WGSL}{prelude}{conversions}{}\n{merge}\n{walks}",
+        let finish = match self {
+            Shader::Reduce { finish, .. } => finish.source(false),
+            Shader::ReduceVec4 { finish, .. } => finish.source(true),
+            Shader::ReduceTeams { .. } => Finish::None.source(true),
+            _ => String::new(),
+        };
+        let source = format!(
+            "{enable}{}\n{FLAGS_WGSL}{prelude}{conversions}{}\n{merge}\n{walks}{finish}",
             include_str!("../shaders/common.wgsl"),
             body
+        );
+        match self {
+            Shader::Reduce { finish, .. } | Shader::ReduceVec4 { finish, .. } if finish != Finish::None => {
+                // The last workgroup reads the others' partials within the dispatch.
+                source.replacen(PARTIALS, &format!("@coherent {PARTIALS}"), 1)
+            }
+            _ => source,
+        }
+    }
+}
+
+/// The partials' declaration in reduce_entries.wgsl.
+const PARTIALS: &str = "var<storage, read_write> partials: array<vec4<f32>>;";
+
+/// What a reduction's last workgroup does after every workgroup stored its
+/// partials (shaders/finish.wgsl; src/batch_norm/finishing.rs says when).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Finish {
+    /// Nothing: a merge kernel follows.
+    None,
+    /// Merges statistics into BatchNorm's entries (and running statistics).
+    Stats,
+    /// Merges the backward's sums into dweight, dbias and the dx coefficients.
+    Grads,
+}
+
+impl Finish {
+    /// The code appended to a reduce shader: a `finish_reduction` that does
+    /// nothing, or finish.wgsl with its commit. `vec4` shaders declare no
+    /// weight of their own (reduce.wgsl's serves the scalar one).
+    fn source(self, vec4: bool) -> String {
+        let commit = match self {
+            Finish::None => return "\nfn finish_reduction(b: Block, t: u32) {}\n".into(),
+            Finish::Stats => include_str!("../shaders/finish_stats.wgsl"),
+            Finish::Grads => include_str!("../shaders/finish_grads.wgsl"),
+        };
+        let weight = if vec4 { "@group(0) @binding(5) var<storage, read> weight: array<f32>;\n" } else { "" };
+        format!(
+            "{weight}{}{commit}{RUNNING}{}",
+            include_str!("../shaders/finish.wgsl"),
+            include_str!("../shaders/merge.wgsl")
         )
     }
 }
@@ -531,16 +578,22 @@ mod tests {
     /// (f16, words) as the cache builds them (words only for f32).
     const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
 
+    const FINISHES: [Finish; 3] = [Finish::None, Finish::Stats, Finish::Grads];
+
     /// Every shader the cache can build.
     fn every_variant() -> Vec<Shader> {
         let mut all = vec![Shader::BatchNorm];
         for f16 in [false, true] {
-            all.push(Shader::Reduce { f16 });
+            for finish in FINISHES {
+                all.push(Shader::Reduce { f16, finish });
+            }
             all.push(Shader::RowNorm { f16, vec4: false, words: false });
             all.push(Shader::Elementwise { vec4: false, f16, words: false });
         }
         for (f16, words) in MEMORY {
-            all.push(Shader::ReduceVec4 { f16, words });
+            for finish in FINISHES {
+                all.push(Shader::ReduceVec4 { f16, words, finish });
+            }
             all.push(Shader::RowNorm { f16, vec4: true, words });
             all.push(Shader::Elementwise { vec4: true, f16, words });
             for per_lane in 1..=MAX_REDUCE_PER_LANE as u8 {

@@ -95,15 +95,19 @@ impl<'c> Recording<'c> {
     }
 
     /// Dispatches the reduction kernel `key` over `grid` (x, y, views);
-    /// `vec4` for reduce_vec4.wgsl's kernels, which bind no weight.
+    /// `vec4` for reduce_vec4.wgsl's kernels, which bind no weight; `extra`
+    /// binds what a reduction whose last workgroup merges binds besides.
     pub fn reduce(
         &mut self,
         key: KernelKey,
         bindings: ReduceBindings<'_>,
         vec4: bool,
         grid: (u32, u32, u32),
+        extra: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
-        self.push_dispatch(key, &entries(bindings, vec4), grid)
+        let mut entries = entries(bindings, vec4);
+        entries.extend(extra.iter().cloned());
+        self.push_dispatch(key, &entries, grid)
     }
 
     /// Adds a dispatch of `key` to the description, its bindings as `Bound`s.

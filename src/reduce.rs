@@ -10,7 +10,7 @@
 //! rows share a workgroup (rows), and strided ones go column-wise
 //! (interleaved).
 
-use crate::kernels::{ChannelParams, KernelKey, Shader};
+use crate::kernels::{ChannelParams, Finish, KernelKey, Shader};
 use crate::layout::ChannelView;
 use crate::row_teams;
 use crate::strategy::Reduction;
@@ -267,8 +267,27 @@ impl ReducePlan {
     pub fn interleaved_reduction(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         Ok(match reduction {
             Reduction::PerInvocation => Self::interleaved(view, CPU_MIN_ROWS, CPU_WORKGROUPS)?.with(reduction),
-            Reduction::Tree => Self::interleaved(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS)?,
+            Reduction::Tree => Self::interleaved(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS)?.whole_channels(view),
         })
+    }
+
+    /// An interleaved tree plan whose column blocks hold whole channels, where
+    /// a channel's run of `inner` columns fits a block but blocks of
+    /// WG columns cut through some: `width` the most whole runs a block
+    /// holds, so that a block's last workgroup can merge its channels
+    /// (shaders/finish.wgsl). Blocks of more than WG / 2 columns have one
+    /// row group either way: the partials and their layout do not change.
+    fn whole_channels(self, view: ChannelView) -> ReducePlan {
+        let cols = view.channels * view.inner;
+        if self.shape != Shape::Interleaved || cols <= WG || view.inner > WG || WG.is_multiple_of(view.inner) {
+            return self;
+        }
+        let width = WG / view.inner * view.inner;
+        let blocks = cols.div_ceil(width);
+        if blocks > MAX_GRID {
+            return self;
+        }
+        ReducePlan { width: width as u32, grid: (blocks as u32, self.grid.1), ..self }
     }
 
     /// The per-invocation reduction over runs of a planar view on CPU
@@ -424,9 +443,9 @@ impl ReducePlan {
     }
 }
 
-/// The reduce.wgsl kernel for `plan` and `mode`.
-pub(crate) fn kernel(plan: &ReducePlan, mode: ReduceMode, f16: bool) -> KernelKey {
-    KernelKey::with_mode(Shader::Reduce { f16 }, plan.entry(), mode as u32)
+/// The reduce.wgsl kernel for `plan` and `mode`, with `finish`.
+pub(crate) fn kernel(plan: &ReducePlan, mode: ReduceMode, f16: bool, finish: Finish) -> KernelKey {
+    KernelKey::with_mode(Shader::Reduce { f16, finish }, plan.entry(), mode as u32)
 }
 
 /// The bindings of a reduction kernel: reduce.wgsl's, or (`vec4`)
@@ -491,6 +510,19 @@ mod tests {
             ReducePlan::elementwise_only(wide, Reduction::PerInvocation, 16).unwrap(),
             ReducePlan::elementwise_only(wide, Reduction::Tree, 16).unwrap()
         );
+    }
+
+    #[test]
+    fn tree_interleaved_blocks_hold_whole_channels() {
+        for v in [view(4, 64, 100), view(64, 72, 49), view(32, 2048, 49), view(8, 30, 10), view(3, 5, 7)] {
+            let p = ReducePlan::interleaved_reduction(v, Reduction::Tree).unwrap();
+            let (width, cols) = (p.width as usize, v.channels * v.inner);
+            assert!(p.grid.0 == 1 || width % v.inner == 0, "{v:?}: {width} columns a block");
+            assert!(p.grid.0 as usize * width >= cols && (p.grid.0 as usize - 1) * width < cols, "{v:?}");
+            assert_eq!(p.parts as usize, v.inner * p.slices as usize, "{v:?}");
+            let cpu = ReducePlan::interleaved_reduction(v, Reduction::PerInvocation).unwrap();
+            assert_eq!(cpu.width as usize, cols.min(WG), "{v:?}: CPU adapters keep their blocks");
+        }
     }
 
     #[test]

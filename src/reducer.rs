@@ -3,7 +3,7 @@
 //! the values allow, lanes of four channels where they lie across
 //! channels-last channels), and the kernel and parameters that plan takes.
 
-use crate::kernels::{ChannelParams, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
+use crate::kernels::{ChannelParams, Finish, KernelKey, Shader, FLAG_LANES_ARE_CHANNELS};
 use crate::layout::ChannelView;
 use crate::recording::Recording;
 use crate::reduce::{self, ReduceBindings, ReduceMode, ReducePlan, Shape};
@@ -56,22 +56,61 @@ impl Reducer {
         self.params_for(base, &self.plan)
     }
 
-    /// The reduction kernel in `mode`: teams, vec4 or scalar.
-    pub fn kernel(&self, mode: ReduceMode) -> KernelKey {
+    /// The reduction kernel in `mode`, with `finish`: teams, vec4 or scalar.
+    pub fn kernel(&self, mode: ReduceMode, finish: Finish) -> KernelKey {
+        let f16 = self.f16;
         match (self.plan.shape, self.teams) {
             (Shape::Teams, Some(per_lane)) => {
-                let shader = Shader::ReduceTeams { per_lane, f16: self.f16, words: false };
+                let shader = Shader::ReduceTeams { per_lane, f16, words: false };
                 KernelKey::with_mode(shader, self.plan.entry(), mode as u32)
             }
             _ if self.vec4 => {
-                KernelKey::with_mode(Shader::ReduceVec4 { f16: self.f16, words: false }, self.plan.entry(), mode as u32)
+                let shader = Shader::ReduceVec4 { f16, words: false, finish };
+                KernelKey::with_mode(shader, self.plan.entry(), mode as u32)
             }
-            _ => reduce::kernel(&self.plan, mode, self.f16),
+            _ => reduce::kernel(&self.plan, mode, f16, finish),
         }
     }
 
     /// Records the reduction in `mode` over `bindings`.
     pub fn record(&self, rec: &mut Recording, mode: ReduceMode, bindings: ReduceBindings<'_>) -> Result<()> {
-        rec.reduce(self.kernel(mode), bindings, self.vec4, self.plan.grid3())
+        rec.reduce(self.kernel(mode, Finish::None), bindings, self.vec4, self.plan.grid3(), &[])
+    }
+
+    /// Records the reduction in `mode` whose last workgroup of each block
+    /// merges and commits (`finish`), binding finish.wgsl's buffers
+    /// `finishing` besides `bindings`.
+    pub fn record_finishing(
+        &self,
+        rec: &mut Recording,
+        mode: ReduceMode,
+        finish: Finish,
+        bindings: ReduceBindings<'_>,
+        finishing: &[(u32, wgpu::BindingResource<'_>)],
+    ) -> Result<()> {
+        rec.reduce(self.kernel(mode, finish), bindings, self.vec4, self.plan.grid3(), finishing)
+    }
+
+    /// The blocks of finish.wgsl this reduction counts in (rows of a planar
+    /// grid, column blocks of an interleaved one), where it reduces through
+    /// a tree in workgroup memory and each block's partials hold whole
+    /// channels of one view; `None` where a merge kernel must follow.
+    pub fn finish_blocks(&self) -> Option<u32> {
+        if self.plan.batch != 1 || self.plan.per_invocation {
+            return None;
+        }
+        match self.plan.shape {
+            Shape::Planar => Some(self.plan.grid.1),
+            Shape::Interleaved => {
+                let blocks = self.plan.grid.0;
+                // Blocks of `width` columns hold whole channels: lanes of
+                // channels-last channels a multiple of four (one column a
+                // channel), or whole runs of `inner` columns.
+                let whole = self.lane_channels.is_none_or(|c| c % 4 == 0)
+                    && (self.plan.width as usize).is_multiple_of(self.view.inner);
+                (blocks == 1 || whole).then_some(blocks)
+            }
+            Shape::Rows | Shape::Runs | Shape::Teams => None,
+        }
     }
 }

@@ -30,22 +30,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// The tests' lock, with the context on the GPUs' reduction until dropped
-/// (then back on its own, even after a failed assertion).
+/// (then back on its own, and on its own last-workgroup merges, even after
+/// a failed assertion).
 struct OnGpuPath {
-    default: Reduction,
+    default: (Reduction, bool),
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 fn on_gpu_path() -> OnGpuPath {
     let serial = serial();
-    let default = ctx().reduction();
+    let default = (ctx().reduction(), ctx().last_workgroup_merges());
     ctx().set_reduction(Reduction::Tree);
     OnGpuPath { default, _serial: serial }
 }
 
 impl Drop for OnGpuPath {
     fn drop(&mut self) {
-        ctx().set_reduction(self.default);
+        ctx().set_reduction(self.default.0);
+        ctx().set_last_workgroup_merges(self.default.1).unwrap();
     }
 }
 
@@ -303,7 +305,8 @@ fn both_accesses_match_the_reference() {
 /// How GPUs record a BatchNorm op over a view: in one dispatch, a workgroup
 /// a channel (batch_norm.wgsl's channel_forward and channel_backward); as a
 /// reduction and a pass that merges its partials (merged.wgsl, channels
-/// of long runs); or as a reduction, merge kernels and a pass.
+/// of long runs) or a reduction whose last workgroup merges them
+/// (finish.wgsl) and a pass; or as a reduction, merge kernels and a pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum GpuPath {
     OnePass,
@@ -311,31 +314,53 @@ enum GpuPath {
     Passes,
 }
 
+/// Which op a dispatch count is of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Forward,
+    Backward,
+    EvalBackward,
+}
+
 impl GpuPath {
-    /// Whether `dispatches` is what this path records for the training
-    /// forward (`commits_alone`: its running statistics need no commit
-    /// after every channel) or a backward, training or eval (the eval one
-    /// writes dx and takes its sums in one walk, then merges them).
-    fn records(self, dispatches: u64, forward: bool, commits_alone: bool) -> bool {
+    /// Whether `dispatches` is what this path records for `op`, where the
+    /// forward's running statistics need no commit after every channel
+    /// (`commits_alone`) and reductions' last workgroups merge
+    /// (`last_merge`; the eval backward of channels of long runs writes dx
+    /// and takes its sums in one walk, then merges them, either way).
+    fn records(self, dispatches: u64, op: Op, commits_alone: bool, last_merge: bool) -> bool {
+        let alone = op != Op::Forward || commits_alone;
         match self {
-            GpuPath::OnePass if !forward || commits_alone => dispatches == 1,
-            GpuPath::Merged if !forward || commits_alone => dispatches == 2,
+            GpuPath::OnePass if alone => dispatches == 1,
+            GpuPath::Merged if alone => dispatches == 2,
+            // prepare_eval, then the reduction that merges and dx.
+            GpuPath::Passes if alone && last_merge && op == Op::EvalBackward => dispatches == 3,
+            GpuPath::Passes if alone && last_merge => dispatches == 2,
             _ => dispatches >= 3,
         }
     }
 }
 
 /// GPUs take the training forward and the backward of channels that fit a
-/// workgroup in one dispatch each, and of longer channels of long runs in
-/// two (a reduction, and a pass that merges its partials): y, the saved
-/// statistics, the running ones, the counter, dx, dz, dweight and dbias as
-/// the reference has them, with each epilogue, views at offsets, no
-/// affine, both modes of the backward; and what they leave to the merge
-/// kernels (the forward of a cumulative average or with check_finite,
-/// short runs, channels-last) still right.
+/// workgroup in one dispatch each, and of longer channels in two (a
+/// reduction whose last workgroup merges, or for long runs a pass that
+/// merges the partials, then the pass): y, the saved statistics, the
+/// running ones, the counter, dx, dz, dweight and dbias as the reference
+/// has them, with each epilogue, views at offsets, no affine, both modes of
+/// the backward, with the last workgroups merging and without; and what
+/// they leave to the merge kernels (the forward of a cumulative average or
+/// with check_finite) still right.
 #[test]
 fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
     let _gpu_path = on_gpu_path();
+    let ctx = ctx();
+    for last_merge in [true, false] {
+        ctx.set_last_workgroup_merges(last_merge).unwrap();
+        merged_cases(last_merge);
+    }
+}
+
+fn merged_cases(last_merge: bool) {
     let ctx = ctx();
     let mut rng = Rng(79);
     // (shape, layout, config, epilogue, offset in values, path)
@@ -361,9 +386,15 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
         (vec![2, 3, 70, 70], nchw, base(3).momentum(Some(0.3)), Fused::Relu, 5, merged),
         (vec![2, 3, 96, 96], nchw, base(3).affine(false), Fused::AddRelu, 0, merged),
         (vec![1, 2, 9000], nchw, base(2).track_running_stats(false), Fused::None, 2, merged),
-        // Runs under 16 values, channels-last.
+        // Runs under 16 values, channels-last, 2-D: column blocks of whole
+        // channels (runs of 10, 3 channels a multiple of four wide, 300
+        // channels over two blocks of 64 vec4 columns).
         (vec![4, 3, 2, 5], nchw, base(3), Fused::None, 0, passes),
         (vec![4, 6, 30, 40], nhwc, base(6), Fused::None, 0, passes),
+        (vec![64, 30, 2, 5], nchw, base(30).momentum(Some(0.2)), Fused::Relu, 1, passes),
+        (vec![5, 300, 3, 3], nhwc, base(300), Fused::AddRelu, 0, passes),
+        (vec![900, 12], nchw, base(12).affine(false), Fused::None, 4, passes),
+        (vec![700, 3], nhwc, base(3), Fused::Relu, 0, passes),
     ];
     for (shape, layout, config, fused, offset, path) in cases {
         let commits_alone = !config.track_running_stats || (config.momentum.is_some() && !config.check_finite);
@@ -406,8 +437,9 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
             })
             .unwrap();
         let dispatches = wgpu_norm::recorded_dispatches() - before;
-        let what = format!("{shape:?} {layout:?} {fused:?} at {offset}");
-        assert!(path.records(dispatches, true, commits_alone), "{what}: {dispatches} dispatches, {path:?}");
+        let what = format!("{shape:?} {layout:?} {fused:?} at {offset}, last merge {last_merge}");
+        let forward = path.records(dispatches, Op::Forward, commits_alone, last_merge);
+        assert!(forward, "{what}: {dispatches} dispatches, {path:?}");
         let args = BatchNormArgs {
             weight: config.affine.then_some(&state.weight[..]),
             bias: config.affine.then_some(&state.bias[..]),
@@ -440,7 +472,9 @@ fn one_pass_and_merged_passes_on_gpus_match_the_reference() {
             let dispatches = wgpu_norm::recorded_dispatches() - before;
             let what = format!("{what} {mode:?} backward");
             let training = mode == Mode::Training || !config.track_running_stats;
-            assert!(path.records(dispatches, false, true), "{what}: {dispatches} dispatches, {path:?}");
+            let op = if training { Op::Backward } else { Op::EvalBackward };
+            let recorded = path.records(dispatches, op, true, last_merge);
+            assert!(recorded, "{what}: {dispatches} dispatches, {path:?}");
             let args = BatchNormArgs {
                 running_mean: config.track_running_stats.then_some(&after.running_mean[..]),
                 running_var: config.track_running_stats.then_some(&after.running_var[..]),

@@ -4,6 +4,7 @@
 
 use super::forward::MergeKernel;
 use super::*;
+use crate::kernels::Finish;
 use crate::tiling::Chunk;
 
 impl BatchNorm {
@@ -80,6 +81,10 @@ impl BatchNorm {
                 self.record_eval_walk(rec, &params, chunk, (grid, parts), &partials, epilogue)
             });
         }
+        let finish_blocks = match source {
+            Source::Reduce => self.finish_blocks(&cut, Finish::Grads),
+            Source::Given { .. } => None,
+        };
         let partials = match source {
             Source::Given { values, count } => {
                 params.parts = 1;
@@ -100,21 +105,26 @@ impl BatchNorm {
             if !batch {
                 self.record_prepare_eval(rec, &params_buf)?;
             }
-            if !given {
-                self.record_reduces(rec, &cut, epilogue.grad_mode(), chan, &partials)?;
-                if self.merges_in_dx(&cut) {
-                    return self.record_dx_merged(rec, &cut.chunks[0], cut.parts, &partials, chan, epilogue);
+            if let Some(blocks) = finish_blocks {
+                let sums = (epilogue.grad_mode(), Finish::Grads);
+                self.record_finishing_reduce(rec, &cut.chunks[0], sums, blocks, chan, &partials)?;
+            } else {
+                if !given {
+                    self.record_reduces(rec, &cut, epilogue.grad_mode(), chan, &partials)?;
+                    if self.merges_in_dx(&cut) {
+                        return self.record_dx_merged(rec, &cut.chunks[0], cut.parts, &partials, chan, epilogue);
+                    }
                 }
+                let entries = [
+                    (0, params_buf.as_entire_binding()),
+                    (1, partials.as_entire_binding()),
+                    (7, chan.as_entire_binding()),
+                    (12, self.grad_coef.as_entire_binding()),
+                    (13, self.affine.grad_weight().as_entire_binding()),
+                    (14, self.affine.grad_bias().as_entire_binding()),
+                ];
+                self.record_merge(rec, MergeKernel::Grads, &entries)?;
             }
-            let entries = [
-                (0, params_buf.as_entire_binding()),
-                (1, partials.as_entire_binding()),
-                (7, chan.as_entire_binding()),
-                (12, self.grad_coef.as_entire_binding()),
-                (13, self.affine.grad_weight().as_entire_binding()),
-                (14, self.affine.grad_bias().as_entire_binding()),
-            ];
-            self.record_merge(rec, MergeKernel::Grads, &entries)?;
             for chunk in &cut.chunks {
                 let chunk_params = rec.uniform(&chunk.apply_params);
                 let entries = [

@@ -4,6 +4,7 @@
 //! SyncBatchNorm's local halves, which stop after the partials.
 
 use super::*;
+use crate::kernels::Finish;
 use crate::tiling::Chunk;
 
 /// Most values a channel may have for the one-pass training forward: a
@@ -75,9 +76,13 @@ impl BatchNorm {
         let cut = self.cut(view, tensors, &params)?;
         let running_in_apply = !batch && running_coefficients_in_apply(self.ctx.reduction(), &cut);
         // channel_forward binds nine storage buffers.
-        let one_pass = batch && matches!(source, Source::Reduce) && self.one_pass(view, x, &cut, update_running, 9);
-        let merged =
-            batch && matches!(source, Source::Reduce) && !one_pass && self.merges_in_apply(&cut, update_running);
+        let reduce = batch && matches!(source, Source::Reduce);
+        let one_pass = reduce && self.one_pass(view, x, &cut, update_running, 9);
+        let finish_blocks = match reduce && !one_pass && self.commits_alone(update_running) {
+            true => self.finish_blocks(&cut, Finish::Stats),
+            false => None,
+        };
+        let merged = reduce && !one_pass && finish_blocks.is_none() && self.merges_in_apply(&cut, update_running);
         let partials = match source {
             _ if !batch || one_pass => None,
             Source::Given { values, .. } => {
@@ -99,7 +104,10 @@ impl BatchNorm {
                 let params_buf = rec.uniform(&params);
                 self.record_prepare_eval(rec, &params_buf)?;
             }
-            if let Some(partials) = &partials {
+            if let (Some(partials), Some(blocks)) = (&partials, finish_blocks) {
+                let stats = (ReduceMode::Stats, Finish::Stats);
+                self.record_finishing_reduce(rec, &cut.chunks[0], stats, blocks, chan, partials)?;
+            } else if let Some(partials) = &partials {
                 if !given {
                     if cut.needs_clear {
                         rec.clear(partials);

@@ -12,6 +12,7 @@
 //! Nothing comes back to the host.
 
 mod backward;
+mod finishing;
 mod forward;
 mod merged;
 

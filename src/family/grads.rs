@@ -3,6 +3,7 @@
 //! reduction per (n, c) instance from which both follow.
 
 use super::*;
+use crate::kernels::Finish;
 
 impl Core {
     /// The backward's row sums (reduce MODE 2) into dx coefficients, then
@@ -27,8 +28,9 @@ impl Core {
                 partials.as_entire_binding(),
             )
         };
-        let kernel = reduce::kernel(row_plan, ReduceMode::WeightedGradSums, f16).trailing(!geo.is_grouped());
-        rec.reduce(kernel, row_sums, false, row_plan.grid3())?;
+        let kernel =
+            reduce::kernel(row_plan, ReduceMode::WeightedGradSums, f16, Finish::None).trailing(!geo.is_grouped());
+        rec.reduce(kernel, row_sums, false, row_plan.grid3(), &[])?;
         let entries = [
             (0, row_buf.as_entire_binding()),
             (1, partials.as_entire_binding()),
@@ -57,8 +59,8 @@ impl Core {
             rows.as_entire_binding(),
             columns.partials.as_entire_binding(),
         );
-        let kernel = reduce::kernel(col_plan, ReduceMode::ColumnGrads, f16).trailing(!geo.is_grouped());
-        rec.reduce(kernel, column_sums, false, col_plan.grid3())?;
+        let kernel = reduce::kernel(col_plan, ReduceMode::ColumnGrads, f16, Finish::None).trailing(!geo.is_grouped());
+        rec.reduce(kernel, column_sums, false, col_plan.grid3(), &[])?;
         if columns.merge {
             self.record_merge_columns(rec, col_buf, columns.partials, None)?;
         }

@@ -1,0 +1,82 @@
+// A reduction whose last workgroup merges (src/batch_norm/finishing.rs
+// says when): every workgroup of a block (those whose partials cover the
+// same channels: reduce_entries.wgsl's Block) stores its partials, then
+// counts itself in; the one that counts last merges the block's channels
+// and commits each with `commit_merged` (finish_stats.wgsl: what
+// merge_stats does; finish_grads.wgsl: what merge_grads does). The pass
+// that consumes the entries follows with no merge dispatch between.
+//
+// The pattern of CUB's single-pass reductions and AMD's single-pass
+// downsampler. The partials are @coherent, and storageBarrier is a
+// device-scope barrier where this runs (naga writes OpControlBarrier with
+// Device memory scope for Vulkan, DeviceMemoryBarrierWithGroupSync for
+// DX12): the barrier before the count orders the workgroup's partials
+// before it, the last workgroup's barrier after its count orders its reads
+// after everyone's. No workgroup waits for another, so nothing needs
+// forward progress. The last workgroup sets its block's count back to
+// zero, so the next dispatch finds zeros.
+// Appended to the reduce shaders, with running.wgsl and merge.wgsl.
+
+@group(0) @binding(7) var<storage, read_write> arrivals: array<atomic<u32>>;
+// The merged entries: chan's (mean, invstd, scale, beta) after statistics,
+// grad's (A, B, mean, C) after the backward's sums.
+@group(0) @binding(8) var<storage, read_write> entries_out: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> bias: array<f32>;
+@group(0) @binding(10) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(11) var<storage, read_write> running_var: array<f32>;
+// num_batches_tracked as batch_norm.wgsl's.
+@group(0) @binding(12) var<storage, read_write> counter: array<u32, 4>;
+@group(0) @binding(13) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dbias: array<f32>;
+
+var<workgroup> last_arrival: u32;
+
+fn finish_reduction(b: Block, t: u32) {
+    storageBarrier();
+    if (t == 0u) {
+        let last = atomicAdd(&arrivals[b.index], 1u) + 1u == b.members;
+        if (last) {
+            atomicStore(&arrivals[b.index], 0u);
+        }
+        last_arrival = select(0u, 1u, last);
+    }
+    if (workgroupUniformLoad(&last_arrival) == 0u) {
+        return;
+    }
+    storageBarrier();
+    merge_block(b, t);
+}
+
+// The block's channels, spread over the workgroup: `lanes` invocations a
+// channel (a power of two), each merging every lanes-th partial of its
+// channel in a chain, then the channel's lanes merging theirs in a tree.
+fn merge_block(b: Block, t: u32) {
+    let n = (max(b.end, b.first) - b.first + b.step - 1u) / b.step;
+    var lanes = 1u;
+    while (lanes * 2u * n <= WG) {
+        lanes *= 2u;
+    }
+    let lane = t % lanes;
+    for (var round = 0u; round < n; round += WG / lanes) {
+        let k = round + t / lanes;
+        let c = b.first + min(k, n - 1u) * b.step;
+        let first = (p.chan_base + c) * p.parts + lane;
+        let count = (max(p.parts, lane) - lane + lanes - 1u) / lanes;
+        var merged = merge_strided(first, count, lanes, WELFORD);
+        if (lanes > 1u) {
+            team_sums[t] = merged;
+            workgroupBarrier();
+            for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+                if (lane < s) {
+                    team_sums[t] = merge_two(team_sums[t], team_sums[t + s], WELFORD);
+                }
+                workgroupBarrier();
+            }
+            merged = team_sums[t];
+            workgroupBarrier();
+        }
+        if (lane == 0u && k < n) {
+            commit_merged(p.chan_base + c, merged);
+        }
+    }
+}

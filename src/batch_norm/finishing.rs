@@ -1,0 +1,92 @@
+//! BatchNorm's reductions whose last workgroup merges (shaders/finish.wgsl):
+//! the reduction itself commits what a merge kernel would (the saved and
+//! running statistics, or dweight, dbias and the dx coefficients), and the
+//! apply or dx pass follows. The training forward and backward take two
+//! dispatches where a merge kernel between made three, on every tiling
+//! whose blocks of workgroups hold whole channels (channels-last and 2-D
+//! tensors too), on both paths; the eval backward outside runs three.
+//!
+//! Where the context allows it ([`Context::last_workgroup_merges`]), the
+//! reduction is one chunk, the running statistics need no commit after
+//! every channel's merge, and the stage may bind the kernel's buffers.
+
+use super::*;
+use crate::kernels::Finish;
+use crate::tiling::Chunk;
+
+/// Storage buffers a finishing reduction binds: x, dy, chan, partials, z,
+/// weight, and finish.wgsl's. After statistics: arrivals, entries, bias,
+/// the running statistics and the counter. After sums: arrivals, entries,
+/// dweight and dbias (weight only in the scalar kernels).
+const STATS_STORAGE: u32 = 12;
+const GRADS_STORAGE: u32 = 10;
+
+impl BatchNorm {
+    /// The blocks whose arrivals the reduction over `cut` counts when its
+    /// last workgroups merge with `finish`, or `None` where a merge kernel
+    /// follows instead.
+    pub(super) fn finish_blocks(&self, cut: &Chunks, finish: Finish) -> Option<u32> {
+        let storage = if finish == Finish::Stats { STATS_STORAGE } else { GRADS_STORAGE };
+        if !self.ctx.last_workgroup_merges() || storage > self.ctx.limits().max_storage_buffers_per_shader_stage {
+            return None;
+        }
+        match cut.chunks.as_slice() {
+            [chunk] => chunk.tiling.reducer.finish_blocks(),
+            _ => None,
+        }
+    }
+
+    /// The reduction in `mode` over `chunk` into `partials`, whose last
+    /// workgroup of each of `blocks` blocks merges them with `finish`: into
+    /// the saved statistics (and the running ones), or into the dx
+    /// coefficients, dweight and dbias from the entries in `chan`.
+    pub(super) fn record_finishing_reduce(
+        &self,
+        rec: &mut Recording,
+        chunk: &Chunk,
+        (mode, finish): (ReduceMode, Finish),
+        blocks: u32,
+        chan: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> Result<()> {
+        let arrivals = self.scratch.get_bound("arrivals", u64::from(blocks) * 4)?;
+        let uniform = rec.uniform(&chunk.params);
+        let stats = mode == ReduceMode::Stats;
+        let reducer = &chunk.tiling.reducer;
+        let weight = self.affine.weight().as_entire_binding();
+        let tensors = (chunk.resource(X), chunk.resource(if stats { X } else { DY }));
+        // Statistics write the saved entries, which a read binding of
+        // `chan` may not alias: statistics read no entry.
+        let chan = if stats { &self.unused } else { chan };
+        let bindings = ReduceBindings {
+            z: (!stats).then(|| chunk.resource(Z)),
+            weight: (stats && !reducer.vec4).then(|| weight.clone()),
+            ..ReduceBindings::new(
+                uniform.as_entire_binding(),
+                tensors,
+                chan.as_entire_binding(),
+                partials.as_entire_binding(),
+            )
+        };
+        let mut finishing = vec![(7, arrivals.as_entire_binding())];
+        if stats {
+            finishing.extend([
+                (8, self.saved.as_entire_binding()),
+                (9, self.affine.bias().as_entire_binding()),
+                (10, self.running_mean.as_entire_binding()),
+                (11, self.running_var.as_entire_binding()),
+                (12, self.counter.as_entire_binding()),
+            ]);
+            if reducer.vec4 {
+                finishing.push((5, weight));
+            }
+        } else {
+            finishing.extend([
+                (8, self.grad_coef.as_entire_binding()),
+                (13, self.affine.grad_weight().as_entire_binding()),
+                (14, self.affine.grad_bias().as_entire_binding()),
+            ]);
+        }
+        reducer.record_finishing(rec, mode, finish, bindings, &finishing)
+    }
+}
