@@ -232,6 +232,8 @@ pub(crate) enum Finish {
     Stats,
     /// Merges the backward's sums into dweight, dbias and the dx coefficients.
     Grads,
+    /// Merges the family's column sums into dweight and dbias.
+    Columns,
 }
 
 impl Finish {
@@ -243,6 +245,7 @@ impl Finish {
             Finish::None => return "\nfn finish_reduction(b: Block, t: u32) {}\n".into(),
             Finish::Stats => include_str!("../shaders/finish_stats.wgsl"),
             Finish::Grads => include_str!("../shaders/finish_grads.wgsl"),
+            Finish::Columns => include_str!("../shaders/finish_columns.wgsl"),
         };
         let weight = if vec4 { "@group(0) @binding(5) var<storage, read> weight: array<f32>;\n" } else { "" };
         format!(
@@ -578,7 +581,7 @@ mod tests {
     /// (f16, words) as the cache builds them (words only for f32).
     const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
 
-    const FINISHES: [Finish; 3] = [Finish::None, Finish::Stats, Finish::Grads];
+    const FINISHES: [Finish; 4] = [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns];
 
     /// Every shader the cache can build.
     fn every_variant() -> Vec<Shader> {

@@ -498,24 +498,28 @@ fn merged_cases(last_merge: bool) {
 /// running statistics one more), GroupNorm's and InstanceNorm's backward
 /// over channels-first groups in two (group_backward, then
 /// instance_columns), and LayerNorm's and RMSNorm's backward of such rows
-/// in three (row_backward, then the column sums and their merge): rows of
-/// 5 to 3,000 values over one or two dimensions, with and without weight
-/// and bias, channels-first GroupNorm and InstanceNorm, against the
-/// reference (forward and the backward after it); channels-last groups
-/// keep the passes.
+/// in two (row_backward, then the column sums, whose last workgroups merge
+/// them; three with a merge kernel): rows of 5 to 3,000 values over one or
+/// two dimensions, with and without weight and bias, with the last
+/// workgroups merging and without, channels-first GroupNorm and
+/// InstanceNorm, against the reference (forward and the backward after
+/// it); channels-last groups keep the passes.
 #[test]
 fn family_team_kernels_on_gpus_match_the_reference() {
     use wgpu_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, RmsNorm, RmsNormConfig};
     let _gpu_path = on_gpu_path();
     let ctx = ctx();
     let mut rng = Rng(80);
-    layer_norm_case(&mut rng, &[6, 5, 7], 1, 2.0, true, true);
-    layer_norm_case(&mut rng, &[3, 4, 6, 5], 2, -1.0, true, false);
-    layer_norm_case(&mut rng, &[9, 5], 1, 0.0, false, false);
-    // Far from zero.
-    layer_norm_case(&mut rng, &[16, 3, 40], 1, 3.0e4, true, true);
-    rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
-    rms_norm_case(&mut rng, &[7, 3, 11], 1, Some(1e-3), false);
+    for last_merge in [false, true] {
+        ctx.set_last_workgroup_merges(last_merge).unwrap();
+        layer_norm_case(&mut rng, &[6, 5, 7], 1, 2.0, true, true);
+        layer_norm_case(&mut rng, &[3, 4, 6, 5], 2, -1.0, true, false);
+        layer_norm_case(&mut rng, &[9, 5], 1, 0.0, false, false);
+        // Far from zero.
+        layer_norm_case(&mut rng, &[16, 3, 40], 1, 3.0e4, true, true);
+        rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
+        rms_norm_case(&mut rng, &[7, 3, 11], 1, Some(1e-3), false);
+    }
     group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nchw, 1.0, true);
     group_norm_case(&mut rng, &[2, 12, 5, 7], 3, Layout::Nchw, -3.0, false);
     group_norm_case(&mut rng, &[2, 64, 7, 7], 32, Layout::Nchw, 0.5, true);
@@ -532,13 +536,16 @@ fn family_team_kernels_on_gpus_match_the_reference() {
     let (x, y, dy, dx) = four(&[6, 5, 7]);
     let ln = LayerNorm::new(ctx, LayerNormConfig::new(&[7])).unwrap();
     assert_eq!(forward_dispatches(&|e| ln.forward(e, &x.view(), &y.view())), 1, "layer norm, rows of 7");
-    let backward = |e: &mut wgpu::CommandEncoder| ln.backward(e, &x.view(), &dy.view(), &dx.view());
-    assert_eq!(forward_dispatches(&backward), 3, "layer norm backward, rows of 7");
-    let (x, y, dy, dx) = four(&[4, 3000]);
+    let (x4, y4, dy4, dx4) = four(&[4, 3000]);
     let rms = RmsNorm::new(ctx, RmsNormConfig::new(&[3000])).unwrap();
-    assert_eq!(forward_dispatches(&|e| rms.forward(e, &x.view(), &y.view())), 1, "rms norm, rows of 3,000");
-    let backward = |e: &mut wgpu::CommandEncoder| rms.backward(e, &x.view(), &dy.view(), &dx.view());
-    assert_eq!(forward_dispatches(&backward), 3, "rms norm backward, rows of 3,000");
+    assert_eq!(forward_dispatches(&|e| rms.forward(e, &x4.view(), &y4.view())), 1, "rms norm, rows of 3,000");
+    for (last_merge, dispatches) in [(false, 3), (true, 2)] {
+        ctx.set_last_workgroup_merges(last_merge).unwrap();
+        let backward = |e: &mut wgpu::CommandEncoder| ln.backward(e, &x.view(), &dy.view(), &dx.view());
+        assert_eq!(forward_dispatches(&backward), dispatches, "layer norm backward, rows of 7, {last_merge}");
+        let backward = |e: &mut wgpu::CommandEncoder| rms.backward(e, &x4.view(), &dy4.view(), &dx4.view());
+        assert_eq!(forward_dispatches(&backward), dispatches, "rms norm backward, rows of 3,000, {last_merge}");
+    }
     for (layout, forward, backward) in [(Layout::Nchw, 1, 2), (Layout::Nhwc, 3, 5)] {
         let shape = [3, 8, 9, 10];
         let (x, y, dy, dx) = (t(&shape, layout), t(&shape, layout), t(&shape, layout), t(&shape, layout));

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::kernels::Finish;
+use crate::reducer::Reducer;
 
 impl Core {
     /// The backward's row sums (reduce MODE 2) into dx coefficients, then
@@ -59,12 +60,41 @@ impl Core {
             rows.as_entire_binding(),
             columns.partials.as_entire_binding(),
         );
-        let kernel = reduce::kernel(col_plan, ReduceMode::ColumnGrads, f16, Finish::None).trailing(!geo.is_grouped());
+        let finish_blocks = match columns.merge {
+            true => self.column_finish_blocks(col_plan, geo.weights),
+            false => None,
+        };
+        let finish = if finish_blocks.is_some() { Finish::Columns } else { Finish::None };
+        let kernel = reduce::kernel(col_plan, ReduceMode::ColumnGrads, f16, finish).trailing(!geo.is_grouped());
+        if let Some(blocks) = finish_blocks {
+            // The reduction's last workgroups write dweight and dbias.
+            let arrivals = self.scratch.get_bound("arrivals", u64::from(blocks) * 4)?;
+            let finishing = [
+                (7, arrivals.as_entire_binding()),
+                (13, self.affine.grad_weight().as_entire_binding()),
+                (14, self.affine.grad_bias().as_entire_binding()),
+            ];
+            return rec.reduce(kernel, column_sums, false, col_plan.grid3(), &finishing);
+        }
         rec.reduce(kernel, column_sums, false, col_plan.grid3(), &[])?;
         if columns.merge {
             self.record_merge_columns(rec, col_buf, columns.partials, None)?;
         }
         Ok(())
+    }
+
+    /// The blocks whose last workgroups merge the column sums of `plan`
+    /// over `view` into dweight and dbias (shaders/finish.wgsl, as
+    /// src/batch_norm/finishing.rs for BatchNorm), or `None` where
+    /// merge_columns follows.
+    fn column_finish_blocks(&self, plan: &ReducePlan, view: ChannelView) -> Option<u32> {
+        // x, dy, the rows, partials, weight, z; arrivals, dweight, dbias.
+        const STORAGE: u32 = 9;
+        if !self.ctx.last_workgroup_merges() || STORAGE > self.ctx.limits().max_storage_buffers_per_shader_stage {
+            return None;
+        }
+        let reducer = Reducer { plan: *plan, view, vec4: false, lane_channels: None, f16: false, teams: None };
+        reducer.finish_blocks()
     }
 
     /// GroupNorm's and InstanceNorm's row sums and column sums from one
