@@ -148,7 +148,7 @@ fn store_column(z: u32, col: u32, s: u32, per: u32, k: u32, acc: Acc) {
 // The chan entry of channel c of view `view` (MODE 1, 2, 4, 5).
 fn coefficients(view: u32, c: u32) -> vec4<f32> {
     if (MODE == 1u || MODE == 2u || MODE >= 4u) {
-        return chan[p.chan_base + view * p.channels + c];
+        return channel_entry(p.chan_base + view * p.channels + c);
     }
     return vec4<f32>(0.0);
 }

@@ -48,13 +48,13 @@ fn coefficients(z: u32, c: u32) -> Coef {
     let b = view_first(z);
     if (has(FLAG_LANES_ARE_CHANNELS)) {
         let l = b + lane_channels4(c);
-        let k0 = chan[l.x];
-        let k1 = chan[l.y];
-        let k2 = chan[l.z];
-        let k3 = chan[l.w];
+        let k0 = channel_entry(l.x);
+        let k1 = channel_entry(l.y);
+        let k2 = channel_entry(l.z);
+        let k3 = channel_entry(l.w);
         return Coef(vec4<f32>(k0.x, k1.x, k2.x, k3.x), vec4<f32>(k0.z, k1.z, k2.z, k3.z), vec4<f32>(k0.w, k1.w, k2.w, k3.w));
     }
-    let k = chan[b + c];
+    let k = channel_entry(b + c);
     return Coef(vec4<f32>(k.x), vec4<f32>(k.z), vec4<f32>(k.w));
 }
 

@@ -234,22 +234,31 @@ pub(crate) enum Finish {
     Grads,
     /// Merges the family's column sums into dweight and dbias.
     Columns,
+    /// Merges the eval backward's sums (each channel's entry taken from the
+    /// running statistics) into dweight, dbias, the dx coefficients and the
+    /// running entries.
+    GradsEval,
 }
 
 impl Finish {
     /// The code appended to a reduce shader: a `finish_reduction` that does
-    /// nothing, or finish.wgsl with its commit. `vec4` shaders declare no
+    /// nothing, or finish.wgsl with its commit; and where the reduction
+    /// reads a channel's entry (`channel_entry`): from `chan`, or the eval
+    /// backward's from the running statistics. `vec4` shaders declare no
     /// weight of their own (reduce.wgsl's serves the scalar one).
     fn source(self, vec4: bool) -> String {
+        let from_chan = "\nfn channel_entry(c: u32) -> vec4<f32> {\n    return chan[c];\n}\n";
         let commit = match self {
-            Finish::None => return "\nfn finish_reduction(b: Block, t: u32) {}\n".into(),
+            Finish::None => return format!("{from_chan}fn finish_reduction(b: Block, t: u32) {{}}\n"),
             Finish::Stats => include_str!("../shaders/finish_stats.wgsl"),
             Finish::Grads => include_str!("../shaders/finish_grads.wgsl"),
             Finish::Columns => include_str!("../shaders/finish_columns.wgsl"),
+            Finish::GradsEval => include_str!("../shaders/finish_grads_eval.wgsl"),
         };
+        let from_chan = if self == Finish::GradsEval { "" } else { from_chan };
         let weight = if vec4 { "@group(0) @binding(5) var<storage, read> weight: array<f32>;\n" } else { "" };
         format!(
-            "{weight}{}{commit}{RUNNING}{}",
+            "{weight}{from_chan}{}{commit}{RUNNING}{}",
             include_str!("../shaders/finish.wgsl"),
             include_str!("../shaders/merge.wgsl")
         )
@@ -581,7 +590,7 @@ mod tests {
     /// (f16, words) as the cache builds them (words only for f32).
     const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
 
-    const FINISHES: [Finish; 4] = [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns];
+    const FINISHES: [Finish; 5] = [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns, Finish::GradsEval];
 
     /// Every shader the cache can build.
     fn every_variant() -> Vec<Shader> {

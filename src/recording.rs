@@ -95,19 +95,25 @@ impl<'c> Recording<'c> {
     }
 
     /// Dispatches the reduction kernel `key` over `grid` (x, y, views);
-    /// `vec4` for reduce_vec4.wgsl's kernels, which bind no weight; `extra`
-    /// binds what a reduction whose last workgroup merges binds besides.
+    /// `vec4` for reduce_vec4.wgsl's kernels, which bind no weight.
     pub fn reduce(
         &mut self,
         key: KernelKey,
         bindings: ReduceBindings<'_>,
         vec4: bool,
         grid: (u32, u32, u32),
-        extra: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
-        let mut entries = entries(bindings, vec4);
-        entries.extend(extra.iter().cloned());
-        self.push_dispatch(key, &entries, grid)
+        self.push_dispatch(key, &entries(bindings, vec4), grid)
+    }
+
+    /// Adds a dispatch of `key` over a 3-D `grid` binding `entries`.
+    pub fn dispatch3(
+        &mut self,
+        key: KernelKey,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
+        grid: (u32, u32, u32),
+    ) -> Result<()> {
+        self.push_dispatch(key, entries, grid)
     }
 
     /// Adds a dispatch of `key` to the description, its bindings as `Bound`s.

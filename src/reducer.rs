@@ -74,7 +74,7 @@ impl Reducer {
 
     /// Records the reduction in `mode` over `bindings`.
     pub fn record(&self, rec: &mut Recording, mode: ReduceMode, bindings: ReduceBindings<'_>) -> Result<()> {
-        rec.reduce(self.kernel(mode, Finish::None), bindings, self.vec4, self.plan.grid3(), &[])
+        rec.reduce(self.kernel(mode, Finish::None), bindings, self.vec4, self.plan.grid3())
     }
 
     /// Records the reduction in `mode` whose last workgroup of each block
@@ -88,7 +88,13 @@ impl Reducer {
         bindings: ReduceBindings<'_>,
         finishing: &[(u32, wgpu::BindingResource<'_>)],
     ) -> Result<()> {
-        rec.reduce(self.kernel(mode, finish), bindings, self.vec4, self.plan.grid3(), finishing)
+        let mut entries = reduce::entries(bindings, self.vec4);
+        if finish == Finish::GradsEval && self.vec4 {
+            // Its channel entries come from the running statistics: reduce_vec4.wgsl then reads no `chan`.
+            entries.retain(|(binding, _)| *binding != 3);
+        }
+        entries.extend(finishing.iter().cloned());
+        rec.dispatch3(self.kernel(mode, finish), &entries, self.plan.grid3())
     }
 
     /// The blocks of finish.wgsl this reduction counts in (rows of a planar

@@ -314,27 +314,20 @@ enum GpuPath {
     Passes,
 }
 
-/// Which op a dispatch count is of.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Op {
-    Forward,
-    Backward,
-    EvalBackward,
-}
-
 impl GpuPath {
-    /// Whether `dispatches` is what this path records for `op`, where the
-    /// forward's running statistics need no commit after every channel
-    /// (`commits_alone`) and reductions' last workgroups merge
-    /// (`last_merge`; the eval backward of channels of long runs writes dx
-    /// and takes its sums in one walk, then merges them, either way).
-    fn records(self, dispatches: u64, op: Op, commits_alone: bool, last_merge: bool) -> bool {
-        let alone = op != Op::Forward || commits_alone;
+    /// Whether `dispatches` is what this path records for the training
+    /// forward (`forward`), whose running statistics may need a commit after
+    /// every channel (unless `commits_alone`), or a backward, training or
+    /// eval, where reductions' last workgroups merge (`last_merge`) or not
+    /// (the eval backward of channels of long runs writes dx and takes its
+    /// sums in one walk, then merges them, either way).
+    fn records(self, dispatches: u64, forward: bool, commits_alone: bool, last_merge: bool) -> bool {
+        let alone = !forward || commits_alone;
         match self {
             GpuPath::OnePass if alone => dispatches == 1,
             GpuPath::Merged if alone => dispatches == 2,
-            // prepare_eval, then the reduction that merges and dx.
-            GpuPath::Passes if alone && last_merge && op == Op::EvalBackward => dispatches == 3,
+            // The reduction that merges (in eval taking the running
+            // statistics' entries itself), then the pass.
             GpuPath::Passes if alone && last_merge => dispatches == 2,
             _ => dispatches >= 3,
         }
@@ -438,7 +431,7 @@ fn merged_cases(last_merge: bool) {
             .unwrap();
         let dispatches = wgpu_norm::recorded_dispatches() - before;
         let what = format!("{shape:?} {layout:?} {fused:?} at {offset}, last merge {last_merge}");
-        let forward = path.records(dispatches, Op::Forward, commits_alone, last_merge);
+        let forward = path.records(dispatches, true, commits_alone, last_merge);
         assert!(forward, "{what}: {dispatches} dispatches, {path:?}");
         let args = BatchNormArgs {
             weight: config.affine.then_some(&state.weight[..]),
@@ -472,8 +465,7 @@ fn merged_cases(last_merge: bool) {
             let dispatches = wgpu_norm::recorded_dispatches() - before;
             let what = format!("{what} {mode:?} backward");
             let training = mode == Mode::Training || !config.track_running_stats;
-            let op = if training { Op::Backward } else { Op::EvalBackward };
-            let recorded = path.records(dispatches, op, true, last_merge);
+            let recorded = path.records(dispatches, false, true, last_merge);
             assert!(recorded, "{what}: {dispatches} dispatches, {path:?}");
             let args = BatchNormArgs {
                 running_mean: config.track_running_stats.then_some(&after.running_mean[..]),

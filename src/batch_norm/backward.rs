@@ -81,8 +81,11 @@ impl BatchNorm {
                 self.record_eval_walk(rec, &params, chunk, (grid, parts), &partials, epilogue)
             });
         }
+        // The eval form takes each channel's entry from the running
+        // statistics in the reduction, with no prepare_eval before it.
+        let finish = if batch { Finish::Grads } else { Finish::GradsEval };
         let finish_blocks = match source {
-            Source::Reduce => self.finish_blocks(&cut, Finish::Grads),
+            Source::Reduce => self.finish_blocks(&cut, finish),
             Source::Given { .. } => None,
         };
         let partials = match source {
@@ -102,11 +105,11 @@ impl BatchNorm {
             if cut.needs_clear && !given {
                 rec.clear(&partials);
             }
-            if !batch {
+            if !batch && finish_blocks.is_none() {
                 self.record_prepare_eval(rec, &params_buf)?;
             }
             if let Some(blocks) = finish_blocks {
-                let sums = (epilogue.grad_mode(), Finish::Grads);
+                let sums = (epilogue.grad_mode(), finish);
                 self.record_finishing_reduce(rec, &cut.chunks[0], sums, blocks, chan, &partials)?;
             } else {
                 if !given {

@@ -31,7 +31,7 @@ impl Core {
         };
         let kernel =
             reduce::kernel(row_plan, ReduceMode::WeightedGradSums, f16, Finish::None).trailing(!geo.is_grouped());
-        rec.reduce(kernel, row_sums, false, row_plan.grid3(), &[])?;
+        rec.reduce(kernel, row_sums, false, row_plan.grid3())?;
         let entries = [
             (0, row_buf.as_entire_binding()),
             (1, partials.as_entire_binding()),
@@ -74,9 +74,11 @@ impl Core {
                 (13, self.affine.grad_weight().as_entire_binding()),
                 (14, self.affine.grad_bias().as_entire_binding()),
             ];
-            return rec.reduce(kernel, column_sums, false, col_plan.grid3(), &finishing);
+            let mut entries = reduce::entries(column_sums, false);
+            entries.extend(finishing);
+            return rec.dispatch3(kernel, &entries, col_plan.grid3());
         }
-        rec.reduce(kernel, column_sums, false, col_plan.grid3(), &[])?;
+        rec.reduce(kernel, column_sums, false, col_plan.grid3())?;
         if columns.merge {
             self.record_merge_columns(rec, col_buf, columns.partials, None)?;
         }
