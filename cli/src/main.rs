@@ -133,6 +133,11 @@ struct BenchArgs {
     /// words64 on CPU adapters with 64-bit integers, floats elsewhere).
     #[arg(long)]
     access: Option<String>,
+    /// Whether a reduction's last workgroup merges its partials where an op
+    /// allows, on or off (default: on where the device can: Vulkan or DX12
+    /// with coherent storage).
+    #[arg(long, value_name = "ON|OFF")]
+    last_merge: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +183,7 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
             "limits": limits,
             "reduction": bench::reduction_name(ctx.reduction()),
             "access": bench::access_name(ctx.access()),
+            "last_merge": ctx.last_workgroup_merges(),
         });
         outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -188,6 +194,7 @@ fn info(as_json: bool) -> wgpu_norm::Result<ExitCode> {
         outln!("features:    {}", if features.is_empty() { "none".to_string() } else { features.join(", ") });
         outln!("reduction:   {}", bench::reduction_name(ctx.reduction()));
         outln!("access:      {}", bench::access_name(ctx.access()));
+        outln!("last merge:  {}", bench::on_off(ctx.last_workgroup_merges()));
         outln!("limits:");
         for (k, v) in limits {
             outln!("  {k:<40} {v}");
@@ -235,6 +242,9 @@ fn run_bench(args: &BenchArgs) -> wgpu_norm::Result<ExitCode> {
     let ctx = Context::new()?;
     if let Some(reduction) = &args.reduction {
         ctx.set_reduction(bench::parse_reduction(reduction)?);
+    }
+    if let Some(on) = &args.last_merge {
+        ctx.set_last_workgroup_merges(bench::parse_on_off("--last-merge", on)?)?;
     }
     if let Some(access) = &args.access {
         ctx.set_access(bench::parse_access(access)?)?;

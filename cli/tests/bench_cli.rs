@@ -42,6 +42,7 @@ fn quick_verify_json_follows_the_contract() {
     assert!(reduction == "tree" || reduction == "per-invocation", "reduction {reduction}");
     let access = v["access"].as_str().unwrap();
     assert!(access == "floats" || access == "words64", "access {access}");
+    assert!(v["last_merge"].is_boolean());
     let kernels: Vec<&str> = v["copy_kernels"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
     assert!(kernels.len() >= 8, "grid-stride and spans, vec4 and words, two workgroup sizes: {kernels:?}");
     let cpu = v["adapter"].as_str().unwrap().contains("llvmpipe");
@@ -297,6 +298,23 @@ fn the_memory_access_can_be_chosen() {
     // lavapipe offers 64-bit integers, so both run there.
     let ops = "bn_train_step,bn_forward_eval";
     option_can_be_chosen("access", &["floats", "words64"], ops, "nchw,nhwc", "bytes", "floats or words64");
+}
+
+#[test]
+fn the_last_merge_can_be_turned_off() {
+    // The GPUs' path over channels-last: a reduction whose last workgroup
+    // merges, then the apply; or a reduction, a merge kernel and the apply.
+    for (value, dispatches) in [("on", 2), ("off", 3)] {
+        let gpu_path = ["--reduction", "tree", "--access", "floats", "--last-merge", value];
+        let args = ["--ops", "bn_forward_train", "--shapes", "4,8,20,20", "--layouts", "nhwc", "--iters", "1"];
+        let v = bench_json(&[&args[..], &["--warmup", "0", "--verify"], &gpu_path[..]].concat());
+        assert_eq!(v["last_merge"], value == "on");
+        assert_eq!(v["results"][0]["dispatches"], dispatches, "--last-merge {value}");
+        assert!(v["worst_error"].as_f64().unwrap() <= 1e-3);
+    }
+    let out = wgpu_norm(&["bench", "--quick", "--last-merge", "sometimes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected on or off"));
 }
 
 /// A model's totals are the sums of its layers' medians: `train` ops for the

@@ -42,7 +42,7 @@ pub use ops::{
     all_ops, available_ops, default_ops, group_count, parse_layouts, parse_ops, parse_shapes, Op, OpInfo, OPS,
 };
 pub use output::to_json;
-pub use output::{access_name, parse_access, parse_reduction, reduction_name, svg, table};
+pub use output::{access_name, on_off, parse_access, parse_on_off, parse_reduction, reduction_name, svg, table};
 use wgpu_norm::{Access, Context, Layout, Reduction, Result};
 pub use workload::Workload;
 
@@ -218,6 +218,8 @@ pub struct Report {
     pub reduction: Reduction,
     /// How the ops' vec4 kernels moved f32 tensors.
     pub access: Access,
+    /// Whether reductions' last workgroups merged where an op allows.
+    pub last_merge: bool,
     pub iters: usize,
     pub warmup: usize,
     /// The copy kernels that competed for the ceiling.
@@ -268,6 +270,7 @@ pub fn run(ctx: &Context, config: &BenchConfig, progress: &mut dyn FnMut(usize, 
         timer,
         reduction: ctx.reduction(),
         access: ctx.access(),
+        last_merge: ctx.last_workgroup_merges(),
         iters,
         warmup: config.warmup,
         copy_kernels: copies.kernels().iter().map(|k| k.name()).collect(),

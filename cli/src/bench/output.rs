@@ -17,6 +17,24 @@ pub fn parse_reduction(s: &str) -> Result<Reduction> {
 }
 
 /// The name `--access` takes and the output shows.
+/// `on` or `off`, as `--last-merge` takes them.
+pub fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// The value of an `on` / `off` option.
+pub fn parse_on_off(option: &str, s: &str) -> Result<bool> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(Error::Parameter(format!("{option} {s}: expected on or off"))),
+    }
+}
+
 pub fn access_name(access: Access) -> &'static str {
     access.name()
 }
@@ -29,12 +47,13 @@ pub fn parse_access(s: &str) -> Result<Access> {
 /// The human-readable table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "adapter: {} ({}), timer: {}, reduction: {}, access: {}, median of {} runs after {} warm-up ({} of runs over {} ms)\n",
+        "adapter: {} ({}), timer: {}, reduction: {}, access: {}, last merge: {}, median of {} runs after {} warm-up ({} of runs over {} ms)\n",
         report.adapter,
         report.backend,
         report.timer.name(),
         reduction_name(report.reduction),
         access_name(report.access),
+        on_off(report.last_merge),
         report.iters,
         report.warmup,
         SLOW_ITERS.min(report.iters),
@@ -256,6 +275,7 @@ pub fn to_json(report: &Report) -> serde_json::Value {
         "timer": report.timer.name(),
         "reduction": reduction_name(report.reduction),
         "access": access_name(report.access),
+        "last_merge": report.last_merge,
         "iters": report.iters,
         "warmup": report.warmup,
         "copy_kernels": report.copy_kernels,
