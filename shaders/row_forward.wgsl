@@ -33,10 +33,7 @@ fn row_forward(ids: Ids) {
             }
         }
         let var_biased = team_sum(t, p.width, vec4<f32>(squares)).x / p.count;
-        var entry = vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
-        if (has(FLAG_RMS)) {
-            entry = vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
-        }
+        let entry = row_entry(mean, var_biased);
         if (live) {
             if (lane == 0u) {
                 rows[r] = entry;

@@ -35,18 +35,12 @@ fn beta(c: u32) -> f32 {
 }
 
 
-// Statistics of row r from its MODE 0 partials. RMSNorm's mean square is
-// M2 / n + mean^2: two non-negative terms, no cancellation.
+// Statistics of row r from its MODE 0 partials (row_entry.wgsl).
 @compute @workgroup_size(64)
 fn merge_rows(g: Grid) {
     for (var r = g.id.x; r < p.rows; r += grid_stride(g)) {
         let acc = merge_partials(r * p.parts, p.parts, true);
-        let var_biased = max(acc.z / acc.x, 0.0);
-        if (has(FLAG_RMS)) {
-            rows[r] = vec4<f32>(0.0, 1.0 / sqrt(var_biased + acc.y * acc.y + p.eps), 0.0, var_biased);
-        } else {
-            rows[r] = vec4<f32>(acc.y, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
-        }
+        rows[r] = row_entry(acc.y, max(acc.z / acc.x, 0.0));
     }
 }
 

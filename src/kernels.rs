@@ -90,8 +90,9 @@ impl Shader {
             }
             Shader::RowNorm { vec4, .. } => {
                 generated = format!(
-                    "{}{}{}",
+                    "{}{}{}{}",
                     include_str!("../shaders/row_bindings.wgsl"),
+                    include_str!("../shaders/row_entry.wgsl"),
                     per_op(include_str!("../shaders/row_norm.wgsl"), &["apply", "dx"]),
                     if vec4 { "" } else { include_str!("../shaders/row_forward.wgsl") }
                 );

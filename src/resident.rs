@@ -276,7 +276,7 @@ impl Gen {
         let shifted = format!("dot({}, vec4<f32>(1.0))", self.sum("v# - pivot", "vec4<f32>(0.0)"));
         self.line(&format!("        let mean = pivot + {} / f32(p.inner);", self.total(&shifted)));
         let squares = self.sum("sq(v# - mean)", "0.0");
-        self.line(&format!("        let stats = finish(mean, {} / f32(p.inner));", self.total(&squares)));
+        self.line(&format!("        let stats = row_entry(mean, {} / f32(p.inner));", self.total(&squares)));
         self.store("y", "p.y_off / 4u + at", "fma((v# - stats.x) * stats.y, w#[0], w#[1])");
         self.line(if self.subgroup() {
             "        if (lane == 0u) { rows[r] = stats; }"
@@ -377,6 +377,7 @@ fn merge_columns_resident(g: Grid) {
 
 const HEADER: &str = concat!(
     include_str!("../shaders/row_bindings.wgsl"),
+    include_str!("../shaders/row_entry.wgsl"),
     "
 // The backward's column partials: (dweight, dbias) of column c from slot
 // s at s * columns + c.
@@ -405,15 +406,6 @@ fn sq(d: vec4<f32>) -> f32 {
     return dot(d, d);
 }
 
-// The saved row (centre, rstd, 0, var) from the mean and the biased
-// variance, as merge_rows: RMSNorm's centre is 0, its mean square var +
-// mean^2.
-fn finish(mean: f32, var_biased: f32) -> vec4<f32> {
-    if (has(FLAG_RMS)) {
-        return vec4<f32>(0.0, 1.0 / sqrt(var_biased + mean * mean + p.eps), 0.0, var_biased);
-    }
-    return vec4<f32>(mean, 1.0 / sqrt(var_biased + p.eps), 0.0, var_biased);
-}
 
 // (B, C, delta) of dx = rstd * g + B * d + C from the row's sums (sum g,
 // sum g d, sum d), d = x - centre and delta the f32 rounding of the mean,
