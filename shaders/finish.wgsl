@@ -47,11 +47,15 @@ fn finish_reduction(b: Block, t: u32) {
     merge_block(b, t);
 }
 
-// The block's channels, spread over the workgroup: `lanes` invocations a
-// channel (a power of two), each merging every lanes-th partial of its
-// channel in a chain, then the channel's lanes merging theirs in a tree.
+// The block's units (channels, or the family's stat rows: `units` and
+// `unit_parts` say which, and how many partials each has), spread over the
+// workgroup: `lanes` invocations a unit (a power of two), each merging
+// every lanes-th partial of its unit in a chain, then the unit's lanes
+// merging theirs in a tree.
 fn merge_block(b: Block, t: u32) {
-    let n = (max(b.end, b.first) - b.first + b.step - 1u) / b.step;
+    let u = units(b);
+    let n = (max(u.z, u.x) - u.x + u.y - 1u) / u.y;
+    let parts = unit_parts();
     var lanes = 1u;
     while (lanes * 2u * n <= WG) {
         lanes *= 2u;
@@ -59,10 +63,9 @@ fn merge_block(b: Block, t: u32) {
     let lane = t % lanes;
     for (var round = 0u; round < n; round += WG / lanes) {
         let k = round + t / lanes;
-        let c = b.first + min(k, n - 1u) * b.step;
-        let first = (p.chan_base + c) * p.parts + lane;
-        let count = (max(p.parts, lane) - lane + lanes - 1u) / lanes;
-        var merged = merge_strided(first, count, lanes, WELFORD);
+        let unit = u.x + min(k, n - 1u) * u.y;
+        let count = (max(parts, lane) - lane + lanes - 1u) / lanes;
+        var merged = merge_strided(unit * parts + lane, count, lanes, WELFORD);
         if (lanes > 1u) {
             team_sums[t] = merged;
             workgroupBarrier();
@@ -76,7 +79,7 @@ fn merge_block(b: Block, t: u32) {
             workgroupBarrier();
         }
         if (lane == 0u && k < n) {
-            commit_merged(p.chan_base + c, merged);
+            commit_merged(unit, merged);
         }
     }
 }

@@ -34,11 +34,14 @@ struct Block {
     first: u32,
     step: u32,
     end: u32,
+    // The view (grid z) the channels are of.
+    view: u32,
 }
 
 // Planar: the workgroups of one grid row take the same channels.
 fn row_block(ids: Ids) -> Block {
-    return Block(ids.wg.y, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels);
+    let index = ids.wg.z * ids.nwg.y + ids.wg.y;
+    return Block(index, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels, ids.wg.z);
 }
 
 // Interleaved: the workgroups of one column block take its columns'
@@ -48,13 +51,14 @@ fn row_block(ids: Ids) -> Block {
 fn column_block(ids: Ids) -> Block {
     let lo = ids.wg.x * p.width;
     let hi = min(lo + p.width, p.channels * p.inner);
+    let index = ids.wg.z * ids.nwg.x + ids.wg.x;
     if (has(FLAG_LANES_ARE_CHANNELS)) {
         if (ids.nwg.x == 1u) {
-            return Block(ids.wg.x, ids.nwg.y, 0u, 1u, p.lane_channels);
+            return Block(index, ids.nwg.y, 0u, 1u, p.lane_channels, ids.wg.z);
         }
-        return Block(ids.wg.x, ids.nwg.y, 4u * lo, 1u, 4u * hi);
+        return Block(index, ids.nwg.y, 4u * lo, 1u, 4u * hi, ids.wg.z);
     }
-    return Block(ids.wg.x, ids.nwg.y, lo / p.inner, 1u, (hi + p.inner - 1u) / p.inner);
+    return Block(index, ids.nwg.y, lo / p.inner, 1u, (hi + p.inner - 1u) / p.inner, ids.wg.z);
 }
 
 // Planar: long contiguous runs, workgroup (slice, channel, view). Walks

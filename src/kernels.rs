@@ -220,6 +220,17 @@ impl Shader {
     }
 }
 
+/// finish.wgsl's units where they are channels (of one view: BatchNorm's,
+/// the family's columns), each `parts` partials from `chan_base`.
+const CHANNEL_UNITS: &str = "
+fn units(b: Block) -> vec3<u32> {
+    return vec3<u32>(p.chan_base + b.first, b.step, p.chan_base + b.end);
+}
+fn unit_parts() -> u32 {
+    return p.parts;
+}
+";
+
 /// The partials' declaration in reduce_entries.wgsl.
 const PARTIALS: &str = "var<storage, read_write> partials: array<vec4<f32>>;";
 
@@ -235,6 +246,8 @@ pub(crate) enum Finish {
     Grads,
     /// Merges the family's column sums into dweight and dbias.
     Columns,
+    /// Merges the family's statistics into its stat rows' entries.
+    Rows,
     /// Merges the eval backward's sums (each channel's entry taken from the
     /// running statistics) into dweight, dbias, the dx coefficients and the
     /// running entries.
@@ -255,11 +268,17 @@ impl Finish {
             Finish::Grads => include_str!("../shaders/finish_grads.wgsl"),
             Finish::Columns => include_str!("../shaders/finish_columns.wgsl"),
             Finish::GradsEval => include_str!("../shaders/finish_grads_eval.wgsl"),
+            Finish::Rows => {
+                concat!(include_str!("../shaders/finish_rows.wgsl"), include_str!("../shaders/row_entry.wgsl"))
+            }
         };
         let from_chan = if self == Finish::GradsEval { "" } else { from_chan };
+        // A block's units are its channels, each a run of `parts` partials,
+        // but for the family's stat rows (finish_rows.wgsl).
+        let channel_units = if self == Finish::Rows { "" } else { CHANNEL_UNITS };
         let weight = if vec4 { "@group(0) @binding(5) var<storage, read> weight: array<f32>;\n" } else { "" };
         format!(
-            "{weight}{from_chan}{}{commit}{RUNNING}{}",
+            "{weight}{from_chan}{channel_units}{}{commit}{RUNNING}{}",
             include_str!("../shaders/finish.wgsl"),
             include_str!("../shaders/merge.wgsl")
         )
@@ -591,7 +610,8 @@ mod tests {
     /// (f16, words) as the cache builds them (words only for f32).
     const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
 
-    const FINISHES: [Finish; 5] = [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns, Finish::GradsEval];
+    const FINISHES: [Finish; 6] =
+        [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns, Finish::GradsEval, Finish::Rows];
 
     /// Every shader the cache can build.
     fn every_variant() -> Vec<Shader> {

@@ -97,16 +97,17 @@ impl Reducer {
         rec.dispatch3(self.kernel(mode, finish), &entries, self.plan.grid3())
     }
 
-    /// The blocks of finish.wgsl this reduction counts in (rows of a planar
-    /// grid, column blocks of an interleaved one), where it reduces through
-    /// a tree in workgroup memory and each block's partials hold whole
-    /// channels of one view; `None` where a merge kernel must follow.
+    /// The blocks of finish.wgsl this reduction counts in over all its
+    /// views (rows of a planar grid, column blocks of an interleaved one),
+    /// where it reduces through a tree in workgroup memory and each block's
+    /// partials hold whole channels; `None` where a merge kernel must
+    /// follow.
     pub fn finish_blocks(&self) -> Option<u32> {
-        if self.plan.batch != 1 || self.plan.per_invocation {
+        if self.plan.per_invocation {
             return None;
         }
-        match self.plan.shape {
-            Shape::Planar => Some(self.plan.grid.1),
+        let blocks = match self.plan.shape {
+            Shape::Planar => self.plan.grid.1,
             Shape::Interleaved => {
                 let blocks = self.plan.grid.0;
                 // Blocks of `width` columns hold whole channels: lanes of
@@ -114,9 +115,13 @@ impl Reducer {
                 // channel), or whole runs of `inner` columns.
                 let whole = self.lane_channels.is_none_or(|c| c % 4 == 0)
                     && (self.plan.width as usize).is_multiple_of(self.view.inner);
-                (blocks == 1 || whole).then_some(blocks)
+                if blocks > 1 && !whole {
+                    return None;
+                }
+                blocks
             }
-            Shape::Rows | Shape::Runs | Shape::Teams => None,
-        }
+            Shape::Rows | Shape::Runs | Shape::Teams => return None,
+        };
+        Some(blocks * self.plan.batch)
     }
 }

@@ -491,11 +491,12 @@ fn merged_cases(last_merge: bool) {
 /// over channels-first groups in two (group_backward, then
 /// instance_columns), and LayerNorm's and RMSNorm's backward of such rows
 /// in two (row_backward, then the column sums, whose last workgroups merge
-/// them; three with a merge kernel): rows of 5 to 3,000 values over one or
-/// two dimensions, with and without weight and bias, with the last
-/// workgroups merging and without, channels-first GroupNorm and
-/// InstanceNorm, against the reference (forward and the backward after
-/// it); channels-last groups keep the passes.
+/// them; three with a merge kernel), and the forward of channels-last
+/// groups in two (statistics whose last workgroups merge, then the apply):
+/// rows of 5 to 3,000 values over one or two dimensions, with and without
+/// weight and bias, GroupNorm and InstanceNorm in both layouts, with the
+/// last workgroups merging and without, against the reference (forward and
+/// the backward after it).
 #[test]
 fn family_team_kernels_on_gpus_match_the_reference() {
     use wgpu_norm::{GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, RmsNorm, RmsNormConfig};
@@ -511,6 +512,17 @@ fn family_team_kernels_on_gpus_match_the_reference() {
         layer_norm_case(&mut rng, &[16, 3, 40], 1, 3.0e4, true, true);
         rms_norm_case(&mut rng, &[4, 3000], 1, None, true);
         rms_norm_case(&mut rng, &[7, 3, 11], 1, Some(1e-3), false);
+        // Channels-last groups, whose statistics' last workgroups merge
+        // them per sample: groups of 4, 2 and 1 channels as lanes, 3
+        // channels regrouped in rows of 12 values, 1,040 channels as lanes
+        // over two column blocks (of 1,024 and 16 channels: whole groups of
+        // two), and groups of 32 channels in vec4 runs over two blocks.
+        group_norm_case(&mut rng, &[3, 8, 9, 10], 2, Layout::Nhwc, 1.0, true);
+        group_norm_case(&mut rng, &[2, 12, 5, 7], 6, Layout::Nhwc, -3.0, false);
+        group_norm_case(&mut rng, &[4, 3, 4, 4], 3, Layout::Nhwc, 0.5, true);
+        group_norm_case(&mut rng, &[2, 1040, 2, 3], 520, Layout::Nhwc, 2.0, true);
+        group_norm_case(&mut rng, &[2, 1280, 2, 3], 40, Layout::Nhwc, -1.0, true);
+        instance_norm_case(&mut rng, &[3, 20, 6, 6], Layout::Nhwc, Some(0.2));
     }
     group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nchw, 1.0, true);
     group_norm_case(&mut rng, &[2, 12, 5, 7], 3, Layout::Nchw, -3.0, false);
@@ -538,7 +550,9 @@ fn family_team_kernels_on_gpus_match_the_reference() {
         let backward = |e: &mut wgpu::CommandEncoder| rms.backward(e, &x4.view(), &dy4.view(), &dx4.view());
         assert_eq!(forward_dispatches(&backward), dispatches, "rms norm backward, rows of 3,000, {last_merge}");
     }
-    for (layout, forward, backward) in [(Layout::Nchw, 1, 2), (Layout::Nhwc, 3, 5)] {
+    let on_and_off = [(Layout::Nchw, 1, 2, true), (Layout::Nhwc, 2, 5, true), (Layout::Nhwc, 3, 5, false)];
+    for (layout, forward, backward, last_merge) in on_and_off {
+        ctx.set_last_workgroup_merges(last_merge).unwrap();
         let shape = [3, 8, 9, 10];
         let (x, y, dy, dx) = (t(&shape, layout), t(&shape, layout), t(&shape, layout), t(&shape, layout));
         let gn = GroupNorm::new(ctx, GroupNormConfig::new(4, 8)).unwrap();

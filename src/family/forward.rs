@@ -3,6 +3,7 @@
 //! RMSNorm's short rows), the apply, and InstanceNorm's running statistics.
 
 use super::*;
+use crate::kernels::Finish;
 use crate::strategy::Reduction;
 
 /// Most values of a stat row row_forward takes (a workgroup's team walks
@@ -126,20 +127,34 @@ impl Core {
         let apply_buf = rec.uniform(&apply_params);
         match source {
             Source::Input { update_running } => {
-                let tensors = (xw.resource(), xw.resource());
-                let bindings = ReduceBindings::new(
-                    reduce_buf.as_entire_binding(),
-                    tensors,
-                    rows.as_entire_binding(),
-                    partials.as_entire_binding(),
-                );
-                plan.reducer.record(rec, ReduceMode::Stats, bindings)?;
-                let entries = [
-                    (0, stat_buf.as_entire_binding()),
-                    (1, partials.as_entire_binding()),
-                    (6, rows.as_entire_binding()),
-                ];
-                rec.dispatch(row_norm("merge_rows"), &entries, Self::row_workgroups(geo))?;
+                if let Some(blocks) = self.rows_finish_blocks(plan, geo) {
+                    // The reduction's last workgroups write the rows.
+                    let arrivals = self.scratch.get_bound("arrivals", u64::from(blocks) * 4)?;
+                    let stand_in = self.scratch.get("stand-in", 16)?;
+                    let bindings = ReduceBindings::new(
+                        reduce_buf.as_entire_binding(),
+                        (xw.resource(), xw.resource()),
+                        stand_in.as_entire_binding(),
+                        partials.as_entire_binding(),
+                    );
+                    let finishing = [(7, arrivals.as_entire_binding()), (8, rows.as_entire_binding())];
+                    plan.reducer.record_finishing(rec, ReduceMode::Stats, Finish::Rows, bindings, &finishing)?;
+                } else {
+                    let tensors = (xw.resource(), xw.resource());
+                    let bindings = ReduceBindings::new(
+                        reduce_buf.as_entire_binding(),
+                        tensors,
+                        rows.as_entire_binding(),
+                        partials.as_entire_binding(),
+                    );
+                    plan.reducer.record(rec, ReduceMode::Stats, bindings)?;
+                    let entries = [
+                        (0, stat_buf.as_entire_binding()),
+                        (1, partials.as_entire_binding()),
+                        (6, rows.as_entire_binding()),
+                    ];
+                    rec.dispatch(row_norm("merge_rows"), &entries, Self::row_workgroups(geo))?;
+                }
                 if update_running {
                     self.record_running(rec, "update_running", &stat_buf, rows, self.weight_workgroups())?;
                 }
@@ -149,6 +164,24 @@ impl Core {
             }
         }
         rec.dispatch(tile_kernel(&tile, "apply"), &self.apply_entries(&apply_buf, rows, xw, yw), tile.apply.grid)
+    }
+
+    /// The blocks whose last workgroups merge `plan`'s statistics into
+    /// the stat rows (shaders/finish.wgsl, finish_rows.wgsl), or `None`
+    /// where merge_rows follows: as BatchNorm's (src/batch_norm/finishing.rs),
+    /// where each block holds whole stat rows (with lanes of channels-last
+    /// channels, whole groups of `cpg`).
+    fn rows_finish_blocks(&self, plan: &StatPlan, geo: &Geometry) -> Option<u32> {
+        // x (three times), the stand-in for the rows, partials, weight
+        // (scalar kernels), arrivals and the rows.
+        const STORAGE: u32 = 8;
+        if !self.ctx.last_workgroup_merges() || STORAGE > self.ctx.limits().max_storage_buffers_per_shader_stage {
+            return None;
+        }
+        let reducer = &plan.reducer;
+        let (blocks, width) = (reducer.plan.grid.0, reducer.plan.width as usize);
+        let whole_groups = reducer.lane_channels.is_none() || blocks == 1 || (4 * width).is_multiple_of(geo.cpg);
+        whole_groups.then(|| reducer.finish_blocks()).flatten()
     }
 
     /// What the passes that write y (apply, row_forward) bind: `params`,
