@@ -34,6 +34,13 @@ const CPU_MIN_ROWS: usize = 256;
 /// least on CPU adapters (rows of 2 KiB and more keep 16 rows).
 const CPU_WALK_BYTES: usize = 32768;
 const MAX_GRID: usize = 65535;
+/// Most partials a block's last workgroup merges in a tree plan
+/// (shaders/finish.wgsl): sixteen an invocation.
+const TAIL_PARTS: usize = 16 * WG;
+/// Fewest columns of a block of a narrowed tree plan: 64 bytes of f32 a
+/// row, in vec4 views and in scalar ones.
+const MIN_BLOCK_VEC4: usize = 4;
+const MIN_BLOCK_SCALAR: usize = 16;
 /// Most partials per channel a per-invocation plan may leave: the merge
 /// kernels loop over them, and lavapipe (llvmpipe's loop limiter) ends any
 /// shader loop after 65,535 iterations.
@@ -267,27 +274,43 @@ impl ReducePlan {
     pub fn interleaved_reduction(view: ChannelView, reduction: Reduction) -> Result<ReducePlan> {
         Ok(match reduction {
             Reduction::PerInvocation => Self::interleaved(view, CPU_MIN_ROWS, CPU_WORKGROUPS)?.with(reduction),
-            Reduction::Tree => Self::interleaved(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS)?.whole_channels(view),
+            Reduction::Tree => Self::interleaved(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS)?,
         })
     }
 
-    /// An interleaved tree plan whose column blocks hold whole channels, where
-    /// a channel's run of `inner` columns fits a block but blocks of
-    /// WG columns cut through some: `width` the most whole runs a block
-    /// holds, so that a block's last workgroup can merge its channels
-    /// (shaders/finish.wgsl). Blocks of more than WG / 2 columns have one
-    /// row group either way: the partials and their layout do not change.
-    fn whole_channels(self, view: ChannelView) -> ReducePlan {
+    /// A tree interleaved plan over `view` cut for a block's last
+    /// workgroup to merge (shaders/finish.wgsl): blocks of whole channels
+    /// (`lanes`: a vec4 column is four channels-last channels, `Some(c)`
+    /// the tensor's c; else a channel is a run of `inner` columns) of at
+    /// least 64 bytes a row (`vec4`: the view's values are vec4s), as
+    /// narrow as keeps a block's partials at most TAIL_PARTS. Halving a
+    /// block halves its channels and, each invocation keeping its
+    /// MIN_PER_INVOCATION rows, its row slices: its merge shrinks with the
+    /// square of its width while the grid keeps its workgroups. Lanes of
+    /// channels regrouped (channels not a multiple of four) spread a
+    /// channel over every column: those plans stay as they are. Other
+    /// plans are returned unchanged; the partials' layout is the same
+    /// either way.
+    pub fn narrowed(self, view: ChannelView, lanes: Option<u32>, vec4: bool) -> Result<ReducePlan> {
+        let tree = self.shape == Shape::Interleaved && !self.per_invocation;
+        if !tree || lanes.is_some_and(|c| c % 4 != 0) || view.inner > WG {
+            return Ok(self);
+        }
         let cols = view.channels * view.inner;
-        if self.shape != Shape::Interleaved || cols <= WG || view.inner > WG || WG.is_multiple_of(view.inner) {
-            return self;
+        let least = if vec4 { MIN_BLOCK_VEC4 } else { MIN_BLOCK_SCALAR }.max(view.inner);
+        // A block's partials a row slice: a vec4 column of lanes holds four
+        // channels' partials, any other column one partial of its channel.
+        let per_slice = |width: usize| if lanes.is_some() { 4 * width } else { width };
+        let mut width = if cols <= WG { cols } else { WG / view.inner * view.inner };
+        loop {
+            let plan = Self::interleaved_in(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS, width)?;
+            let half = width / 2 / view.inner * view.inner;
+            let fits = per_slice(width) * plan.slices as usize <= TAIL_PARTS;
+            if fits || half < least || cols.div_ceil(half) > MAX_GRID {
+                return Ok(ReducePlan { batch: self.batch, batch_stride: self.batch_stride, ..plan });
+            }
+            width = half;
         }
-        let width = WG / view.inner * view.inner;
-        let blocks = cols.div_ceil(width);
-        if blocks > MAX_GRID {
-            return self;
-        }
-        ReducePlan { width: width as u32, grid: (blocks as u32, self.grid.1), ..self }
     }
 
     /// The per-invocation reduction over runs of a planar view on CPU
@@ -311,8 +334,12 @@ impl ReducePlan {
     /// `channels * inner` columns: about `target` workgroups, at least `min`
     /// rows per invocation.
     fn interleaved(view: ChannelView, min: usize, target: usize) -> Result<ReducePlan> {
+        Self::interleaved_in(view, min, target, (view.channels * view.inner).min(WG))
+    }
+
+    /// [`Self::interleaved`] with blocks of `width` columns (at most WG).
+    fn interleaved_in(view: ChannelView, min: usize, target: usize, width: usize) -> Result<ReducePlan> {
         let cols = view.channels * view.inner;
-        let width = cols.min(WG);
         let groups = WG / width;
         let blocks = cols.div_ceil(width);
         if blocks > MAX_GRID {
@@ -513,16 +540,43 @@ mod tests {
     }
 
     #[test]
-    fn tree_interleaved_blocks_hold_whole_channels() {
-        for v in [view(4, 64, 100), view(64, 72, 49), view(32, 2048, 49), view(8, 30, 10), view(3, 5, 7)] {
-            let p = ReducePlan::interleaved_reduction(v, Reduction::Tree).unwrap();
+    fn narrowed_tree_blocks_hold_whole_channels_and_few_partials() {
+        // (view, lanes, vec4): runs of 100, 49, 10 and 7 values; ResNet's
+        // and the bench's channels-last tensors in lanes; 8192x512.
+        let cases = [
+            (view(4, 64, 100), None, true),
+            (view(64, 72, 49), None, false),
+            (view(32, 2048, 49), None, false),
+            (view(8, 30, 10), None, false),
+            (view(3, 5, 7), None, false),
+            (view(100_352, 16, 1), Some(64), true),
+            (view(1568, 512, 1), Some(2048), true),
+            (view(8192, 128, 1), Some(512), true),
+            (view(50_000, 3, 1), None, false),
+        ];
+        for (v, lanes, vec4) in cases {
+            let base = ReducePlan::interleaved_reduction(v, Reduction::Tree).unwrap();
+            let p = base.narrowed(v, lanes, vec4).unwrap();
             let (width, cols) = (p.width as usize, v.channels * v.inner);
             assert!(p.grid.0 == 1 || width % v.inner == 0, "{v:?}: {width} columns a block");
             assert!(p.grid.0 as usize * width >= cols && (p.grid.0 as usize - 1) * width < cols, "{v:?}");
+            assert!(p.slices as usize * p.slice_len as usize >= v.outer, "{v:?}");
             assert_eq!(p.parts as usize, v.inner * p.slices as usize, "{v:?}");
-            let cpu = ReducePlan::interleaved_reduction(v, Reduction::PerInvocation).unwrap();
-            assert_eq!(cpu.width as usize, cols.min(WG), "{v:?}: CPU adapters keep their blocks");
+            // A block's last workgroup merges few partials, unless its
+            // blocks are as narrow as they go.
+            let per_slice = if lanes.is_some() { 4 * width } else { width };
+            let least = if vec4 { MIN_BLOCK_VEC4 } else { MIN_BLOCK_SCALAR }.max(v.inner);
+            assert!(per_slice * p.slices as usize <= TAIL_PARTS || width < 2 * least, "{v:?}: {p:?}");
+            // The grid keeps its workgroups, to rounding.
+            let (before, after) = (base.grid.0 * base.grid.1, p.grid.0 * p.grid.1);
+            assert!(2 * after >= before, "{v:?}: {before} workgroups, then {after}");
         }
+        // CPU adapters' plans and regrouped lanes stay as they are.
+        let v = view(8192, 128, 1);
+        let cpu = ReducePlan::interleaved_reduction(v, Reduction::PerInvocation).unwrap();
+        assert_eq!(cpu.narrowed(v, Some(512), true).unwrap(), cpu);
+        let tree = ReducePlan::interleaved_reduction(v, Reduction::Tree).unwrap();
+        assert_eq!(tree.narrowed(v, Some(510), true).unwrap(), tree);
     }
 
     #[test]

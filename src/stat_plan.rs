@@ -33,7 +33,8 @@ impl StatPlan {
         // channels-second groups with spatial size % 4 == 0): its view in vec4 units.
         if aligned && stat.inner.is_multiple_of(4) {
             let view = ChannelView { inner: stat.inner / 4, ..stat };
-            let plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
+            let plan = ReducePlan::reduction(view, reduction)?.narrowed(view, None, true)?;
+            let plan = plan.batched(geo.batch, geo.batch_stride / 4)?;
             let reducer = Reducer { plan, view, vec4: true, lane_channels: None, f16, teams: None };
             return Ok(StatPlan { reducer, merge_parts: plan.parts, rows });
         }
@@ -48,19 +49,21 @@ impl StatPlan {
         let streams = lane_streams(channels) as usize;
         if aligned && geo.batched && channels > 0 && stat.outer.is_multiple_of(streams) {
             let view = ChannelView { outer: stat.outer / streams, channels: channels * streams / 4, inner: 1 };
-            let mut plan = ReducePlan::reduction(view, reduction)?.batched(geo.batch, geo.batch_stride / 4)?;
+            let lane_channels = Some(channels as u32);
+            let plan = ReducePlan::reduction(view, reduction)?.narrowed(view, lane_channels, true)?;
+            let mut plan = plan.batched(geo.batch, geo.batch_stride / 4)?;
             if plan.parts as usize * streams * stat.inner > MAX_MERGE_PARTS as usize {
                 plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
             }
             if plan.shape == Shape::Interleaved {
                 plan.parts *= streams as u32;
                 let merge_parts = plan.parts * stat.inner as u32;
-                let lane_channels = Some(channels as u32);
                 let reducer = Reducer { plan, view, vec4: true, lane_channels, f16, teams: None };
                 return Ok(StatPlan { reducer, merge_parts, rows });
             }
         }
-        let plan = ReducePlan::reduction(stat, reduction)?.batched(geo.batch, geo.batch_stride)?;
+        let plan = ReducePlan::reduction(stat, reduction)?.narrowed(stat, None, false)?;
+        let plan = plan.batched(geo.batch, geo.batch_stride)?;
         let reducer = Reducer { plan, view: stat, vec4: false, lane_channels: None, f16, teams: None };
         Ok(StatPlan { reducer, merge_parts: plan.parts, rows })
     }

@@ -63,6 +63,10 @@ impl Tiling {
                 plan = ReducePlan::teams(v.outer, per_team);
             }
         }
+        let lane_channels = lanes.then_some(view.channels as u32);
+        if reduction == Reduction::Tree {
+            plan = plan.narrowed(v, lane_channels, vec4)?;
+        }
         // Cycling lanes: every channel has `streams` lane columns, each a run
         // of the plan's partials; a merge loop takes at most MAX_MERGE_PARTS.
         let streams = if lanes { lane_streams(view.channels) } else { 1 };
@@ -70,7 +74,6 @@ impl Tiling {
             plan = plans(Reduction::Tree)?.0;
         }
         plan.parts *= streams;
-        let lane_channels = lanes.then_some(view.channels as u32);
         let teams = teams.map(|t| t as u8);
         Ok(Tiling { reducer: Reducer { plan, view: v, vec4, lane_channels, f16, teams }, apply })
     }

@@ -60,7 +60,7 @@ impl Core {
         for (part, resident) in parts.iter().zip(&resident) {
             let g = &part.geo;
             let rows = ReducePlan::reduction(g.stat, reduction)?.batched(g.batch, g.batch_stride)?;
-            let mut columns = ReducePlan::reduction(g.weights, reduction)?;
+            let mut columns = ReducePlan::reduction(g.weights, reduction)?.narrowed(g.weights, None, false)?;
             if let Some(r) = resident {
                 columns.parts = r.slots(g.rows());
             }
