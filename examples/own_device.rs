@@ -9,10 +9,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The application's own device and queue (here opened the usual way).
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))?;
+    // Worth asking for where offered: coherent storage (on Vulkan and DX12
+    // a reduction's last workgroup then merges, one dispatch fewer a pass)
+    // and the adapter's own limits (those kernels bind up to 14 storage
+    // buffers, WebGPU's default is 8). Without them every op still runs.
+    let descriptor = wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu::Features::MEMORY_DECORATION_COHERENT,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))?;
 
     // wgpu-norm borrows them; pipelines compile once per context.
     let ctx = Context::from_device(device.clone(), queue.clone());
+    println!("last workgroups merge: {}", ctx.last_workgroup_merges());
     let bn = BatchNorm::new(&ctx, BatchNormConfig::new(16))?;
 
     // The application's own buffers: activations of shape N=8, C=16, 32x32, channels-last.
