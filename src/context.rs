@@ -198,9 +198,10 @@ impl Context {
     }
 
     /// Whether a reduction's last workgroup merges the partials of every
-    /// workgroup, where an op allows: BatchNorm's training forward and
-    /// backward then take two dispatches where a merge kernel between
-    /// the reduction and the elementwise pass made three. On by default
+    /// workgroup, where an op allows (tree reductions, [`Reduction::Tree`]):
+    /// BatchNorm's training forward and backward then take two dispatches
+    /// where a merge kernel between the reduction and the elementwise pass
+    /// made three (PERF_NOTES.md, eleventh session, has the rest). On by default
     /// where the device can: Vulkan or DX12 with
     /// `wgpu::Features::MEMORY_DECORATION_COHERENT` enabled (a device from
     /// [`Context::new`] has it where the adapter offers it; an application's

@@ -1,14 +1,18 @@
 //! BatchNorm's reductions whose last workgroup merges (shaders/finish.wgsl):
 //! the reduction itself commits what a merge kernel would (the saved and
 //! running statistics, or dweight, dbias and the dx coefficients), and the
-//! apply or dx pass follows. The training forward and backward take two
-//! dispatches where a merge kernel between made three, on every tiling
-//! whose blocks of workgroups hold whole channels (channels-last and 2-D
-//! tensors too), on both paths; the eval backward outside runs three.
+//! apply or dx pass follows. The training forward and backward, and the
+//! eval backward (whose reduction takes each channel's entry from the
+//! running statistics, with no prepare_eval), take two dispatches where a
+//! merge kernel between made three or four, on every tree tiling whose
+//! blocks of workgroups hold whole channels (channels-last and 2-D tensors
+//! too).
 //!
 //! Where the context allows it ([`Context::last_workgroup_merges`]), the
-//! reduction is one chunk, the running statistics need no commit after
-//! every channel's merge, and the stage may bind the kernel's buffers.
+//! reduction is a tree (GPUs: a barrier in lavapipe's per-invocation
+//! reductions slowed them several times over) in one chunk, the running
+//! statistics need no commit after every channel's merge, and the stage
+//! may bind the kernel's buffers.
 
 use super::*;
 use crate::kernels::Finish;
