@@ -99,10 +99,10 @@ impl Reducer {
 
     /// The blocks of finish.wgsl this reduction counts in over all its
     /// views (rows of a planar grid, column blocks of an interleaved one),
-    /// where it reduces through a tree in workgroup memory and each block's
-    /// partials hold whole channels; `None` where a merge kernel must
-    /// follow.
-    pub fn finish_blocks(&self) -> Option<u32> {
+    /// where it reduces through a tree in workgroup memory, each block's
+    /// partials hold whole channels and their counts fit one binding
+    /// under `limits`; `None` where a merge kernel must follow.
+    pub fn finish_blocks(&self, limits: &wgpu::Limits) -> Option<u32> {
         if self.plan.per_invocation {
             return None;
         }
@@ -122,6 +122,7 @@ impl Reducer {
             }
             Shape::Rows | Shape::Runs | Shape::Teams => return None,
         };
-        Some(blocks * self.plan.batch)
+        let counts = u64::from(blocks) * u64::from(self.plan.batch);
+        (counts * 4 <= limits.max_storage_buffer_binding_size).then_some(counts as u32)
     }
 }

@@ -41,7 +41,7 @@ impl BatchNorm {
             return None;
         }
         match cut.chunks.as_slice() {
-            [chunk] => chunk.tiling.reducer.finish_blocks(),
+            [chunk] => chunk.tiling.reducer.finish_blocks(self.ctx.limits()),
             _ => None,
         }
     }

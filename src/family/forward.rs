@@ -181,7 +181,7 @@ impl Core {
         let reducer = &plan.reducer;
         let (blocks, width) = (reducer.plan.grid.0, reducer.plan.width as usize);
         let whole_groups = reducer.lane_channels.is_none() || blocks == 1 || (4 * width).is_multiple_of(geo.cpg);
-        whole_groups.then(|| reducer.finish_blocks()).flatten()
+        whole_groups.then(|| reducer.finish_blocks(self.ctx.limits())).flatten()
     }
 
     /// What the passes that write y (apply, row_forward) bind: `params`,

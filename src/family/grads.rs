@@ -96,7 +96,7 @@ impl Core {
             return None;
         }
         let reducer = Reducer { plan: *plan, view, vec4: false, lane_channels: None, f16: false, teams: None };
-        reducer.finish_blocks()
+        reducer.finish_blocks(self.ctx.limits())
     }
 
     /// GroupNorm's and InstanceNorm's row sums and column sums from one
