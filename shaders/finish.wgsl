@@ -2,9 +2,11 @@
 // says when): every workgroup of a block (those whose partials cover the
 // same channels: reduce_entries.wgsl's Block) stores its partials, then
 // counts itself in; the one that counts last merges the block's channels
-// and commits each with `commit_merged` (finish_stats.wgsl: what
-// merge_stats does; finish_grads.wgsl: what merge_grads does). The pass
-// that consumes the entries follows with no merge dispatch between.
+// (or stat rows) and commits each with `commit_merged`, one file a kind:
+// finish_stats.wgsl (what merge_stats does), finish_grads.wgsl
+// (merge_grads), finish_grads_eval.wgsl (prepare_eval and merge_grads),
+// finish_columns.wgsl (merge_columns), finish_rows.wgsl (merge_rows). The
+// pass that consumes the entries follows with no merge dispatch between.
 //
 // The pattern of CUB's single-pass reductions and AMD's single-pass
 // downsampler. The partials are @coherent, and storageBarrier is a
@@ -19,7 +21,7 @@
 
 @group(0) @binding(7) var<storage, read_write> arrivals: array<atomic<u32>>;
 // The merged entries: chan's (mean, invstd, scale, beta) after statistics,
-// grad's (A, B, mean, C) after the backward's sums.
+// grad's (A, B, mean, C) after the backward's sums, the family's stat rows.
 @group(0) @binding(8) var<storage, read_write> entries_out: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> bias: array<f32>;
 @group(0) @binding(10) var<storage, read_write> running_mean: array<f32>;
