@@ -568,3 +568,80 @@ fn family_team_kernels_on_gpus_match_the_reference() {
     let backward = |e: &mut wgpu::CommandEncoder| inorm.backward(e, &x.view(), &dy.view(), &dx.view(), true);
     assert_eq!(forward_dispatches(&backward), 2, "instance norm backward");
 }
+
+/// A reduction whose last workgroup merges leaves its counts at zero for
+/// the next dispatch: 24 training forwards and backwards of one layer in
+/// one encoder on the GPU path, alternating a channels-last and a 2-D
+/// tensor (their blocks and members differ), against the reference applied
+/// as many times: the running statistics and the counter after all of
+/// them, and the last y, dx, dweight and dbias.
+#[test]
+fn last_merge_counts_start_from_zero_in_every_dispatch() {
+    let _gpu_path = on_gpu_path();
+    let ctx = ctx();
+    ctx.set_last_workgroup_merges(true).unwrap();
+    let mut rng = Rng(83);
+    let c = 12;
+    let shapes: [(Vec<usize>, Layout); 2] = [(vec![16, c, 10, 10], Layout::Nhwc), (vec![300, c], Layout::Nchw)];
+    let bn = BatchNorm::new(ctx, BatchNormConfig::new(c).momentum(Some(0.2))).unwrap();
+    let mut state = BatchNormState::initial(c);
+    state.weight = rng.normal_vec(c, 1.0, 0.3);
+    state.bias = rng.normal_vec(c, 0.0, 0.3);
+    bn.write_state(&state).unwrap();
+    type Case = (Vec<f32>, Vec<f32>, [Tensor; 4]);
+    let cases: Vec<Case> = shapes
+        .iter()
+        .map(|(shape, layout)| {
+            let len: usize = shape.iter().product();
+            let (x, dy) = (rng.normal_vec(len, 2.0, 3.0), rng.normal_vec(len, 0.0, 1.0));
+            let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, *layout).unwrap();
+            let tensors = [t(&x), t(&vec![0.0; len]), t(&dy), t(&vec![0.0; len])];
+            (x, dy, tensors)
+        })
+        .collect();
+    let rounds = 24;
+    let before = wgpu_norm::recorded_dispatches();
+    ctx.run(|e| {
+        for k in 0..rounds {
+            let [x, y, dy, dx] = &cases[k % 2].2;
+            bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)?;
+            bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(wgpu_norm::recorded_dispatches() - before, 4 * rounds as u64, "two dispatches a pass");
+    let (mut running_mean, mut running_var) = (state.running_mean.clone(), state.running_var.clone());
+    let mut last = None;
+    for k in 0..rounds {
+        let ((shape, layout), (x, dy, _)) = (&shapes[k % 2], &cases[k % 2]);
+        let args = BatchNormArgs {
+            weight: Some(&state.weight),
+            bias: Some(&state.bias),
+            running_mean: Some(&running_mean),
+            running_var: Some(&running_var),
+            training: true,
+            momentum: Some(0.2),
+            num_batches_tracked: k as u64,
+            ..BatchNormArgs::new(shape, *layout)
+        };
+        let f = reference::batch_norm_forward(&args, x, None);
+        let b = reference::batch_norm_backward(&args, x, None, dy);
+        let narrow = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        (running_mean, running_var) =
+            (narrow(f.running_mean.as_ref().unwrap()), narrow(f.running_var.as_ref().unwrap()));
+        last = Some((f, b));
+    }
+    let after = bn.read_state().unwrap();
+    let widen = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+    assert_close("running_mean", &after.running_mean, &widen(&running_mean));
+    assert_close("running_var", &after.running_var, &widen(&running_var));
+    assert_eq!(after.num_batches_tracked, rounds as u64);
+    let (f, b) = last.unwrap();
+    let [_, y, _, dx] = &cases[(rounds - 1) % 2].2;
+    assert_close("last y", &y.read(ctx).unwrap(), &f.y);
+    assert_close("last dx", &dx.read(ctx).unwrap(), &b.dx);
+    let (dw, db) = bn.affine().read_grads().unwrap();
+    assert_close("last dweight", &dw, &b.dweight);
+    assert_close("last dbias", &db, &b.dbias);
+}
