@@ -60,6 +60,10 @@ fn merge_stats(g: Grid) {
 fn commit_stats(c: u32, s: vec3<f32>) {
     chan[c] = batch_entry(c, s);
     if (has(FLAG_UPDATE_RUNNING)) {
+        if (has(FLAG_RUNNING_IN_MERGE)) {
+            commit_running_alone(c, s);
+            return;
+        }
         var f = p.momentum;
         if (f < 0.0) {
             // Cumulative average: commit_running bumps the counter afterwards.
@@ -67,20 +71,10 @@ fn commit_stats(c: u32, s: vec3<f32>) {
             f = 1.0 / (batches + 1.0);
         }
         let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, f);
-        if (has(FLAG_RUNNING_IN_MERGE)) {
-            // No batch to reject and no channel reads the counter: each
-            // channel commits its own, one bumps the counter.
-            running_mean[c] = updated.x;
-            running_var[c] = updated.y;
-            if (c == 0u) {
-                bump_counter();
-            }
-        } else {
-            let finite = abs(s.y) <= 3.4e38 && abs(non_negative(s.z / s.x)) <= 3.4e38;
-            pending[c] = updated.x;
-            pending[p.channels + c] = updated.y;
-            pending[2u * p.channels + c] = select(0.0, 1.0, finite);
-        }
+        let finite = abs(s.y) <= 3.4e38 && abs(non_negative(s.z / s.x)) <= 3.4e38;
+        pending[c] = updated.x;
+        pending[p.channels + c] = updated.y;
+        pending[2u * p.channels + c] = select(0.0, 1.0, finite);
     }
 }
 
@@ -297,12 +291,7 @@ fn channel_forward(ids: Ids) {
         if (t == 0u) {
             chan[c] = k;
             if (has(FLAG_UPDATE_RUNNING)) {
-                let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, p.momentum);
-                running_mean[c] = updated.x;
-                running_var[c] = updated.y;
-                if (c == 0u) {
-                    bump_counter();
-                }
+                commit_running_alone(c, s);
             }
         }
         for (var at = cursor(t); at.o < p.outer; at = next(at)) {

@@ -8,11 +8,6 @@ fn commit_merged(c: u32, m: vec4<f32>) {
     let s = m.xyz;
     entries_out[c] = batch_entry(c, s);
     if (has(FLAG_UPDATE_RUNNING)) {
-        let updated = next_running(vec2<f32>(running_mean[c], running_var[c]), s, p.momentum);
-        running_mean[c] = updated.x;
-        running_var[c] = updated.y;
-        if (c == 0u) {
-            bump_counter();
-        }
+        commit_running_alone(c, s);
     }
 }

@@ -86,7 +86,11 @@ impl Shader {
                 &generated
             }
             Shader::BatchNorm => {
-                concat!(include_str!("../shaders/batch_norm.wgsl"), include_str!("../shaders/running.wgsl"))
+                concat!(
+                    include_str!("../shaders/batch_norm.wgsl"),
+                    include_str!("../shaders/running.wgsl"),
+                    include_str!("../shaders/running_alone.wgsl")
+                )
             }
             Shader::RowNorm { vec4, .. } => {
                 generated = format!(
@@ -264,7 +268,9 @@ impl Finish {
         let from_chan = "\nfn channel_entry(c: u32) -> vec4<f32> {\n    return chan[c];\n}\n";
         let commit = match self {
             Finish::None => return format!("{from_chan}fn finish_reduction(b: Block, t: u32) {{}}\n"),
-            Finish::Stats => include_str!("../shaders/finish_stats.wgsl"),
+            Finish::Stats => {
+                concat!(include_str!("../shaders/finish_stats.wgsl"), include_str!("../shaders/running_alone.wgsl"))
+            }
             Finish::Grads => include_str!("../shaders/finish_grads.wgsl"),
             Finish::Columns => include_str!("../shaders/finish_columns.wgsl"),
             Finish::GradsEval => include_str!("../shaders/finish_grads_eval.wgsl"),
