@@ -210,6 +210,13 @@ impl Context {
         self.inner.last_merge.load(Ordering::Relaxed)
     }
 
+    /// Whether a reduction's last workgroup may merge with a kernel that
+    /// binds `storage` storage buffers: the context merges so, and the
+    /// device's stage may bind that many.
+    pub(crate) fn last_merge_binds(&self, storage: u32) -> bool {
+        self.last_workgroup_merges() && storage <= self.inner.limits.max_storage_buffers_per_shader_stage
+    }
+
     /// Turns [`Context::last_workgroup_merges`] off, or on again, for the
     /// ops recorded from now on (by every clone of this context). `Err`
     /// turning it on where the device cannot.

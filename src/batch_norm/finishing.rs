@@ -37,7 +37,7 @@ impl BatchNorm {
             Finish::GradsEval => GRADS_EVAL_STORAGE,
             _ => GRADS_STORAGE,
         };
-        if !self.ctx.last_workgroup_merges() || storage > self.ctx.limits().max_storage_buffers_per_shader_stage {
+        if !self.ctx.last_merge_binds(storage) {
             return None;
         }
         match cut.chunks.as_slice() {

@@ -175,7 +175,7 @@ impl Core {
         // x (three times), the stand-in for the rows, partials, weight
         // (scalar kernels), arrivals and the rows.
         const STORAGE: u32 = 8;
-        if !self.ctx.last_workgroup_merges() || STORAGE > self.ctx.limits().max_storage_buffers_per_shader_stage {
+        if !self.ctx.last_merge_binds(STORAGE) {
             return None;
         }
         let reducer = &plan.reducer;

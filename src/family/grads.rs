@@ -92,7 +92,7 @@ impl Core {
     fn column_finish_blocks(&self, plan: &ReducePlan, view: ChannelView) -> Option<u32> {
         // x, dy, the rows, partials, weight, z; arrivals, dweight, dbias.
         const STORAGE: u32 = 9;
-        if !self.ctx.last_workgroup_merges() || STORAGE > self.ctx.limits().max_storage_buffers_per_shader_stage {
+        if !self.ctx.last_merge_binds(STORAGE) {
             return None;
         }
         let reducer = Reducer { plan: *plan, view, vec4: false, lane_channels: None, f16: false, teams: None };
