@@ -5,8 +5,10 @@
 // (or stat rows) and commits each with `commit_merged`, one file a kind:
 // finish_stats.wgsl (what merge_stats does), finish_grads.wgsl
 // (merge_grads), finish_grads_eval.wgsl (prepare_eval and merge_grads),
-// finish_columns.wgsl (merge_columns), finish_rows.wgsl (merge_rows). The
-// pass that consumes the entries follows with no merge dispatch between.
+// finish_columns.wgsl (merge_columns), finish_rows.wgsl (merge_rows),
+// finish_instances.wgsl (the family's sums per instance, whose commit goes
+// on in `after_merge`; the others' does nothing). The pass that consumes
+// the entries follows with no merge dispatch between.
 //
 // The pattern of CUB's single-pass reductions and AMD's single-pass
 // downsampler. The partials are @coherent, and storageBarrier is a
@@ -47,6 +49,7 @@ fn finish_reduction(b: Block, t: u32) {
     }
     storageBarrier();
     merge_block(b, t);
+    after_merge(b, t);
 }
 
 // The block's units (channels, or the family's stat rows: `units` and

@@ -36,12 +36,17 @@ struct Block {
     end: u32,
     // The view (grid z) the channels are of.
     view: u32,
+    // Its place among its view's blocks, how many a view has, and the
+    // views: blocks with equal `across` take the same channels of each view.
+    across: u32,
+    per_view: u32,
+    views: u32,
 }
 
 // Planar: the workgroups of one grid row take the same channels.
 fn row_block(ids: Ids) -> Block {
     let index = ids.wg.z * ids.nwg.y + ids.wg.y;
-    return Block(index, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels, ids.wg.z);
+    return Block(index, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels, ids.wg.z, ids.wg.y, ids.nwg.y, ids.nwg.z);
 }
 
 // Interleaved: the workgroups of one column block take its columns'
@@ -52,13 +57,16 @@ fn column_block(ids: Ids) -> Block {
     let lo = ids.wg.x * p.width;
     let hi = min(lo + p.width, p.channels * p.inner);
     let index = ids.wg.z * ids.nwg.x + ids.wg.x;
+    let across = vec3<u32>(ids.wg.x, ids.nwg.x, ids.nwg.z);
     if (has(FLAG_LANES_ARE_CHANNELS)) {
         if (ids.nwg.x == 1u) {
-            return Block(index, ids.nwg.y, 0u, 1u, p.lane_channels, ids.wg.z);
+            return Block(index, ids.nwg.y, 0u, 1u, p.lane_channels, ids.wg.z, across.x, across.y, across.z);
         }
-        return Block(index, ids.nwg.y, 4u * lo, 1u, 4u * hi, ids.wg.z);
+        return Block(index, ids.nwg.y, 4u * lo, 1u, 4u * hi, ids.wg.z, across.x, across.y, across.z);
     }
-    return Block(index, ids.nwg.y, lo / p.inner, 1u, (hi + p.inner - 1u) / p.inner, ids.wg.z);
+    let first = lo / p.inner;
+    let end = (hi + p.inner - 1u) / p.inner;
+    return Block(index, ids.nwg.y, first, 1u, end, ids.wg.z, across.x, across.y, across.z);
 }
 
 // Planar: long contiguous runs, workgroup (slice, channel, view). Walks

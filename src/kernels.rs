@@ -94,9 +94,10 @@ impl Shader {
             }
             Shader::RowNorm { vec4, .. } => {
                 generated = format!(
-                    "{}{}{}{}",
+                    "{}{}{}{}{}",
                     include_str!("../shaders/row_bindings.wgsl"),
                     include_str!("../shaders/row_entry.wgsl"),
+                    include_str!("../shaders/row_grads.wgsl"),
                     per_op(include_str!("../shaders/row_norm.wgsl"), &["apply", "dx"]),
                     if vec4 { "" } else { include_str!("../shaders/row_forward.wgsl") }
                 );
@@ -235,6 +236,9 @@ fn unit_parts() -> u32 {
 }
 ";
 
+/// finish.wgsl's step after the merge, for the commits that end with it.
+const AFTER_MERGE: &str = "fn after_merge(b: Block, t: u32) {}\n";
+
 /// The partials' declaration in reduce_entries.wgsl.
 const PARTIALS: &str = "var<storage, read_write> partials: array<vec4<f32>>;";
 
@@ -256,6 +260,10 @@ pub(crate) enum Finish {
     /// running statistics) into dweight, dbias, the dx coefficients and the
     /// running entries.
     GradsEval,
+    /// Merges GroupNorm's and InstanceNorm's sums per instance (each one's
+    /// centre taken from its stat row), then the stat rows' dx
+    /// coefficients, dweight and dbias.
+    Instances,
 }
 
 impl Finish {
@@ -277,14 +285,23 @@ impl Finish {
             Finish::Rows => {
                 concat!(include_str!("../shaders/finish_rows.wgsl"), include_str!("../shaders/row_entry.wgsl"))
             }
+            Finish::Instances => {
+                concat!(include_str!("../shaders/finish_instances.wgsl"), include_str!("../shaders/row_grads.wgsl"))
+            }
         };
-        let from_chan = if self == Finish::GradsEval { "" } else { from_chan };
+        // Where the reduction takes its entries, and what follows the merge:
+        // finish_grads_eval.wgsl and finish_instances.wgsl say it themselves.
+        let (from_chan, after_merge) = match self {
+            Finish::GradsEval => ("", AFTER_MERGE),
+            Finish::Instances => ("", ""),
+            _ => (from_chan, AFTER_MERGE),
+        };
         // A block's units are its channels, each a run of `parts` partials,
-        // but for the family's stat rows (finish_rows.wgsl).
-        let channel_units = if self == Finish::Rows { "" } else { CHANNEL_UNITS };
+        // but for the family's stat rows (finish_rows.wgsl) and instances.
+        let channel_units = if matches!(self, Finish::Rows | Finish::Instances) { "" } else { CHANNEL_UNITS };
         let weight = if vec4 { "@group(0) @binding(5) var<storage, read> weight: array<f32>;\n" } else { "" };
         format!(
-            "{weight}{from_chan}{channel_units}{}{commit}{RUNNING}{}",
+            "{weight}{from_chan}{channel_units}{after_merge}{}{commit}{RUNNING}{}",
             include_str!("../shaders/finish.wgsl"),
             include_str!("../shaders/merge.wgsl")
         )
@@ -616,8 +633,15 @@ mod tests {
     /// (f16, words) as the cache builds them (words only for f32).
     const MEMORY: [(bool, bool); 3] = [(false, false), (false, true), (true, false)];
 
-    const FINISHES: [Finish; 6] =
-        [Finish::None, Finish::Stats, Finish::Grads, Finish::Columns, Finish::GradsEval, Finish::Rows];
+    const FINISHES: [Finish; 7] = [
+        Finish::None,
+        Finish::Stats,
+        Finish::Grads,
+        Finish::Columns,
+        Finish::GradsEval,
+        Finish::Rows,
+        Finish::Instances,
+    ];
 
     /// Every shader the cache can build.
     fn every_variant() -> Vec<Shader> {

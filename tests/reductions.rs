@@ -518,11 +518,20 @@ fn family_team_kernels_on_gpus_match_the_reference() {
         // over two column blocks (of 1,024 and 16 channels: whole groups of
         // two), and groups of 32 channels in vec4 runs over two blocks.
         group_norm_case(&mut rng, &[3, 8, 9, 10], 2, Layout::Nhwc, 1.0, true);
+        // Far from zero, where each row's centre is its mean rounded to f32.
+        group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nhwc, 3.0e4, true);
         group_norm_case(&mut rng, &[2, 12, 5, 7], 6, Layout::Nhwc, -3.0, false);
         group_norm_case(&mut rng, &[4, 3, 4, 4], 3, Layout::Nhwc, 0.5, true);
         group_norm_case(&mut rng, &[2, 1040, 2, 3], 520, Layout::Nhwc, 2.0, true);
         group_norm_case(&mut rng, &[2, 1280, 2, 3], 40, Layout::Nhwc, -1.0, true);
         instance_norm_case(&mut rng, &[3, 20, 6, 6], Layout::Nhwc, Some(0.2));
+        // Channels-first groups longer than a team takes: sums per instance
+        // in lanes of a workgroup (10,240 values a group), and in slices
+        // (planar: 65,536 and 36,864 values an instance), whose last
+        // workgroups sweep every sample's rows and channels.
+        group_norm_case(&mut rng, &[3, 4, 64, 80], 2, Layout::Nchw, 1.0, true);
+        instance_norm_case(&mut rng, &[2, 3, 256, 256], Layout::Nchw, Some(0.2));
+        group_norm_case(&mut rng, &[3, 4, 192, 192], 2, Layout::Nchw, -1.0, true);
     }
     group_norm_case(&mut rng, &[3, 8, 9, 10], 4, Layout::Nchw, 1.0, true);
     group_norm_case(&mut rng, &[2, 12, 5, 7], 3, Layout::Nchw, -3.0, false);
@@ -550,7 +559,7 @@ fn family_team_kernels_on_gpus_match_the_reference() {
         let backward = |e: &mut wgpu::CommandEncoder| rms.backward(e, &x4.view(), &dy4.view(), &dx4.view());
         assert_eq!(forward_dispatches(&backward), dispatches, "rms norm backward, rows of 3,000, {last_merge}");
     }
-    let on_and_off = [(Layout::Nchw, 1, 2, true), (Layout::Nhwc, 2, 5, true), (Layout::Nhwc, 3, 5, false)];
+    let on_and_off = [(Layout::Nchw, 1, 2, true), (Layout::Nhwc, 2, 2, true), (Layout::Nhwc, 3, 5, false)];
     for (layout, forward, backward, last_merge) in on_and_off {
         ctx.set_last_workgroup_merges(last_merge).unwrap();
         let shape = [3, 8, 9, 10];
@@ -644,4 +653,65 @@ fn last_merge_counts_start_from_zero_in_every_dispatch() {
     let (dw, db) = bn.affine().read_grads().unwrap();
     assert_close("last dweight", &dw, &b.dweight);
     assert_close("last dbias", &db, &b.dbias);
+}
+
+/// The same for GroupNorm's channels-last backward, whose last workgroups
+/// also count the sweeps over samples (finish_instances.wgsl): six
+/// forwards and backwards of one layer in one encoder, alternating two
+/// batches of 1,040 channels (two column blocks, 2 and 3 samples, so one
+/// shape's sweep counts sit where the other's block counts do), against
+/// the reference of the last.
+#[test]
+fn group_norm_sweep_counts_start_from_zero_in_every_dispatch() {
+    use wgpu_norm::{GroupNorm, GroupNormConfig};
+    use wgpu_norm_reference::reference::GroupNormArgs;
+    let _gpu_path = on_gpu_path();
+    let ctx = ctx();
+    ctx.set_last_workgroup_merges(true).unwrap();
+    let mut rng = Rng(84);
+    let (c, groups) = (1040, 520);
+    let gn = GroupNorm::new(ctx, GroupNormConfig::new(groups, c)).unwrap();
+    let (w, b) = (rng.normal_vec(c, 1.0, 0.5), rng.normal_vec(c, 0.0, 0.5));
+    gn.affine().write_weight(&w).unwrap();
+    gn.affine().write_bias(&b).unwrap();
+    let shapes = [[2, c, 2, 3], [3, c, 1, 2]];
+    let cases: Vec<_> = shapes
+        .iter()
+        .map(|shape| {
+            let len: usize = shape.iter().product();
+            let (x, dy) = (rng.normal_vec(len, 1.0, 2.0), rng.normal_vec(len, 0.0, 1.0));
+            let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, Layout::Nhwc).unwrap();
+            let tensors = [t(&x), t(&vec![0.0; len]), t(&dy), t(&vec![0.0; len])];
+            (x, dy, tensors)
+        })
+        .collect();
+    let rounds = 6;
+    let before = wgpu_norm::recorded_dispatches();
+    ctx.run(|e| {
+        for k in 0..rounds {
+            let [x, y, dy, dx] = &cases[k % 2].2;
+            gn.forward(e, &x.view(), &y.view())?;
+            gn.backward(e, &x.view(), &dy.view(), &dx.view())?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(wgpu_norm::recorded_dispatches() - before, 4 * rounds as u64, "two dispatches a pass");
+    let last = (rounds - 1) % 2;
+    let (x, dy, [_, y, _, dx]) = &cases[last];
+    let args = GroupNormArgs {
+        shape: &shapes[last],
+        layout: Layout::Nhwc,
+        num_groups: groups,
+        weight: Some(&w),
+        bias: Some(&b),
+        eps: 1e-5,
+    };
+    let f = reference::group_norm_forward(&args, x);
+    let g = reference::group_norm_backward(&args, x, dy);
+    let (dw, db) = gn.affine().read_grads().unwrap();
+    assert_close("last y", &y.read(ctx).unwrap(), &f.y);
+    assert_close("last dx", &dx.read(ctx).unwrap(), &g.dx);
+    assert_close("last dweight", &dw, &g.dweight);
+    assert_close("last dbias", &db, &g.dbias);
 }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::kernels::Finish;
+use crate::reduce::Shape;
 use crate::reducer::Reducer;
 
 impl Core {
@@ -114,6 +115,9 @@ impl Core {
     ) -> Result<()> {
         let Piece { geo, weight_base, x: xw, rows, partials, .. } = *piece;
         let PartDx { dy: dyw, rows_dx, .. } = *out;
+        if let Some(counts) = self.instance_finish_counts(plan, &geo) {
+            return self.record_finishing_instances(rec, (plan, instances), counts, row_params, piece, out);
+        }
         let inst = geo.instances();
         let mut base = self.params(inst.stat, &inst, opt);
         base.x_off = xw.elem_offset;
@@ -156,5 +160,72 @@ impl Core {
             (14, instances),
         ];
         rec.dispatch(row_norm("instance_columns"), &entries, self.weight_workgroups())
+    }
+
+    /// The blocks and the sweeps (finish_instances.wgsl) whose counts the
+    /// reduction of `plan` keeps when its last workgroups go on from the
+    /// sums per instance to the stat rows' dx coefficients, dweight and
+    /// dbias; `None` where instance_centres and two merges run around it.
+    fn instance_finish_counts(&self, plan: &StatPlan, geo: &Geometry) -> Option<(u32, u32)> {
+        // x, dy, the rows, partials, z, weight; arrivals, rows_dx, dweight,
+        // dbias, the instance sums.
+        const STORAGE: u32 = 11;
+        if !self.ctx.last_merge_binds(STORAGE) {
+            return None;
+        }
+        let reducer = &plan.reducer;
+        let blocks = reducer.finish_blocks(self.ctx.limits())?;
+        let per_view = blocks / reducer.plan.batch;
+        if reducer.plan.shape == Shape::Interleaved && per_view > 1 {
+            // A sweep's stat rows lie in its channels: blocks of whole groups.
+            let width = reducer.plan.width as usize;
+            let channels = if reducer.lane_channels.is_some() { 4 * width } else { width / reducer.view.inner };
+            if !channels.is_multiple_of(geo.cpg) {
+                return None;
+            }
+        }
+        let bytes = u64::from(blocks + per_view) * 4;
+        (bytes <= self.ctx.limits().max_storage_buffer_binding_size).then_some((blocks, per_view))
+    }
+
+    /// The reduction per instance whose last workgroups write the dx
+    /// coefficients into `rows_dx`, then dweight and dbias (each instance's
+    /// centre read from its stat row): one dispatch where
+    /// [`Self::record_instance_grads`] records four.
+    fn record_finishing_instances(
+        &self,
+        rec: &mut Recording,
+        (plan, instances): (&StatPlan, &wgpu::Buffer),
+        (blocks, sweeps): (u32, u32),
+        row_params: &ChannelParams,
+        piece: &Piece,
+        out: &PartDx,
+    ) -> Result<()> {
+        let Piece { x: xw, rows, partials, .. } = *piece;
+        let reducer = &plan.reducer;
+        let arrivals = self.scratch.get_bound("arrivals", u64::from(blocks + sweeps) * 4)?;
+        // The stat rows' groups, cpg, count and flags over the instances' view.
+        let uniform = rec.uniform(&reducer.params(row_params));
+        let weight = || self.affine.weight().as_entire_binding();
+        let bindings = ReduceBindings {
+            weight: (!reducer.vec4).then(weight),
+            ..ReduceBindings::new(
+                uniform.as_entire_binding(),
+                (xw.resource(), out.dy.resource()),
+                rows.as_entire_binding(),
+                partials.as_entire_binding(),
+            )
+        };
+        let mut finishing = vec![
+            (7, arrivals.as_entire_binding()),
+            (8, out.rows_dx.as_entire_binding()),
+            (13, self.affine.grad_weight().as_entire_binding()),
+            (14, self.affine.grad_bias().as_entire_binding()),
+            (15, instances.as_entire_binding()),
+        ];
+        if reducer.vec4 {
+            finishing.push((5, weight()));
+        }
+        reducer.record_finishing(rec, ReduceMode::GradSums, Finish::Instances, bindings, &finishing)
     }
 }
