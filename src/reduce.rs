@@ -35,8 +35,9 @@ const CPU_MIN_ROWS: usize = 256;
 const CPU_WALK_BYTES: usize = 32768;
 const MAX_GRID: usize = 65535;
 /// Most partials a block's last workgroup merges in a tree plan
-/// (shaders/finish.wgsl): sixteen an invocation.
-const TAIL_PARTS: usize = 16 * WG;
+/// (shaders/finish.wgsl), and most instances the last workgroup of a sweep
+/// takes (finish_instances.wgsl): sixteen an invocation.
+pub(crate) const TAIL_PARTS: usize = 16 * WG;
 /// Fewest columns of a block of a narrowed tree plan: 64 bytes of f32 a
 /// row, in vec4 views and in scalar ones.
 const MIN_BLOCK_VEC4: usize = 4;
@@ -292,6 +293,13 @@ impl ReducePlan {
     /// plans are returned unchanged; the partials' layout is the same
     /// either way.
     pub fn narrowed(self, view: ChannelView, lanes: Option<u32>, vec4: bool) -> Result<ReducePlan> {
+        self.narrowed_over(view, lanes, vec4, 1)
+    }
+
+    /// [`Self::narrowed`] for a reduction whose last workgroups also sweep
+    /// a block's channels in each of `views` views (finish_instances.wgsl):
+    /// a block's channels times the views also stay within TAIL_PARTS.
+    pub fn narrowed_over(self, view: ChannelView, lanes: Option<u32>, vec4: bool, views: usize) -> Result<ReducePlan> {
         let tree = self.shape == Shape::Interleaved && !self.per_invocation;
         if !tree || lanes.is_some_and(|c| c % 4 != 0) || view.inner > WG {
             return Ok(self);
@@ -305,7 +313,7 @@ impl ReducePlan {
         loop {
             let plan = Self::interleaved_in(view, MIN_PER_INVOCATION, TARGET_WORKGROUPS, width)?;
             let half = width / 2 / view.inner * view.inner;
-            let fits = per_slice(width) * plan.slices as usize <= TAIL_PARTS;
+            let fits = per_slice(width) * (plan.slices as usize).max(views) <= TAIL_PARTS;
             if fits || half < least || cols.div_ceil(half) > MAX_GRID {
                 return Ok(ReducePlan { batch: self.batch, batch_stride: self.batch_stride, ..plan });
             }
@@ -570,6 +578,13 @@ mod tests {
             // The grid keeps its workgroups, to rounding.
             let (before, after) = (base.grid.0 * base.grid.1, p.grid.0 * p.grid.1);
             assert!(2 * after >= before, "{v:?}: {before} workgroups, then {after}");
+            // Swept over 32 views, a block's channels times the views
+            // stay within the tail as well.
+            let swept = base.narrowed_over(v, lanes, vec4, 32).unwrap();
+            let width = swept.width as usize;
+            let channels = if lanes.is_some() { 4 * width } else { width / v.inner };
+            assert!(width <= p.width as usize, "{v:?}: {swept:?}");
+            assert!(channels * 32 <= TAIL_PARTS || width < 2 * least, "{v:?}: {swept:?}");
         }
         // CPU adapters' plans and regrouped lanes stay as they are.
         let v = view(8192, 128, 1);

@@ -24,8 +24,12 @@ pub(crate) struct StatPlan {
 
 impl StatPlan {
     /// The plan for `geo` with the tensors it reads (x, and dy for sums)
-    /// starting `offsets` values into their bindings.
-    pub fn new(geo: &Geometry, offsets: &[u32], f16: bool, reduction: Reduction) -> Result<StatPlan> {
+    /// starting `offsets` values into their bindings. `sweeping`: the
+    /// backward's sums per instance, whose last workgroups may sweep a
+    /// block's channels over every sample (finish_instances.wgsl), so its
+    /// blocks narrow for that too.
+    pub fn new(geo: &Geometry, offsets: &[u32], f16: bool, reduction: Reduction, sweeping: bool) -> Result<StatPlan> {
+        let views = if sweeping { geo.batch } else { 1 };
         let stat = geo.stat;
         let rows = stat.channels;
         let aligned = offsets.iter().all(|o| o.is_multiple_of(4)) && geo.batch_stride.is_multiple_of(4);
@@ -50,7 +54,7 @@ impl StatPlan {
         if aligned && geo.batched && channels > 0 && stat.outer.is_multiple_of(streams) {
             let view = ChannelView { outer: stat.outer / streams, channels: channels * streams / 4, inner: 1 };
             let lane_channels = Some(channels as u32);
-            let plan = ReducePlan::reduction(view, reduction)?.narrowed(view, lane_channels, true)?;
+            let plan = ReducePlan::reduction(view, reduction)?.narrowed_over(view, lane_channels, true, views)?;
             let mut plan = plan.batched(geo.batch, geo.batch_stride / 4)?;
             if plan.parts as usize * streams * stat.inner > MAX_MERGE_PARTS as usize {
                 plan = ReducePlan::new(view)?.batched(geo.batch, geo.batch_stride / 4)?;
@@ -62,7 +66,7 @@ impl StatPlan {
                 return Ok(StatPlan { reducer, merge_parts, rows });
             }
         }
-        let plan = ReducePlan::reduction(stat, reduction)?.narrowed(stat, None, false)?;
+        let plan = ReducePlan::reduction(stat, reduction)?.narrowed_over(stat, None, false, views)?;
         let plan = plan.batched(geo.batch, geo.batch_stride)?;
         let reducer = Reducer { plan, view: stat, vec4: false, lane_channels: None, f16, teams: None };
         Ok(StatPlan { reducer, merge_parts: plan.parts, rows })

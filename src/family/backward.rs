@@ -80,7 +80,7 @@ impl Core {
         let instances = match &parts[..] {
             [part] if resident[0].is_none() && part.geo.is_grouped() => {
                 let offsets = [part.windows[0].elem_offset, part.windows[1].elem_offset];
-                let plan = StatPlan::new(&part.geo.instances(), &offsets, f16, reduction)?;
+                let plan = StatPlan::new(&part.geo.instances(), &offsets, f16, reduction, true)?;
                 (plan.partial_bytes() <= max_binding).then_some(plan)
             }
             _ => None,

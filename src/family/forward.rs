@@ -34,7 +34,7 @@ impl Core {
         let parts = self.parts(&geo, &[(x, "x"), (y, "y")])?;
         let plans = parts
             .iter()
-            .map(|p| StatPlan::new(&p.geo, &[p.windows[0].elem_offset], f16, reduction))
+            .map(|p| StatPlan::new(&p.geo, &[p.windows[0].elem_offset], f16, reduction, false))
             .collect::<Result<Vec<_>>>()?;
         let bytes = plans.iter().map(StatPlan::partial_bytes).max().unwrap_or(16);
         let (rows, _, partials) = self.scratch(&geo, bytes)?;

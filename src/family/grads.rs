@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::kernels::Finish;
-use crate::reduce::Shape;
+use crate::reduce::{Shape, TAIL_PARTS};
 use crate::reducer::Reducer;
 
 impl Core {
@@ -176,13 +176,19 @@ impl Core {
         let reducer = &plan.reducer;
         let blocks = reducer.finish_blocks(self.ctx.limits())?;
         let per_view = blocks / reducer.plan.batch;
+        // A sweep takes a column block's channels in every view, or every
+        // channel of every view.
+        let mut channels = reducer.lane_channels.map_or(reducer.view.channels, |c| c as usize);
         if reducer.plan.shape == Shape::Interleaved && per_view > 1 {
             // A sweep's stat rows lie in its channels: blocks of whole groups.
             let width = reducer.plan.width as usize;
-            let channels = if reducer.lane_channels.is_some() { 4 * width } else { width / reducer.view.inner };
+            channels = if reducer.lane_channels.is_some() { 4 * width } else { width / reducer.view.inner };
             if !channels.is_multiple_of(geo.cpg) {
                 return None;
             }
+        }
+        if channels * reducer.plan.batch as usize > TAIL_PARTS {
+            return None;
         }
         let bytes = u64::from(blocks + per_view) * 4;
         (bytes <= self.ctx.limits().max_storage_buffer_binding_size).then_some((blocks, per_view))
