@@ -6,8 +6,8 @@
 //   rows), so no instance_centres runs first;
 // - the last workgroup of a block keeps its instances' sums;
 // - the last of those over a sweep (the blocks that take the same channels
-//   of every view: a column block's channels in every sample; with
-//   channels strided over blocks, planar, every block) turns the sweep's
+//   of every view: a column block's channels in every sample; otherwise,
+//   planar and rows, every block) turns the sweep's
 //   stat rows' sums into their dx coefficients (`entries_out`), then sums
 //   its channels' dweight and dbias over the samples.
 // The Params are the stat rows' (groups, cpg, a row's count, flags) over
@@ -51,7 +51,7 @@ fn after_merge(b: Block, t: u32) {
     var members = b.views;
     var lo = b.first;
     var hi = b.end;
-    if (b.step > 1u) {
+    if (!b.recurs) {
         sweep = 0u;
         members = b.per_view * b.views;
         lo = 0u;

@@ -37,16 +37,19 @@ struct Block {
     // The view (grid z) the channels are of.
     view: u32,
     // Its place among its view's blocks, how many a view has, and the
-    // views: blocks with equal `across` take the same channels of each view.
+    // views.
     across: u32,
     per_view: u32,
     views: u32,
+    // Its channels are the run [first, end) that the blocks with equal
+    // `across` take in every view (column blocks).
+    recurs: bool,
 }
 
 // Planar: the workgroups of one grid row take the same channels.
 fn row_block(ids: Ids) -> Block {
     let index = ids.wg.z * ids.nwg.y + ids.wg.y;
-    return Block(index, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels, ids.wg.z, ids.wg.y, ids.nwg.y, ids.nwg.z);
+    return Block(index, ids.nwg.x, ids.wg.y, ids.nwg.y, p.channels, ids.wg.z, ids.wg.y, ids.nwg.y, ids.nwg.z, false);
 }
 
 // Interleaved: the workgroups of one column block take its columns'
@@ -60,13 +63,22 @@ fn column_block(ids: Ids) -> Block {
     let across = vec3<u32>(ids.wg.x, ids.nwg.x, ids.nwg.z);
     if (has(FLAG_LANES_ARE_CHANNELS)) {
         if (ids.nwg.x == 1u) {
-            return Block(index, ids.nwg.y, 0u, 1u, p.lane_channels, ids.wg.z, across.x, across.y, across.z);
+            return Block(index, ids.nwg.y, 0u, 1u, p.lane_channels, ids.wg.z, across.x, across.y, across.z, true);
         }
-        return Block(index, ids.nwg.y, 4u * lo, 1u, 4u * hi, ids.wg.z, across.x, across.y, across.z);
+        return Block(index, ids.nwg.y, 4u * lo, 1u, 4u * hi, ids.wg.z, across.x, across.y, across.z, true);
     }
     let first = lo / p.inner;
     let end = (hi + p.inner - 1u) / p.inner;
-    return Block(index, ids.nwg.y, first, 1u, end, ids.wg.z, across.x, across.y, across.z);
+    return Block(index, ids.nwg.y, first, 1u, end, ids.wg.z, across.x, across.y, across.z, true);
+}
+
+// Rows: a workgroup reduces its channels whole (rows_channel in walks.wgsl).
+fn rows_block(ids: Ids) -> Block {
+    let per_view = ids.nwg.x * ids.nwg.y;
+    let across = ids.wg.y * ids.nwg.x + ids.wg.x;
+    let first = across * (WG / p.width);
+    let end = min(first + WG / p.width, p.channels);
+    return Block(ids.wg.z * per_view + across, 1u, first, 1u, end, ids.wg.z, across, per_view, ids.nwg.z, false);
 }
 
 // Planar: long contiguous runs, workgroup (slice, channel, view). Walks
@@ -192,6 +204,7 @@ fn reduce_rows(ids: Ids) {
     if (lane == 0u && c < p.channels) {
         store_partial(ids.wg.z, c, 0u, load_shared(ids.t));
     }
+    finish_reduction(rows_block(ids), ids.t);
 }
 
 // Runs (Shape::Runs, CPU adapters): workgroup (x, c, z) walks slices x,

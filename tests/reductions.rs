@@ -492,7 +492,10 @@ fn merged_cases(last_merge: bool) {
 /// instance_columns), and LayerNorm's and RMSNorm's backward of such rows
 /// in two (row_backward, then the column sums, whose last workgroups merge
 /// them; three with a merge kernel), and the forward of channels-last
-/// groups in two (statistics whose last workgroups merge, then the apply):
+/// groups in two (statistics whose last workgroups merge, then the apply),
+/// and GroupNorm's and InstanceNorm's backward of channels-last groups and
+/// of longer channels-first ones in two (sums per instance whose last
+/// workgroups go on to the rows' coefficients, dweight and dbias, then dx):
 /// rows of 5 to 3,000 values over one or two dimensions, with and without
 /// weight and bias, GroupNorm and InstanceNorm in both layouts, with the
 /// last workgroups merging and without, against the reference (forward and
@@ -568,6 +571,17 @@ fn family_team_kernels_on_gpus_match_the_reference() {
         assert_eq!(forward_dispatches(&|e| gn.forward(e, &x.view(), &y.view())), forward, "group norm {layout:?}");
         let record = |e: &mut wgpu::CommandEncoder| gn.backward(e, &x.view(), &dy.view(), &dx.view());
         assert_eq!(forward_dispatches(&record), backward, "group norm {layout:?} backward");
+    }
+    // Channels-first groups longer than a team takes: the sums per
+    // instance, in lanes of a workgroup (10,240 values a group) or in
+    // slices (planar, 131,072), whose last workgroups sweep, then dx.
+    ctx.set_last_workgroup_merges(true).unwrap();
+    for shape in [[3, 4, 64, 80], [2, 4, 256, 256]] {
+        let (x, y, dy, dx) = four(&shape);
+        let gn = GroupNorm::new(ctx, GroupNormConfig::new(2, 4)).unwrap();
+        ctx.run(|e| gn.forward(e, &x.view(), &y.view())).unwrap();
+        let record = |e: &mut wgpu::CommandEncoder| gn.backward(e, &x.view(), &dy.view(), &dx.view());
+        assert_eq!(forward_dispatches(&record), 2, "group norm {shape:?} backward");
     }
     let (x, y) = (t(&[3, 5, 7, 7], Layout::Nchw), t(&[3, 5, 7, 7], Layout::Nchw));
     let inorm = InstanceNorm::new(ctx, InstanceNormConfig::new(5).track_running_stats(true)).unwrap();

@@ -1,6 +1,7 @@
 //! The family's backward sums: the row sums and column sums in two
 //! reductions, or, for GroupNorm and InstanceNorm in one part, one
-//! reduction per (n, c) instance from which both follow.
+//! reduction per (n, c) instance from which both follow (on the GPU path
+//! in that reduction's last workgroups: shaders/finish_instances.wgsl).
 
 use super::*;
 use crate::kernels::Finish;
@@ -174,7 +175,11 @@ impl Core {
             return None;
         }
         let reducer = &plan.reducer;
-        let blocks = reducer.finish_blocks(self.ctx.limits())?;
+        let blocks = match reducer.plan {
+            // A workgroup of a tree over rows takes its channels whole: a block each.
+            ReducePlan { shape: Shape::Rows, per_invocation: false, grid, batch, .. } => grid.0 * grid.1 * batch,
+            _ => reducer.finish_blocks(self.ctx.limits())?,
+        };
         let per_view = blocks / reducer.plan.batch;
         // A sweep takes a column block's channels in every view, or every
         // channel of every view.

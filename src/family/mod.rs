@@ -10,7 +10,9 @@
 //! `apply`. Backward: row sums (MODE 2), `merge_row_grads` (dx coefficients),
 //! column sums (MODE 3), `merge_columns` (dweight, dbias), then `backward_dx`.
 //! GroupNorm and InstanceNorm in one part take one reduction per (n, c)
-//! instance (MODE 1) for both sums instead (`record_instance_grads`). On CPU
+//! instance (MODE 1) for both sums instead (`record_instance_grads`), whose
+//! last workgroups take them on to dweight, dbias and the dx coefficients
+//! where the context lets them (`record_finishing_instances`). On CPU
 //! adapters, LayerNorm's and RMSNorm's rows of up to 512 values take one
 //! pass each way (src/resident.rs).
 //!
