@@ -35,6 +35,7 @@ mod setters;
 
 pub mod affine;
 pub mod batch_norm;
+mod buffer_alive;
 pub mod context;
 mod cut;
 pub mod error;

@@ -11,9 +11,10 @@
 //!
 //! wgpu checks a buffer when a bind group is made, not when one is used;
 //! a kept plan's buffers that a caller can reach (its tensors, the layer's
-//! parameters and running statistics) are checked again on every reuse by
-//! a throwaway bind group of them (a probe), so a buffer destroyed since is
-//! still refused with `Err` before anything is recorded.
+//! parameters and running statistics) are checked again on every reuse
+//! (src/buffer_alive.rs; where a build cannot ask the backend, the plan is
+//! made afresh instead), so a buffer destroyed since is still refused with
+//! `Err` before anything is recorded.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
@@ -21,6 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
+use crate::buffer_alive::all_alive;
 use crate::context::Context;
 use crate::kernels::{bind, dispatch3, lock, ChannelParams, KernelKey};
 use crate::{Error, Result};
@@ -60,7 +62,7 @@ const SEEN: usize = 32;
 
 /// A layer that keeps plans: its plans, and which of its buffers no caller
 /// can reach (so none destroys them behind its back, and a kept plan's
-/// probe may leave them out).
+/// recheck may leave them out).
 pub(crate) trait Keeper {
     fn plans(&self) -> &Plans;
     fn private(&self, buffer: &wgpu::Buffer) -> bool;
@@ -124,7 +126,7 @@ pub(crate) struct Plan {
 
 impl Plans {
     /// The plan of `description`: a kept one made for the same description
-    /// (its buffers probed, but for those `private` claims: the layer's own
+    /// (its buffers rechecked, but for those `private` claims: the layer's own
     /// that no caller can reach), else one made now, kept if the description
     /// was seen before. Call inside `Context::scoped`; where it then fails, call
     /// [`Plans::forget`] with the hash returned.
@@ -147,8 +149,18 @@ impl Plans {
             }
             if let Some(plan) = cache.find(hash, |p| p.description == description) {
                 drop(cache);
-                probe(ctx, &plan.description, private);
-                return Ok((plan, hash));
+                match all_alive(ctx.adapter_info().backend, reachable(&plan.description, private)) {
+                    Some(true) => return Ok((plan, hash)),
+                    Some(false) => {
+                        self.forget(hash);
+                        return Err(Error::Validation(
+                            "a buffer this op binds has been destroyed since it was last bound".into(),
+                        ));
+                    }
+                    // This build cannot ask the backend: a plan made afresh
+                    // checks the buffers as it binds them.
+                    None => {}
+                }
             }
         }
         let plan = Arc::new(Plan::make(ctx, description)?);
@@ -262,41 +274,20 @@ pub fn plans_made() -> u64 {
     MADE.with(|m| m.get())
 }
 
-/// Makes (and drops) bind groups of every buffer `description` binds that
-/// `private` does not claim, each over the range bound there, so that wgpu
-/// reports a buffer destroyed since the plan was made. Call inside
-/// `Context::scoped`.
-fn probe(ctx: &Context, description: &Description, private: &dyn Fn(&wgpu::Buffer) -> bool) {
-    let mut buffers: Vec<(&wgpu::Buffer, u64, Option<wgpu::BufferSize>)> = Vec::new();
-    for step in &description.steps {
-        if let Step::Dispatch { entries, .. } = step {
-            for (_, bound) in entries {
-                if let Bound::Buffer { buffer, offset, size } = bound {
-                    if !buffers.iter().any(|(b, ..)| *b == buffer) && !private(buffer) {
-                        buffers.push((buffer, *offset, *size));
-                    }
-                }
-            }
-        }
-    }
-    let device = ctx.device();
-    let support = ctx.plan_support();
-    for chunk in buffers.chunks(support.probe_width(ctx.limits())) {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &(buffer, offset, size))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size }),
-            })
-            .collect();
-        let layout = support.probe_layout(device, chunk.len());
-        let _probe = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("wgpu-norm probe"),
-            layout,
-            entries: &entries,
-        });
-    }
+/// The buffers `description` binds that `private` does not claim (those a
+/// caller can reach, and so destroy).
+fn reachable<'d>(
+    description: &'d Description,
+    private: &'d dyn Fn(&wgpu::Buffer) -> bool,
+) -> impl Iterator<Item = &'d wgpu::Buffer> {
+    let entries = |step: &'d Step| match step {
+        Step::Dispatch { entries, .. } => entries.as_slice(),
+        _ => &[],
+    };
+    description.steps.iter().flat_map(entries).filter_map(move |(_, bound)| match bound {
+        Bound::Buffer { buffer, .. } if !private(buffer) => Some(buffer),
+        _ => None,
+    })
 }
 
 fn no_block() -> Error {
