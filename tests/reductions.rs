@@ -592,6 +592,42 @@ fn family_team_kernels_on_gpus_match_the_reference() {
     assert_eq!(forward_dispatches(&backward), 2, "instance norm backward");
 }
 
+/// x and dy (x drawn about `mean` with spread `std`, dy about 0 with
+/// spread 1) with x, y, dy and dx tensors for each of `shapes`: the inputs
+/// the count tests below alternate between.
+type Case = (Vec<f32>, Vec<f32>, [Tensor; 4]);
+fn alternating_cases(rng: &mut Rng, shapes: &[(Vec<usize>, Layout)], (mean, std): (f32, f32)) -> Vec<Case> {
+    shapes
+        .iter()
+        .map(|(shape, layout)| {
+            let len: usize = shape.iter().product();
+            let (x, dy) = (rng.normal_vec(len, mean, std), rng.normal_vec(len, 0.0, 1.0));
+            let t = |v: &[f32]| Tensor::from_slice(ctx(), v, shape, *layout).unwrap();
+            let tensors = [t(&x), t(&vec![0.0; len]), t(&dy), t(&vec![0.0; len])];
+            (x, dy, tensors)
+        })
+        .collect()
+}
+
+/// Records `rounds` calls of `record` into one encoder, round k on
+/// `cases[k % 2]`'s tensors, and returns the dispatches they recorded.
+fn record_alternating(
+    rounds: usize,
+    cases: &[Case],
+    record: impl Fn(&mut wgpu::CommandEncoder, &[Tensor; 4]) -> wgpu_norm::Result<()>,
+) -> u64 {
+    let before = wgpu_norm::recorded_dispatches();
+    ctx()
+        .run(|e| {
+            for k in 0..rounds {
+                record(e, &cases[k % 2].2)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    wgpu_norm::recorded_dispatches() - before
+}
+
 /// A reduction whose last workgroup merges leaves its counts at zero for
 /// the next dispatch: 24 training forwards and backwards of one layer in
 /// one encoder on the GPU path, alternating a channels-last and a 2-D
@@ -611,29 +647,13 @@ fn last_merge_counts_start_from_zero_in_every_dispatch() {
     state.weight = rng.normal_vec(c, 1.0, 0.3);
     state.bias = rng.normal_vec(c, 0.0, 0.3);
     bn.write_state(&state).unwrap();
-    type Case = (Vec<f32>, Vec<f32>, [Tensor; 4]);
-    let cases: Vec<Case> = shapes
-        .iter()
-        .map(|(shape, layout)| {
-            let len: usize = shape.iter().product();
-            let (x, dy) = (rng.normal_vec(len, 2.0, 3.0), rng.normal_vec(len, 0.0, 1.0));
-            let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, *layout).unwrap();
-            let tensors = [t(&x), t(&vec![0.0; len]), t(&dy), t(&vec![0.0; len])];
-            (x, dy, tensors)
-        })
-        .collect();
+    let cases = alternating_cases(&mut rng, &shapes, (2.0, 3.0));
     let rounds = 24;
-    let before = wgpu_norm::recorded_dispatches();
-    ctx.run(|e| {
-        for k in 0..rounds {
-            let [x, y, dy, dx] = &cases[k % 2].2;
-            bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)?;
-            bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(wgpu_norm::recorded_dispatches() - before, 4 * rounds as u64, "two dispatches a pass");
+    let dispatches = record_alternating(rounds, &cases, |e, [x, y, dy, dx]| {
+        bn.forward(e, &x.view(), &y.view(), Mode::Training, Epilogue::None)?;
+        bn.backward(e, &x.view(), &dy.view(), &dx.view(), Mode::Training, Epilogue::None)
+    });
+    assert_eq!(dispatches, 4 * rounds as u64, "two dispatches a pass");
     let (mut running_mean, mut running_var) = (state.running_mean.clone(), state.running_var.clone());
     let mut last = None;
     for k in 0..rounds {
@@ -688,33 +708,18 @@ fn group_norm_sweep_counts_start_from_zero_in_every_dispatch() {
     let (w, b) = (rng.normal_vec(c, 1.0, 0.5), rng.normal_vec(c, 0.0, 0.5));
     gn.affine().write_weight(&w).unwrap();
     gn.affine().write_bias(&b).unwrap();
-    let shapes = [[2, c, 2, 3], [3, c, 1, 2]];
-    let cases: Vec<_> = shapes
-        .iter()
-        .map(|shape| {
-            let len: usize = shape.iter().product();
-            let (x, dy) = (rng.normal_vec(len, 1.0, 2.0), rng.normal_vec(len, 0.0, 1.0));
-            let t = |v: &[f32]| Tensor::from_slice(ctx, v, shape, Layout::Nhwc).unwrap();
-            let tensors = [t(&x), t(&vec![0.0; len]), t(&dy), t(&vec![0.0; len])];
-            (x, dy, tensors)
-        })
-        .collect();
+    let shapes = [(vec![2, c, 2, 3], Layout::Nhwc), (vec![3, c, 1, 2], Layout::Nhwc)];
+    let cases = alternating_cases(&mut rng, &shapes, (1.0, 2.0));
     let rounds = 6;
-    let before = wgpu_norm::recorded_dispatches();
-    ctx.run(|e| {
-        for k in 0..rounds {
-            let [x, y, dy, dx] = &cases[k % 2].2;
-            gn.forward(e, &x.view(), &y.view())?;
-            gn.backward(e, &x.view(), &dy.view(), &dx.view())?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(wgpu_norm::recorded_dispatches() - before, 4 * rounds as u64, "two dispatches a pass");
+    let dispatches = record_alternating(rounds, &cases, |e, [x, y, dy, dx]| {
+        gn.forward(e, &x.view(), &y.view())?;
+        gn.backward(e, &x.view(), &dy.view(), &dx.view())
+    });
+    assert_eq!(dispatches, 4 * rounds as u64, "two dispatches a pass");
     let last = (rounds - 1) % 2;
     let (x, dy, [_, y, _, dx]) = &cases[last];
     let args = GroupNormArgs {
-        shape: &shapes[last],
+        shape: &shapes[last].0,
         layout: Layout::Nhwc,
         num_groups: groups,
         weight: Some(&w),
